@@ -1,0 +1,196 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * Types shared by the kernel programs and user space.
+ *
+ * User space never mirrors these by hand: each .bpf.c declares one dummy
+ * instance of every struct and enum here, so they land in the object's BTF and
+ * libbpf-cargo generates the Rust types (`types::packet_event`, ...).
+ *
+ * Every struct uses fixed-width fields and explicit padding so that the layout
+ * is the same for clang -target bpf and for the generated Rust.
+ */
+#ifndef TCPSCOPE_COMMON_KERN_USER_H
+#define TCPSCOPE_COMMON_KERN_USER_H
+
+/* Bounds that both sides rely on. */
+#define TCPSCOPE_MAX_VLAN 2          /* 802.1Q / 802.1ad tags parsed */
+#define TCPSCOPE_MAX_IPV6_EXT 8      /* IPv6 extension headers walked */
+#define TCPSCOPE_MAX_SACK 4          /* SACK blocks recorded */
+#define TCPSCOPE_MAX_SNAPLEN 1024    /* payload bytes an event can carry */
+#define TCPSCOPE_MAX_FILTER_PORTS 8  /* ports per filter list */
+#define TCPSCOPE_MAX_FILTER_CIDRS 8  /* CIDRs per filter list */
+
+/* Which hook produced an event. */
+enum tcpscope_hook {
+	TCPSCOPE_HOOK_XDP = 1,
+	TCPSCOPE_HOOK_TC = 2,
+};
+
+/* Why a packet could not be parsed. Order is part of the counter layout and
+ * of the user-facing names in src/model.rs; append only. */
+enum tcpscope_malformed {
+	MALFORMED_NONE = 0,
+	MALFORMED_ETH_TRUNCATED,       /* frame shorter than an Ethernet header */
+	MALFORMED_VLAN_TRUNCATED,      /* VLAN tag cut short */
+	MALFORMED_VLAN_TOO_DEEP,       /* more than TCPSCOPE_MAX_VLAN tags */
+	MALFORMED_IPV4_TRUNCATED,      /* IPv4 header cut short */
+	MALFORMED_IPV4_BAD_VERSION,    /* ethertype IPv4 but version != 4 */
+	MALFORMED_IPV4_BAD_IHL,        /* IHL < 5 */
+	MALFORMED_IPV4_BAD_TOTAL_LEN,  /* total length < header length */
+	MALFORMED_IPV6_TRUNCATED,      /* IPv6 header cut short */
+	MALFORMED_IPV6_BAD_VERSION,    /* ethertype IPv6 but version != 6 */
+	MALFORMED_IPV6_EXT_TRUNCATED,  /* extension header cut short */
+	MALFORMED_IPV6_EXT_TOO_MANY,   /* more than TCPSCOPE_MAX_IPV6_EXT headers */
+	MALFORMED_TCP_TRUNCATED,       /* fixed TCP header cut short */
+	MALFORMED_TCP_BAD_DOFF,        /* data offset < 5 */
+	MALFORMED_TCP_HDR_TRUNCATED,   /* data offset reaches past the packet */
+	MALFORMED_TCP_BAD_IP_LEN,      /* IP length too short for the TCP header */
+	MALFORMED_TCP_OPT_BAD_LEN,     /* option length 0 or 1 */
+	MALFORMED_TCP_OPT_OVERRUN,     /* option runs past the TCP header */
+	MALFORMED_TCP_OPT_BAD_SIZE,    /* known option with the wrong length */
+	MALFORMED_MAX,
+};
+
+/* Indexes into tcpscope_counters.flag[], in the order of the JSON flags list. */
+enum tcpscope_flag_index {
+	FLAG_IDX_FIN = 0,
+	FLAG_IDX_SYN,
+	FLAG_IDX_RST,
+	FLAG_IDX_PSH,
+	FLAG_IDX_ACK,
+	FLAG_IDX_URG,
+	FLAG_IDX_ECE,
+	FLAG_IDX_CWR,
+	FLAG_IDX_AE,
+	FLAG_IDX_MAX,
+};
+
+/* TCP flag bits as they sit in flags_raw (byte 12 low nibble << 8 | byte 13). */
+#define TCPF_FIN 0x001
+#define TCPF_SYN 0x002
+#define TCPF_RST 0x004
+#define TCPF_PSH 0x008
+#define TCPF_ACK 0x010
+#define TCPF_URG 0x020
+#define TCPF_ECE 0x040
+#define TCPF_CWR 0x080
+#define TCPF_AE 0x100
+
+/* packet_event.ip_flags bits */
+#define IPF_HAS_ID 0x01  /* ip_id is meaningful (IPv4, or IPv6 fragment header) */
+#define IPF_DF 0x02      /* IPv4 don't-fragment */
+#define IPF_FRAG 0x04    /* first fragment of a fragmented datagram */
+#define IPF_JUMBO 0x08   /* IP length field was 0: length taken from the frame */
+
+/* packet_event.opt_present bits */
+#define OPT_MSS 0x01
+#define OPT_WSCALE 0x02
+#define OPT_SACK_PERM 0x04
+#define OPT_SACK 0x08
+#define OPT_TS 0x10
+#define OPT_OTHER 0x20 /* other_kinds has at least one bit set */
+
+/* Per-CPU counters: one array slot, summed over CPUs by user space. */
+struct tcpscope_counters {
+	__u64 packets;            /* every packet the hook saw */
+	__u64 bytes;              /* their frame bytes */
+	__u64 tcp_packets;        /* packets parsed as TCP (malformed TCP included) */
+	__u64 tcp_bytes;
+	__u64 non_tcp;            /* not IP, or IP but not TCP */
+	__u64 ip_fragments;       /* non-first fragments: never parsed as TCP */
+	__u64 flag[FLAG_IDX_MAX]; /* packets with each TCP flag set */
+	__u64 syn_no_ack;         /* SYN without ACK: connection attempts */
+	__u64 syn_ack;            /* SYN+ACK */
+	__u64 malformed[MALFORMED_MAX]; /* by reason; [0] unused */
+	__u64 filtered_out;       /* TCP packets not matching the event filter */
+	__u64 sampled_out;        /* matched, but skipped by 1-in-N sampling */
+	__u64 events;             /* events written to the ring buffer */
+	__u64 events_lost;        /* events dropped: ring buffer full */
+	__u64 sample_tick;        /* sampling state, not a statistic */
+};
+
+/* One address as the kernel stores it: IPv4 in the first 4 bytes. */
+struct tcpscope_cidr {
+	__u8 addr[16];
+	__u8 mask[16];
+	__u8 family; /* 4 or 6 */
+	__u8 _pad[7]; /* keeps arrays of these 8-byte aligned */
+};
+
+/*
+ * Event filter, written by user space into read-only data before load.
+ * Because it is const volatile, the verifier sees the final values and the
+ * JIT drops every disabled test: an empty filter costs nothing per packet.
+ */
+struct tcpscope_config {
+	struct tcpscope_cidr src[TCPSCOPE_MAX_FILTER_CIDRS]; /* first: 8-aligned */
+	struct tcpscope_cidr dst[TCPSCOPE_MAX_FILTER_CIDRS];
+	__u32 snaplen;       /* payload bytes to copy, <= TCPSCOPE_MAX_SNAPLEN */
+	__u32 sample_every;  /* keep 1 of N matching packets; 0 or 1 keeps all */
+	__u16 flags_set;     /* every one of these flag bits must be set */
+	__u16 flags_clear;   /* every one of these flag bits must be clear */
+	__u8 events_enabled; /* 0: counters only */
+	__u8 n_ports;        /* either port matches one of ports[] */
+	__u8 n_sports;
+	__u8 n_dports;
+	__u8 n_src;          /* source address in one of src[] */
+	__u8 n_dst;
+	__u8 _pad[2];
+	__u16 ports[TCPSCOPE_MAX_FILTER_PORTS];
+	__u16 sports[TCPSCOPE_MAX_FILTER_PORTS];
+	__u16 dports[TCPSCOPE_MAX_FILTER_PORTS];
+};
+
+/*
+ * One incoming TCP packet. Ports, seq/ack and window are in host order;
+ * addresses in network order (IPv4 in the first 4 bytes).
+ */
+struct packet_event {
+	__u64 ts_ns;          /* CLOCK_MONOTONIC (bpf_ktime_get_ns) */
+	__u8 src[16];         /* 8-byte aligned: compared as two __u64 */
+	__u8 dst[16];
+	__u32 ifindex;
+	__u32 frame_len;      /* bytes in the frame at the hook */
+	__u8 hook;            /* enum tcpscope_hook */
+	__u8 ip_version;      /* 4 or 6 */
+	__u8 vlan_count;
+	__u8 ttl;             /* hop limit for IPv6 */
+	__u16 vlan[TCPSCOPE_MAX_VLAN]; /* TCI VLAN ids, outermost first */
+	__u16 ip_len;         /* IPv4 total length, IPv6 payload length */
+	__u8 dscp;
+	__u8 ecn;
+	__u32 ip_id;          /* IPv4 id, or IPv6 fragment id */
+	__u8 ip_flags;        /* IPF_* */
+	__u8 malformed;       /* enum tcpscope_malformed, 0 if well formed */
+	__u8 hdr_len;         /* TCP header bytes (data offset * 4) */
+	__u8 opt_present;     /* OPT_* */
+	__u16 sport;
+	__u16 dport;
+	__u32 seq;
+	__u32 ack;
+	__u16 flags_raw;
+	__u16 window;
+	__u16 checksum;
+	__u16 urgent_ptr;
+	__u32 payload_len;
+	__u16 mss;
+	__u8 wscale;
+	__u8 sack_count;
+	__u32 ts_val;
+	__u32 ts_ecr;
+	__u32 sack[TCPSCOPE_MAX_SACK][2];
+	/* Bitmap of every other option kind seen (bit k = kind k). A bitmap, not
+	 * a list, so the verifier need not track a count across the option loop. */
+	__u8 other_kinds[32];
+	__u16 snap_len;       /* payload bytes that follow the event */
+	__u16 _pad1;
+	__u32 _pad2;
+};
+
+/* An event followed by up to TCPSCOPE_MAX_SNAPLEN payload bytes (--snaplen). */
+struct packet_event_snap {
+	struct packet_event ev;
+	__u8 payload[TCPSCOPE_MAX_SNAPLEN];
+};
+
+#endif /* TCPSCOPE_COMMON_KERN_USER_H */

@@ -1,0 +1,42 @@
+//! Compiles the kernel programs in `bpf/` and generates their Rust skeletons.
+use std::env;
+use std::path::PathBuf;
+
+use libbpf_cargo::SkeletonBuilder;
+
+/// One skeleton per hook family: (source, skeleton module file).
+const PROGRAMS: &[(&str, &str)] = &[
+    ("bpf/ingress.bpf.c", "ingress.skel.rs"),
+    ("bpf/baseline.bpf.c", "baseline.skel.rs"),
+];
+/// Headers every program includes; a change to any rebuilds all.
+const HEADERS: &[&str] = &["bpf/common_kern_user.h", "bpf/parse_kern.h", "bpf/vmlinux.h"];
+
+fn main() {
+    let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR must be set by cargo"));
+    let manifest = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets this"));
+    let include = manifest.join("bpf");
+    let arch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
+        Ok("x86_64") => "x86",
+        Ok("aarch64") => "arm64",
+        Ok(other) => panic!("bpf/vmlinux.h is generated for x86_64; no vmlinux.h for {other}"),
+        Err(_) => "x86",
+    };
+
+    for (src, skel) in PROGRAMS {
+        SkeletonBuilder::new()
+            .source(manifest.join(src))
+            .clang_args([
+                format!("-I{}", include.display()),
+                format!("-D__TARGET_ARCH_{arch}"),
+                "-Wall".to_string(),
+                "-Wno-unused-function".to_string(),
+            ])
+            .build_and_generate(out.join(skel))
+            .unwrap_or_else(|e| panic!("building {src} failed: {e:#}"));
+        println!("cargo:rerun-if-changed={src}");
+    }
+    for h in HEADERS {
+        println!("cargo:rerun-if-changed={h}");
+    }
+}
