@@ -1,13 +1,26 @@
-use libbpf_rs::skel::{OpenSkel, SkelBuilder};
-use std::mem::MaybeUninit;
-mod ingress_skel { include!(concat!(env!("OUT_DIR"), "/ingress.skel.rs")); }
-fn main() {
-    let mut obj = MaybeUninit::uninit();
-    let mut open = ingress_skel::IngressSkelBuilder::default().open(&mut obj).unwrap();
-    let r = open.maps.rodata_data.as_deref_mut().unwrap();
-    r.cfg.events_enabled = 1;
-    r.cfg.snaplen = 64;
-    r.cfg.n_ports = 1; r.cfg.ports[0]=80;
-    r.cfg.n_src = 1; r.cfg.src[0].family=4;
-    match open.load() { Ok(_) => println!("loaded"), Err(e) => println!("ERR {e:#}") };
+//! tcpscope binary: parse the command line, run one command, report errors
+//! as one line.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use tcpscope::cli::{Cli, Command};
+use tcpscope::{bpf, cmd};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    bpf::init_libbpf_logging();
+    let result = match &cli.command {
+        Command::Watch(a) => cmd::watch::run(a),
+        Command::Stats(a) => cmd::stats::run(a),
+        Command::Bench(a) => cmd::bench::run(a),
+        Command::Demo(a) => cmd::demo::run(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tcpscope: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }

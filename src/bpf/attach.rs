@@ -1,0 +1,154 @@
+//! Attaching the ingress programs through BPF links.
+//!
+//! A link is a file descriptor: when the process exits, even by `kill -9`,
+//! the kernel closes it and detaches the program. Dropping an
+//! [`AttachedLink`] detaches at once.
+
+use std::ffi::CString;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+
+use anyhow::{anyhow, bail, Result};
+use libbpf_rs::Program;
+
+use crate::bpf::preflight::PRIVILEGE_FIX;
+
+// From <linux/if_link.h>.
+const XDP_FLAGS_SKB_MODE: u32 = 1 << 1;
+const XDP_FLAGS_DRV_MODE: u32 = 1 << 2;
+
+/// Which ingress hook to attach to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum HookKind {
+    /// XDP: earliest hook, in the driver, before GRO and before an skb exists.
+    Xdp,
+    /// TC ingress (tcx): after GRO, on the skb; works on every device.
+    Tc,
+}
+
+/// XDP attach mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum XdpMode {
+    /// In the driver; fails if the driver has no XDP support.
+    Native,
+    /// Generic (skb) XDP: works everywhere, slower.
+    Generic,
+}
+
+/// A program attached to an interface; detached on drop.
+#[derive(Debug)]
+pub struct AttachedLink {
+    fd: OwnedFd,
+    pub description: String,
+}
+
+impl AttachedLink {
+    pub fn id(&self) -> Option<u32> {
+        // SAFETY: bpf_link_info is plain old data; zero is a valid value.
+        let mut info: libbpf_rs::libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of_val(&info) as u32;
+        // SAFETY: fd is a valid link fd; info and len point to valid memory of
+        // the size passed.
+        let r = unsafe {
+            libbpf_rs::libbpf_sys::bpf_link_get_info_by_fd(self.fd.as_raw_fd(), &mut info, &mut len)
+        };
+        (r == 0).then_some(info.id)
+    }
+}
+
+/// The interface index of `name`, or a clear error.
+pub fn ifindex(name: &str) -> Result<u32> {
+    let c = CString::new(name).map_err(|_| anyhow!("bad interface name '{name}'"))?;
+    // SAFETY: c is a valid NUL-terminated string.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("interface '{name}' not found: check the name with `ip link` (and that you are in its network namespace)");
+    }
+    Ok(idx)
+}
+
+fn link_create(
+    prog: &Program<'_>,
+    ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+) -> std::io::Result<OwnedFd> {
+    // SAFETY: zero is a valid value for this plain C options struct.
+    let mut opts: libbpf_rs::libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
+    opts.sz = std::mem::size_of_val(&opts) as _;
+    opts.flags = flags;
+    // SAFETY: the program fd is valid for the duration of the call; opts is
+    // initialised with its size.
+    let fd = unsafe {
+        libbpf_rs::libbpf_sys::bpf_link_create(
+            prog.as_fd().as_raw_fd(),
+            ifindex as i32,
+            attach_type,
+            &opts,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::from_raw_os_error(-fd));
+    }
+    // SAFETY: bpf_link_create returned a new fd that we now own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The id of the XDP program already on `ifindex`, if any.
+fn existing_xdp_prog(ifindex: u32) -> Option<u32> {
+    let mut id = 0u32;
+    // SAFETY: id points to a valid u32.
+    let r = unsafe { libbpf_rs::libbpf_sys::bpf_xdp_query_id(ifindex as i32, 0, &mut id) };
+    (r == 0 && id != 0).then_some(id)
+}
+
+/// Attaches `prog` as XDP on `ifname`.
+pub fn attach_xdp(prog: &Program<'_>, ifname: &str, mode: XdpMode) -> Result<AttachedLink> {
+    let idx = ifindex(ifname)?;
+    if let Some(id) = existing_xdp_prog(idx) {
+        bail!(
+            "interface '{ifname}' already has an XDP program (id {id}): remove it (`ip link set dev {ifname} xdp off`, or stop its owner) or use --hook tc"
+        );
+    }
+    let flags = match mode {
+        XdpMode::Native => XDP_FLAGS_DRV_MODE,
+        XdpMode::Generic => XDP_FLAGS_SKB_MODE,
+    };
+    let fd = link_create(prog, idx, libbpf_rs::libbpf_sys::BPF_XDP, flags).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) if mode == XdpMode::Native => anyhow!(
+                "native XDP is not supported on '{ifname}' (its driver has no XDP support): use --xdp-mode generic or --hook tc"
+            ),
+            Some(libc::EBUSY) | Some(libc::EEXIST) => anyhow!(
+                "interface '{ifname}' already has an XDP program: remove it (`ip link set dev {ifname} xdp off`) or use --hook tc"
+            ),
+            Some(libc::EPERM) | Some(libc::EACCES) => anyhow!("attaching XDP to '{ifname}': permission denied: {PRIVILEGE_FIX}"),
+            _ => anyhow!("attaching XDP to '{ifname}': {e}"),
+        }
+    })?;
+    let mode_name = match mode {
+        XdpMode::Native => "native",
+        XdpMode::Generic => "generic",
+    };
+    Ok(AttachedLink {
+        fd,
+        description: format!("xdp ({mode_name}) on {ifname}"),
+    })
+}
+
+/// Attaches `prog` to TC ingress of `ifname` through tcx.
+pub fn attach_tc(prog: &Program<'_>, ifname: &str) -> Result<AttachedLink> {
+    let idx = ifindex(ifname)?;
+    let fd = link_create(prog, idx, libbpf_rs::libbpf_sys::BPF_TCX_INGRESS, 0).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => anyhow!("attaching to TC ingress of '{ifname}': permission denied: {PRIVILEGE_FIX}"),
+            Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => anyhow!(
+                "attaching to TC ingress of '{ifname}': this kernel has no tcx links (needs Linux 6.6+); use --hook xdp"
+            ),
+            _ => anyhow!("attaching to TC ingress of '{ifname}': {e}"),
+        }
+    })?;
+    Ok(AttachedLink {
+        fd,
+        description: format!("tc ingress (tcx) on {ifname}"),
+    })
+}

@@ -1,0 +1,79 @@
+//! Checks made before touching the kernel, and translation of kernel errors
+//! into one-line messages that name the fix.
+
+use std::path::Path;
+
+use anyhow::{anyhow, Result};
+
+/// Default location of the running kernel's BTF.
+pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+// Capability numbers from <linux/capability.h>.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
+/// The fix for missing privileges, shared by every message that needs it.
+pub const PRIVILEGE_FIX: &str =
+    "run as root (sudo) or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap cap_bpf,cap_net_admin,cap_perfmon+ep tcpscope)";
+
+/// Fails unless the effective capabilities allow loading and attaching.
+pub fn check_privileges() -> Result<()> {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(0);
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    let bpf_ok = has(CAP_BPF) || has(CAP_SYS_ADMIN);
+    let perfmon_ok = has(CAP_PERFMON) || has(CAP_SYS_ADMIN);
+    if bpf_ok && perfmon_ok && has(CAP_NET_ADMIN) {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if !bpf_ok {
+        missing.push("CAP_BPF");
+    }
+    if !has(CAP_NET_ADMIN) {
+        missing.push("CAP_NET_ADMIN");
+    }
+    if !perfmon_ok {
+        missing.push("CAP_PERFMON");
+    }
+    Err(anyhow!(
+        "missing privileges ({}): {PRIVILEGE_FIX}",
+        missing.join(", ")
+    ))
+}
+
+/// Fails unless kernel BTF (or the BTF file given) is readable: CO-RE needs it.
+pub fn check_btf(custom: Option<&Path>) -> Result<()> {
+    let path = custom.unwrap_or_else(|| Path::new(KERNEL_BTF));
+    match std::fs::metadata(path) {
+        Ok(m) if m.len() > 0 => Ok(()),
+        _ if custom.is_some() => Err(anyhow!(
+            "BTF file {} not found: pass --btf with an existing BTF file for this kernel (e.g. from BTFHub)",
+            path.display()
+        )),
+        _ => Err(anyhow!(
+            "kernel BTF not found at {KERNEL_BTF}: use a kernel built with CONFIG_DEBUG_INFO_BTF=y, or pass --btf FILE"
+        )),
+    }
+}
+
+/// Turns a libbpf error from `doing` into one line with the likely fix.
+pub fn explain(e: libbpf_rs::Error, doing: &str) -> anyhow::Error {
+    match e.kind() {
+        // EPERM (privileges) and EACCES (verifier) look alike here; our own
+        // capability check tells them apart.
+        libbpf_rs::ErrorKind::PermissionDenied if check_privileges().is_err() => {
+            anyhow!("{doing}: permission denied: {PRIVILEGE_FIX}")
+        }
+        libbpf_rs::ErrorKind::PermissionDenied => anyhow!(
+            "{doing}: the kernel verifier rejected the program (a bug in tcpscope: please report it with the output of TCPSCOPE_DEBUG=1)"
+        ),
+        _ => anyhow!("{doing}: {e}"),
+    }
+}

@@ -1,0 +1,213 @@
+//! Command-line interface. Parsing only: the commands live in [`crate::cmd`].
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::bpf::attach::{HookKind, XdpMode};
+use crate::filter::{Cidr, EventFilter, FlagMatch};
+
+const ABOUT: &str = "eBPF inspector of incoming TCP traffic: sees every TCP packet at the \
+interface's ingress hook, decodes it in the kernel, and streams what you ask for.";
+
+const HOOK_HELP: &str = "Ingress hook [default: tc]. \
+tc (tcx ingress) is the default because it works on every interface without changing it: \
+native XDP on veth, for example, makes the device run NAPI without GRO and costs throughput, and \
+generic XDP is slower than tc. tc sees packets after GRO, so on a NIC with GRO on, one event may \
+stand for several wire segments. xdp sees each frame as the driver received it, before GRO and \
+before any other hook: use it for per-segment fidelity or on NICs with native XDP support.";
+
+#[derive(Debug, Parser)]
+#[command(name = "tcpscope", version, about = ABOUT, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Stream incoming TCP packets from an interface, one line (or JSON object) each.
+    #[command(after_help = "Examples:\n  \
+        tcpscope watch -i eth0 --port 443 --flags SYN,!ACK     # new connections to :443\n  \
+        tcpscope watch -i eth0 --src 2001:db8::/32 --json -c 100\n  \
+        tcpscope watch -i eth0 --hook xdp --sample 100         # 1% of packets, at XDP\n  \
+        tcpscope watch -i eth0 --port 80 --snaplen 64          # with 64 payload bytes")]
+    Watch(WatchArgs),
+    /// Print the kernel's packet counters and rates every interval.
+    #[command(after_help = "Example:\n  tcpscope stats -i eth0 --interval 1")]
+    Stats(StatsArgs),
+    /// Measure ns/packet of the XDP and TC programs with BPF_PROG_TEST_RUN.
+    Bench(BenchArgs),
+    /// Build two test hosts (network namespaces + veth), watch real connections, clean up.
+    Demo(DemoArgs),
+}
+
+/// Where and how to attach.
+#[derive(Debug, Args, Clone)]
+pub struct AttachArgs {
+    /// Interface to watch (incoming traffic only).
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    pub iface: String,
+    #[arg(long, value_enum, help = HOOK_HELP)]
+    pub hook: Option<HookKind>,
+    /// XDP attach mode (with --hook xdp).
+    #[arg(long, value_enum, default_value = "native")]
+    pub xdp_mode: XdpMode,
+    /// BTF file to use instead of /sys/kernel/btf/vmlinux (kernels without CONFIG_DEBUG_INFO_BTF).
+    #[arg(long, value_name = "FILE")]
+    pub btf: Option<PathBuf>,
+}
+
+impl AttachArgs {
+    pub fn hook(&self) -> HookKind {
+        self.hook.unwrap_or(HookKind::Tc)
+    }
+}
+
+/// Which packets become events; applied in the kernel.
+#[derive(Debug, Args, Clone, Default)]
+pub struct FilterArgs {
+    /// Source or destination port (repeat or comma-separate, up to 8).
+    #[arg(long = "port", value_name = "P", value_delimiter = ',')]
+    pub ports: Vec<u16>,
+    /// Source port (up to 8).
+    #[arg(long = "sport", value_name = "P", value_delimiter = ',')]
+    pub sports: Vec<u16>,
+    /// Destination port (up to 8).
+    #[arg(long = "dport", value_name = "P", value_delimiter = ',')]
+    pub dports: Vec<u16>,
+    /// Source address prefix, IPv4 or IPv6 (repeat for several, up to 8).
+    #[arg(long = "src", value_name = "CIDR")]
+    pub src: Vec<Cidr>,
+    /// Destination address prefix, IPv4 or IPv6 (up to 8).
+    #[arg(long = "dst", value_name = "CIDR")]
+    pub dst: Vec<Cidr>,
+    /// Flags that must be set; prefix with ! for flags that must be clear: SYN,!ACK.
+    #[arg(long, value_name = "FLAGS", allow_hyphen_values = true)]
+    pub flags: Option<FlagMatch>,
+    /// Keep 1 in N matching packets.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub sample: Option<u32>,
+    /// Copy up to N payload bytes per packet (default 0: headers only; max 1024).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub snaplen: u32,
+}
+
+impl FilterArgs {
+    pub fn to_filter(&self) -> EventFilter {
+        EventFilter {
+            ports: self.ports.clone(),
+            sports: self.sports.clone(),
+            dports: self.dports.clone(),
+            src: self.src.clone(),
+            dst: self.dst.clone(),
+            flags: self.flags.unwrap_or_default(),
+            sample_every: self.sample.unwrap_or(1),
+            snaplen: self.snaplen,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Exit after COUNT packets.
+    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// Print NDJSON, one object per packet (schema: docs/json-schema.md).
+    #[arg(long)]
+    pub json: bool,
+    /// Ring buffer size in MiB (power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 4)]
+    pub ringbuf_mib: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Seconds between reports.
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    pub interval: f64,
+    /// Exit after COUNT reports.
+    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// Print each report as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// BPF_PROG_TEST_RUN repetitions per measurement.
+    #[arg(long, default_value_t = 2_000_000)]
+    pub repeat: u32,
+    /// Measurements per case; the median is reported.
+    #[arg(long, default_value_t = 5)]
+    pub rounds: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[arg(long, value_enum, help = HOOK_HELP)]
+    pub hook: Option<HookKind>,
+    /// Connections to make per address family.
+    #[arg(long, default_value_t = 2)]
+    pub connections: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn watch_parses_filters() {
+        let cli = Cli::try_parse_from([
+            "tcpscope",
+            "watch",
+            "-i",
+            "eth0",
+            "--port",
+            "80,443",
+            "--src",
+            "198.18.0.0/15",
+            "--flags",
+            "SYN,!ACK",
+            "--sample",
+            "10",
+            "--json",
+            "-c",
+            "5",
+        ])
+        .unwrap();
+        let Command::Watch(w) = cli.command else {
+            panic!("not watch")
+        };
+        let f = w.filter.to_filter();
+        assert_eq!(f.ports, vec![80, 443]);
+        assert_eq!(f.flags.set, 0x002);
+        assert_eq!(f.flags.clear, 0x010);
+        assert_eq!(f.sample_every, 10);
+        assert_eq!(w.count, Some(5));
+        assert_eq!(w.attach.hook(), HookKind::Tc);
+    }
+
+    #[test]
+    fn bad_values_are_rejected_with_the_reason() {
+        let err = Cli::try_parse_from(["tcpscope", "watch", "-i", "x", "--src", "10.0.0.0/40"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("prefix 40"), "{err}");
+        assert!(Cli::try_parse_from(["tcpscope", "watch", "-i", "x", "--sample", "0"]).is_err());
+        assert!(Cli::try_parse_from(["tcpscope", "watch", "-i", "x", "--port", "70000"]).is_err());
+    }
+}

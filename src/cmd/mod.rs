@@ -1,0 +1,79 @@
+//! The subcommands: each wires the kernel side to an output.
+
+pub mod bench;
+pub mod demo;
+pub mod stats;
+pub mod watch;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::bpf::attach::{self, AttachedLink, HookKind};
+use crate::bpf::{self, types, IngressSkel, LoadOptions};
+use crate::cli::AttachArgs;
+
+/// Loaded ingress programs plus the link that keeps one attached. Dropping
+/// it detaches (the link first, then the programs).
+pub struct Session {
+    pub link: AttachedLink,
+    pub skel: IngressSkel<'static>,
+    pub ifname: String,
+}
+
+impl Session {
+    /// Checks privileges and the interface, loads with `config`, attaches.
+    pub fn start(
+        args: &AttachArgs,
+        config: types::tcpscope_config,
+        ringbuf_bytes: u32,
+    ) -> Result<Self> {
+        bpf::preflight::check_privileges()?;
+        attach::ifindex(&args.iface)?;
+        let mut opts = LoadOptions::new(config);
+        opts.ringbuf_bytes = ringbuf_bytes;
+        opts.btf = args.btf.clone();
+        let skel = bpf::load_ingress(&opts)?;
+        let link = match args.hook() {
+            HookKind::Xdp => {
+                attach::attach_xdp(&skel.progs.tcpscope_xdp, &args.iface, args.xdp_mode)?
+            }
+            HookKind::Tc => attach::attach_tc(&skel.progs.tcpscope_tc, &args.iface)?,
+        };
+        Ok(Session {
+            link,
+            skel,
+            ifname: args.iface.clone(),
+        })
+    }
+}
+
+/// Set by SIGINT, SIGTERM and SIGHUP; loops poll it and return normally, so
+/// that every link is dropped (detached) on the way out.
+pub fn stop_flag() -> Result<Arc<AtomicBool>> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    if let Some(f) = FLAG.get() {
+        return Ok(f.clone());
+    }
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = flag.clone();
+    ctrlc::set_handler(move || f.store(true, Ordering::SeqCst))
+        .map_err(|e| anyhow::anyhow!("installing the signal handler: {e}"))?;
+    let _ = FLAG.set(flag.clone());
+    Ok(flag)
+}
+
+/// Offset that turns CLOCK_MONOTONIC (bpf_ktime_get_ns) into wall-clock ns.
+pub fn monotonic_to_realtime_offset() -> u64 {
+    fn now(clock: libc::clockid_t) -> u64 {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid timespec to write into.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+    }
+    now(libc::CLOCK_REALTIME).saturating_sub(now(libc::CLOCK_MONOTONIC))
+}

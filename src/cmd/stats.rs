@@ -1,0 +1,75 @@
+//! `tcpscope stats`: counters and rates every interval, no events.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+
+use crate::bpf::{self, counters::Counters};
+use crate::cli::StatsArgs;
+use crate::cmd::{stop_flag, Session};
+use crate::filter::EventFilter;
+
+pub fn run(args: &StatsArgs) -> Result<()> {
+    ensure!(
+        args.interval.is_finite() && args.interval >= 0.05,
+        "--interval {}: use a number of seconds of at least 0.05",
+        args.interval
+    );
+    let stop = stop_flag()?;
+    // Events off: the programs only count.
+    let config = EventFilter::default().to_kernel(false)?;
+    let session = Session::start(&args.attach, config, 4096)?;
+    eprintln!(
+        "tcpscope: counting incoming packets on {}; Ctrl-C to stop",
+        session.link.description
+    );
+
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut prev = Counters::default();
+    let mut prev_t = Instant::now();
+    let mut reports = 0u64;
+    while !stop.load(Ordering::SeqCst) && args.count.is_none_or(|c| reports < c) {
+        // Sleep in small steps so that Ctrl-C is prompt.
+        let deadline = Instant::now() + interval;
+        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20).min(deadline - Instant::now()));
+        }
+        let now = bpf::read_counters(&session.skel)?;
+        let t = Instant::now();
+        let secs = t.duration_since(prev_t).as_secs_f64().max(1e-9);
+        let rate = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / secs;
+        let (c, p) = (&now.0, &prev.0);
+        if args.json {
+            let mut v = now.to_json();
+            v["interval_s"] = serde_json::json!(secs);
+            v["packets_per_s"] = serde_json::json!(rate(c.packets, p.packets));
+            v["bytes_per_s"] = serde_json::json!(rate(c.bytes, p.bytes));
+            v["tcp_packets_per_s"] = serde_json::json!(rate(c.tcp_packets, p.tcp_packets));
+            v["syn_per_s"] = serde_json::json!(rate(c.syn_no_ack, p.syn_no_ack));
+            println!("{v}");
+        } else {
+            println!(
+                "{:.1} pkt/s ({:.0} B/s), tcp {:.1}/s, SYN {:.1}/s, RST {:.1}/s, malformed {:.1}/s | totals: packets {}, tcp {}, non-tcp {}, fragments {}, malformed {}",
+                rate(c.packets, p.packets),
+                rate(c.bytes, p.bytes),
+                rate(c.tcp_packets, p.tcp_packets),
+                rate(c.syn_no_ack, p.syn_no_ack),
+                rate(c.flag[2], p.flag[2]),
+                rate(now.malformed_total(), prev.malformed_total()),
+                c.packets,
+                c.tcp_packets,
+                c.non_tcp,
+                c.ip_fragments,
+                now.malformed_total(),
+            );
+        }
+        prev = now;
+        prev_t = t;
+        reports += 1;
+    }
+    let last = bpf::read_counters(&session.skel)?;
+    drop(session);
+    eprintln!("{}", last.summary());
+    Ok(())
+}

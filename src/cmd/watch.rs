@@ -1,0 +1,99 @@
+//! `tcpscope watch`: stream decoded packets from the ring buffer.
+
+use std::cell::{Cell, RefCell};
+use std::io::{self, BufWriter, Write};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::bpf::{self, types};
+use crate::cli::WatchArgs;
+use crate::cmd::{monotonic_to_realtime_offset, stop_flag, Session};
+use crate::model::PacketRecord;
+use crate::output::{self, Format};
+
+const EVENT_SIZE: usize = std::mem::size_of::<types::packet_event>();
+
+/// Decodes one ring-buffer record: an event, maybe followed by payload.
+pub fn decode_record(data: &[u8], clock_offset: u64) -> Option<PacketRecord> {
+    let mut ev = types::packet_event::default();
+    plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
+    let payload = (ev.snap_len > 0)
+        .then(|| data.get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.snap_len)))
+        .flatten();
+    Some(PacketRecord::from_event(
+        &ev,
+        ev.ts_ns + clock_offset,
+        payload,
+    ))
+}
+
+pub fn run(args: &WatchArgs) -> Result<()> {
+    let filter = args.filter.to_filter();
+    let config = filter.to_kernel(true)?;
+    let ringbuf_mib = args.ringbuf_mib;
+    anyhow::ensure!(
+        ringbuf_mib.is_power_of_two() && ringbuf_mib <= 1024,
+        "--ringbuf-mib {ringbuf_mib}: use a power of two from 1 to 1024"
+    );
+    let stop = stop_flag()?;
+    let session = Session::start(&args.attach, config, ringbuf_mib << 20)?;
+    eprintln!(
+        "tcpscope: watching incoming TCP on {} (link id {}); Ctrl-C to stop",
+        session.link.description,
+        session.link.id().map_or("?".into(), |i| i.to_string())
+    );
+
+    let format = if args.json {
+        Format::Json
+    } else {
+        Format::Text
+    };
+    let clock_offset = monotonic_to_realtime_offset();
+    let printed = Cell::new(0u64);
+    let out_failed = Cell::new(false);
+    let out = RefCell::new(BufWriter::new(io::stdout().lock()));
+    let limit = args.count.unwrap_or(u64::MAX);
+    let ifname = session.ifname.clone();
+
+    let mut builder = libbpf_rs::RingBufferBuilder::new();
+    builder
+        .add(&session.skel.maps.events, |data: &[u8]| {
+            if printed.get() >= limit || out_failed.get() {
+                return 0;
+            }
+            if let Some(rec) = decode_record(data, clock_offset) {
+                if output::write_record(&mut *out.borrow_mut(), &rec, format, &ifname).is_err() {
+                    out_failed.set(true); // e.g. `| head` closed the pipe
+                }
+                printed.set(printed.get() + 1);
+            }
+            0
+        })
+        .context("setting up the ring buffer")?;
+    let ring = builder.build().context("setting up the ring buffer")?;
+
+    while !stop.load(Ordering::SeqCst) && printed.get() < limit && !out_failed.get() {
+        match ring.poll(Duration::from_millis(100)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading the ring buffer"),
+        }
+        let _ = out.borrow_mut().flush();
+    }
+    let _ = out.borrow_mut().flush();
+    drop(ring);
+
+    let counters = bpf::read_counters(&session.skel)?;
+    drop(session); // detach before reporting
+    eprintln!("tcpscope: {} packets printed", printed.get());
+    eprintln!("{}", counters.summary());
+    if counters.0.events_lost > 0 {
+        eprintln!(
+            "tcpscope: {} events were lost because the ring buffer was full: narrow the filter, use --sample, or raise --ringbuf-mib",
+            counters.0.events_lost
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! tcpscope: an eBPF inspector of incoming TCP traffic.
+//!
+//! Data flows one way: kernel programs (`bpf/`) → ring-buffer events
+//! ([`bpf`]) → owned records ([`model`]) → presentation ([`output`]).
+//! The commands in [`cmd`] wire those together; [`cli`] only parses.
+
+pub mod bpf;
+pub mod cli;
+pub mod cmd;
+pub mod filter;
+pub mod model;
+pub mod output;
+pub mod testhost;
+pub mod testpkt;

@@ -1,0 +1,290 @@
+//! The owned, decoded form of one TCP packet, in the stable JSON schema of
+//! `docs/json-schema.md`, and its conversion from the kernel's event.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Serialize;
+
+use crate::bpf::types;
+
+/// Names of the TCP flags, in the order of `flags_raw` bits 0..8 and of the
+/// JSON `flags` list.
+pub const FLAG_NAMES: [&str; 9] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "AE"];
+
+/// User-facing names of `enum tcpscope_malformed`, indexed by its value.
+pub const MALFORMED_NAMES: [&str; types::tcpscope_malformed::MALFORMED_MAX.0 as usize] = [
+    "none",
+    "eth_truncated",
+    "vlan_truncated",
+    "vlan_too_deep",
+    "ipv4_truncated",
+    "ipv4_bad_version",
+    "ipv4_bad_ihl",
+    "ipv4_bad_total_len",
+    "ipv6_truncated",
+    "ipv6_bad_version",
+    "ipv6_ext_truncated",
+    "ipv6_ext_too_many",
+    "tcp_truncated",
+    "tcp_bad_doff",
+    "tcp_hdr_truncated",
+    "tcp_bad_ip_len",
+    "tcp_opt_bad_len",
+    "tcp_opt_overrun",
+    "tcp_opt_bad_size",
+];
+
+/// Where a packet was seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    Xdp,
+    Tc,
+    Pcap,
+}
+
+impl Hook {
+    pub fn name(self) -> &'static str {
+        match self {
+            Hook::Xdp => "xdp",
+            Hook::Tc => "tc",
+            Hook::Pcap => "pcap",
+        }
+    }
+}
+
+/// Parsed TCP options. Absent options are omitted from JSON.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct TcpOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mss: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub wscale: Option<u8>,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub sack_permitted: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sack: Vec<[u32; 2]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts_val: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ts_ecr: Option<u32>,
+    /// Kinds of every other option present, ascending, each once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub other: Vec<u8>,
+}
+
+/// One packet, as both the live and the offline paths report it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PacketRecord {
+    pub ts_ns: u64,
+    pub ifindex: u32,
+    pub hook: Hook,
+    pub vlan: Vec<u16>,
+    pub ip_version: u8,
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub ttl: u8,
+    pub ip_len: u16,
+    pub ip_id: Option<u32>,
+    pub dscp: u8,
+    pub ecn: u8,
+    pub df: Option<bool>,
+    pub frag: bool,
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub hdr_len: u8,
+    pub flags_raw: u16,
+    pub flags: Vec<&'static str>,
+    pub window: u16,
+    pub checksum: u16,
+    pub urgent_ptr: u16,
+    pub payload_len: u32,
+    pub options: TcpOptions,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload_hex: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub malformed: Option<&'static str>,
+}
+
+/// The names of the flags set in `flags_raw`, in schema order.
+pub fn flag_names(flags_raw: u16) -> Vec<&'static str> {
+    FLAG_NAMES
+        .iter()
+        .enumerate()
+        .filter(|(bit, _)| flags_raw & (1 << bit) != 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
+
+/// The name of a malformed reason; unknown values (a newer kernel object)
+/// are reported rather than hidden.
+pub fn malformed_name(reason: u8) -> &'static str {
+    MALFORMED_NAMES
+        .get(reason as usize)
+        .copied()
+        .unwrap_or("unknown")
+}
+
+fn address(ip_version: u8, raw: &[u8; 16]) -> IpAddr {
+    if ip_version == 4 {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+impl PacketRecord {
+    /// Builds a record from a kernel event. `ts_ns` is the event's time
+    /// already converted to the wall clock; `payload` holds the bytes
+    /// copied with `--snaplen`, if any.
+    pub fn from_event(ev: &types::packet_event, ts_ns: u64, payload: Option<&[u8]>) -> Self {
+        let hook = if ev.hook == types::tcpscope_hook::TCPSCOPE_HOOK_XDP.0 as u8 {
+            Hook::Xdp
+        } else {
+            Hook::Tc
+        };
+        let has = |bit: u32| u32::from(ev.opt_present) & bit != 0;
+        let ip_flag = |bit: u32| u32::from(ev.ip_flags) & bit != 0;
+        let options = TcpOptions {
+            mss: has(OPT_MSS).then_some(ev.mss),
+            wscale: has(OPT_WSCALE).then_some(ev.wscale),
+            sack_permitted: has(OPT_SACK_PERM),
+            sack: if has(OPT_SACK) {
+                ev.sack[..usize::from(ev.sack_count).min(ev.sack.len())].to_vec()
+            } else {
+                Vec::new()
+            },
+            ts_val: has(OPT_TS).then_some(ev.ts_val),
+            ts_ecr: has(OPT_TS).then_some(ev.ts_ecr),
+            other: (0u16..256)
+                .filter(|k| ev.other_kinds[(k >> 3) as usize] & (1 << (k & 7)) != 0)
+                .map(|k| k as u8)
+                .collect(),
+        };
+        PacketRecord {
+            ts_ns,
+            ifindex: ev.ifindex,
+            hook,
+            vlan: ev.vlan[..usize::from(ev.vlan_count).min(ev.vlan.len())].to_vec(),
+            ip_version: ev.ip_version,
+            src: address(ev.ip_version, &ev.src),
+            dst: address(ev.ip_version, &ev.dst),
+            ttl: ev.ttl,
+            ip_len: ev.ip_len,
+            ip_id: ip_flag(IPF_HAS_ID).then_some(ev.ip_id),
+            dscp: ev.dscp,
+            ecn: ev.ecn,
+            df: (ev.ip_version == 4).then_some(ip_flag(IPF_DF)),
+            frag: ip_flag(IPF_FRAG),
+            sport: ev.sport,
+            dport: ev.dport,
+            seq: ev.seq,
+            ack: ev.ack,
+            hdr_len: ev.hdr_len,
+            flags_raw: ev.flags_raw,
+            flags: flag_names(ev.flags_raw),
+            window: ev.window,
+            checksum: ev.checksum,
+            urgent_ptr: ev.urgent_ptr,
+            payload_len: ev.payload_len,
+            options,
+            payload_hex: payload.map(hex),
+            malformed: (ev.malformed != 0).then(|| malformed_name(ev.malformed)),
+        }
+    }
+}
+
+// Bit values from bpf/common_kern_user.h. #defines do not reach BTF, so the
+// skeleton cannot generate them; tests/prog_test_run.rs checks each one
+// against the kernel program's output.
+pub const IPF_HAS_ID: u32 = 0x01;
+pub const IPF_DF: u32 = 0x02;
+pub const IPF_FRAG: u32 = 0x04;
+pub const IPF_JUMBO: u32 = 0x08;
+pub const OPT_MSS: u32 = 0x01;
+pub const OPT_WSCALE: u32 = 0x02;
+pub const OPT_SACK_PERM: u32 = 0x04;
+pub const OPT_SACK: u32 = 0x08;
+pub const OPT_TS: u32 = 0x10;
+pub const OPT_OTHER: u32 = 0x20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_names_follow_schema_order() {
+        assert_eq!(flag_names(0x012), vec!["SYN", "ACK"]);
+        assert_eq!(flag_names(0x1ff), FLAG_NAMES.to_vec());
+        assert_eq!(flag_names(0x0c2), vec!["SYN", "ECE", "CWR"]);
+        assert!(flag_names(0).is_empty());
+        // Reserved bits (0xe00) are in flags_raw but have no name.
+        assert!(flag_names(0xe00).is_empty());
+    }
+
+    #[test]
+    fn every_malformed_reason_has_a_distinct_name() {
+        let mut names = MALFORMED_NAMES.to_vec();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), MALFORMED_NAMES.len());
+        assert_eq!(malformed_name(200), "unknown");
+        assert_eq!(
+            malformed_name(types::tcpscope_malformed::MALFORMED_TCP_BAD_DOFF.0 as u8),
+            "tcp_bad_doff"
+        );
+    }
+
+    #[test]
+    fn event_converts_to_record() {
+        let mut ev = types::packet_event {
+            hook: types::tcpscope_hook::TCPSCOPE_HOOK_TC.0 as u8,
+            ip_version: 6,
+            vlan_count: 1,
+            ip_flags: (IPF_HAS_ID | IPF_FRAG) as u8,
+            opt_present: (OPT_MSS | OPT_SACK | OPT_OTHER) as u8,
+            sack_count: 2,
+            mss: 1440,
+            flags_raw: 0x012,
+            ip_id: 77,
+            ..Default::default()
+        };
+        ev.vlan = [100, 0];
+        ev.src[15] = 1;
+        ev.dst[0] = 0x20;
+        ev.sack = [[1, 2], [3, 4], [5, 6], [7, 8]];
+        ev.other_kinds[30 >> 3] |= 1 << (30 & 7);
+        ev.other_kinds[254 >> 3] |= 1 << (254 & 7);
+        let r = PacketRecord::from_event(&ev, 5, Some(&[0xde, 0xad]));
+        assert_eq!(r.hook, Hook::Tc);
+        assert_eq!(r.vlan, vec![100]);
+        assert_eq!(r.src, "::1".parse::<IpAddr>().unwrap());
+        assert_eq!(r.dst, "2000::".parse::<IpAddr>().unwrap());
+        assert_eq!(r.ip_id, Some(77));
+        assert_eq!(r.df, None);
+        assert!(r.frag);
+        assert_eq!(r.options.mss, Some(1440));
+        assert_eq!(r.options.wscale, None);
+        assert_eq!(r.options.sack, vec![[1, 2], [3, 4]]);
+        assert_eq!(r.options.other, vec![30, 254]);
+        assert_eq!(r.payload_hex.as_deref(), Some("dead"));
+        assert_eq!(r.malformed, None);
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["flags"], serde_json::json!(["SYN", "ACK"]));
+        assert_eq!(json["hook"], "tc");
+        assert_eq!(json["df"], serde_json::Value::Null);
+        assert!(json["options"].get("ts_val").is_none());
+    }
+}

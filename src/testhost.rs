@@ -1,0 +1,229 @@
+//! Self-made test hosts: two network namespaces joined by a veth pair, with
+//! addresses from the documentation ranges 198.18.0.0/15 and 2001:db8::/32.
+//! Used by `tcpscope demo` and by the integration tests. Dropping a
+//! [`TestHosts`] deletes both namespaces, which also removes the veth pair.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{bail, Context, Result};
+
+pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+pub const SERVER_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
+pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+/// Interface names inside the namespaces (each namespace has its own).
+pub const CLIENT_IF: &str = "tsc-client";
+pub const SERVER_IF: &str = "tsc-server";
+
+static NEXT_ID: AtomicU32 = AtomicU32::new(0);
+
+/// Runs `ip` with `args`, failing with its stderr.
+pub fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (install iproute2: scripts/setup.sh)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A client and a server namespace, joined by a veth pair.
+#[derive(Debug)]
+pub struct TestHosts {
+    pub client_ns: String,
+    pub server_ns: String,
+}
+
+impl TestHosts {
+    /// Creates the pair. `tag` keeps names apart between concurrent users.
+    pub fn new(tag: &str) -> Result<Self> {
+        let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
+        let base = format!("tsc-{tag}-{}-{id}", std::process::id());
+        let hosts = TestHosts {
+            client_ns: format!("{base}-c"),
+            server_ns: format!("{base}-s"),
+        };
+        // From here on, Drop cleans up whatever part was made.
+        ip(&["netns", "add", &hosts.client_ns])?;
+        ip(&["netns", "add", &hosts.server_ns])?;
+        ip(&[
+            "link",
+            "add",
+            CLIENT_IF,
+            "netns",
+            &hosts.client_ns,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            SERVER_IF,
+            "netns",
+            &hosts.server_ns,
+        ])?;
+        for (ns, ifname, v4, v6) in [
+            (&hosts.client_ns, CLIENT_IF, CLIENT_V4, CLIENT_V6),
+            (&hosts.server_ns, SERVER_IF, SERVER_V4, SERVER_V6),
+        ] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
+            ip(&[
+                "-n",
+                ns,
+                "addr",
+                "add",
+                &format!("{v6}/64"),
+                "dev",
+                ifname,
+                "nodad",
+            ])?;
+            ip(&["-n", ns, "link", "set", ifname, "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    /// A command that runs `program` inside namespace `ns`.
+    pub fn command_in(ns: &str, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", ns, program]);
+        c
+    }
+
+    /// Runs `f` on a new thread that has entered namespace `ns`; sockets it
+    /// opens live there. Network namespaces are per thread.
+    pub fn run_in<T: Send + 'static>(
+        ns: &str,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T>> {
+        let path = format!("/var/run/netns/{ns}");
+        std::thread::spawn(move || {
+            let file = File::open(&path).with_context(|| format!("opening {path}"))?;
+            // SAFETY: setns on a valid namespace fd affects only this thread.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                bail!("entering {path}: {}", std::io::Error::last_os_error());
+            }
+            Ok(f())
+        })
+    }
+
+    pub fn server_addr(v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(SERVER_V6)
+        } else {
+            IpAddr::V4(SERVER_V4)
+        }
+    }
+
+    pub fn client_addr(v6: bool) -> IpAddr {
+        if v6 {
+            IpAddr::V6(CLIENT_V6)
+        } else {
+            IpAddr::V4(CLIENT_V4)
+        }
+    }
+}
+
+impl Drop for TestHosts {
+    fn drop(&mut self) {
+        for ns in [&self.client_ns, &self.server_ns] {
+            // Deleting a namespace kills nothing: callers stop their own
+            // processes first. Errors here (already gone) are not news.
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
+}
+
+/// A child process that is killed (SIGKILL) and reaped when dropped, unless
+/// it already ended. Keeps test hosts from outliving a failed test.
+#[derive(Debug)]
+pub struct ChildGuard {
+    pub child: std::process::Child,
+}
+
+impl ChildGuard {
+    /// Spawns `cmd` with stderr piped; returns once a stderr line contains
+    /// `ready` (forwarding stderr to ours), or fails if the child exits or
+    /// `timeout` passes. Later stderr lines keep being forwarded and kept.
+    pub fn spawn_until_ready(
+        mut cmd: Command,
+        ready: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(Self, std::sync::Arc<std::sync::Mutex<Vec<String>>>)> {
+        use std::io::BufRead;
+        cmd.stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let stderr = child.stderr.take().context("child stderr")?;
+        let guard = ChildGuard { child };
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let ready = ready.to_string();
+        let kept = lines.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("  | {line}");
+                if line.contains(&ready) {
+                    let _ = tx.send(());
+                }
+                kept.lock().map(|mut v| v.push(line)).ok();
+            }
+        });
+        match rx.recv_timeout(timeout) {
+            Ok(()) => Ok((guard, lines)),
+            Err(_) => {
+                let got = lines.lock().map(|v| v.join("\n")).unwrap_or_default();
+                bail!("{cmd:?} did not become ready within {timeout:?}; stderr:\n{got}")
+            }
+        }
+    }
+
+    /// Sends SIGINT (a user's Ctrl-C) and waits for the exit status.
+    pub fn interrupt_and_wait(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<std::process::ExitStatus> {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        self.wait_timeout(timeout)
+    }
+
+    /// Waits up to `timeout` for the child to exit by itself.
+    pub fn wait_timeout(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(st) = self.child.try_wait()? {
+                return Ok(st);
+            }
+            if std::time::Instant::now() > deadline {
+                bail!(
+                    "process {} did not exit within {timeout:?}",
+                    self.child.id()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Crafted frames for benchmarks, the demo's self-check and tests. They are
+//! encoded with etherparse, independently of both tcpscope decoders.
+
+use etherparse::{PacketBuilder, TcpOptionElement};
+
+pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
+pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
+pub const V4_SRC: [u8; 4] = [198, 18, 0, 1];
+pub const V4_DST: [u8; 4] = [198, 18, 0, 2];
+pub const V6_SRC: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1];
+pub const V6_DST: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2];
+
+/// The options of a Linux SYN: MSS, SACK-permitted, timestamps, NOP, wscale.
+pub fn linux_syn_options() -> [TcpOptionElement; 5] {
+    [
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+        TcpOptionElement::Timestamp(0x0102_0304, 0),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(7),
+    ]
+}
+
+fn finish(
+    builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(builder.size(payload.len()));
+    builder
+        .write(&mut out, payload)
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// IPv4 SYN with the full Linux option set.
+pub fn syn_v4() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_SRC, V4_DST, 64)
+        .tcp(40000, 80, 1000, 64240)
+        .syn()
+        .options(&linux_syn_options())
+        .expect("options fit");
+    finish(b, &[])
+}
+
+/// IPv4 ACK without options or payload.
+pub fn ack_v4() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_SRC, V4_DST, 64)
+        .tcp(40000, 80, 1001, 502)
+        .ack(5001);
+    finish(b, &[])
+}
+
+/// IPv6 SYN with the full Linux option set.
+pub fn syn_v6() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv6(V6_SRC, V6_DST, 64)
+        .tcp(40000, 443, 2000, 64800)
+        .syn()
+        .options(&linux_syn_options())
+        .expect("options fit");
+    finish(b, &[])
+}
+
+/// 802.1Q-tagged IPv4 SYN.
+pub fn syn_vlan() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .single_vlan(etherparse::VlanId::try_new(100).expect("valid id"))
+        .ipv4(V4_SRC, V4_DST, 64)
+        .tcp(40000, 80, 1000, 64240)
+        .syn()
+        .options(&linux_syn_options())
+        .expect("options fit");
+    finish(b, &[])
+}
+
+/// IPv4 UDP: not TCP.
+pub fn udp_v4() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_SRC, V4_DST, 64)
+        .udp(5353, 53);
+    let payload = [0u8; 18];
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, &payload)
+        .expect("writing to a Vec cannot fail");
+    out
+}
+
+/// Minimum Ethernet frames are 60 bytes: pads short frames with zeros, as a
+/// NIC would, so that the decoders must use the IP length, not the frame's.
+pub fn pad_to_min_frame(mut frame: Vec<u8>) -> Vec<u8> {
+    if frame.len() < 60 {
+        frame.resize(60, 0);
+    }
+    frame
+}
