@@ -354,6 +354,46 @@ __noinline int parse_tcp_options(struct tcp_opt_buf *buf, struct packet_event *e
 	return 0;
 }
 
+/*
+ * Fast path for the two option layouts that make up nearly all Linux
+ * traffic, read in place with constant offsets:
+ *   NOP NOP TS                       (12 bytes, every segment after the SYN)
+ *   MSS SACK_PERM TS NOP WSCALE      (20 bytes, a Linux SYN)
+ * Returns true if it handled the options; anything else goes to the general
+ * parser below. tests/prog_test_run.rs checks both paths give the same event.
+ */
+static __always_inline bool parse_tcp_options_fast(__u8 *o, __u32 opt_len, void *data_end,
+						   struct packet_event *ev)
+{
+	if (opt_len == 12) {
+		if ((void *)(o + 12) > data_end)
+			return false;
+		if (o[0] != TCPOPT_NOP || o[1] != TCPOPT_NOP || o[2] != TCPOPT_TIMESTAMP ||
+		    o[3] != TCPOLEN_TIMESTAMP)
+			return false;
+		ev->ts_val = bpf_ntohl(*(__u32 *)(o + 4));
+		ev->ts_ecr = bpf_ntohl(*(__u32 *)(o + 8));
+		ev->opt_present |= OPT_TS;
+		return true;
+	}
+	if (opt_len == 20) {
+		if ((void *)(o + 20) > data_end)
+			return false;
+		if (o[0] != TCPOPT_MSS || o[1] != TCPOLEN_MSS || o[4] != TCPOPT_SACK_PERM ||
+		    o[5] != TCPOLEN_SACK_PERM || o[6] != TCPOPT_TIMESTAMP ||
+		    o[7] != TCPOLEN_TIMESTAMP || o[16] != TCPOPT_NOP || o[17] != TCPOPT_WSCALE ||
+		    o[18] != TCPOLEN_WSCALE)
+			return false;
+		ev->mss = bpf_ntohs(*(__u16 *)(o + 2));
+		ev->ts_val = bpf_ntohl(*(__u32 *)(o + 8));
+		ev->ts_ecr = bpf_ntohl(*(__u32 *)(o + 12));
+		ev->wscale = o[19];
+		ev->opt_present |= OPT_MSS | OPT_SACK_PERM | OPT_TS | OPT_WSCALE;
+		return true;
+	}
+	return false;
+}
+
 /* Fixed TCP header and options. Returns PARSE_TCP (ev->malformed may be set
  * for option or length errors found after the ports) or PARSE_MALFORMED. */
 static __always_inline int parse_tcp(void *ctx, __u8 hook, void *data,
@@ -390,7 +430,10 @@ static __always_inline int parse_tcp(void *ctx, __u8 hook, void *data,
 		ev->malformed = MALFORMED_TCP_HDR_TRUNCATED;
 		return PARSE_TCP;
 	}
-	if (hlen > TCP_MIN_HLEN) {
+	if (hlen > TCP_MIN_HLEN && parse_tcp_options_fast((__u8 *)(th + 1), hlen - TCP_MIN_HLEN,
+							 data_end, ev)) {
+		/* The common Linux layouts, parsed in place. */
+	} else if (hlen > TCP_MIN_HLEN) {
 		struct tcp_opt_buf opts;
 		__u32 opt_len = hlen - TCP_MIN_HLEN;
 		__u32 opt_off = (void *)(th + 1) - data;

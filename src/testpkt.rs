@@ -43,6 +43,25 @@ pub fn syn_v4() -> Vec<u8> {
     finish(b, &[])
 }
 
+/// IPv4 SYN with the options in Windows' order (MSS, NOP, WS, NOP, NOP,
+/// SACK-permitted): not a fast-path layout, so the general parser runs.
+pub fn syn_v4_windows_options() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_SRC, V4_DST, 128)
+        .tcp(40000, 80, 1000, 64240)
+        .syn()
+        .options(&[
+            TcpOptionElement::MaximumSegmentSize(1460),
+            TcpOptionElement::Noop,
+            TcpOptionElement::WindowScale(8),
+            TcpOptionElement::Noop,
+            TcpOptionElement::Noop,
+            TcpOptionElement::SelectiveAcknowledgementPermitted,
+        ])
+        .expect("options fit");
+    finish(b, &[])
+}
+
 /// IPv4 ACK without options or payload.
 pub fn ack_v4() -> Vec<u8> {
     let b = PacketBuilder::ethernet2(MAC_A, MAC_B)

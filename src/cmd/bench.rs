@@ -14,6 +14,7 @@ use libbpf_rs::{ProgramInput, ProgramMut};
 use crate::bpf::{self, preflight, LoadOptions};
 use crate::cli::BenchArgs;
 use crate::filter::EventFilter;
+use crate::output::print_line;
 use crate::testpkt;
 
 /// ns per run of `prog` on `frame`, as the kernel measured it.
@@ -32,11 +33,21 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// Prints a line; a closed stdout ends the benchmark quietly.
+macro_rules! emit {
+    ($($arg:tt)*) => {
+        if !print_line(&format!($($arg)*)) {
+            return Ok(());
+        }
+    };
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     preflight::check_privileges()?;
     let rounds = args.rounds.max(1);
-    let packets: [(&str, Vec<u8>); 5] = [
+    let packets: [(&str, Vec<u8>); 6] = [
         ("SYN+options v4", testpkt::syn_v4()),
+        ("SYN, other layout", testpkt::syn_v4_windows_options()),
         ("ACK v4", testpkt::pad_to_min_frame(testpkt::ack_v4())),
         ("SYN+options v6", testpkt::syn_v6()),
         ("SYN+options VLAN", testpkt::syn_vlan()),
@@ -76,13 +87,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         })
     };
 
-    println!(
+    emit!(
         "tcpscope bench: BPF_PROG_TEST_RUN, {} repeats x {} rounds per case, median ns/packet (ratio to the empty program of the same hook)",
         args.repeat, rounds
     );
-    println!(
+    emit!(
         "{:<18} {:>9} {:>17} {:>17} | {:>9} {:>17} {:>17}",
-        "packet", "empty xdp", "xdp filtered", "xdp events", "empty tc", "tc filtered", "tc events"
+        "packet",
+        "empty xdp",
+        "xdp filtered",
+        "xdp events",
+        "empty tc",
+        "tc filtered",
+        "tc events"
     );
     for (name, frame) in &packets {
         let progs: [&ProgramMut<'_>; 6] = [
@@ -100,7 +117,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
         }
         let m: Vec<f64> = samples.into_iter().map(median).collect();
-        println!(
+        emit!(
             "{:<18} {:>9.1} {:>9.1} ({:>4.2}x) {:>9.1} ({:>4.2}x) | {:>9.1} {:>9.1} ({:>4.2}x) {:>9.1} ({:>4.2}x)",
             name,
             m[0],
@@ -120,7 +137,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .join()
         .map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
     let c = bpf::read_counters(&all)?;
-    println!(
+    emit!(
         "events run: {} emitted, {} read by the consumer, {} lost (ring buffer full while the consumer lagged)",
         c.0.events,
         events_read.load(Ordering::Relaxed),

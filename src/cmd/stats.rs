@@ -9,6 +9,7 @@ use crate::bpf::{self, counters::Counters};
 use crate::cli::StatsArgs;
 use crate::cmd::{stop_flag, Session};
 use crate::filter::EventFilter;
+use crate::output::print_line;
 
 pub fn run(args: &StatsArgs) -> Result<()> {
     ensure!(
@@ -47,9 +48,11 @@ pub fn run(args: &StatsArgs) -> Result<()> {
             v["bytes_per_s"] = serde_json::json!(rate(c.bytes, p.bytes));
             v["tcp_packets_per_s"] = serde_json::json!(rate(c.tcp_packets, p.tcp_packets));
             v["syn_per_s"] = serde_json::json!(rate(c.syn_no_ack, p.syn_no_ack));
-            println!("{v}");
+            if !print_line(&v.to_string()) {
+                break;
+            }
         } else {
-            println!(
+            let line = format!(
                 "{:.1} pkt/s ({:.0} B/s), tcp {:.1}/s, SYN {:.1}/s, RST {:.1}/s, malformed {:.1}/s | totals: packets {}, tcp {}, non-tcp {}, fragments {}, malformed {}",
                 rate(c.packets, p.packets),
                 rate(c.bytes, p.bytes),
@@ -63,6 +66,9 @@ pub fn run(args: &StatsArgs) -> Result<()> {
                 c.ip_fragments,
                 now.malformed_total(),
             );
+            if !print_line(&line) {
+                break;
+            }
         }
         prev = now;
         prev_t = t;

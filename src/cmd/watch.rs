@@ -13,6 +13,10 @@ use crate::cmd::{monotonic_to_realtime_offset, stop_flag, Session};
 use crate::model::PacketRecord;
 use crate::output::{self, Format};
 
+/// The kernel wakes us only when 64 KiB of events wait (see WAKEUP_BYTES in
+/// bpf/ingress.bpf.c); polling this often bounds the latency of a quiet stream.
+const POLL_MS: u64 = 50;
+
 const EVENT_SIZE: usize = std::mem::size_of::<types::packet_event>();
 
 /// Decodes one ring-buffer record: an event, maybe followed by payload.
@@ -75,7 +79,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let ring = builder.build().context("setting up the ring buffer")?;
 
     while !stop.load(Ordering::SeqCst) && printed.get() < limit && !out_failed.get() {
-        match ring.poll(Duration::from_millis(100)) {
+        match ring.poll(Duration::from_millis(POLL_MS)) {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("reading the ring buffer"),

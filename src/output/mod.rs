@@ -34,3 +34,13 @@ pub fn write_record<W: Write>(
         }
     }
 }
+
+/// Prints one line to stdout. Returns false once stdout is gone (a closed
+/// pipe, as with `| head`), so callers can stop cleanly instead of panicking.
+pub fn print_line(line: &str) -> bool {
+    let mut out = io::stdout().lock();
+    out.write_all(line.as_bytes())
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .is_ok()
+}

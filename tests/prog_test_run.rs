@@ -1,0 +1,889 @@
+//! The real XDP and TC programs, fed crafted frames through
+//! BPF_PROG_TEST_RUN: events and counters are checked against etherparse's
+//! independent decoding of the same bytes, and every malformed case against
+//! its reason. Needs root (CI runs as root).
+
+use std::net::IpAddr;
+
+use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement};
+use libbpf_rs::{ProgramInput, RingBufferBuilder};
+use tcpscope::bpf::{self, counters::Counters, IngressSkel, LoadOptions};
+use tcpscope::cmd::watch::decode_record;
+use tcpscope::filter::EventFilter;
+use tcpscope::model::{PacketRecord, TcpOptions};
+use tcpscope::testpkt::{self, MAC_A, MAC_B, V4_DST, V4_SRC, V6_DST, V6_SRC};
+
+const XDP_PASS: u32 = 2;
+const TC_ACT_OK: u32 = 0;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
+
+struct Harness {
+    skel: IngressSkel<'static>,
+}
+
+struct RunResult {
+    events: Vec<PacketRecord>,
+    counters: Counters,
+}
+
+impl Harness {
+    fn new(filter: EventFilter) -> Self {
+        let cfg = filter.to_kernel(true).expect("valid filter");
+        Harness {
+            skel: bpf::load_ingress(&LoadOptions::new(cfg)).expect("load ingress programs"),
+        }
+    }
+
+    /// Runs `frame` once through `hook`; returns the new events and the
+    /// counters' change.
+    fn run(&self, hook: Hook, frame: &[u8]) -> RunResult {
+        self.try_run(hook, frame)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN {hook:?} on {} bytes: {e}", frame.len()))
+    }
+
+    fn try_run(&self, hook: Hook, frame: &[u8]) -> Result<RunResult, libbpf_rs::Error> {
+        let before = bpf::read_counters(&self.skel).unwrap();
+        let prog = match hook {
+            Hook::Xdp => &self.skel.progs.tcpscope_xdp,
+            Hook::Tc => &self.skel.progs.tcpscope_tc,
+        };
+        let out = prog.test_run(ProgramInput {
+            data_in: Some(frame),
+            repeat: 1,
+            ..Default::default()
+        })?;
+        let want = if hook == Hook::Xdp {
+            XDP_PASS
+        } else {
+            TC_ACT_OK
+        };
+        assert_eq!(
+            out.return_value, want,
+            "{hook:?} must fail open and pass every packet"
+        );
+        let mut events = Vec::new();
+        {
+            let mut b = RingBufferBuilder::new();
+            b.add(&self.skel.maps.events, |d: &[u8]| {
+                events.push(decode_record(d, 0).expect("decodable event"));
+                0
+            })
+            .unwrap();
+            b.build().unwrap().consume().unwrap();
+        }
+        let after = bpf::read_counters(&self.skel).unwrap();
+        Ok(RunResult {
+            events,
+            counters: delta(&after, &before),
+        })
+    }
+
+    /// Runs on both hooks; asserts both produced the same events (but for
+    /// the hook field) and returns XDP's.
+    fn run_both(&self, frame: &[u8]) -> RunResult {
+        let x = self.run(Hook::Xdp, frame);
+        let t = self.run(Hook::Tc, frame);
+        self.compare(frame, x, t)
+    }
+
+    /// As run_both, for frames the kernel's skb test harness may refuse:
+    /// bpf_prog_test_run_skb() rejects (EINVAL) an IP ethertype whose IP
+    /// header is not all there, so such frames only reach the XDP program.
+    fn run_both_or_xdp(&self, frame: &[u8]) -> (RunResult, bool) {
+        let x = self.run(Hook::Xdp, frame);
+        match self.try_run(Hook::Tc, frame) {
+            Ok(t) => (self.compare(frame, x, t), true),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::InvalidInput => (x, false),
+            Err(e) => panic!("TC test run: {e}"),
+        }
+    }
+
+    fn compare(&self, frame: &[u8], x: RunResult, t: RunResult) -> RunResult {
+        let strip = |v: &[PacketRecord]| {
+            v.iter()
+                .map(|r| PacketRecord {
+                    hook: tcpscope::model::Hook::Pcap,
+                    ifindex: 0,
+                    ts_ns: 0,
+                    ..r.clone()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            strip(&x.events),
+            strip(&t.events),
+            "XDP and TC disagree on {frame:02x?}"
+        );
+        assert_eq!(x.counters.0.malformed, t.counters.0.malformed);
+        assert_eq!(x.counters.0.tcp_packets, t.counters.0.tcp_packets);
+        x
+    }
+}
+
+fn delta(a: &Counters, b: &Counters) -> Counters {
+    let (a, b) = (&a.0, &b.0);
+    let mut d = a.clone();
+    d.packets -= b.packets;
+    d.bytes -= b.bytes;
+    d.tcp_packets -= b.tcp_packets;
+    d.tcp_bytes -= b.tcp_bytes;
+    d.non_tcp -= b.non_tcp;
+    d.ip_fragments -= b.ip_fragments;
+    for i in 0..d.flag.len() {
+        d.flag[i] -= b.flag[i];
+    }
+    d.syn_no_ack -= b.syn_no_ack;
+    d.syn_ack -= b.syn_ack;
+    for i in 0..d.malformed.len() {
+        d.malformed[i] -= b.malformed[i];
+    }
+    d.filtered_out -= b.filtered_out;
+    d.sampled_out -= b.sampled_out;
+    d.events -= b.events;
+    d.events_lost -= b.events_lost;
+    Counters(d)
+}
+
+/// What etherparse decodes from the same frame, in our record's terms.
+struct Expected {
+    src: IpAddr,
+    dst: IpAddr,
+    ttl: u8,
+    vlan: Vec<u16>,
+    sport: u16,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    hdr_len: u8,
+    flags_raw: u16,
+    window: u16,
+    checksum: u16,
+    urgent_ptr: u16,
+    payload_len: u32,
+    options: TcpOptions,
+}
+
+fn expected(frame: &[u8]) -> Expected {
+    let p = SlicedPacket::from_ethernet(frame).expect("etherparse decodes the frame");
+    let vlan = match &p.vlan {
+        Some(etherparse::VlanSlice::SingleVlan(v)) => vec![v.vlan_identifier().value()],
+        Some(etherparse::VlanSlice::DoubleVlan(d)) => {
+            vec![
+                d.outer().vlan_identifier().value(),
+                d.inner().vlan_identifier().value(),
+            ]
+        }
+        None => vec![],
+    };
+    let (src, dst, ttl) = match &p.net {
+        Some(etherparse::NetSlice::Ipv4(v4)) => {
+            let h = v4.header();
+            (
+                IpAddr::from(h.source()),
+                IpAddr::from(h.destination()),
+                h.ttl(),
+            )
+        }
+        Some(etherparse::NetSlice::Ipv6(v6)) => {
+            let h = v6.header();
+            (
+                IpAddr::from(h.source()),
+                IpAddr::from(h.destination()),
+                h.hop_limit(),
+            )
+        }
+        _ => panic!("not IP"),
+    };
+    let Some(etherparse::TransportSlice::Tcp(t)) = &p.transport else {
+        panic!("not TCP")
+    };
+    let mut options = TcpOptions::default();
+    for o in t.options_iterator() {
+        match o.expect("valid options") {
+            TcpOptionElement::MaximumSegmentSize(m) => options.mss = Some(m),
+            TcpOptionElement::WindowScale(w) => options.wscale = Some(w),
+            TcpOptionElement::SelectiveAcknowledgementPermitted => options.sack_permitted = true,
+            TcpOptionElement::SelectiveAcknowledgement(first, rest) => {
+                options.sack.push([first.0, first.1]);
+                options
+                    .sack
+                    .extend(rest.iter().flatten().map(|(l, r)| [*l, *r]));
+            }
+            TcpOptionElement::Timestamp(v, e) => {
+                options.ts_val = Some(v);
+                options.ts_ecr = Some(e);
+            }
+            TcpOptionElement::Noop => {}
+        }
+    }
+    let raw = t.slice();
+    Expected {
+        src,
+        dst,
+        ttl,
+        vlan,
+        sport: t.source_port(),
+        dport: t.destination_port(),
+        seq: t.sequence_number(),
+        ack: t.acknowledgment_number(),
+        hdr_len: t.header_len() as u8,
+        flags_raw: (u16::from(raw[12] & 0x0f) << 8) | u16::from(raw[13]),
+        window: t.window_size(),
+        checksum: t.checksum(),
+        urgent_ptr: t.urgent_pointer(),
+        payload_len: t.payload().len() as u32,
+        options,
+    }
+}
+
+fn assert_matches_etherparse(rec: &PacketRecord, frame: &[u8]) {
+    let e = expected(frame);
+    assert_eq!((rec.src, rec.dst, rec.ttl), (e.src, e.dst, e.ttl));
+    assert_eq!(rec.vlan, e.vlan);
+    assert_eq!(
+        (rec.sport, rec.dport, rec.seq, rec.ack),
+        (e.sport, e.dport, e.seq, e.ack)
+    );
+    assert_eq!(
+        (rec.hdr_len, rec.flags_raw, rec.window),
+        (e.hdr_len, e.flags_raw, e.window)
+    );
+    assert_eq!(
+        (rec.checksum, rec.urgent_ptr, rec.payload_len),
+        (e.checksum, e.urgent_ptr, e.payload_len)
+    );
+    assert_eq!(rec.options, e.options);
+    assert_eq!(rec.malformed, None);
+}
+
+fn all_frames() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        ("syn_v4", testpkt::syn_v4()),
+        ("syn_v4_windows", testpkt::syn_v4_windows_options()),
+        (
+            "ack_v4_padded",
+            testpkt::pad_to_min_frame(testpkt::ack_v4()),
+        ),
+        ("syn_v6", testpkt::syn_v6()),
+        ("syn_vlan", testpkt::syn_vlan()),
+        (
+            "data_ts",
+            data_v4(
+                &[
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Timestamp(7, 9),
+                ],
+                b"hello",
+            ),
+        ),
+        (
+            "sack_blocks",
+            data_v4(
+                &[
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::Noop,
+                    TcpOptionElement::SelectiveAcknowledgement(
+                        (100, 200),
+                        [Some((300, 400)), Some((500, 600)), None],
+                    ),
+                ],
+                b"",
+            ),
+        ),
+        ("qinq", qinq_syn()),
+    ]
+}
+
+fn data_v4(opts: &[TcpOptionElement], payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_SRC, V4_DST, 61)
+        .tcp(40000, 80, 0xfffffff0, 501)
+        .ack(77)
+        .psh()
+        .options(opts)
+        .unwrap();
+    let mut v = Vec::new();
+    b.write(&mut v, payload).unwrap();
+    v
+}
+
+fn qinq_syn() -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .double_vlan(
+            etherparse::VlanId::try_new(10).unwrap(),
+            etherparse::VlanId::try_new(20).unwrap(),
+        )
+        .ipv4(V4_SRC, V4_DST, 64)
+        .tcp(1, 2, 3, 4)
+        .syn();
+    let mut v = Vec::new();
+    b.write(&mut v, &[]).unwrap();
+    v
+}
+
+#[test]
+fn well_formed_packets_match_etherparse_on_both_hooks() {
+    let h = Harness::new(EventFilter::default());
+    for (name, frame) in all_frames() {
+        let r = h.run_both(&frame);
+        assert_eq!(r.events.len(), 1, "{name}: one event");
+        assert_matches_etherparse(&r.events[0], &frame);
+        assert_eq!(r.counters.0.tcp_packets, 1, "{name}");
+        assert_eq!(r.counters.0.packets, 1, "{name}");
+        assert_eq!(r.counters.0.bytes, frame.len() as u64, "{name}");
+        assert_eq!(r.counters.0.events, 1, "{name}");
+    }
+}
+
+#[test]
+fn linux_syn_fields_are_exact() {
+    let h = Harness::new(EventFilter::default());
+    let frame = testpkt::syn_v4();
+    let r = h.run(Hook::Xdp, &frame).events.remove(0);
+    assert_eq!(r.src.to_string(), "198.18.0.1");
+    assert_eq!(r.dst.to_string(), "198.18.0.2");
+    assert_eq!((r.sport, r.dport, r.seq, r.ack), (40000, 80, 1000, 0));
+    assert_eq!(r.flags, vec!["SYN"]);
+    assert_eq!(r.hdr_len, 40);
+    assert_eq!(r.options.mss, Some(1460));
+    assert!(r.options.sack_permitted);
+    assert_eq!(
+        (r.options.ts_val, r.options.ts_ecr),
+        (Some(0x0102_0304), Some(0))
+    );
+    assert_eq!(r.options.wscale, Some(7));
+    assert_eq!(r.ip_version, 4);
+    assert_eq!(r.ip_len, (frame.len() - 14) as u16);
+    assert_eq!(r.ip_id, Some(0));
+    assert_eq!(r.df, Some(true)); // etherparse sets DF by default
+    assert!(!r.frag);
+    assert_eq!(r.hook, tcpscope::model::Hook::Xdp);
+    assert!(r.payload_hex.is_none(), "no payload without --snaplen");
+}
+
+#[test]
+fn fast_and_general_option_parsers_agree() {
+    // The same options in the Linux order (fast path) and in another order
+    // (general parser) must give the same decoded options.
+    let h = Harness::new(EventFilter::default());
+    let linux = testpkt::syn_v4();
+    let reordered = {
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv4(V4_SRC, V4_DST, 64)
+            .tcp(40000, 80, 1000, 64240)
+            .syn()
+            .options(&[
+                TcpOptionElement::Timestamp(0x0102_0304, 0),
+                TcpOptionElement::WindowScale(7),
+                TcpOptionElement::SelectiveAcknowledgementPermitted,
+                TcpOptionElement::MaximumSegmentSize(1460),
+                TcpOptionElement::Noop,
+            ])
+            .unwrap();
+        let mut v = Vec::new();
+        b.write(&mut v, &[]).unwrap();
+        v
+    };
+    let a = h.run_both(&linux).events.remove(0);
+    let b = h.run_both(&reordered).events.remove(0);
+    assert_eq!(a.options, b.options);
+    // And the 12-byte NOP NOP TS layout against TS NOP NOP.
+    let fast = data_v4(
+        &[
+            TcpOptionElement::Noop,
+            TcpOptionElement::Noop,
+            TcpOptionElement::Timestamp(5, 6),
+        ],
+        b"",
+    );
+    let slow = data_v4(
+        &[
+            TcpOptionElement::Timestamp(5, 6),
+            TcpOptionElement::Noop,
+            TcpOptionElement::Noop,
+        ],
+        b"",
+    );
+    assert_eq!(
+        h.run_both(&fast).events[0].options,
+        h.run_both(&slow).events[0].options
+    );
+}
+
+/// Replaces the TCP options of a well-formed IPv4 frame (from
+/// `data_v4`, with 12 option bytes) by `opts`, fixing the lengths.
+fn with_raw_options(opts: &[u8]) -> Vec<u8> {
+    assert_eq!(opts.len() % 4, 0);
+    let base = data_v4(&[], b"");
+    let mut f = base[..14 + 20 + 20].to_vec();
+    f.extend_from_slice(opts);
+    let tcp = 14 + 20;
+    f[tcp + 12] = (((20 + opts.len()) / 4) as u8) << 4 | (f[tcp + 12] & 0x0f);
+    let tot = (20 + 20 + opts.len()) as u16;
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    f
+}
+
+#[test]
+fn other_option_kinds_are_recorded() {
+    let h = Harness::new(EventFilter::default());
+    // MD5 (19, 18 bytes), TFO cookie (34, 10), experimental TFO (254, 6),
+    // MPTCP (30, 4), then EOL padding.
+    let mut o = vec![19, 18];
+    o.extend_from_slice(&[0xaa; 16]);
+    o.extend_from_slice(&[34, 10, 1, 2, 3, 4, 5, 6, 7, 8]);
+    o.extend_from_slice(&[254, 6, 0xf9, 0x89, 0, 0]);
+    o.extend_from_slice(&[30, 4, 0x00, 0x81]);
+    while o.len() % 4 != 0 {
+        o.push(0);
+    }
+    let r = h.run_both(&with_raw_options(&o)).events.remove(0);
+    assert_eq!(r.options.other, vec![19, 30, 34, 254]);
+    assert_eq!(r.malformed, None);
+}
+
+/// (name, frame, expected malformed reason, expect an event)
+fn malformed_cases() -> Vec<(&'static str, Vec<u8>, &'static str, bool)> {
+    let syn = testpkt::syn_v4();
+    let syn6 = testpkt::syn_v6();
+    let mut cases = Vec::new();
+
+    let mut f = syn[..12].to_vec();
+    f.extend_from_slice(&[0x81, 0x00, 0x00]); // VLAN ethertype, 1 byte of tag
+    cases.push(("vlan_truncated", f, "vlan_truncated", false));
+
+    let mut f = syn[..12].to_vec();
+    for _ in 0..3 {
+        f.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+    }
+    f.extend_from_slice(&[0x08, 0x00]);
+    f.extend_from_slice(&syn[14..]);
+    cases.push(("three_vlan_tags", f, "vlan_too_deep", false));
+
+    cases.push((
+        "ipv4_truncated",
+        syn[..14 + 12].to_vec(),
+        "ipv4_truncated",
+        false,
+    ));
+
+    let mut f = syn.clone();
+    f[14] = 0x65; // version 6 under ethertype IPv4
+    cases.push(("ipv4_bad_version", f, "ipv4_bad_version", false));
+
+    let mut f = syn.clone();
+    f[14] = 0x44; // IHL 4
+    cases.push(("ipv4_ihl_4", f, "ipv4_bad_ihl", false));
+
+    let mut f = syn.clone();
+    f[14] = 0x4f; // IHL 15: 60 bytes of IPv4 header, but the frame ends 40 bytes in
+    f.truncate(14 + 40);
+    cases.push(("ipv4_options_past_end", f, "ipv4_truncated", false));
+
+    let mut f = syn.clone();
+    f[16..18].copy_from_slice(&12u16.to_be_bytes()); // total length < header
+    cases.push(("ipv4_total_len_short", f, "ipv4_bad_total_len", false));
+
+    cases.push((
+        "ipv6_truncated",
+        syn6[..14 + 30].to_vec(),
+        "ipv6_truncated",
+        false,
+    ));
+
+    let mut f = syn6.clone();
+    f[14] = 0x45;
+    cases.push(("ipv6_bad_version", f, "ipv6_bad_version", false));
+
+    // Hop-by-hop header claiming 8*(1+10) bytes, more than the payload.
+    let f = insert_v6_ext(&syn6, &[(0, vec![6, 10, 0, 0, 0, 0, 0, 0])]);
+    cases.push(("ipv6_ext_truncated", f, "ipv6_ext_truncated", false));
+
+    let nine: Vec<(u8, Vec<u8>)> = (0..9)
+        .map(|_| (60u8, vec![0, 0, 1, 4, 0, 0, 0, 0]))
+        .collect();
+    cases.push((
+        "ipv6_nine_ext",
+        insert_v6_ext(&syn6, &nine),
+        "ipv6_ext_too_many",
+        false,
+    ));
+
+    cases.push((
+        "tcp_truncated",
+        syn[..14 + 20 + 12].to_vec(),
+        "tcp_truncated",
+        false,
+    ));
+
+    let mut f = syn.clone();
+    f[14 + 20 + 12] = 0x40; // data offset 4
+    cases.push(("tcp_doff_4", f, "tcp_bad_doff", true));
+
+    let mut f = syn.clone();
+    f[14 + 20 + 12] = 0xf0; // data offset 15 (60 bytes) but IP length holds 40
+    cases.push(("tcp_doff_past_ip_len", f, "tcp_bad_ip_len", true));
+
+    let mut f = syn.clone();
+    f[14 + 20 + 12] = 0xf0; // data offset 15, IP length agrees, frame cut short
+    let tot = (20 + 60) as u16;
+    f[16..18].copy_from_slice(&tot.to_be_bytes());
+    cases.push(("tcp_hdr_past_frame", f, "tcp_hdr_truncated", true));
+
+    cases.push((
+        "opt_len_1",
+        with_raw_options(&[99, 1, 0, 0]),
+        "tcp_opt_bad_len",
+        true,
+    ));
+    cases.push((
+        "opt_len_0",
+        with_raw_options(&[1, 1, 99, 0]),
+        "tcp_opt_bad_len",
+        true,
+    ));
+    cases.push((
+        "opt_overrun",
+        with_raw_options(&[99, 30, 0, 0, 0, 0, 0, 0]),
+        "tcp_opt_overrun",
+        true,
+    ));
+    cases.push((
+        "opt_no_len_byte",
+        with_raw_options(&[1, 1, 1, 99]),
+        "tcp_opt_overrun",
+        true,
+    ));
+    cases.push((
+        "mss_len_5",
+        with_raw_options(&[2, 5, 5, 180, 0, 0, 0, 0]),
+        "tcp_opt_bad_size",
+        true,
+    ));
+    cases.push((
+        "ts_len_8",
+        with_raw_options(&[8, 8, 0, 0, 0, 0, 0, 0]),
+        "tcp_opt_bad_size",
+        true,
+    ));
+    cases.push((
+        "sack_len_9",
+        with_raw_options(&[5, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        "tcp_opt_bad_size",
+        true,
+    ));
+    cases
+}
+
+/// Inserts IPv6 extension headers (next-header type, bytes) between the
+/// IPv6 header of an Ethernet/IPv6/TCP frame and its TCP header.
+fn insert_v6_ext(frame: &[u8], exts: &[(u8, Vec<u8>)]) -> Vec<u8> {
+    let mut out = frame[..14 + 40].to_vec();
+    let upper = frame[14 + 6];
+    let mut ext_bytes = Vec::new();
+    for (i, (_, bytes)) in exts.iter().enumerate() {
+        let mut b = bytes.clone();
+        b[0] = exts.get(i + 1).map_or(upper, |(t, _)| *t); // each one's next header
+        ext_bytes.extend_from_slice(&b);
+    }
+    out[14 + 6] = exts[0].0;
+    let plen = u16::from_be_bytes([frame[18], frame[19]]) as usize + ext_bytes.len();
+    out[18..20].copy_from_slice(&(plen as u16).to_be_bytes());
+    out.extend_from_slice(&ext_bytes);
+    out.extend_from_slice(&frame[14 + 40..]);
+    out
+}
+
+#[test]
+fn malformed_packets_are_counted_by_reason_and_passed() {
+    let h = Harness::new(EventFilter::default());
+    let mut xdp_only = Vec::new();
+    for (name, frame, reason, event) in malformed_cases() {
+        let (r, both) = h.run_both_or_xdp(&frame);
+        if !both {
+            xdp_only.push(name);
+        }
+        let by_reason = r.counters.malformed_by_reason();
+        assert_eq!(
+            by_reason,
+            vec![(reason, 1)],
+            "{name}: counters {by_reason:?}"
+        );
+        assert_eq!(r.counters.0.packets, 1, "{name}");
+        if event {
+            assert_eq!(
+                r.events.len(),
+                1,
+                "{name}: a malformed TCP header still yields its event"
+            );
+            assert_eq!(r.events[0].malformed, Some(reason), "{name}");
+            assert_eq!(
+                (r.events[0].sport, r.events[0].dport),
+                (40000, 80),
+                "{name}"
+            );
+        } else {
+            assert!(r.events.is_empty(), "{name}: no ports, no event");
+        }
+    }
+    // Only frames with a cut-short IP header may skip the TC run.
+    assert_eq!(
+        xdp_only,
+        ["ipv4_truncated", "ipv6_truncated"],
+        "frames the skb harness refused"
+    );
+}
+
+#[test]
+fn ipv6_extension_headers_are_walked() {
+    let h = Harness::new(EventFilter::default());
+    let syn6 = testpkt::syn_v6();
+    let exts = vec![
+        (0u8, vec![0, 0, 1, 4, 0, 0, 0, 0]),  // hop-by-hop, PadN
+        (43u8, vec![0, 0, 0, 0, 0, 0, 0, 0]), // routing, 0 segments left
+        (60u8, vec![0, 1, 1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]), // dest opts, 16 bytes
+        (44u8, vec![0, 0, 0, 1, 0xde, 0xad, 0xbe, 0xef]), // fragment: offset 0, M=1
+    ];
+    let f = insert_v6_ext(&syn6, &exts);
+    let r = h.run_both(&f).events.remove(0);
+    assert_eq!((r.sport, r.dport, r.seq), (40000, 443, 2000));
+    assert_eq!(r.options.mss, Some(1460));
+    assert!(r.frag, "first fragment is flagged");
+    assert_eq!(r.ip_id, Some(0xdead_beef));
+    assert_eq!(r.payload_len, 0);
+}
+
+#[test]
+fn non_first_fragments_are_counted_not_parsed() {
+    let h = Harness::new(EventFilter::default());
+    let mut f = testpkt::syn_v4();
+    f[20..22].copy_from_slice(&0x2005u16.to_be_bytes()); // MF, offset 5*8
+    let r = h.run_both(&f);
+    assert!(r.events.is_empty());
+    assert_eq!(
+        (r.counters.0.ip_fragments, r.counters.0.tcp_packets),
+        (1, 0)
+    );
+
+    let mut f = testpkt::syn_v4();
+    f[20..22].copy_from_slice(&0x2000u16.to_be_bytes()); // first fragment
+    let r = h.run_both(&f);
+    assert_eq!(r.events.len(), 1);
+    assert!(r.events[0].frag);
+
+    let f6 = insert_v6_ext(
+        &testpkt::syn_v6(),
+        &[(44u8, vec![0, 0, 0, 0x28, 0, 0, 0, 9])],
+    );
+    let r = h.run_both(&f6);
+    assert!(r.events.is_empty());
+    assert_eq!(r.counters.0.ip_fragments, 1);
+}
+
+#[test]
+fn counters_count_flags_and_non_tcp() {
+    let h = Harness::new(EventFilter::default());
+    let udp = h.run_both(&testpkt::udp_v4());
+    assert_eq!(
+        (
+            udp.counters.0.non_tcp,
+            udp.counters.0.tcp_packets,
+            udp.events.len()
+        ),
+        (1, 0, 0)
+    );
+
+    let mut synack = testpkt::syn_v4();
+    synack[14 + 20 + 13] = 0x12;
+    let r = h.run(Hook::Xdp, &synack);
+    assert_eq!((r.counters.0.syn_ack, r.counters.0.syn_no_ack), (1, 0));
+    assert_eq!(r.counters.0.flag[1], 1); // SYN
+    assert_eq!(r.counters.0.flag[4], 1); // ACK
+
+    let mut all = testpkt::syn_v4();
+    all[14 + 20 + 12] |= 0x01; // AE
+    all[14 + 20 + 13] = 0xff;
+    let r = h.run(Hook::Tc, &all);
+    assert_eq!(r.counters.0.flag, [1; 9]);
+    assert_eq!(r.events[0].flags, tcpscope::model::FLAG_NAMES.to_vec());
+    assert_eq!(r.events[0].flags_raw, 0x1ff);
+}
+
+#[test]
+fn kernel_filters_select_events() {
+    let syn = testpkt::syn_v4(); // 198.18.0.1:40000 -> 198.18.0.2:80, SYN
+    let syn6 = testpkt::syn_v6(); // 2001:db8::1:40000 -> 2001:db8::2:443
+    let ack = testpkt::ack_v4();
+    let cases: Vec<(EventFilter, [bool; 3])> = vec![
+        (
+            EventFilter {
+                ports: vec![80],
+                ..Default::default()
+            },
+            [true, false, true],
+        ),
+        (
+            EventFilter {
+                ports: vec![40000],
+                ..Default::default()
+            },
+            [true, true, true],
+        ),
+        (
+            EventFilter {
+                dports: vec![443, 8443],
+                ..Default::default()
+            },
+            [false, true, false],
+        ),
+        (
+            EventFilter {
+                sports: vec![80],
+                ..Default::default()
+            },
+            [false, false, false],
+        ),
+        (
+            EventFilter {
+                src: vec!["198.18.0.0/31".parse().unwrap()],
+                ..Default::default()
+            },
+            [true, false, true],
+        ),
+        (
+            EventFilter {
+                src: vec!["198.18.0.2/32".parse().unwrap()],
+                ..Default::default()
+            },
+            [false, false, false],
+        ),
+        (
+            EventFilter {
+                dst: vec!["2001:db8::/32".parse().unwrap()],
+                ..Default::default()
+            },
+            [false, true, false],
+        ),
+        (
+            EventFilter {
+                src: vec![
+                    "2001:db8::1/128".parse().unwrap(),
+                    "198.18.0.1".parse().unwrap(),
+                ],
+                ..Default::default()
+            },
+            [true, true, true],
+        ),
+        (
+            EventFilter {
+                flags: "SYN".parse().unwrap(),
+                ..Default::default()
+            },
+            [true, true, false],
+        ),
+        (
+            EventFilter {
+                flags: "ACK,!SYN".parse().unwrap(),
+                ..Default::default()
+            },
+            [false, false, true],
+        ),
+        (
+            EventFilter {
+                src: vec!["0.0.0.0/0".parse().unwrap()],
+                ..Default::default()
+            },
+            [true, false, true],
+        ),
+    ];
+    for (filter, want) in cases {
+        let h = Harness::new(filter.clone());
+        for (frame, want) in [&syn, &syn6, &ack].into_iter().zip(want) {
+            let r = h.run_both(frame);
+            assert_eq!(
+                r.events.len(),
+                usize::from(want),
+                "filter {filter:?} on {frame:02x?}"
+            );
+            assert_eq!(r.counters.0.filtered_out, u64::from(!want));
+            // The user-space twin of the filter agrees.
+            let e = expected(frame);
+            assert_eq!(
+                filter.matches(e.sport, e.dport, e.src, e.dst, e.flags_raw),
+                want
+            );
+        }
+    }
+}
+
+#[test]
+fn sampling_keeps_one_in_n() {
+    let h = Harness::new(EventFilter {
+        sample_every: 3,
+        ..Default::default()
+    });
+    let mut events = 0;
+    let mut sampled_out = 0;
+    for _ in 0..9 {
+        let r = h.run(Hook::Xdp, &testpkt::syn_v4());
+        events += r.events.len();
+        sampled_out += r.counters.0.sampled_out;
+    }
+    assert_eq!((events, sampled_out), (3, 6));
+}
+
+#[test]
+fn snaplen_copies_payload_but_never_padding() {
+    let h = Harness::new(EventFilter {
+        snaplen: 5,
+        ..Default::default()
+    });
+    let r = h.run_both(&data_v4(&[], b"hello world")).events.remove(0);
+    assert_eq!(r.payload_hex.as_deref(), Some("68656c6c6f"));
+    assert_eq!(r.payload_len, 11);
+
+    let h = Harness::new(EventFilter {
+        snaplen: 64,
+        ..Default::default()
+    });
+    // 2 payload bytes in a frame padded to 60: the padding is not payload.
+    let padded = testpkt::pad_to_min_frame(data_v4(&[], b"hi"));
+    assert!(padded.len() > 14 + 20 + 20 + 2);
+    let r = h.run_both(&padded).events.remove(0);
+    assert_eq!(r.payload_hex.as_deref(), Some("6869"));
+    assert_eq!(r.payload_len, 2);
+
+    let none = Harness::new(EventFilter::default());
+    assert!(none.run_both(&data_v4(&[], b"secret")).events[0]
+        .payload_hex
+        .is_none());
+}
+
+#[test]
+fn full_ring_buffer_counts_lost_events() {
+    // The smallest ring (one page) fills after a few events; the rest must
+    // be counted as lost, never silently dropped.
+    let mut opts = LoadOptions::new(EventFilter::default().to_kernel(true).unwrap());
+    opts.ringbuf_bytes = 4096;
+    let skel = bpf::load_ingress(&opts).unwrap();
+    let frame = testpkt::syn_v4();
+    let n = 200;
+    skel.progs
+        .tcpscope_xdp
+        .test_run(ProgramInput {
+            data_in: Some(&frame),
+            repeat: n,
+            ..Default::default()
+        })
+        .unwrap();
+    let c = bpf::read_counters(&skel).unwrap();
+    assert!(c.0.events_lost > 0, "a 4 KiB ring cannot hold {n} events");
+    assert_eq!(c.0.events + c.0.events_lost, u64::from(n));
+}
