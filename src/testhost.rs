@@ -173,10 +173,11 @@ impl ChildGuard {
                 .map_while(Result::ok)
             {
                 eprintln!("  | {line}");
-                if line.contains(&ready) {
+                let is_ready = line.contains(&ready);
+                kept.lock().map(|mut v| v.push(line)).ok();
+                if is_ready {
                     let _ = tx.send(());
                 }
-                kept.lock().map(|mut v| v.push(line)).ok();
             }
         });
         match rx.recv_timeout(timeout) {

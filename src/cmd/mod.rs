@@ -47,6 +47,16 @@ impl Session {
             ifname: args.iface.clone(),
         })
     }
+
+    /// Tells the user (on stderr) what is attached where. Tests and scripts
+    /// wait for this line: it is printed once the hook is live.
+    pub fn announce(&self, doing: &str) {
+        let id = self.link.id().map_or("?".into(), |i| i.to_string());
+        eprintln!(
+            "tcpscope: {doing} on {} (link id {id}); Ctrl-C to stop",
+            self.link.description
+        );
+    }
 }
 
 /// Set by SIGINT, SIGTERM and SIGHUP; loops poll it and return normally, so

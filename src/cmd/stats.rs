@@ -21,10 +21,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
     // Events off: the programs only count.
     let config = EventFilter::default().to_kernel(false)?;
     let session = Session::start(&args.attach, config, 4096)?;
-    eprintln!(
-        "tcpscope: counting incoming packets on {}; Ctrl-C to stop",
-        session.link.description
-    );
+    session.announce("counting incoming packets");
 
     let interval = Duration::from_secs_f64(args.interval);
     let mut prev = Counters::default();

@@ -43,11 +43,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     );
     let stop = stop_flag()?;
     let session = Session::start(&args.attach, config, ringbuf_mib << 20)?;
-    eprintln!(
-        "tcpscope: watching incoming TCP on {} (link id {}); Ctrl-C to stop",
-        session.link.description,
-        session.link.id().map_or("?".into(), |i| i.to_string())
-    );
+    session.announce("watching incoming TCP");
 
     let format = if args.json {
         Format::Json
@@ -79,13 +75,19 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let ring = builder.build().context("setting up the ring buffer")?;
 
     while !stop.load(Ordering::SeqCst) && printed.get() < limit && !out_failed.get() {
-        match ring.poll(Duration::from_millis(POLL_MS)) {
+        // poll() returns early when the kernel wakes us; it does not read
+        // what arrived without a wakeup, so consume() after every poll.
+        match ring
+            .poll(Duration::from_millis(POLL_MS))
+            .and_then(|()| ring.consume())
+        {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("reading the ring buffer"),
         }
         let _ = out.borrow_mut().flush();
     }
+    let _ = ring.consume(); // what arrived since the last poll
     let _ = out.borrow_mut().flush();
     drop(ring);
 

@@ -1,0 +1,170 @@
+//! Shared helpers for the integration tests: the tcpscope binary, tshark as
+//! the independent decoder, and a TCP exchange between the test hosts.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use tcpscope::testhost::{ChildGuard, TestHosts};
+
+pub const PORT: u16 = 8080;
+
+pub fn tcpscope_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_tcpscope")
+}
+
+/// `tcpscope ARGS` inside namespace `ns`, started and attached.
+pub fn start_tcpscope(ns: &str, args: &[&str]) -> ChildGuard {
+    start_tcpscope_link(ns, args).0
+}
+
+/// As start_tcpscope, plus the id of the BPF link it reported.
+pub fn start_tcpscope_link(ns: &str, args: &[&str]) -> (ChildGuard, u32) {
+    let mut cmd = TestHosts::command_in(ns, tcpscope_bin());
+    cmd.args(args).stdout(Stdio::piped());
+    let (child, lines) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30))
+        .expect("tcpscope attaches");
+    let line = lines
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains("(link id "))
+        .cloned()
+        .unwrap();
+    let id = line
+        .split("(link id ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|n| n.parse().ok());
+    (
+        child,
+        id.unwrap_or_else(|| panic!("no link id in {line:?}")),
+    )
+}
+
+/// Whether BPF link `id` still exists (links live in no namespace).
+pub fn link_exists(id: u32) -> bool {
+    Command::new("bpftool")
+        .args(["link", "show", "id", &id.to_string()])
+        .output()
+        .expect("bpftool runs (install it: scripts/setup.sh)")
+        .status
+        .success()
+}
+
+/// Reads all of a finished child's stdout.
+pub fn stdout_of(child: &mut ChildGuard) -> String {
+    let mut s = String::new();
+    child
+        .child
+        .stdout
+        .take()
+        .expect("stdout piped")
+        .read_to_string(&mut s)
+        .unwrap();
+    s
+}
+
+/// tshark capturing on `ifname` inside `ns` into a pcapng file.
+pub struct Tshark {
+    pub guard: ChildGuard,
+    pub file: PathBuf,
+}
+
+impl Tshark {
+    pub fn start(ns: &str, ifname: &str, filter: &str, file: &Path) -> Tshark {
+        let mut cmd = TestHosts::command_in(ns, "tshark");
+        cmd.args(["-i", ifname, "-f", filter, "-w"])
+            .arg(file)
+            .stdout(Stdio::null());
+        let (guard, _) =
+            ChildGuard::spawn_until_ready(cmd, "Capturing on", Duration::from_secs(30))
+                .expect("tshark starts (install it: scripts/setup.sh)");
+        Tshark {
+            guard,
+            file: file.to_path_buf(),
+        }
+    }
+
+    /// Stops the capture and decodes every TCP packet in it with `fields`.
+    pub fn stop_and_read(mut self, fields: &[&str]) -> Vec<Vec<String>> {
+        std::thread::sleep(Duration::from_millis(300));
+        self.guard
+            .interrupt_and_wait(Duration::from_secs(20))
+            .expect("tshark stops");
+        read_pcap_fields(&self.file, fields)
+    }
+}
+
+/// tshark's decoding of every TCP packet of a capture file, one row per packet.
+pub fn read_pcap_fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
+    let mut cmd = Command::new("tshark");
+    cmd.arg("-r").arg(file).args([
+        "-Y",
+        "tcp",
+        "-o",
+        "tcp.relative_sequence_numbers:FALSE",
+        "-T",
+        "fields",
+        "-E",
+        "separator=/t",
+        "-E",
+        "occurrence=f",
+    ]);
+    for f in fields {
+        cmd.args(["-e", f]);
+    }
+    let out = cmd.output().expect("tshark runs");
+    assert!(
+        out.status.success(),
+        "tshark -r failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| l.split('\t').map(str::to_string).collect())
+        .collect()
+}
+
+/// Runs a server in the server namespace that reads each connection to EOF
+/// and replies with the byte count; the client sends `payload` over IPv4 and
+/// then IPv6. Returns the byte counts the server saw.
+pub fn exchange(hosts: &TestHosts, payload_len: usize) -> Vec<usize> {
+    let listener = TestHosts::run_in(&hosts.server_ns, || {
+        TcpListener::bind(("::", PORT)).expect("bind")
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    let server = std::thread::spawn(move || {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().expect("accept");
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).expect("read");
+            s.write_all(format!("{}", buf.len()).as_bytes()).unwrap();
+            seen.push(buf.len());
+        }
+        seen
+    });
+    let client = TestHosts::run_in(&hosts.client_ns, move || {
+        for v6 in [false, true] {
+            let addr = SocketAddr::new(TestHosts::server_addr(v6), PORT);
+            let mut s =
+                TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+            s.write_all(&vec![b'x'; payload_len]).unwrap();
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut reply = String::new();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.read_to_string(&mut reply).unwrap();
+            assert_eq!(reply, payload_len.to_string());
+        }
+    });
+    client.join().unwrap().unwrap();
+    server.join().unwrap()
+}

@@ -1,0 +1,299 @@
+//! End to end on real traffic: test hosts in network namespaces, real TCP
+//! connections over IPv4 and IPv6, `tcpscope watch` on the server's veth,
+//! and tshark capturing on the same interface as the independent decoder.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use tcpscope::testhost::{TestHosts, SERVER_IF};
+
+/// tshark fields, in the order compared with tcpscope's JSON keys.
+const FIELDS: [(&str, &str); 11] = [
+    ("tcp.srcport", "sport"),
+    ("tcp.dstport", "dport"),
+    ("tcp.seq_raw", "seq"),
+    ("tcp.ack_raw", "ack"),
+    ("tcp.hdr_len", "hdr_len"),
+    ("tcp.flags", "flags_raw"),
+    ("tcp.window_size_value", "window"),
+    ("tcp.checksum", "checksum"),
+    ("tcp.len", "payload_len"),
+    ("tcp.options.mss_val", "mss"),
+    ("tcp.options.timestamp.tsval", "ts_val"),
+];
+
+fn field_of(ev: &Value, key: &str) -> String {
+    let v = match key {
+        "mss" | "ts_val" => &ev["options"][key],
+        _ => &ev[key],
+    };
+    match v {
+        Value::Null => String::new(),
+        v => v.as_u64().expect("number").to_string(),
+    }
+}
+
+fn tshark_value(raw: &str) -> String {
+    // tshark prints flags and checksums in hex.
+    match raw.strip_prefix("0x") {
+        Some(hex) => u64::from_str_radix(hex, 16).unwrap().to_string(),
+        None => raw.to_string(),
+    }
+}
+
+fn watch_matches_tshark(hook: &str) {
+    let hosts = TestHosts::new(&format!("live{hook}")).expect("test hosts");
+    let pcap = std::env::temp_dir().join(format!("{}-{hook}.pcapng", hosts.server_ns));
+    // Incoming packets only, as tcpscope sees them.
+    let filter = format!(
+        "tcp port {PORT} and (dst host {} or dst host {})",
+        TestHosts::server_addr(false),
+        TestHosts::server_addr(true)
+    );
+    let tshark = Tshark::start(&hosts.server_ns, SERVER_IF, &filter, &pcap);
+    let (mut watch, link) = start_tcpscope_link(
+        &hosts.server_ns,
+        &[
+            "watch",
+            "-i",
+            SERVER_IF,
+            "--hook",
+            hook,
+            "--json",
+            "--port",
+            &PORT.to_string(),
+        ],
+    );
+
+    let seen = exchange(&hosts, 1000);
+    assert_eq!(seen, vec![1000, 1000]);
+
+    std::thread::sleep(Duration::from_millis(300));
+    let status = watch.interrupt_and_wait(Duration::from_secs(20)).unwrap();
+    assert!(status.success(), "watch exits cleanly on SIGINT: {status}");
+    let events: Vec<Value> = stdout_of(&mut watch)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("bad JSON line {l:?}: {e}")))
+        .collect();
+    let tshark_names: Vec<&str> = FIELDS.iter().map(|(t, _)| *t).collect();
+    let mut rows = tshark.stop_and_read(&[&tshark_names[..], &["ip.src", "ipv6.src"]].concat());
+    let _ = std::fs::remove_file(&pcap);
+
+    // Every incoming packet: both connections' handshake, data and close.
+    assert!(rows.len() >= 10, "tshark saw {} packets", rows.len());
+    assert_eq!(
+        events.len(),
+        rows.len(),
+        "one event per packet tshark saw\nevents: {events:#?}\ntshark: {rows:?}"
+    );
+    for (i, (ev, row)) in events.iter().zip(rows.iter_mut()).enumerate() {
+        assert_eq!(ev["hook"], hook);
+        for (j, (tname, key)) in FIELDS.iter().enumerate() {
+            assert_eq!(
+                field_of(ev, key),
+                tshark_value(&row[j]),
+                "packet {i}: {key} (tshark {tname})\n{ev}"
+            );
+        }
+        let src = if row[11].is_empty() {
+            &row[12]
+        } else {
+            &row[11]
+        };
+        assert_eq!(
+            ev["src"].as_str().unwrap(),
+            src,
+            "packet {i}: source address"
+        );
+    }
+    // The handshakes, explicitly: SYN then ACK of SYN-ACK, per family.
+    let syns: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["flags"] == serde_json::json!(["SYN"]))
+        .collect();
+    assert_eq!(syns.len(), 2);
+    assert_eq!(syns[0]["ip_version"], 4);
+    assert_eq!(syns[1]["ip_version"], 6);
+    for syn in syns {
+        assert_eq!(syn["dport"], PORT);
+        assert!(syn["options"]["mss"].as_u64().unwrap() >= 1400);
+        let sport = &syn["sport"];
+        let isn = syn["seq"].as_u64().unwrap();
+        let ack = events
+            .iter()
+            .find(|e| &e["sport"] == sport && e["flags"] == serde_json::json!(["ACK"]))
+            .expect("handshake ACK");
+        assert_eq!(ack["seq"].as_u64().unwrap(), (isn + 1) % (1 << 32));
+        let data: u64 = events
+            .iter()
+            .filter(|e| &e["sport"] == sport)
+            .map(|e| e["payload_len"].as_u64().unwrap())
+            .sum();
+        assert_eq!(data, 1000, "payload bytes of one connection");
+    }
+    // Nothing stays attached after a clean exit.
+    assert!(!link_exists(link), "link {link} detached");
+}
+
+#[test]
+fn tc_events_match_tshark() {
+    watch_matches_tshark("tc");
+}
+
+#[test]
+fn xdp_events_match_tshark() {
+    watch_matches_tshark("xdp");
+}
+
+#[test]
+fn count_and_flag_filter_stop_after_the_syns() {
+    let hosts = TestHosts::new("count").unwrap();
+    let mut watch = start_tcpscope(
+        &hosts.server_ns,
+        &[
+            "watch", "-i", SERVER_IF, "--json", "--flags", "SYN,!ACK", "-c", "2",
+        ],
+    );
+    exchange(&hosts, 10);
+    let status = watch
+        .wait_timeout(Duration::from_secs(20))
+        .expect("-c 2 makes watch exit by itself");
+    assert!(status.success());
+    let out = stdout_of(&mut watch);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert!(lines
+        .iter()
+        .all(|e| e["flags"] == serde_json::json!(["SYN"])));
+    assert_eq!(lines[0]["src"], "198.18.0.1");
+    assert_eq!(lines[1]["src"], "2001:db8::1");
+}
+
+#[test]
+fn text_output_reads_like_tcpdump() {
+    let hosts = TestHosts::new("text").unwrap();
+    let mut watch = start_tcpscope(
+        &hosts.server_ns,
+        &["watch", "-i", SERVER_IF, "--port", "8080", "--snaplen", "4"],
+    );
+    exchange(&hosts, 100);
+    std::thread::sleep(Duration::from_millis(300));
+    watch.interrupt_and_wait(Duration::from_secs(20)).unwrap();
+    let out = stdout_of(&mut watch);
+    let first = out.lines().next().expect("a line");
+    assert!(first.contains(" tc tsc-server IP 198.18.0.1."), "{first}");
+    assert!(
+        first.contains(" > 198.18.0.2.8080: Flags [S], seq "),
+        "{first}"
+    );
+    assert!(
+        first.contains("options [mss 1460,sackOK,TS val "),
+        "{first}"
+    );
+    assert!(out
+        .lines()
+        .any(|l| l.contains("IP6 2001:db8::1.") && l.contains("Flags [S]")));
+    // --snaplen 4: the first data segment shows "xxxx".
+    assert!(
+        out.lines()
+            .any(|l| l.contains("length 100") && l.ends_with("payload 78787878")),
+        "{out}"
+    );
+}
+
+#[test]
+fn stats_counts_real_packets() {
+    let hosts = TestHosts::new("stats").unwrap();
+    let mut stats = start_tcpscope(
+        &hosts.server_ns,
+        &[
+            "stats",
+            "-i",
+            SERVER_IF,
+            "--interval",
+            "0.3",
+            "-c",
+            "6",
+            "--json",
+        ],
+    );
+    exchange(&hosts, 500);
+    let status = stats.wait_timeout(Duration::from_secs(20)).unwrap();
+    assert!(status.success());
+    let out = stdout_of(&mut stats);
+    let reports: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(reports.len(), 6);
+    let last = reports.last().unwrap();
+    // Two connections: two SYNs, at least SYN, ACK, data, FIN, ACK each.
+    assert_eq!(last["syn_no_ack"], 2, "{last}");
+    assert!(last["tcp_packets"].as_u64().unwrap() >= 10, "{last}");
+    assert_eq!(last["flags"]["SYN"], 2);
+    assert_eq!(last["events"], 0, "stats never writes events");
+    assert_eq!(last["malformed_total"], 0);
+}
+
+#[test]
+fn kill_9_leaves_nothing_attached() {
+    let hosts = TestHosts::new("kill").unwrap();
+    for hook in ["tc", "xdp"] {
+        let (mut watch, link) = start_tcpscope_link(
+            &hosts.server_ns,
+            &["watch", "-i", SERVER_IF, "--hook", hook],
+        );
+        assert!(
+            link_exists(link),
+            "{hook}: link {link} exists while tcpscope runs"
+        );
+        watch.child.kill().unwrap(); // SIGKILL: no cleanup code runs
+        watch.child.wait().unwrap();
+        // The kernel releases the link when the last fd closes; give the
+        // deferred free a moment.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while link_exists(link) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !link_exists(link),
+            "{hook}: the kernel detached link {link}"
+        );
+        // And the hook is free again: a new instance attaches.
+        let (mut again, _) = start_tcpscope_link(
+            &hosts.server_ns,
+            &["watch", "-i", SERVER_IF, "--hook", hook],
+        );
+        again.interrupt_and_wait(Duration::from_secs(20)).unwrap();
+    }
+}
+
+#[test]
+fn sigterm_detaches_and_prints_the_summary() {
+    let hosts = TestHosts::new("term").unwrap();
+    let mut cmd = TestHosts::command_in(&hosts.server_ns, tcpscope_bin());
+    cmd.args(["watch", "-i", SERVER_IF, "--hook", "xdp"])
+        .stdout(std::process::Stdio::null());
+    let (mut watch, stderr) =
+        tcpscope::testhost::ChildGuard::spawn_until_ready(cmd, "watching", Duration::from_secs(30))
+            .unwrap();
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(watch.child.id() as i32, libc::SIGTERM) };
+    let status = watch.wait_timeout(Duration::from_secs(20)).unwrap();
+    assert!(status.success());
+    std::thread::sleep(Duration::from_millis(100));
+    let text = stderr.lock().unwrap().join("\n");
+    assert!(text.contains("events: 0 emitted, 0 lost"), "{text}");
+    // The XDP hook is free: a second instance can attach.
+    let (mut again, _) = start_tcpscope_link(
+        &hosts.server_ns,
+        &["watch", "-i", SERVER_IF, "--hook", "xdp"],
+    );
+    again.interrupt_and_wait(Duration::from_secs(20)).unwrap();
+}
