@@ -1,0 +1,148 @@
+//! Every failure a user can cause gets one line on stderr that names the
+//! fix, a non-zero exit code, and leaves nothing attached.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::*;
+use tcpscope::testhost::{TestHosts, SERVER_IF};
+
+fn one_line_error(out: &Output) -> String {
+    assert!(!out.status.success(), "must fail: {out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "exactly one line: {stderr:?}");
+    assert!(lines[0].starts_with("tcpscope: error: "), "{stderr:?}");
+    assert!(out.stdout.is_empty(), "nothing on stdout");
+    lines[0].to_string()
+}
+
+fn run_in(ns: &str, args: &[&str]) -> Output {
+    TestHosts::command_in(ns, tcpscope_bin())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Whether an XDP program is on `ifname`, from `ip -d link`.
+fn xdp_attached(ns: &str, ifname: &str) -> bool {
+    let out = Command::new("ip")
+        .args(["-n", ns, "-d", "link", "show", "dev", ifname])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
+}
+
+#[test]
+fn missing_interface() {
+    let out = Command::new(tcpscope_bin())
+        .args(["watch", "-i", "nosuch0"])
+        .output()
+        .unwrap();
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("interface 'nosuch0' not found") && line.contains("ip link"),
+        "{line}"
+    );
+    let out = Command::new(tcpscope_bin())
+        .args(["stats", "-i", "nosuch0"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out).contains("not found"));
+}
+
+#[test]
+fn missing_privileges() {
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
+        .arg(tcpscope_bin())
+        .args(["watch", "-i", "lo"])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("missing privileges") && line.contains("CAP_BPF") && line.contains("root"),
+        "{line}"
+    );
+}
+
+#[test]
+fn missing_btf() {
+    let out = Command::new(tcpscope_bin())
+        .args(["watch", "-i", "lo", "--btf", "/nonexistent/vmlinux"])
+        .output()
+        .unwrap();
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("BTF file /nonexistent/vmlinux not found"),
+        "{line}"
+    );
+}
+
+#[test]
+fn native_xdp_unsupported() {
+    // Loopback has no native XDP support in any kernel.
+    let hosts = TestHosts::new("noxdp").unwrap();
+    let out = run_in(
+        &hosts.server_ns,
+        &["watch", "-i", "lo", "--hook", "xdp", "--xdp-mode", "native"],
+    );
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("native XDP is not supported on 'lo'") && line.contains("--xdp-mode generic"),
+        "{line}"
+    );
+    assert!(!xdp_attached(&hosts.server_ns, "lo"));
+}
+
+#[test]
+fn another_xdp_program_attached() {
+    let hosts = TestHosts::new("busy").unwrap();
+    let (mut first, _) = start_tcpscope_link(
+        &hosts.server_ns,
+        &["watch", "-i", SERVER_IF, "--hook", "xdp"],
+    );
+    let out = run_in(
+        &hosts.server_ns,
+        &["watch", "-i", SERVER_IF, "--hook", "xdp"],
+    );
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("already has an XDP program") && line.contains("--hook tc"),
+        "{line}"
+    );
+    // The first instance is untouched; after it stops, nothing is left.
+    assert!(xdp_attached(&hosts.server_ns, SERVER_IF));
+    first.interrupt_and_wait(Duration::from_secs(20)).unwrap();
+    assert!(!xdp_attached(&hosts.server_ns, SERVER_IF));
+}
+
+#[test]
+fn bad_arguments() {
+    let run = |args: &[&str]| Command::new(tcpscope_bin()).args(args).output().unwrap();
+    // clap's usage errors: exit code 2 and the reason.
+    let out = run(&["watch", "-i", "lo", "--src", "198.18.0.0/33"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("prefix 33 is longer than 32 bits"));
+    let out = run(&["watch", "-i", "lo", "--dst", "2001:db8::zz/32"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad CIDR"));
+    let out = run(&["watch", "-i", "lo", "--flags", "SYN,PUSH"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown TCP flag 'PUSH'"));
+    // Our own checks.
+    let line = one_line_error(&run(&["watch", "-i", "lo", "--snaplen", "5000"]));
+    assert!(line.contains("--snaplen 5000 is too large"), "{line}");
+    let line = one_line_error(&run(&["watch", "-i", "lo", "--port", "1,2,3,4,5,6,7,8,9"]));
+    assert!(line.contains("at most 8"), "{line}");
+    let line = one_line_error(&run(&["stats", "-i", "lo", "--interval", "0"]));
+    assert!(line.contains("--interval"), "{line}");
+    let line = one_line_error(&run(&["watch", "-i", "lo", "--ringbuf-mib", "3"]));
+    assert!(line.contains("power of two"), "{line}");
+}
