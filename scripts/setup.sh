@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs whatever tcpscope needs that this Debian machine lacks, builds it,
+# and runs one task. Used by the README quick start and by .ci/run.
+#
+#   scripts/setup.sh demo    live demo on self-made test hosts (the default)
+#   scripts/setup.sh test    the whole test suite
+#   scripts/setup.sh bench   the benchmarks
+#   scripts/setup.sh deps    only install what is missing
+#
+# Needs root: it installs packages, and tcpscope loads BPF programs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+task="${1:-demo}"
+
+# Build: clang (BPF target), libelf/zlib (libbpf), pkg-config.
+# Run and test: iproute2 (test hosts), tshark (independent decoder),
+# bpftool (link checks), util-linux (setpriv, for the no-privilege test).
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark bpftool util-linux)
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: run as root (sudo $0 $task): it installs packages and loads BPF programs" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    # tshark asks whether non-root users may capture; answer no, unattended.
+    echo "wireshark-common wireshark-common/install-setuid boolean false" | debconf-set-selections
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    # The Rust toolchain is not a Debian package here: it comes from rustup.
+    [ -x "$HOME/.cargo/bin/cargo" ] && export PATH="$HOME/.cargo/bin:$PATH"
+fi
+command -v cargo >/dev/null 2>&1 || { echo "setup: cargo not found: install Rust with rustup (https://rustup.rs)" >&2; exit 1; }
+
+case "$task" in
+deps) ;;
+demo)
+    cargo build --release
+    exec target/release/tcpscope demo
+    ;;
+test)
+    cargo build --release
+    # Unit tests, BPF_PROG_TEST_RUN tests, live tests on test hosts.
+    cargo test --release
+    ;;
+bench)
+    cargo build --release
+    exec target/release/tcpscope bench
+    ;;
+*)
+    echo "setup: unknown task '$task': use demo, test, bench or deps" >&2
+    exit 2
+    ;;
+esac
