@@ -88,11 +88,11 @@ impl Cidr {
             IpAddr::V4(a) => (a.octets().to_vec(), 4),
             IpAddr::V6(a) => (a.octets().to_vec(), 6),
         };
-        for i in 0..bytes.len() {
+        for (i, byte) in bytes.iter().enumerate() {
             let bits = self.prefix.saturating_sub(i as u32 * 8).min(8);
             let mask = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
             out.mask[i] = mask;
-            out.addr[i] = bytes[i] & mask;
+            out.addr[i] = byte & mask;
         }
         out.family = family;
         out

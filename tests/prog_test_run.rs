@@ -11,7 +11,7 @@ use tcpscope::bpf::{self, counters::Counters, IngressSkel, LoadOptions};
 use tcpscope::cmd::watch::decode_record;
 use tcpscope::filter::EventFilter;
 use tcpscope::model::{PacketRecord, TcpOptions};
-use tcpscope::testpkt::{self, MAC_A, MAC_B, V4_DST, V4_SRC, V6_DST, V6_SRC};
+use tcpscope::testpkt::{self, MAC_A, MAC_B, V4_DST, V4_SRC};
 
 const XDP_PASS: u32 = 2;
 const TC_ACT_OK: u32 = 0;
@@ -21,7 +21,6 @@ enum Hook {
     Xdp,
     Tc,
 }
-const HOOKS: [Hook; 2] = [Hook::Xdp, Hook::Tc];
 
 struct Harness {
     skel: IngressSkel<'static>,
@@ -128,7 +127,7 @@ impl Harness {
 
 fn delta(a: &Counters, b: &Counters) -> Counters {
     let (a, b) = (&a.0, &b.0);
-    let mut d = a.clone();
+    let mut d = *a;
     d.packets -= b.packets;
     d.bytes -= b.bytes;
     d.tcp_packets -= b.tcp_packets;
