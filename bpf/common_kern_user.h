@@ -16,14 +16,21 @@
 #define TCPSCOPE_MAX_VLAN 2          /* 802.1Q / 802.1ad tags parsed */
 #define TCPSCOPE_MAX_IPV6_EXT 8      /* IPv6 extension headers walked */
 #define TCPSCOPE_MAX_SACK 4          /* SACK blocks recorded */
-#define TCPSCOPE_MAX_SNAPLEN 1024    /* payload bytes an event can carry */
 #define TCPSCOPE_MAX_FILTER_PORTS 8  /* ports per filter list */
 #define TCPSCOPE_MAX_FILTER_CIDRS 8  /* CIDRs per filter list */
+
+/* Limits both sides rely on. An enum, not #defines, so that they reach BTF
+ * and the generated Rust (types::tcpscope_limits). */
+enum tcpscope_limits {
+	TCPSCOPE_MAX_SNAPLEN = 1024,  /* payload bytes an event can carry */
+	TCPSCOPE_MAX_CAPTURE = 1280,  /* frame bytes an event can carry: headers + payload */
+};
 
 /* Which hook produced an event. */
 enum tcpscope_hook {
 	TCPSCOPE_HOOK_XDP = 1,
 	TCPSCOPE_HOOK_TC = 2,
+	TCPSCOPE_HOOK_PCAP = 3, /* user space only: decoded from a capture file */
 };
 
 /* Why a packet could not be parsed. Order is part of the counter layout and
@@ -48,6 +55,7 @@ enum tcpscope_malformed {
 	MALFORMED_TCP_OPT_BAD_LEN,     /* option length 0 or 1 */
 	MALFORMED_TCP_OPT_OVERRUN,     /* option runs past the TCP header */
 	MALFORMED_TCP_OPT_BAD_SIZE,    /* known option with the wrong length */
+	MALFORMED_IP_LEN_EXCEEDS_FRAME, /* IP length says more than the frame holds */
 	MALFORMED_MAX,
 };
 
@@ -89,6 +97,8 @@ enum tcpscope_flag_index {
 #define OPT_SACK 0x08
 #define OPT_TS 0x10
 #define OPT_OTHER 0x20 /* other_kinds has at least one bit set */
+#define OPT_MPTCP 0x40 /* mptcp_subtype is set */
+#define OPT_TFO 0x80   /* tfo_cookie_len is set (kind 34, or 254 with magic 0xF989) */
 
 /* Per-CPU counters: one array slot, summed over CPUs by user space. */
 struct tcpscope_counters {
@@ -130,12 +140,13 @@ struct tcpscope_config {
 	__u16 flags_set;     /* every one of these flag bits must be set */
 	__u16 flags_clear;   /* every one of these flag bits must be clear */
 	__u8 events_enabled; /* 0: counters only */
+	__u8 copy_frame;     /* copy frame bytes (headers, + snaplen payload) into events */
 	__u8 n_ports;        /* either port matches one of ports[] */
 	__u8 n_sports;
 	__u8 n_dports;
 	__u8 n_src;          /* source address in one of src[] */
 	__u8 n_dst;
-	__u8 _pad[2];
+	__u8 _pad[1];
 	__u16 ports[TCPSCOPE_MAX_FILTER_PORTS];
 	__u16 sports[TCPSCOPE_MAX_FILTER_PORTS];
 	__u16 dports[TCPSCOPE_MAX_FILTER_PORTS];
@@ -182,15 +193,18 @@ struct packet_event {
 	/* Bitmap of every other option kind seen (bit k = kind k). A bitmap, not
 	 * a list, so the verifier need not track a count across the option loop. */
 	__u8 other_kinds[32];
-	__u16 snap_len;       /* payload bytes that follow the event */
-	__u16 _pad1;
-	__u32 _pad2;
+	__u16 cap_len;        /* frame bytes that follow the event (packet_event_snap) */
+	__u8 mptcp_subtype;   /* MPTCP option subtype (RFC 8684), with OPT_MPTCP */
+	__u8 tfo_cookie_len;  /* Fast Open cookie bytes, with OPT_TFO */
+	__u16 payload_off;    /* frame offset of the TCP payload */
+	__u16 _pad2;
 };
 
-/* An event followed by up to TCPSCOPE_MAX_SNAPLEN payload bytes (--snaplen). */
+/* An event followed by the first cap_len bytes of its frame: the headers,
+ * and up to --snaplen payload bytes. Used for --snaplen and for -w. */
 struct packet_event_snap {
 	struct packet_event ev;
-	__u8 payload[TCPSCOPE_MAX_SNAPLEN];
+	__u8 frame[TCPSCOPE_MAX_CAPTURE];
 };
 
 #endif /* TCPSCOPE_COMMON_KERN_USER_H */

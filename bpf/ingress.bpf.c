@@ -24,6 +24,7 @@ struct packet_event_snap _packet_event_snap = {};
 enum tcpscope_malformed _malformed = MALFORMED_NONE;
 enum tcpscope_hook _hook = TCPSCOPE_HOOK_XDP;
 enum tcpscope_flag_index _flag_index = FLAG_IDX_FIN;
+enum tcpscope_limits _limits = TCPSCOPE_MAX_SNAPLEN;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -138,23 +139,38 @@ static __always_inline __u64 submit_flags(void)
 		       : BPF_RB_NO_WAKEUP;
 }
 
-/* Copy the event, and with --snaplen the payload, into the ring buffer. */
+/*
+ * Copy the event into the ring buffer; with cfg.copy_frame, also the frame's
+ * first bytes: its headers and at most cfg.snaplen payload bytes (never
+ * Ethernet padding, never payload the user did not ask for).
+ */
 static __always_inline void emit_event(void *ctx, struct tcpscope_counters *c,
-				       struct packet_event *ev, __u32 payload_off,
-				       __u32 frame_len, __u8 hook)
+				       struct packet_event *ev, __u32 tcp_off,
+				       __u32 payload_off, __u32 frame_len, __u8 hook)
 {
-	__u64 snap = 0; /* 64-bit: a 32-bit copy loses its bounds in the verifier */
+	/* 64-bit: a 32-bit copy of a length loses its bounds in the verifier. */
+	__u64 cap = 0;
 
-	if (cfg.snaplen && !ev->malformed && payload_off < frame_len) {
-		snap = frame_len - payload_off;
-		if (snap > ev->payload_len)
-			snap = ev->payload_len; /* never copy Ethernet padding */
-		if (snap > cfg.snaplen)
-			snap = cfg.snaplen;
+	if (cfg.copy_frame) {
+		if (ev->malformed) {
+			cap = tcp_off + TCP_MIN_HLEN; /* fixed header: the rest is suspect */
+		} else {
+			__u64 snap = 0;
+			if (cfg.snaplen && payload_off < frame_len) {
+				snap = frame_len - payload_off;
+				if (snap > ev->payload_len)
+					snap = ev->payload_len;
+				if (snap > cfg.snaplen)
+					snap = cfg.snaplen;
+			}
+			cap = payload_off + snap;
+		}
+		if (cap > frame_len)
+			cap = frame_len;
 	}
 	ev->ts_ns = bpf_ktime_get_ns();
 
-	if (!snap) {
+	if (!cap) {
 		struct packet_event *out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
 		if (!out) {
 			c->events_lost++;
@@ -173,18 +189,18 @@ static __always_inline void emit_event(void *ctx, struct tcpscope_counters *c,
 	}
 	/* Re-check right before use: clang otherwise reuses an older register
 	 * whose bounds the verifier cannot see. */
-	asm volatile("" : "+r"(snap));
-	if (snap > TCPSCOPE_MAX_SNAPLEN)
-		snap = TCPSCOPE_MAX_SNAPLEN;
-	ev->snap_len = snap;
+	asm volatile("" : "+r"(cap));
+	if (cap > TCPSCOPE_MAX_CAPTURE)
+		cap = TCPSCOPE_MAX_CAPTURE;
+	ev->cap_len = cap;
 	__builtin_memcpy(&out->ev, ev, sizeof(*ev));
 	long err;
 	if (hook == TCPSCOPE_HOOK_XDP)
-		err = bpf_xdp_load_bytes(ctx, payload_off, out->payload, snap);
+		err = bpf_xdp_load_bytes(ctx, 0, out->frame, cap);
 	else
-		err = bpf_skb_load_bytes(ctx, payload_off, out->payload, snap);
+		err = bpf_skb_load_bytes(ctx, 0, out->frame, cap);
 	if (err)
-		out->ev.snap_len = 0;
+		out->ev.cap_len = 0;
 	bpf_ringbuf_submit(out, submit_flags());
 	c->events++;
 }
@@ -212,6 +228,7 @@ static __always_inline void handle_packet(void *ctx, void *data, void *data_end,
 		count_malformed(c, -proto);
 		return;
 	}
+	__u32 l3_off = nh.pos - data;
 	if (proto == ETH_P_IP)
 		res = parse_ipv4(&nh, data_end, &ev, &l3);
 	else if (proto == ETH_P_IPV6)
@@ -238,6 +255,14 @@ static __always_inline void handle_packet(void *ctx, void *data, void *data_end,
 		count_malformed(c, ev.malformed);
 		return;
 	}
+	if (!ev.malformed && !(ev.ip_flags & IPF_JUMBO)) {
+		/* A header claiming more bytes than the frame has: the packet was
+		 * cut short, or its IP length lies. Compared with the whole frame,
+		 * not data_end: at TC the skb may be non-linear. */
+		__u32 ip_end = l3_off + ev.ip_len + (ev.ip_version == 6 ? sizeof(struct ipv6hdr) : 0);
+		if (ip_end > frame_len)
+			ev.malformed = MALFORMED_IP_LEN_EXCEEDS_FRAME;
+	}
 	c->tcp_packets++;
 	c->tcp_bytes += frame_len;
 	count_flags(c, ev.flags_raw);
@@ -257,10 +282,13 @@ static __always_inline void handle_packet(void *ctx, void *data, void *data_end,
 		}
 	}
 
+	__u32 tcp_off = tcp_start - data;
+	__u32 payload_off = tcp_off + ev.hdr_len;
 	ev.hook = hook;
 	ev.ifindex = ifindex;
 	ev.frame_len = frame_len;
-	emit_event(ctx, c, &ev, (__u32)(tcp_start - data) + ev.hdr_len, frame_len, hook);
+	ev.payload_off = ev.malformed ? 0 : payload_off;
+	emit_event(ctx, c, &ev, tcp_off, payload_off, frame_len, hook);
 }
 
 SEC("xdp")

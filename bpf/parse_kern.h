@@ -31,6 +31,8 @@
 #define IPV4_FLAG_DF 0x4000
 #define IPV6_FRAG_OFFSET_MASK 0xfff8
 #define IPV6_FRAG_MF 0x0001
+#define IPV6_TLV_JUMBO 0xC2
+#define IPV6_JUMBO_OPT_LEN 4
 #define TCP_MIN_HLEN 20
 #define TCP_MAX_OPT_LEN 40
 
@@ -41,6 +43,9 @@
 #define TCPOPT_SACK_PERM 4
 #define TCPOPT_SACK 5
 #define TCPOPT_TIMESTAMP 8
+#define TCPOPT_MPTCP 30
+#define TCPOPT_FASTOPEN 34
+#define TCPOPT_EXP 254
 #define TCPOLEN_MSS 4
 #define TCPOLEN_WSCALE 3
 #define TCPOLEN_SACK_PERM 2
@@ -218,6 +223,16 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 	}
 
 	__u8 next = ip6->nexthdr;
+	if (plen == 0 && next == IPV6_HOPOPTS) {
+		/* RFC 2675 jumbogram: the hop-by-hop header (always first) holds
+		 * the real length, of everything after the IPv6 header. Checked
+		 * once here, not in the loop, to keep the verifier's paths few. */
+		__u8 *hbh = nh->pos;
+		if ((void *)(hbh + 8) <= data_end && hbh[2] == IPV6_TLV_JUMBO &&
+		    hbh[3] == IPV6_JUMBO_OPT_LEN)
+			remaining = ((__u32)hbh[4] << 24) | ((__u32)hbh[5] << 16) |
+				    ((__u32)hbh[6] << 8) | hbh[7];
+	}
 #pragma unroll
 	for (int i = 0; i < TCPSCOPE_MAX_IPV6_EXT; i++) {
 		if (next != IPV6_HOPOPTS && next != IPV6_ROUTING &&
@@ -348,6 +363,17 @@ __noinline int parse_tcp_options(struct tcp_opt_buf *buf, struct packet_event *e
 		default:
 			ev->other_kinds[kind >> 3] |= 1 << (kind & 7);
 			ev->opt_present |= OPT_OTHER;
+			if (kind == TCPOPT_MPTCP && len >= 3) {
+				ev->mptcp_subtype = opt_byte(buf, o + 2) >> 4;
+				ev->opt_present |= OPT_MPTCP;
+			} else if (kind == TCPOPT_FASTOPEN) {
+				ev->tfo_cookie_len = len - 2;
+				ev->opt_present |= OPT_TFO;
+			} else if (kind == TCPOPT_EXP && len >= 4 && opt_byte(buf, o + 2) == 0xF9 &&
+				   opt_byte(buf, o + 3) == 0x89) {
+				ev->tfo_cookie_len = len - 4; /* RFC 7413 experimental form */
+				ev->opt_present |= OPT_TFO;
+			}
 		}
 		*(volatile __u32 *)&buf->off = off + len;
 	}

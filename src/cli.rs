@@ -33,6 +33,11 @@ pub enum Command {
         tcpscope watch -i eth0 --hook xdp --sample 100         # 1% of packets, at XDP\n  \
         tcpscope watch -i eth0 --port 80 --snaplen 64          # with 64 payload bytes")]
     Watch(WatchArgs),
+    /// Decode a pcap or pcapng capture offline (no privileges needed).
+    #[command(after_help = "Examples:\n  \
+        tcpscope read capture.pcapng --json\n  \
+        tcpdump -w - -i eth0 tcp | tcpscope read - --port 443")]
+    Read(ReadArgs),
     /// Print the kernel's packet counters and rates every interval.
     #[command(after_help = "Example:\n  tcpscope stats -i eth0 --interval 1")]
     Stats(StatsArgs),
@@ -104,6 +109,7 @@ impl FilterArgs {
             flags: self.flags.unwrap_or_default(),
             sample_every: self.sample.unwrap_or(1),
             snaplen: self.snaplen,
+            copy_headers: false,
         }
     }
 }
@@ -123,6 +129,21 @@ pub struct WatchArgs {
     /// Ring buffer size in MiB (power of two).
     #[arg(long, value_name = "MIB", default_value_t = 4)]
     pub ringbuf_mib: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct ReadArgs {
+    /// Capture file (pcap or pcapng), or - for standard input.
+    #[arg(value_name = "FILE")]
+    pub file: String,
+    #[command(flatten)]
+    pub filter: FilterArgs,
+    /// Stop after COUNT packets printed.
+    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// Print NDJSON, one object per packet (schema: docs/json-schema.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

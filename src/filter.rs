@@ -24,11 +24,7 @@ mod types_len {
     }
     pub const PORTS: usize = cfg().ports.len();
     pub const CIDRS: usize = cfg().src.len();
-    pub const SNAPLEN: u32 = {
-        // SAFETY: as above, packet_event_snap is plain old data.
-        let s: types::packet_event_snap = unsafe { std::mem::zeroed() };
-        s.payload.len() as u32
-    };
+    pub const SNAPLEN: u32 = types::tcpscope_limits::TCPSCOPE_MAX_SNAPLEN.0;
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -162,6 +158,8 @@ pub struct EventFilter {
     pub sample_every: u32,
     /// Payload bytes to copy per event.
     pub snaplen: u32,
+    /// Copy each event's frame headers too (for pcapng export).
+    pub copy_headers: bool,
 }
 
 impl EventFilter {
@@ -170,6 +168,7 @@ impl EventFilter {
     pub fn to_kernel(&self, events: bool) -> Result<types::tcpscope_config, FilterError> {
         let mut cfg = types::tcpscope_config {
             events_enabled: u8::from(events),
+            copy_frame: u8::from(self.snaplen > 0 || self.copy_headers),
             sample_every: self.sample_every,
             flags_set: self.flags.set,
             flags_clear: self.flags.clear,

@@ -5,8 +5,10 @@
 //! The commands in [`cmd`] wire those together; [`cli`] only parses.
 
 pub mod bpf;
+pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod decode;
 pub mod filter;
 pub mod model;
 pub mod output;

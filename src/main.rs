@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Watch(a) => cmd::watch::run(a),
         Command::Stats(a) => cmd::stats::run(a),
+        Command::Read(a) => cmd::read::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };

@@ -32,6 +32,7 @@ pub const MALFORMED_NAMES: [&str; types::tcpscope_malformed::MALFORMED_MAX.0 as 
     "tcp_opt_bad_len",
     "tcp_opt_overrun",
     "tcp_opt_bad_size",
+    "ip_len_exceeds_frame",
 ];
 
 /// Where a packet was seen.
@@ -71,6 +72,12 @@ pub struct TcpOptions {
     /// Kinds of every other option present, ascending, each once.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub other: Vec<u8>,
+    /// MPTCP option subtype (0 MP_CAPABLE, 1 MP_JOIN, 2 DSS, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mptcp_subtype: Option<u8>,
+    /// Fast Open cookie length in bytes (0: a cookie request).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tfo_cookie_len: Option<u8>,
 }
 
 /// One packet, as both the live and the offline paths report it.
@@ -106,6 +113,10 @@ pub struct PacketRecord {
     pub payload_hex: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub malformed: Option<&'static str>,
+    /// Offline only: the packet's number in the capture file, from 1, as
+    /// Wireshark counts (every record, TCP or not).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frame: Option<u64>,
 }
 
 /// The names of the flags set in `flags_raw`, in schema order.
@@ -150,10 +161,10 @@ impl PacketRecord {
     /// already converted to the wall clock; `payload` holds the bytes
     /// copied with `--snaplen`, if any.
     pub fn from_event(ev: &types::packet_event, ts_ns: u64, payload: Option<&[u8]>) -> Self {
-        let hook = if ev.hook == types::tcpscope_hook::TCPSCOPE_HOOK_XDP.0 as u8 {
-            Hook::Xdp
-        } else {
-            Hook::Tc
+        let hook = match u32::from(ev.hook) {
+            h if h == types::tcpscope_hook::TCPSCOPE_HOOK_XDP.0 => Hook::Xdp,
+            h if h == types::tcpscope_hook::TCPSCOPE_HOOK_TC.0 => Hook::Tc,
+            _ => Hook::Pcap,
         };
         let has = |bit: u32| u32::from(ev.opt_present) & bit != 0;
         let ip_flag = |bit: u32| u32::from(ev.ip_flags) & bit != 0;
@@ -172,6 +183,8 @@ impl PacketRecord {
                 .filter(|k| ev.other_kinds[(k >> 3) as usize] & (1 << (k & 7)) != 0)
                 .map(|k| k as u8)
                 .collect(),
+            mptcp_subtype: has(OPT_MPTCP).then_some(ev.mptcp_subtype),
+            tfo_cookie_len: has(OPT_TFO).then_some(ev.tfo_cookie_len),
         };
         PacketRecord {
             ts_ns,
@@ -202,6 +215,7 @@ impl PacketRecord {
             options,
             payload_hex: payload.map(hex),
             malformed: (ev.malformed != 0).then(|| malformed_name(ev.malformed)),
+            frame: None,
         }
     }
 }
@@ -219,6 +233,8 @@ pub const OPT_SACK_PERM: u32 = 0x04;
 pub const OPT_SACK: u32 = 0x08;
 pub const OPT_TS: u32 = 0x10;
 pub const OPT_OTHER: u32 = 0x20;
+pub const OPT_MPTCP: u32 = 0x40;
+pub const OPT_TFO: u32 = 0x80;
 
 #[cfg(test)]
 mod tests {

@@ -24,6 +24,7 @@ enum Hook {
 
 struct Harness {
     skel: IngressSkel<'static>,
+    snaplen: u32,
 }
 
 struct RunResult {
@@ -36,6 +37,7 @@ impl Harness {
         let cfg = filter.to_kernel(true).expect("valid filter");
         Harness {
             skel: bpf::load_ingress(&LoadOptions::new(cfg)).expect("load ingress programs"),
+            snaplen: filter.snaplen,
         }
     }
 
@@ -70,7 +72,11 @@ impl Harness {
         {
             let mut b = RingBufferBuilder::new();
             b.add(&self.skel.maps.events, |d: &[u8]| {
-                events.push(decode_record(d, 0).expect("decodable event"));
+                events.push(
+                    decode_record(d, 0, self.snaplen)
+                        .expect("decodable event")
+                        .0,
+                );
                 0
             })
             .unwrap();

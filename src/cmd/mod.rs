@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+pub mod read;
 pub mod stats;
 pub mod watch;
 

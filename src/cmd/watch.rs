@@ -19,22 +19,40 @@ const POLL_MS: u64 = 50;
 
 const EVENT_SIZE: usize = std::mem::size_of::<types::packet_event>();
 
-/// Decodes one ring-buffer record: an event, maybe followed by payload.
-pub fn decode_record(data: &[u8], clock_offset: u64) -> Option<PacketRecord> {
+/// Decodes one ring-buffer record: an event, maybe followed by the frame's
+/// first bytes. Returns the record and those bytes (empty if none).
+pub fn decode_record<'a>(
+    data: &'a [u8],
+    clock_offset: u64,
+    snaplen: u32,
+) -> Option<(PacketRecord, &'a [u8])> {
     let mut ev = types::packet_event::default();
     plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
-    let payload = (ev.snap_len > 0)
-        .then(|| data.get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.snap_len)))
-        .flatten();
-    Some(PacketRecord::from_event(
-        &ev,
-        ev.ts_ns + clock_offset,
-        payload,
+    let frame = data
+        .get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.cap_len))
+        .unwrap_or(&[]);
+    let payload = payload_of(&ev, frame, snaplen);
+    Some((
+        PacketRecord::from_event(&ev, ev.ts_ns + clock_offset, payload),
+        frame,
     ))
+}
+
+/// The payload bytes the user asked for (--snaplen) out of captured frame
+/// bytes; None without --snaplen.
+pub fn payload_of<'a>(ev: &types::packet_event, frame: &'a [u8], snaplen: u32) -> Option<&'a [u8]> {
+    if snaplen == 0 || ev.malformed != 0 {
+        return None;
+    }
+    let start = usize::from(ev.payload_off);
+    let len = (ev.payload_len as usize).min(snaplen as usize);
+    let end = frame.len().min(start.saturating_add(len));
+    Some(frame.get(start..end).unwrap_or(&[]))
 }
 
 pub fn run(args: &WatchArgs) -> Result<()> {
     let filter = args.filter.to_filter();
+    let snaplen = filter.snaplen;
     let config = filter.to_kernel(true)?;
     let ringbuf_mib = args.ringbuf_mib;
     anyhow::ensure!(
@@ -63,7 +81,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             if printed.get() >= limit || out_failed.get() {
                 return 0;
             }
-            if let Some(rec) = decode_record(data, clock_offset) {
+            if let Some((rec, _frame)) = decode_record(data, clock_offset, snaplen) {
                 if output::write_record(&mut *out.borrow_mut(), &rec, format, &ifname).is_err() {
                     out_failed.set(true); // e.g. `| head` closed the pipe
                 }

@@ -83,7 +83,21 @@ pub fn format_text(r: &PacketRecord, ifname: &str) -> String {
         opts.push(format!("sack {} {}", o.sack.len(), blocks.join("")));
     }
     for k in &o.other {
-        opts.push(format!("opt-{k}"));
+        match crate::decode::tcp::option_name(*k) {
+            Some("mptcp") => match o.mptcp_subtype {
+                Some(st) => opts.push(format!("mptcp subtype {st}")),
+                None => opts.push("mptcp".into()),
+            },
+            Some(name) => opts.push(name.into()),
+            None => opts.push(format!("opt-{k}")),
+        }
+    }
+    if let Some(n) = o.tfo_cookie_len {
+        opts.push(if n == 0 {
+            "tfo cookiereq".into()
+        } else {
+            format!("tfo cookie {n}B")
+        });
     }
     if !opts.is_empty() {
         let _ = write!(s, ", options [{}]", opts.join(","));
@@ -150,6 +164,7 @@ mod tests {
             },
             payload_hex: None,
             malformed: None,
+            frame: None,
         };
         assert_eq!(
             format_text(&r, "veth1"),

@@ -81,7 +81,7 @@ impl Tshark {
             .arg(file)
             .stdout(Stdio::null());
         let (guard, _) =
-            ChildGuard::spawn_until_ready(cmd, "Capturing on", Duration::from_secs(30))
+            ChildGuard::spawn_until_ready(cmd, "Capture started", Duration::from_secs(30))
                 .expect("tshark starts (install it: scripts/setup.sh)");
         Tshark {
             guard,
