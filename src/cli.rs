@@ -126,6 +126,13 @@ pub struct WatchArgs {
     /// Print NDJSON, one object per packet (schema: docs/json-schema.md).
     #[arg(long)]
     pub json: bool,
+    /// Write the packets to FILE as pcapng instead of printing them: headers,
+    /// plus --snaplen payload bytes, each with its original length.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<std::path::PathBuf>,
+    /// With -w, print the packets too.
+    #[arg(long, requires = "write")]
+    pub print: bool,
     /// Ring buffer size in MiB (power of two).
     #[arg(long, value_name = "MIB", default_value_t = 4)]
     pub ringbuf_mib: u32,

@@ -297,3 +297,86 @@ fn sigterm_detaches_and_prints_the_summary() {
     );
     again.interrupt_and_wait(Duration::from_secs(20)).unwrap();
 }
+
+#[test]
+fn pcapng_export_opens_in_tshark() {
+    let hosts = TestHosts::new("pcapng").unwrap();
+    let tmp = std::env::temp_dir();
+    let theirs = tmp.join(format!("{}-tshark.pcapng", hosts.server_ns));
+    let ours = tmp.join(format!("{}-tcpscope.pcapng", hosts.server_ns));
+    let filter = format!(
+        "tcp port {PORT} and (dst host {} or dst host {})",
+        TestHosts::server_addr(false),
+        TestHosts::server_addr(true)
+    );
+    let tshark = Tshark::start(&hosts.server_ns, SERVER_IF, &filter, &theirs);
+    let out = ours.to_str().unwrap();
+    let mut watch = start_tcpscope(
+        &hosts.server_ns,
+        &[
+            "watch",
+            "-i",
+            SERVER_IF,
+            "--port",
+            "8080",
+            "--snaplen",
+            "16",
+            "-w",
+            out,
+        ],
+    );
+    exchange(&hosts, 1000);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(watch
+        .interrupt_and_wait(Duration::from_secs(20))
+        .unwrap()
+        .success());
+    assert!(
+        stdout_of(&mut watch).is_empty(),
+        "-w writes the file instead of printing"
+    );
+
+    let fields = [
+        "frame.len",
+        "frame.cap_len",
+        "frame.time_epoch",
+        "tcp.srcport",
+        "tcp.dstport",
+        "tcp.seq_raw",
+        "tcp.ack_raw",
+        "tcp.flags",
+        "tcp.len",
+        "tcp.options.timestamp.tsval",
+    ];
+    let live = tshark.stop_and_read(&fields);
+    let exported = read_pcap_fields(&ours, &fields);
+    let _ = std::fs::remove_file(&ours);
+    let _ = std::fs::remove_file(&theirs);
+    assert!(live.len() >= 10);
+    assert_eq!(
+        exported.len(),
+        live.len(),
+        "tshark decodes every exported packet as TCP"
+    );
+    for (i, (e, l)) in exported.iter().zip(&live).enumerate() {
+        assert_eq!(e[0], l[0], "packet {i}: original length kept");
+        assert_eq!(e[3..], l[3..], "packet {i}: the same TCP fields");
+        let (cap, len): (usize, usize) = (e[1].parse().unwrap(), e[0].parse().unwrap());
+        let payload: usize = e[8].parse().unwrap();
+        // Headers plus at most 16 payload bytes: a headers-only capture is honest.
+        assert_eq!(
+            cap,
+            len - payload + payload.min(16),
+            "packet {i}: captured length"
+        );
+        let (te, tl): (f64, f64) = (e[2].parse().unwrap(), l[2].parse().unwrap());
+        assert!(
+            (te - tl).abs() < 0.05,
+            "packet {i}: timestamps {te} vs {tl}"
+        );
+    }
+    assert!(
+        exported.iter().any(|e| e[8] == "1000" && e[1] != e[0]),
+        "a data packet was cut to headers + 16 bytes"
+    );
+}

@@ -11,6 +11,7 @@ use crate::bpf::{self, types};
 use crate::cli::WatchArgs;
 use crate::cmd::{monotonic_to_realtime_offset, stop_flag, Session};
 use crate::model::PacketRecord;
+use crate::output::pcapng::PcapNgExport;
 use crate::output::{self, Format};
 
 /// The kernel wakes us only when 64 KiB of events wait (see WAKEUP_BYTES in
@@ -19,23 +20,30 @@ const POLL_MS: u64 = 50;
 
 const EVENT_SIZE: usize = std::mem::size_of::<types::packet_event>();
 
+/// One ring-buffer record, decoded.
+pub struct LiveRecord<'a> {
+    pub rec: PacketRecord,
+    /// The frame's first bytes, if the kernel copied them (else empty).
+    pub frame: &'a [u8],
+    /// The frame's length on the wire.
+    pub wire_len: u32,
+}
+
 /// Decodes one ring-buffer record: an event, maybe followed by the frame's
-/// first bytes. Returns the record and those bytes (empty if none).
-pub fn decode_record<'a>(
-    data: &'a [u8],
-    clock_offset: u64,
-    snaplen: u32,
-) -> Option<(PacketRecord, &'a [u8])> {
+/// first bytes.
+pub fn decode_record(data: &[u8], clock_offset: u64, snaplen: u32) -> Option<LiveRecord<'_>> {
     let mut ev = types::packet_event::default();
     plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
     let frame = data
         .get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.cap_len))
         .unwrap_or(&[]);
     let payload = payload_of(&ev, frame, snaplen);
-    Some((
-        PacketRecord::from_event(&ev, ev.ts_ns + clock_offset, payload),
+    let rec = PacketRecord::from_event(&ev, ev.ts_ns + clock_offset, payload);
+    Some(LiveRecord {
+        rec,
         frame,
-    ))
+        wire_len: ev.frame_len,
+    })
 }
 
 /// The payload bytes the user asked for (--snaplen) out of captured frame
@@ -51,8 +59,23 @@ pub fn payload_of<'a>(ev: &types::packet_event, frame: &'a [u8], snaplen: u32) -
 }
 
 pub fn run(args: &WatchArgs) -> Result<()> {
-    let filter = args.filter.to_filter();
+    let mut filter = args.filter.to_filter();
+    filter.copy_headers = args.write.is_some();
     let snaplen = filter.snaplen;
+    // Open the output file before attaching: a bad path fails early.
+    let export = match &args.write {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("cannot create '{}'", path.display()))?;
+            Some(RefCell::new(PcapNgExport::new(
+                BufWriter::new(file),
+                &args.attach.iface,
+            )?))
+        }
+        None => None,
+    };
+    let print = args.write.is_none() || args.print;
+    let export_failed = RefCell::new(None::<anyhow::Error>);
     let config = filter.to_kernel(true)?;
     let ringbuf_mib = args.ringbuf_mib;
     anyhow::ensure!(
@@ -81,8 +104,21 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             if printed.get() >= limit || out_failed.get() {
                 return 0;
             }
-            if let Some((rec, _frame)) = decode_record(data, clock_offset, snaplen) {
-                if output::write_record(&mut *out.borrow_mut(), &rec, format, &ifname).is_err() {
+            if let Some(LiveRecord {
+                rec,
+                frame,
+                wire_len,
+            }) = decode_record(data, clock_offset, snaplen)
+            {
+                if let Some(x) = &export {
+                    if let Err(e) = x.borrow_mut().write(rec.ts_ns, frame, wire_len) {
+                        *export_failed.borrow_mut() = Some(e);
+                        out_failed.set(true);
+                    }
+                }
+                if print
+                    && output::write_record(&mut *out.borrow_mut(), &rec, format, &ifname).is_err()
+                {
                     out_failed.set(true); // e.g. `| head` closed the pipe
                 }
                 printed.set(printed.get() + 1);
@@ -111,7 +147,20 @@ pub fn run(args: &WatchArgs) -> Result<()> {
 
     let counters = bpf::read_counters(&session.skel)?;
     drop(session); // detach before reporting
-    eprintln!("tcpscope: {} packets printed", printed.get());
+    if let Some(e) = export_failed.into_inner() {
+        return Err(e);
+    }
+    if let (Some(x), Some(path)) = (&export, &args.write) {
+        x.borrow_mut().flush()?;
+        eprintln!(
+            "tcpscope: {} packets written to {}",
+            x.borrow().written,
+            path.display()
+        );
+    }
+    if print {
+        eprintln!("tcpscope: {} packets printed", printed.get());
+    }
     eprintln!("{}", counters.summary());
     if counters.0.events_lost > 0 {
         eprintln!(

@@ -1,6 +1,7 @@
 //! Presentation of packet records: tcpdump-like text or NDJSON. The format
 //! is chosen once, at the edge; nothing below this module prints.
 
+pub mod pcapng;
 mod text;
 
 use std::io::{self, Write};
