@@ -5,16 +5,10 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// One skeleton per hook family: (source, skeleton module file).
-const PROGRAMS: &[(&str, &str)] = &[
-    ("bpf/ingress.bpf.c", "ingress.skel.rs"),
-    ("bpf/baseline.bpf.c", "baseline.skel.rs"),
-];
+const PROGRAMS: &[(&str, &str)] =
+    &[("bpf/ingress.bpf.c", "ingress.skel.rs"), ("bpf/baseline.bpf.c", "baseline.skel.rs")];
 /// Headers every program includes; a change to any rebuilds all.
-const HEADERS: &[&str] = &[
-    "bpf/common_kern_user.h",
-    "bpf/parse_kern.h",
-    "bpf/vmlinux.h",
-];
+const HEADERS: &[&str] = &["bpf/common_kern_user.h", "bpf/parse_kern.h", "bpf/vmlinux.h"];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR must be set by cargo"));

@@ -30,6 +30,8 @@ pub struct Frame<'a> {
     pub orig_len: u32,
     /// Interface number in the file (pcapng), 0 for pcap.
     pub iface: u32,
+    /// Its name (pcapng if_name), or "if<N>".
+    pub ifname: &'a str,
 }
 
 /// A pcapng interface: its link type, time unit and name.
@@ -49,10 +51,7 @@ enum Endian {
 
 impl Endian {
     fn u16(self, b: &[u8], at: usize) -> u16 {
-        let x = [
-            b.get(at).copied().unwrap_or(0),
-            b.get(at + 1).copied().unwrap_or(0),
-        ];
+        let x = [b.get(at).copied().unwrap_or(0), b.get(at + 1).copied().unwrap_or(0)];
         match self {
             Endian::Little => u16::from_le_bytes(x),
             Endian::Big => u16::from_be_bytes(x),
@@ -71,15 +70,8 @@ impl Endian {
 }
 
 enum Format {
-    Pcap {
-        endian: Endian,
-        link: LinkType,
-        nanos: bool,
-    },
-    PcapNg {
-        endian: Endian,
-        interfaces: Vec<Interface>,
-    },
+    Pcap { endian: Endian, link: LinkType, nanos: bool },
+    PcapNg { endian: Endian, interfaces: Vec<Interface> },
 }
 
 /// An open capture.
@@ -170,19 +162,8 @@ impl<R: Read> Capture<R> {
                 "not a pcap or pcapng file (it starts with {head:02x?}): tcpscope reads libpcap and pcapng captures"
             ),
         };
-        let meta = Meta {
-            ts_ns: 0,
-            orig_len: 0,
-            iface: 0,
-            link: LinkType::Ethernet,
-        };
-        let mut cap = Capture {
-            input,
-            format,
-            buf: Vec::with_capacity(1 << 16),
-            meta,
-            records: 0,
-        };
+        let meta = Meta { ts_ns: 0, orig_len: 0, iface: 0, link: LinkType::Ethernet };
+        let mut cap = Capture { input, format, buf: Vec::with_capacity(1 << 16), meta, records: 0 };
         if let Format::PcapNg { .. } = cap.format {
             cap.read_section_header(PCAPNG_SHB)?;
         }
@@ -212,10 +193,7 @@ impl<R: Read> Capture<R> {
         }
         self.buf.resize(total - 12, 0);
         read_full(&mut self.input, &mut self.buf).context("reading a pcapng section header")?;
-        self.format = Format::PcapNg {
-            endian,
-            interfaces: Vec::new(),
-        };
+        self.format = Format::PcapNg { endian, interfaces: Vec::new() };
         Ok(())
     }
 
@@ -237,24 +215,12 @@ impl<R: Read> Capture<R> {
     /// The frame the last next_* call left in `buf`.
     fn frame(&self) -> Frame<'_> {
         let m = self.meta;
-        Frame {
-            ts_ns: m.ts_ns,
-            link: m.link,
-            data: &self.buf,
-            orig_len: m.orig_len,
-            iface: m.iface,
-        }
+        let ifname = self.interfaces().get(m.iface as usize).map_or("if0", |i| i.name.as_str());
+        Frame { ts_ns: m.ts_ns, link: m.link, data: &self.buf, orig_len: m.orig_len, iface: m.iface, ifname }
     }
 
     fn next_pcap(&mut self) -> Result<Option<()>> {
-        let Format::Pcap {
-            endian,
-            link,
-            nanos,
-        } = self.format
-        else {
-            unreachable!()
-        };
+        let Format::Pcap { endian, link, nanos } = self.format else { unreachable!() };
         let mut hdr = [0u8; 16];
         if !read_full(&mut self.input, &mut hdr)? {
             return Ok(None);
@@ -266,18 +232,9 @@ impl<R: Read> Capture<R> {
         }
         self.buf.resize(incl, 0);
         read_full(&mut self.input, &mut self.buf)?;
-        let ts = u64::from(sec) * 1_000_000_000
-            + if nanos {
-                u64::from(frac)
-            } else {
-                u64::from(frac) * 1000
-            };
-        self.meta = Meta {
-            ts_ns: ts,
-            orig_len: orig.max(incl as u32),
-            iface: 0,
-            link,
-        };
+        let ts =
+            u64::from(sec) * 1_000_000_000 + if nanos { u64::from(frac) } else { u64::from(frac) * 1000 };
+        self.meta = Meta { ts_ns: ts, orig_len: orig.max(incl as u32), iface: 0, link };
         Ok(Some(()))
     }
 
@@ -287,9 +244,7 @@ impl<R: Read> Capture<R> {
             if !read_full(&mut self.input, &mut hdr)? {
                 return Ok(None);
             }
-            let Format::PcapNg { endian, .. } = self.format else {
-                unreachable!()
-            };
+            let Format::PcapNg { endian, .. } = self.format else { unreachable!() };
             let btype = endian.u32(&hdr, 0);
             if btype == PCAPNG_SHB {
                 // A new section: its own byte order and interfaces.
@@ -303,9 +258,7 @@ impl<R: Read> Capture<R> {
             self.buf.resize(total - 8, 0);
             read_full(&mut self.input, &mut self.buf)?;
             let body_len = total - 12;
-            let Format::PcapNg { interfaces, .. } = &mut self.format else {
-                unreachable!()
-            };
+            let Format::PcapNg { interfaces, .. } = &mut self.format else { unreachable!() };
             let b = &self.buf[..body_len];
             match btype {
                 PCAPNG_IDB => interfaces.push(parse_idb(endian, b, interfaces.len())),
@@ -338,12 +291,7 @@ impl<R: Read> Capture<R> {
                     let link = i.link;
                     self.buf.copy_within(20..20 + cap, 0);
                     self.buf.truncate(cap);
-                    self.meta = Meta {
-                        ts_ns: ts,
-                        orig_len: orig.max(cap as u32),
-                        iface,
-                        link,
-                    };
+                    self.meta = Meta { ts_ns: ts, orig_len: orig.max(cap as u32), iface, link };
                     return Ok(Some(()));
                 }
                 PCAPNG_SPB => {
@@ -352,12 +300,7 @@ impl<R: Read> Capture<R> {
                     let cap = (body_len - 4).min(orig as usize);
                     self.buf.copy_within(4..4 + cap, 0);
                     self.buf.truncate(cap);
-                    self.meta = Meta {
-                        ts_ns: 0,
-                        orig_len: orig,
-                        iface: 0,
-                        link,
-                    };
+                    self.meta = Meta { ts_ns: 0, orig_len: orig, iface: 0, link };
                     return Ok(Some(()));
                 }
                 _ => {} // statistics, name resolution, custom...: not packets
@@ -414,9 +357,7 @@ mod tests {
     #[test]
     fn pcap_with_snaplen_cut_records() {
         // Hand-built little-endian µs pcap, snaplen 4, one record of 4 of 60 bytes.
-        let mut f = vec![
-            0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0,
-        ];
+        let mut f = vec![0xd4, 0xc3, 0xb2, 0xa1, 2, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 1, 0, 0, 0];
         f.extend_from_slice(&[7, 0, 0, 0, 5, 0, 0, 0, 4, 0, 0, 0, 60, 0, 0, 0, 1, 2, 3, 4]);
         let mut c = Capture::open(&f[..]).unwrap();
         let fr = c.next_frame().unwrap().unwrap();
@@ -431,10 +372,6 @@ mod tests {
         // A record claiming 2 GB is refused, not allocated.
         let mut huge = f[..24].to_vec();
         huge.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x80, 0, 0, 0, 0x80]);
-        assert!(Capture::open(&huge[..])
-            .unwrap()
-            .next_frame()
-            .unwrap()
-            .is_err());
+        assert!(Capture::open(&huge[..]).unwrap().next_frame().unwrap().is_err());
     }
 }

@@ -168,14 +168,31 @@ pub struct StatsArgs {
     pub json: bool,
 }
 
+/// What `bench` measures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchWhat {
+    /// ns/packet of the XDP and TC programs (BPF_PROG_TEST_RUN) next to empty programs.
+    Programs,
+    /// `tcpscope read --json` next to `tcpdump -nn -v -r` on a capture it makes (packets/s, peak RSS).
+    Read,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// BPF_PROG_TEST_RUN repetitions per measurement.
+    #[arg(value_enum, default_value = "programs")]
+    pub what: BenchWhat,
+    /// BPF_PROG_TEST_RUN repetitions per measurement (programs).
     #[arg(long, default_value_t = 2_000_000)]
     pub repeat: u32,
     /// Measurements per case; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
+    /// Packets in the capture that `bench read` makes.
+    #[arg(long, default_value_t = 1_000_000)]
+    pub packets: u64,
+    /// Capture for `bench read`: used if it exists, else made there and kept.
+    #[arg(long, value_name = "FILE")]
+    pub capture: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -217,9 +234,7 @@ mod tests {
             "5",
         ])
         .unwrap();
-        let Command::Watch(w) = cli.command else {
-            panic!("not watch")
-        };
+        let Command::Watch(w) = cli.command else { panic!("not watch") };
         let f = w.filter.to_filter();
         assert_eq!(f.ports, vec![80, 443]);
         assert_eq!(f.flags.set, 0x002);

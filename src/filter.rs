@@ -29,9 +29,7 @@ mod types_len {
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum FilterError {
-    #[error(
-        "bad CIDR '{0}': expected ADDRESS or ADDRESS/PREFIX, e.g. 198.18.0.0/15 or 2001:db8::/32"
-    )]
+    #[error("bad CIDR '{0}': expected ADDRESS or ADDRESS/PREFIX, e.g. 198.18.0.0/15 or 2001:db8::/32")]
     BadCidr(String),
     #[error("bad CIDR '{0}': prefix {1} is longer than {2} bits")]
     PrefixTooLong(String, u32, u32),
@@ -57,17 +55,11 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr_s
-            .trim()
-            .parse()
-            .map_err(|_| FilterError::BadCidr(s.into()))?;
+        let addr: IpAddr = addr_s.trim().parse().map_err(|_| FilterError::BadCidr(s.into()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix_s {
             None => max,
-            Some(p) => p
-                .trim()
-                .parse::<u32>()
-                .map_err(|_| FilterError::BadCidr(s.into()))?,
+            Some(p) => p.trim().parse::<u32>().map_err(|_| FilterError::BadCidr(s.into()))?,
         };
         if prefix > max {
             return Err(FilterError::PrefixTooLong(s.into(), prefix, max));
@@ -101,10 +93,7 @@ impl Cidr {
             IpAddr::V6(a) if k.family == 6 => a.octets().to_vec(),
             _ => return false,
         };
-        bytes
-            .iter()
-            .enumerate()
-            .all(|(i, b)| b & k.mask[i] == k.addr[i])
+        bytes.iter().enumerate().all(|(i, b)| b & k.mask[i] == k.addr[i])
     }
 }
 
@@ -188,14 +177,7 @@ impl EventFilter {
 
     /// The same decision in user space, for records that did not come
     /// through the kernel filter (offline reading, tests).
-    pub fn matches(
-        &self,
-        sport: u16,
-        dport: u16,
-        src: IpAddr,
-        dst: IpAddr,
-        flags_raw: u16,
-    ) -> bool {
+    pub fn matches(&self, sport: u16, dport: u16, src: IpAddr, dst: IpAddr, flags_raw: u16) -> bool {
         self.flags.matches(flags_raw)
             && (self.ports.is_empty() || self.ports.contains(&sport) || self.ports.contains(&dport))
             && (self.sports.is_empty() || self.sports.contains(&sport))
@@ -207,10 +189,7 @@ impl EventFilter {
 
 fn fill_ports(out: &mut [u16], ports: &[u16], what: &'static str) -> Result<u8, FilterError> {
     if ports.len() > out.len() {
-        return Err(FilterError::TooMany {
-            what,
-            max: out.len(),
-        });
+        return Err(FilterError::TooMany { what, max: out.len() });
     }
     out[..ports.len()].copy_from_slice(ports);
     Ok(ports.len() as u8)
@@ -222,10 +201,7 @@ fn fill_cidrs(
     what: &'static str,
 ) -> Result<u8, FilterError> {
     if cidrs.len() > out.len() {
-        return Err(FilterError::TooMany {
-            what,
-            max: out.len(),
-        });
+        return Err(FilterError::TooMany { what, max: out.len() });
     }
     for (slot, c) in out.iter_mut().zip(cidrs) {
         *slot = c.to_kernel();
@@ -257,30 +233,15 @@ mod tests {
 
         let host: Cidr = "2001:db8::1".parse().unwrap();
         assert_eq!(host.prefix, 128);
-        assert_eq!(
-            "0.0.0.0/0".parse::<Cidr>().unwrap().to_kernel().mask,
-            [0; 16]
-        );
+        assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().to_kernel().mask, [0; 16]);
     }
 
     #[test]
     fn bad_cidrs_say_why() {
-        assert!(matches!(
-            "198.18.0.0/33".parse::<Cidr>(),
-            Err(FilterError::PrefixTooLong(_, 33, 32))
-        ));
-        assert!(matches!(
-            "2001:db8::/129".parse::<Cidr>(),
-            Err(FilterError::PrefixTooLong(..))
-        ));
-        assert!(matches!(
-            "300.1.1.1/8".parse::<Cidr>(),
-            Err(FilterError::BadCidr(_))
-        ));
-        assert!(matches!(
-            "10.0.0.0/x".parse::<Cidr>(),
-            Err(FilterError::BadCidr(_))
-        ));
+        assert!(matches!("198.18.0.0/33".parse::<Cidr>(), Err(FilterError::PrefixTooLong(_, 33, 32))));
+        assert!(matches!("2001:db8::/129".parse::<Cidr>(), Err(FilterError::PrefixTooLong(..))));
+        assert!(matches!("300.1.1.1/8".parse::<Cidr>(), Err(FilterError::BadCidr(_))));
+        assert!(matches!("10.0.0.0/x".parse::<Cidr>(), Err(FilterError::BadCidr(_))));
         assert!(matches!("".parse::<Cidr>(), Err(FilterError::BadCidr(_))));
         let msg = "1.2.3/8".parse::<Cidr>().unwrap_err().to_string();
         assert!(msg.contains("198.18.0.0/15"), "{msg}");
@@ -299,31 +260,16 @@ mod tests {
 
     #[test]
     fn config_limits_are_enforced() {
-        let f = EventFilter {
-            ports: vec![1; MAX_PORTS + 1],
-            ..Default::default()
-        };
-        assert!(matches!(
-            f.to_kernel(true),
-            Err(FilterError::TooMany { .. })
-        ));
-        let f = EventFilter {
-            snaplen: MAX_SNAPLEN + 1,
-            ..Default::default()
-        };
-        assert!(matches!(
-            f.to_kernel(true),
-            Err(FilterError::SnaplenTooLarge(_))
-        ));
+        let f = EventFilter { ports: vec![1; MAX_PORTS + 1], ..Default::default() };
+        assert!(matches!(f.to_kernel(true), Err(FilterError::TooMany { .. })));
+        let f = EventFilter { snaplen: MAX_SNAPLEN + 1, ..Default::default() };
+        assert!(matches!(f.to_kernel(true), Err(FilterError::SnaplenTooLarge(_))));
         let f = EventFilter {
             ports: vec![80, 443],
             src: vec!["198.18.0.0/15".parse().unwrap()],
             ..Default::default()
         };
         let cfg = f.to_kernel(true).unwrap();
-        assert_eq!(
-            (cfg.n_ports, cfg.ports[1], cfg.n_src, cfg.events_enabled),
-            (2, 443, 1, 1)
-        );
+        assert_eq!((cfg.n_ports, cfg.ports[1], cfg.n_src, cfg.events_enabled), (2, 443, 1, 1));
     }
 }

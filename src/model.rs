@@ -132,10 +132,7 @@ pub fn flag_names(flags_raw: u16) -> Vec<&'static str> {
 /// The name of a malformed reason; unknown values (a newer kernel object)
 /// are reported rather than hidden.
 pub fn malformed_name(reason: u8) -> &'static str {
-    MALFORMED_NAMES
-        .get(reason as usize)
-        .copied()
-        .unwrap_or("unknown")
+    MALFORMED_NAMES.get(reason as usize).copied().unwrap_or("unknown")
 }
 
 fn address(ip_version: u8, raw: &[u8; 16]) -> IpAddr {
@@ -257,10 +254,7 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), MALFORMED_NAMES.len());
         assert_eq!(malformed_name(200), "unknown");
-        assert_eq!(
-            malformed_name(types::tcpscope_malformed::MALFORMED_TCP_BAD_DOFF.0 as u8),
-            "tcp_bad_doff"
-        );
+        assert_eq!(malformed_name(types::tcpscope_malformed::MALFORMED_TCP_BAD_DOFF.0 as u8), "tcp_bad_doff");
     }
 
     #[test]

@@ -28,11 +28,7 @@ pub fn ip(args: &[&str]) -> Result<()> {
         .output()
         .context("running `ip` (install iproute2: scripts/setup.sh)")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -49,10 +45,7 @@ impl TestHosts {
     pub fn new(tag: &str) -> Result<Self> {
         let id = NEXT_ID.fetch_add(1, Ordering::SeqCst);
         let base = format!("tsc-{tag}-{}-{id}", std::process::id());
-        let hosts = TestHosts {
-            client_ns: format!("{base}-c"),
-            server_ns: format!("{base}-s"),
-        };
+        let hosts = TestHosts { client_ns: format!("{base}-c"), server_ns: format!("{base}-s") };
         // From here on, Drop cleans up whatever part was made.
         ip(&["netns", "add", &hosts.client_ns])?;
         ip(&["netns", "add", &hosts.server_ns])?;
@@ -76,16 +69,7 @@ impl TestHosts {
         ] {
             ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
-            ip(&[
-                "-n",
-                ns,
-                "addr",
-                "add",
-                &format!("{v6}/64"),
-                "dev",
-                ifname,
-                "nodad",
-            ])?;
+            ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
         }
         Ok(hosts)
@@ -168,10 +152,7 @@ impl ChildGuard {
         let ready = ready.to_string();
         let kept = lines.clone();
         std::thread::spawn(move || {
-            for line in std::io::BufReader::new(stderr)
-                .lines()
-                .map_while(Result::ok)
-            {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
                 eprintln!("  | {line}");
                 let is_ready = line.contains(&ready);
                 kept.lock().map(|mut v| v.push(line)).ok();
@@ -190,30 +171,21 @@ impl ChildGuard {
     }
 
     /// Sends SIGINT (a user's Ctrl-C) and waits for the exit status.
-    pub fn interrupt_and_wait(
-        &mut self,
-        timeout: std::time::Duration,
-    ) -> Result<std::process::ExitStatus> {
+    pub fn interrupt_and_wait(&mut self, timeout: std::time::Duration) -> Result<std::process::ExitStatus> {
         // SAFETY: kill on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
         self.wait_timeout(timeout)
     }
 
     /// Waits up to `timeout` for the child to exit by itself.
-    pub fn wait_timeout(
-        &mut self,
-        timeout: std::time::Duration,
-    ) -> Result<std::process::ExitStatus> {
+    pub fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait()? {
                 return Ok(st);
             }
             if std::time::Instant::now() > deadline {
-                bail!(
-                    "process {} did not exit within {timeout:?}",
-                    self.child.id()
-                );
+                bail!("process {} did not exit within {timeout:?}", self.child.id());
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }

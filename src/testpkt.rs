@@ -21,14 +21,9 @@ pub fn linux_syn_options() -> [TcpOptionElement; 5] {
     ]
 }
 
-fn finish(
-    builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>,
-    payload: &[u8],
-) -> Vec<u8> {
+fn finish(builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(builder.size(payload.len()));
-    builder
-        .write(&mut out, payload)
-        .expect("writing to a Vec cannot fail");
+    builder.write(&mut out, payload).expect("writing to a Vec cannot fail");
     out
 }
 
@@ -64,10 +59,8 @@ pub fn syn_v4_windows_options() -> Vec<u8> {
 
 /// IPv4 ACK without options or payload.
 pub fn ack_v4() -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv4(V4_SRC, V4_DST, 64)
-        .tcp(40000, 80, 1001, 502)
-        .ack(5001);
+    let b =
+        PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_SRC, V4_DST, 64).tcp(40000, 80, 1001, 502).ack(5001);
     finish(b, &[])
 }
 
@@ -96,13 +89,10 @@ pub fn syn_vlan() -> Vec<u8> {
 
 /// IPv4 UDP: not TCP.
 pub fn udp_v4() -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv4(V4_SRC, V4_DST, 64)
-        .udp(5353, 53);
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_SRC, V4_DST, 64).udp(5353, 53);
     let payload = [0u8; 18];
     let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, &payload)
-        .expect("writing to a Vec cannot fail");
+    b.write(&mut out, &payload).expect("writing to a Vec cannot fail");
     out
 }
 

@@ -20,49 +20,28 @@ fn one_line_error(out: &Output) -> String {
 }
 
 fn run_in(ns: &str, args: &[&str]) -> Output {
-    TestHosts::command_in(ns, tcpscope_bin())
-        .args(args)
-        .output()
-        .unwrap()
+    TestHosts::command_in(ns, tcpscope_bin()).args(args).output().unwrap()
 }
 
 /// Whether an XDP program is on `ifname`, from `ip -d link`.
 fn xdp_attached(ns: &str, ifname: &str) -> bool {
-    let out = Command::new("ip")
-        .args(["-n", ns, "-d", "link", "show", "dev", ifname])
-        .output()
-        .unwrap();
+    let out = Command::new("ip").args(["-n", ns, "-d", "link", "show", "dev", ifname]).output().unwrap();
     String::from_utf8_lossy(&out.stdout).contains("prog/xdp")
 }
 
 #[test]
 fn missing_interface() {
-    let out = Command::new(tcpscope_bin())
-        .args(["watch", "-i", "nosuch0"])
-        .output()
-        .unwrap();
+    let out = Command::new(tcpscope_bin()).args(["watch", "-i", "nosuch0"]).output().unwrap();
     let line = one_line_error(&out);
-    assert!(
-        line.contains("interface 'nosuch0' not found") && line.contains("ip link"),
-        "{line}"
-    );
-    let out = Command::new(tcpscope_bin())
-        .args(["stats", "-i", "nosuch0"])
-        .output()
-        .unwrap();
+    assert!(line.contains("interface 'nosuch0' not found") && line.contains("ip link"), "{line}");
+    let out = Command::new(tcpscope_bin()).args(["stats", "-i", "nosuch0"]).output().unwrap();
     assert!(one_line_error(&out).contains("not found"));
 }
 
 #[test]
 fn missing_privileges() {
     let out = Command::new("setpriv")
-        .args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-        ])
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
         .arg(tcpscope_bin())
         .args(["watch", "-i", "lo"])
         .output()
@@ -81,20 +60,14 @@ fn missing_btf() {
         .output()
         .unwrap();
     let line = one_line_error(&out);
-    assert!(
-        line.contains("BTF file /nonexistent/vmlinux not found"),
-        "{line}"
-    );
+    assert!(line.contains("BTF file /nonexistent/vmlinux not found"), "{line}");
 }
 
 #[test]
 fn native_xdp_unsupported() {
     // Loopback has no native XDP support in any kernel.
     let hosts = TestHosts::new("noxdp").unwrap();
-    let out = run_in(
-        &hosts.server_ns,
-        &["watch", "-i", "lo", "--hook", "xdp", "--xdp-mode", "native"],
-    );
+    let out = run_in(&hosts.server_ns, &["watch", "-i", "lo", "--hook", "xdp", "--xdp-mode", "native"]);
     let line = one_line_error(&out);
     assert!(
         line.contains("native XDP is not supported on 'lo'") && line.contains("--xdp-mode generic"),
@@ -106,19 +79,10 @@ fn native_xdp_unsupported() {
 #[test]
 fn another_xdp_program_attached() {
     let hosts = TestHosts::new("busy").unwrap();
-    let (mut first, _) = start_tcpscope_link(
-        &hosts.server_ns,
-        &["watch", "-i", SERVER_IF, "--hook", "xdp"],
-    );
-    let out = run_in(
-        &hosts.server_ns,
-        &["watch", "-i", SERVER_IF, "--hook", "xdp"],
-    );
+    let (mut first, _) = start_tcpscope_link(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--hook", "xdp"]);
+    let out = run_in(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--hook", "xdp"]);
     let line = one_line_error(&out);
-    assert!(
-        line.contains("already has an XDP program") && line.contains("--hook tc"),
-        "{line}"
-    );
+    assert!(line.contains("already has an XDP program") && line.contains("--hook tc"), "{line}");
     // The first instance is untouched; after it stops, nothing is left.
     assert!(xdp_attached(&hosts.server_ns, SERVER_IF));
     first.interrupt_and_wait(Duration::from_secs(20)).unwrap();

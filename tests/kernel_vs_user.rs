@@ -40,11 +40,7 @@ impl Kernel {
         self.skel
             .progs
             .tcpscope_xdp
-            .test_run(ProgramInput {
-                data_in: Some(frame),
-                repeat: 1,
-                ..Default::default()
-            })
+            .test_run(ProgramInput { data_in: Some(frame), repeat: 1, ..Default::default() })
             .expect("test run");
         let mut events = Vec::new();
         {
@@ -135,11 +131,7 @@ fn check(kernel: &mut Kernel, frame: &[u8], what: &str) {
             "kernel and user space disagree on {what} ({} bytes, starting {:02x?}):\n{}\n{}",
             frame.len(),
             &frame[..frame.len().min(80)],
-            if diff.is_empty() {
-                format!("kernel {k:?}\nuser {u:?}")
-            } else {
-                diff.join("\n")
-            },
+            if diff.is_empty() { format!("kernel {k:?}\nuser {u:?}") } else { diff.join("\n") },
             if ks.lines().count() != us.lines().count() {
                 format!("kernel {k:?}\nuser {u:?}")
             } else {
@@ -173,10 +165,7 @@ impl Rng {
 fn corpus_frames() -> Vec<(String, Vec<u8>)> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/corpus/tcpdump");
     let mut out = Vec::new();
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
+    let mut files: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).collect();
     files.sort();
     for f in files {
         let name = f.file_name().unwrap().to_string_lossy().into_owned();
@@ -216,10 +205,7 @@ fn corpus_packets_agree() {
     for (what, f) in &frames {
         check(&mut k, &f[..f.len().min(MAX_XDP_TEST_FRAME)], what);
     }
-    eprintln!(
-        "{} corpus frames: kernel and user space agree",
-        frames.len()
-    );
+    eprintln!("{} corpus frames: kernel and user space agree", frames.len());
 }
 
 #[test]
@@ -299,8 +285,5 @@ fn random_and_mutated_packets_agree() {
         check(&mut k, &f, &format!("random packet {i}"));
     }
     eprintln!("{N} random and mutated packets: kernel and user space agree ({tcp} decoded as TCP)");
-    assert!(
-        tcp > N / 10,
-        "the mutations still exercise the TCP parser: {tcp}"
-    );
+    assert!(tcp > N / 10, "the mutations still exercise the TCP parser: {tcp}");
 }

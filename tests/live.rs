@@ -56,16 +56,7 @@ fn watch_matches_tshark(hook: &str) {
     let tshark = Tshark::start(&hosts.server_ns, SERVER_IF, &filter, &pcap);
     let (mut watch, link) = start_tcpscope_link(
         &hosts.server_ns,
-        &[
-            "watch",
-            "-i",
-            SERVER_IF,
-            "--hook",
-            hook,
-            "--json",
-            "--port",
-            &PORT.to_string(),
-        ],
+        &["watch", "-i", SERVER_IF, "--hook", hook, "--json", "--port", &PORT.to_string()],
     );
 
     let seen = exchange(&hosts, 1000);
@@ -92,28 +83,13 @@ fn watch_matches_tshark(hook: &str) {
     for (i, (ev, row)) in events.iter().zip(rows.iter_mut()).enumerate() {
         assert_eq!(ev["hook"], hook);
         for (j, (tname, key)) in FIELDS.iter().enumerate() {
-            assert_eq!(
-                field_of(ev, key),
-                tshark_value(&row[j]),
-                "packet {i}: {key} (tshark {tname})\n{ev}"
-            );
+            assert_eq!(field_of(ev, key), tshark_value(&row[j]), "packet {i}: {key} (tshark {tname})\n{ev}");
         }
-        let src = if row[11].is_empty() {
-            &row[12]
-        } else {
-            &row[11]
-        };
-        assert_eq!(
-            ev["src"].as_str().unwrap(),
-            src,
-            "packet {i}: source address"
-        );
+        let src = if row[11].is_empty() { &row[12] } else { &row[11] };
+        assert_eq!(ev["src"].as_str().unwrap(), src, "packet {i}: source address");
     }
     // The handshakes, explicitly: SYN then ACK of SYN-ACK, per family.
-    let syns: Vec<&Value> = events
-        .iter()
-        .filter(|e| e["flags"] == serde_json::json!(["SYN"]))
-        .collect();
+    let syns: Vec<&Value> = events.iter().filter(|e| e["flags"] == serde_json::json!(["SYN"])).collect();
     assert_eq!(syns.len(), 2);
     assert_eq!(syns[0]["ip_version"], 4);
     assert_eq!(syns[1]["ip_version"], 6);
@@ -127,11 +103,8 @@ fn watch_matches_tshark(hook: &str) {
             .find(|e| &e["sport"] == sport && e["flags"] == serde_json::json!(["ACK"]))
             .expect("handshake ACK");
         assert_eq!(ack["seq"].as_u64().unwrap(), (isn + 1) % (1 << 32));
-        let data: u64 = events
-            .iter()
-            .filter(|e| &e["sport"] == sport)
-            .map(|e| e["payload_len"].as_u64().unwrap())
-            .sum();
+        let data: u64 =
+            events.iter().filter(|e| &e["sport"] == sport).map(|e| e["payload_len"].as_u64().unwrap()).sum();
         assert_eq!(data, 1000, "payload bytes of one connection");
     }
     // Nothing stays attached after a clean exit.
@@ -153,24 +126,15 @@ fn count_and_flag_filter_stop_after_the_syns() {
     let hosts = TestHosts::new("count").unwrap();
     let mut watch = start_tcpscope(
         &hosts.server_ns,
-        &[
-            "watch", "-i", SERVER_IF, "--json", "--flags", "SYN,!ACK", "-c", "2",
-        ],
+        &["watch", "-i", SERVER_IF, "--json", "--flags", "SYN,!ACK", "-c", "2"],
     );
     exchange(&hosts, 10);
-    let status = watch
-        .wait_timeout(Duration::from_secs(20))
-        .expect("-c 2 makes watch exit by itself");
+    let status = watch.wait_timeout(Duration::from_secs(20)).expect("-c 2 makes watch exit by itself");
     assert!(status.success());
     let out = stdout_of(&mut watch);
-    let lines: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines.len(), 2);
-    assert!(lines
-        .iter()
-        .all(|e| e["flags"] == serde_json::json!(["SYN"])));
+    assert!(lines.iter().all(|e| e["flags"] == serde_json::json!(["SYN"])));
     assert_eq!(lines[0]["src"], "198.18.0.1");
     assert_eq!(lines[1]["src"], "2001:db8::1");
 }
@@ -178,33 +142,19 @@ fn count_and_flag_filter_stop_after_the_syns() {
 #[test]
 fn text_output_reads_like_tcpdump() {
     let hosts = TestHosts::new("text").unwrap();
-    let mut watch = start_tcpscope(
-        &hosts.server_ns,
-        &["watch", "-i", SERVER_IF, "--port", "8080", "--snaplen", "4"],
-    );
+    let mut watch =
+        start_tcpscope(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--port", "8080", "--snaplen", "4"]);
     exchange(&hosts, 100);
     std::thread::sleep(Duration::from_millis(300));
     watch.interrupt_and_wait(Duration::from_secs(20)).unwrap();
     let out = stdout_of(&mut watch);
     let first = out.lines().next().expect("a line");
     assert!(first.contains(" tc tsc-server IP 198.18.0.1."), "{first}");
-    assert!(
-        first.contains(" > 198.18.0.2.8080: Flags [S], seq "),
-        "{first}"
-    );
-    assert!(
-        first.contains("options [mss 1460,sackOK,TS val "),
-        "{first}"
-    );
-    assert!(out
-        .lines()
-        .any(|l| l.contains("IP6 2001:db8::1.") && l.contains("Flags [S]")));
+    assert!(first.contains(" > 198.18.0.2.8080: Flags [S], seq "), "{first}");
+    assert!(first.contains("options [mss 1460,sackOK,TS val "), "{first}");
+    assert!(out.lines().any(|l| l.contains("IP6 2001:db8::1.") && l.contains("Flags [S]")));
     // --snaplen 4: the first data segment shows "xxxx".
-    assert!(
-        out.lines()
-            .any(|l| l.contains("length 100") && l.ends_with("payload 78787878")),
-        "{out}"
-    );
+    assert!(out.lines().any(|l| l.contains("length 100") && l.ends_with("payload 78787878")), "{out}");
 }
 
 #[test]
@@ -212,25 +162,13 @@ fn stats_counts_real_packets() {
     let hosts = TestHosts::new("stats").unwrap();
     let mut stats = start_tcpscope(
         &hosts.server_ns,
-        &[
-            "stats",
-            "-i",
-            SERVER_IF,
-            "--interval",
-            "0.3",
-            "-c",
-            "6",
-            "--json",
-        ],
+        &["stats", "-i", SERVER_IF, "--interval", "0.3", "-c", "6", "--json"],
     );
     exchange(&hosts, 500);
     let status = stats.wait_timeout(Duration::from_secs(20)).unwrap();
     assert!(status.success());
     let out = stdout_of(&mut stats);
-    let reports: Vec<Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let reports: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(reports.len(), 6);
     let last = reports.last().unwrap();
     // Two connections: two SYNs, at least SYN, ACK, data, FIN, ACK each.
@@ -245,14 +183,9 @@ fn stats_counts_real_packets() {
 fn kill_9_leaves_nothing_attached() {
     let hosts = TestHosts::new("kill").unwrap();
     for hook in ["tc", "xdp"] {
-        let (mut watch, link) = start_tcpscope_link(
-            &hosts.server_ns,
-            &["watch", "-i", SERVER_IF, "--hook", hook],
-        );
-        assert!(
-            link_exists(link),
-            "{hook}: link {link} exists while tcpscope runs"
-        );
+        let (mut watch, link) =
+            start_tcpscope_link(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--hook", hook]);
+        assert!(link_exists(link), "{hook}: link {link} exists while tcpscope runs");
         watch.child.kill().unwrap(); // SIGKILL: no cleanup code runs
         watch.child.wait().unwrap();
         // The kernel releases the link when the last fd closes; give the
@@ -261,15 +194,10 @@ fn kill_9_leaves_nothing_attached() {
         while link_exists(link) && std::time::Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(
-            !link_exists(link),
-            "{hook}: the kernel detached link {link}"
-        );
+        assert!(!link_exists(link), "{hook}: the kernel detached link {link}");
         // And the hook is free again: a new instance attaches.
-        let (mut again, _) = start_tcpscope_link(
-            &hosts.server_ns,
-            &["watch", "-i", SERVER_IF, "--hook", hook],
-        );
+        let (mut again, _) =
+            start_tcpscope_link(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--hook", hook]);
         again.interrupt_and_wait(Duration::from_secs(20)).unwrap();
     }
 }
@@ -278,11 +206,9 @@ fn kill_9_leaves_nothing_attached() {
 fn sigterm_detaches_and_prints_the_summary() {
     let hosts = TestHosts::new("term").unwrap();
     let mut cmd = TestHosts::command_in(&hosts.server_ns, tcpscope_bin());
-    cmd.args(["watch", "-i", SERVER_IF, "--hook", "xdp"])
-        .stdout(std::process::Stdio::null());
+    cmd.args(["watch", "-i", SERVER_IF, "--hook", "xdp"]).stdout(std::process::Stdio::null());
     let (mut watch, stderr) =
-        tcpscope::testhost::ChildGuard::spawn_until_ready(cmd, "watching", Duration::from_secs(30))
-            .unwrap();
+        tcpscope::testhost::ChildGuard::spawn_until_ready(cmd, "watching", Duration::from_secs(30)).unwrap();
     // SAFETY: signalling our own child.
     unsafe { libc::kill(watch.child.id() as i32, libc::SIGTERM) };
     let status = watch.wait_timeout(Duration::from_secs(20)).unwrap();
@@ -291,10 +217,7 @@ fn sigterm_detaches_and_prints_the_summary() {
     let text = stderr.lock().unwrap().join("\n");
     assert!(text.contains("events: 0 emitted, 0 lost"), "{text}");
     // The XDP hook is free: a second instance can attach.
-    let (mut again, _) = start_tcpscope_link(
-        &hosts.server_ns,
-        &["watch", "-i", SERVER_IF, "--hook", "xdp"],
-    );
+    let (mut again, _) = start_tcpscope_link(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--hook", "xdp"]);
     again.interrupt_and_wait(Duration::from_secs(20)).unwrap();
 }
 
@@ -313,28 +236,12 @@ fn pcapng_export_opens_in_tshark() {
     let out = ours.to_str().unwrap();
     let mut watch = start_tcpscope(
         &hosts.server_ns,
-        &[
-            "watch",
-            "-i",
-            SERVER_IF,
-            "--port",
-            "8080",
-            "--snaplen",
-            "16",
-            "-w",
-            out,
-        ],
+        &["watch", "-i", SERVER_IF, "--port", "8080", "--snaplen", "16", "-w", out],
     );
     exchange(&hosts, 1000);
     std::thread::sleep(Duration::from_millis(300));
-    assert!(watch
-        .interrupt_and_wait(Duration::from_secs(20))
-        .unwrap()
-        .success());
-    assert!(
-        stdout_of(&mut watch).is_empty(),
-        "-w writes the file instead of printing"
-    );
+    assert!(watch.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    assert!(stdout_of(&mut watch).is_empty(), "-w writes the file instead of printing");
 
     let fields = [
         "frame.len",
@@ -353,27 +260,16 @@ fn pcapng_export_opens_in_tshark() {
     let _ = std::fs::remove_file(&ours);
     let _ = std::fs::remove_file(&theirs);
     assert!(live.len() >= 10);
-    assert_eq!(
-        exported.len(),
-        live.len(),
-        "tshark decodes every exported packet as TCP"
-    );
+    assert_eq!(exported.len(), live.len(), "tshark decodes every exported packet as TCP");
     for (i, (e, l)) in exported.iter().zip(&live).enumerate() {
         assert_eq!(e[0], l[0], "packet {i}: original length kept");
         assert_eq!(e[3..], l[3..], "packet {i}: the same TCP fields");
         let (cap, len): (usize, usize) = (e[1].parse().unwrap(), e[0].parse().unwrap());
         let payload: usize = e[8].parse().unwrap();
         // Headers plus at most 16 payload bytes: a headers-only capture is honest.
-        assert_eq!(
-            cap,
-            len - payload + payload.min(16),
-            "packet {i}: captured length"
-        );
+        assert_eq!(cap, len - payload + payload.min(16), "packet {i}: captured length");
         let (te, tl): (f64, f64) = (e[2].parse().unwrap(), l[2].parse().unwrap());
-        assert!(
-            (te - tl).abs() < 0.05,
-            "packet {i}: timestamps {te} vs {tl}"
-        );
+        assert!((te - tl).abs() < 0.05, "packet {i}: timestamps {te} vs {tl}");
     }
     assert!(
         exported.iter().any(|e| e[8] == "1000" && e[1] != e[0]),

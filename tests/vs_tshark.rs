@@ -58,24 +58,11 @@ fn tshark(file: &Path) -> BTreeMap<u64, BTreeMap<&'static str, String>> {
     ] {
         cmd.args(["-o", o]);
     }
-    cmd.args([
-        "-Y",
-        "tcp",
-        "-T",
-        "fields",
-        "-E",
-        "separator=|",
-        "-E",
-        "occurrence=a",
-        "-E",
-        "aggregator=,",
-    ]);
+    cmd.args(["-Y", "tcp", "-T", "fields", "-E", "separator=|", "-E", "occurrence=a", "-E", "aggregator=,"]);
     for f in FIELDS {
         cmd.args(["-e", f]);
     }
-    let out = cmd
-        .output()
-        .expect("tshark runs (scripts/setup.sh installs it)");
+    let out = cmd.output().expect("tshark runs (scripts/setup.sh installs it)");
     assert!(
         out.status.success(),
         "tshark failed on {}: {}",
@@ -85,11 +72,8 @@ fn tshark(file: &Path) -> BTreeMap<u64, BTreeMap<&'static str, String>> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| {
-            let row: BTreeMap<&str, String> = FIELDS
-                .iter()
-                .copied()
-                .zip(l.split('|').map(str::to_string))
-                .collect();
+            let row: BTreeMap<&str, String> =
+                FIELDS.iter().copied().zip(l.split('|').map(str::to_string)).collect();
             (row["frame.number"].parse().unwrap(), row)
         })
         .collect()
@@ -97,12 +81,7 @@ fn tshark(file: &Path) -> BTreeMap<u64, BTreeMap<&'static str, String>> {
 
 /// tcpscope's view: frame number -> JSON record.
 fn tcpscope(file: &Path) -> BTreeMap<u64, Value> {
-    let out = Command::new(tcpscope_bin())
-        .arg("read")
-        .arg(file)
-        .arg("--json")
-        .output()
-        .unwrap();
+    let out = Command::new(tcpscope_bin()).arg("read").arg(file).arg("--json").output().unwrap();
     // A corrupt tail is reported (non-zero exit) after what could be read.
     let text = String::from_utf8(out.stdout).unwrap();
     text.lines()
@@ -115,9 +94,7 @@ fn tcpscope(file: &Path) -> BTreeMap<u64, Value> {
 
 fn num(s: &str) -> String {
     match s.strip_prefix("0x") {
-        Some(h) => u64::from_str_radix(h, 16)
-            .map(|n| n.to_string())
-            .unwrap_or_else(|_| s.into()),
+        Some(h) => u64::from_str_radix(h, 16).map(|n| n.to_string()).unwrap_or_else(|_| s.into()),
         None => s.to_string(),
     }
 }
@@ -135,11 +112,7 @@ fn explained(
 ) -> Option<&'static str> {
     // TCP inside VXLAN/Geneve: tshark decodes the inner packet; tcpscope
     // reports the frame as "tunnelled" and does not decode it (by design).
-    if ours.is_none()
-        && ["4789", "6081"]
-            .iter()
-            .any(|p| t["udp.port"].split(',').any(|x| x == *p))
-    {
+    if ours.is_none() && ["4789", "6081"].iter().any(|p| t["udp.port"].split(',').any(|x| x == *p)) {
         return Some("tunnelled: tcpscope skips TCP inside VXLAN/Geneve");
     }
     // Linux BIG TCP: an IPv6 GSO packet with payload length 0 and no
@@ -147,18 +120,14 @@ fn explained(
     // TCP"); tcpdump decodes it (its own test for this file), and so does
     // tcpscope, taking the length from the frame as the kernel does.
     if (file, frame) == ("bigtcp-ipv6.pcap", 1) && t.is_empty() {
-        return Some(
-            "BIG TCP IPv6 (payload length 0): tshark does not decode it, tcpdump and tcpscope do",
-        );
+        return Some("BIG TCP IPv6 (payload length 0): tshark does not decode it, tcpdump and tcpscope do");
     }
     // The capture kept 12 bytes of the 20-byte fixed TCP header. tshark
     // shows the fields it has; tcpscope counts the frame as malformed
     // (tcp_truncated) and, like the kernel program, prints no event without
     // a whole fixed header.
     if (file, frame) == ("tcp_header_heapoverflow.pcap", 1) && ours.is_none() {
-        return Some(
-            "fixed TCP header cut by the capture: tcpscope reports tcp_truncated, no event",
-        );
+        return Some("fixed TCP header cut by the capture: tcpscope reports tcp_truncated, no event");
     }
     None
 }
@@ -182,16 +151,8 @@ fn compare(t: &BTreeMap<&str, String>, v: &Value) -> Vec<String> {
     };
     // The innermost IP header is the one carrying TCP: tshark lists every
     // occurrence; tcpscope decodes no tunnels, so there is one.
-    let src = if t["ip.src"].is_empty() {
-        &t["ipv6.src"]
-    } else {
-        &t["ip.src"]
-    };
-    let dst = if t["ip.dst"].is_empty() {
-        &t["ipv6.dst"]
-    } else {
-        &t["ip.dst"]
-    };
+    let src = if t["ip.src"].is_empty() { &t["ipv6.src"] } else { &t["ip.src"] };
+    let dst = if t["ip.dst"].is_empty() { &t["ipv6.dst"] } else { &t["ip.dst"] };
     check("src", first(src).into(), s("src"));
     check("dst", first(dst).into(), s("dst"));
     check("sport", t["tcp.srcport"].clone(), s("sport"));
@@ -202,19 +163,11 @@ fn compare(t: &BTreeMap<&str, String>, v: &Value) -> Vec<String> {
     check("flags", num(&t["tcp.flags"]), s("flags_raw"));
     check("window", t["tcp.window_size_value"].clone(), s("window"));
     check("checksum", num(&t["tcp.checksum"]), s("checksum"));
-    check(
-        "urgent_ptr",
-        t["tcp.urgent_pointer"].clone(),
-        s("urgent_ptr"),
-    );
+    check("urgent_ptr", t["tcp.urgent_pointer"].clone(), s("urgent_ptr"));
     if v.get("malformed").is_none() {
         check("payload_len", t["tcp.len"].clone(), s("payload_len"));
         check("mss", first(&t["tcp.options.mss_val"]).into(), o("mss"));
-        check(
-            "wscale",
-            first(&t["tcp.options.wscale.shift"]).into(),
-            o("wscale"),
-        );
+        check("wscale", first(&t["tcp.options.wscale.shift"]).into(), o("wscale"));
         check(
             "sack_permitted",
             (!t["tcp.options.sack_perm"].is_empty()).to_string(),
@@ -230,16 +183,8 @@ fn compare(t: &BTreeMap<&str, String>, v: &Value) -> Vec<String> {
             .map(|a| a.iter().map(|b| b[1].to_string()).collect())
             .unwrap_or_default();
         check("sack_re", t["tcp.options.sack_re"].clone(), edges.join(","));
-        check(
-            "ts_val",
-            first(&t["tcp.options.timestamp.tsval"]).into(),
-            o("ts_val"),
-        );
-        check(
-            "ts_ecr",
-            first(&t["tcp.options.timestamp.tsecr"]).into(),
-            o("ts_ecr"),
-        );
+        check("ts_val", first(&t["tcp.options.timestamp.tsval"]).into(), o("ts_val"));
+        check("ts_ecr", first(&t["tcp.options.timestamp.tsecr"]).into(), o("ts_ecr"));
     }
     diffs
 }
@@ -259,9 +204,7 @@ fn diff_file(file: &Path) -> (usize, Vec<String>, Vec<String>) {
             continue;
         }
         match v {
-            None => failures.push(format!(
-                "{name}#{frame}: tshark decodes TCP, tcpscope printed nothing"
-            )),
+            None => failures.push(format!("{name}#{frame}: tshark decodes TCP, tcpscope printed nothing")),
             Some(v) => {
                 compared += 1;
                 for d in compare(t, v) {
@@ -273,9 +216,8 @@ fn diff_file(file: &Path) -> (usize, Vec<String>, Vec<String>) {
     for frame in ours.keys().filter(|f| !theirs.contains_key(f)) {
         match explained(&name, *frame, &BTreeMap::new(), ours.get(frame)) {
             Some(why) => explained_list.push(format!("{name}#{frame}: {why}")),
-            None => failures.push(format!(
-                "{name}#{frame}: tcpscope printed a packet tshark does not decode as TCP"
-            )),
+            None => failures
+                .push(format!("{name}#{frame}: tcpscope printed a packet tshark does not decode as TCP")),
         }
     }
     (compared, explained_list, failures)
@@ -305,12 +247,7 @@ fn corpus_matches_tshark() {
     for e in &explained_all {
         eprintln!("  {e}");
     }
-    assert!(
-        failures.is_empty(),
-        "{} mismatches:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
     assert!(compared >= 100, "only {compared} packets compared");
 }
 
@@ -326,9 +263,7 @@ fn live_capture_matches_tshark() {
             cmd.args(["-i", SERVER_IF, "-f", "tcp", "-w"]).arg(&file);
             "Capture started"
         } else {
-            cmd.args(["-i", SERVER_IF, "-n", "-U", "-w"])
-                .arg(&file)
-                .arg("tcp");
+            cmd.args(["-i", SERVER_IF, "-n", "-U", "-w"]).arg(&file).arg("tcp");
             "listening on"
         };
         let (mut cap, _) =
@@ -337,16 +272,10 @@ fn live_capture_matches_tshark() {
         exchange(&hosts, 200_000);
         std::thread::sleep(Duration::from_millis(300));
         cap.interrupt_and_wait(Duration::from_secs(20)).unwrap();
-        eprintln!(
-            "{tool}: {} bytes captured",
-            std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0)
-        );
+        eprintln!("{tool}: {} bytes captured", std::fs::metadata(&file).map(|m| m.len()).unwrap_or(0));
         let (compared, explained, failures) = diff_file(&file);
         let _ = std::fs::remove_file(&file);
-        eprintln!(
-            "{tool} capture: {compared} TCP packets compared, {} explained",
-            explained.len()
-        );
+        eprintln!("{tool} capture: {compared} TCP packets compared, {} explained", explained.len());
         assert!(failures.is_empty(), "{tool}: {}", failures.join("\n"));
         assert!(compared >= 20, "{tool}: {compared} packets");
     }

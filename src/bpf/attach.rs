@@ -66,12 +66,7 @@ pub fn ifindex(name: &str) -> Result<u32> {
     Ok(idx)
 }
 
-fn link_create(
-    prog: &Program<'_>,
-    ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-) -> std::io::Result<OwnedFd> {
+fn link_create(prog: &Program<'_>, ifindex: u32, attach_type: u32, flags: u32) -> std::io::Result<OwnedFd> {
     // SAFETY: zero is a valid value for this plain C options struct.
     let mut opts: libbpf_rs::libbpf_sys::bpf_link_create_opts = unsafe { std::mem::zeroed() };
     opts.sz = std::mem::size_of_val(&opts) as _;
@@ -79,12 +74,7 @@ fn link_create(
     // SAFETY: the program fd is valid for the duration of the call; opts is
     // initialised with its size.
     let fd = unsafe {
-        libbpf_rs::libbpf_sys::bpf_link_create(
-            prog.as_fd().as_raw_fd(),
-            ifindex as i32,
-            attach_type,
-            &opts,
-        )
+        libbpf_rs::libbpf_sys::bpf_link_create(prog.as_fd().as_raw_fd(), ifindex as i32, attach_type, &opts)
     };
     if fd < 0 {
         return Err(std::io::Error::from_raw_os_error(-fd));
@@ -129,10 +119,7 @@ pub fn attach_xdp(prog: &Program<'_>, ifname: &str, mode: XdpMode) -> Result<Att
         XdpMode::Native => "native",
         XdpMode::Generic => "generic",
     };
-    Ok(AttachedLink {
-        fd,
-        description: format!("xdp ({mode_name}) on {ifname}"),
-    })
+    Ok(AttachedLink { fd, description: format!("xdp ({mode_name}) on {ifname}") })
 }
 
 /// Attaches `prog` to TC ingress of `ifname` through tcx.
@@ -147,8 +134,5 @@ pub fn attach_tc(prog: &Program<'_>, ifname: &str) -> Result<AttachedLink> {
             _ => anyhow!("attaching to TC ingress of '{ifname}': {e}"),
         }
     })?;
-    Ok(AttachedLink {
-        fd,
-        description: format!("tc ingress (tcx) on {ifname}"),
-    })
+    Ok(AttachedLink { fd, description: format!("tc ingress (tcx) on {ifname}") })
 }

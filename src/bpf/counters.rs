@@ -55,16 +55,10 @@ impl Counters {
     /// Every counter as a JSON object with stable keys.
     pub fn to_json(&self) -> Value {
         let c = &self.0;
-        let flags: Map<String, Value> = FLAG_NAMES
-            .iter()
-            .zip(c.flag)
-            .map(|(n, v)| (n.to_string(), json!(v)))
-            .collect();
-        let malformed: Map<String, Value> = self
-            .malformed_by_reason()
-            .into_iter()
-            .map(|(n, v)| (n.to_string(), json!(v)))
-            .collect();
+        let flags: Map<String, Value> =
+            FLAG_NAMES.iter().zip(c.flag).map(|(n, v)| (n.to_string(), json!(v))).collect();
+        let malformed: Map<String, Value> =
+            self.malformed_by_reason().into_iter().map(|(n, v)| (n.to_string(), json!(v))).collect();
         json!({
             "packets": c.packets, "bytes": c.bytes,
             "tcp_packets": c.tcp_packets, "tcp_bytes": c.tcp_bytes,
@@ -90,11 +84,7 @@ impl Counters {
             c.ip_fragments,
             self.malformed_total()
         );
-        let flags: Vec<String> = FLAG_NAMES
-            .iter()
-            .zip(c.flag)
-            .map(|(n, v)| format!("{n} {v}"))
-            .collect();
+        let flags: Vec<String> = FLAG_NAMES.iter().zip(c.flag).map(|(n, v)| format!("{n} {v}")).collect();
         let _ = writeln!(
             s,
             "tcp flags: {}; SYN without ACK {}, SYN-ACK {}",

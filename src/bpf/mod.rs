@@ -15,23 +15,11 @@ use anyhow::{Context, Result};
 use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::MapCore;
 
-#[allow(
-    clippy::all,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    dead_code
-)]
+#[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
 mod ingress_skel {
     include!(concat!(env!("OUT_DIR"), "/ingress.skel.rs"));
 }
-#[allow(
-    clippy::all,
-    non_camel_case_types,
-    non_snake_case,
-    non_upper_case_globals,
-    dead_code
-)]
+#[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
 mod baseline_skel {
     include!(concat!(env!("OUT_DIR"), "/baseline.skel.rs"));
 }
@@ -59,11 +47,7 @@ pub struct LoadOptions {
 
 impl LoadOptions {
     pub fn new(config: types::tcpscope_config) -> Self {
-        LoadOptions {
-            config,
-            ringbuf_bytes: 4 << 20,
-            btf: None,
-        }
+        LoadOptions { config, ringbuf_bytes: 4 << 20, btf: None }
     }
 }
 
@@ -85,8 +69,7 @@ pub fn load_ingress(opts: &LoadOptions) -> Result<IngressSkel<'static>> {
     preflight::check_btf(opts.btf.as_deref())?;
     // The skeleton borrows its object storage for its whole life; one small
     // allocation per load is leaked so the skeleton can be 'static.
-    let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
-        Box::leak(Box::new(MaybeUninit::uninit()));
+    let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
     let mut builder = ingress_skel::IngressSkelBuilder::default();
     if let Some(btf) = &opts.btf {
         builder
@@ -94,32 +77,20 @@ pub fn load_ingress(opts: &LoadOptions) -> Result<IngressSkel<'static>> {
             .btf_custom_path(btf)
             .with_context(|| format!("bad BTF path {}", btf.display()))?;
     }
-    let mut open = builder
-        .open(storage)
-        .map_err(|e| preflight::explain(e, "opening the BPF object"))?;
-    let rodata = open
-        .maps
-        .rodata_data
-        .as_deref_mut()
-        .context("BPF object has no read-only data section")?;
+    let mut open = builder.open(storage).map_err(|e| preflight::explain(e, "opening the BPF object"))?;
+    let rodata = open.maps.rodata_data.as_deref_mut().context("BPF object has no read-only data section")?;
     rodata.cfg = opts.config;
-    open.maps
-        .events
-        .set_max_entries(opts.ringbuf_bytes)
-        .context("setting the ring buffer size")?;
-    open.load()
-        .map_err(|e| preflight::explain(e, "loading the ingress programs"))
+    open.maps.events.set_max_entries(opts.ringbuf_bytes).context("setting the ring buffer size")?;
+    open.load().map_err(|e| preflight::explain(e, "loading the ingress programs"))
 }
 
 /// Loads the empty XDP_PASS / TC_ACT_OK programs that benchmarks compare with.
 pub fn load_baseline() -> Result<BaselineSkel<'static>> {
-    let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> =
-        Box::leak(Box::new(MaybeUninit::uninit()));
+    let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
     let open = baseline_skel::BaselineSkelBuilder::default()
         .open(storage)
         .map_err(|e| preflight::explain(e, "opening the baseline BPF object"))?;
-    open.load()
-        .map_err(|e| preflight::explain(e, "loading the baseline programs"))
+    open.load().map_err(|e| preflight::explain(e, "loading the baseline programs"))
 }
 
 /// Reads and sums the per-CPU counters.

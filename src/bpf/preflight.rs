@@ -42,10 +42,7 @@ pub fn check_privileges() -> Result<()> {
     if !perfmon_ok {
         missing.push("CAP_PERFMON");
     }
-    Err(anyhow!(
-        "missing privileges ({}): {PRIVILEGE_FIX}",
-        missing.join(", ")
-    ))
+    Err(anyhow!("missing privileges ({}): {PRIVILEGE_FIX}", missing.join(", ")))
 }
 
 /// Fails unless kernel BTF (or the BTF file given) is readable: CO-RE needs it.

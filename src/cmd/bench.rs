@@ -19,11 +19,7 @@ use crate::testpkt;
 
 /// ns per run of `prog` on `frame`, as the kernel measured it.
 pub fn ns_per_packet(prog: &ProgramMut<'_>, frame: &[u8], repeat: u32) -> Result<f64> {
-    let input = ProgramInput {
-        data_in: Some(frame),
-        repeat,
-        ..Default::default()
-    };
+    let input = ProgramInput { data_in: Some(frame), repeat, ..Default::default() };
     let out = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
     Ok(out.duration.as_nanos() as f64)
 }
@@ -43,6 +39,9 @@ macro_rules! emit {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.what == crate::cli::BenchWhat::Read {
+        return crate::cmd::bench_read::run(args);
+    }
     preflight::check_privileges()?;
     let rounds = args.rounds.max(1);
     let packets: [(&str, Vec<u8>); 6] = [
@@ -57,11 +56,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let baseline = bpf::load_baseline()?;
     // Events on, but a filter that matches none of the packets: parse, count,
     // filter, no ring buffer write. This is the figure the target refers to.
-    let filtered_cfg = EventFilter {
-        dports: vec![9],
-        ..Default::default()
-    }
-    .to_kernel(true)?;
+    let filtered_cfg = EventFilter { dports: vec![9], ..Default::default() }.to_kernel(true)?;
     let filtered = bpf::load_ingress(&LoadOptions::new(filtered_cfg))?;
     // Events on for every TCP packet, with a consumer draining the ring.
     let all = bpf::load_ingress(&LoadOptions::new(EventFilter::default().to_kernel(true)?))?;
@@ -134,9 +129,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         );
     }
     stop.store(true, Ordering::Relaxed);
-    consumer
-        .join()
-        .map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
+    consumer.join().map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
     let c = bpf::read_counters(&all)?;
     emit!(
         "events run: {} emitted, {} read by the consumer, {} lost (ring buffer full while the consumer lagged)",

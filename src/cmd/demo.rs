@@ -30,21 +30,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let exe = std::env::current_exe().context("locating the tcpscope binary")?;
     let exe = exe.to_str().context("binary path is not UTF-8")?;
     let mut cmd = TestHosts::command_in(&hosts.server_ns, exe);
-    cmd.args([
-        "watch",
-        "-i",
-        SERVER_IF,
-        "--hook",
-        hook,
-        "--port",
-        &PORT.to_string(),
-    ]);
+    cmd.args(["watch", "-i", SERVER_IF, "--hook", hook, "--port", &PORT.to_string()]);
     eprintln!(
         "demo: running `tcpscope watch -i {SERVER_IF} --hook {hook} --port {PORT}` in {}",
         hosts.server_ns
     );
-    let (mut watch, _stderr) =
-        ChildGuard::spawn_until_ready(cmd, "watching", Duration::from_secs(20))?;
+    let (mut watch, _stderr) = ChildGuard::spawn_until_ready(cmd, "watching", Duration::from_secs(20))?;
 
     // Server: echo one message per connection. One dual-stack listener on
     // [::] takes both the IPv4 and the IPv6 connections.
@@ -73,12 +64,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         }
         Ok(())
     });
-    client
-        .join()
-        .map_err(|_| anyhow::anyhow!("client thread panicked"))???;
-    server
-        .join()
-        .map_err(|_| anyhow::anyhow!("server thread panicked"))???;
+    client.join().map_err(|_| anyhow::anyhow!("client thread panicked"))???;
+    server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))???;
     std::thread::sleep(Duration::from_millis(300)); // let the last events print
     let status = watch.interrupt_and_wait(Duration::from_secs(10))?;
     drop(watch);

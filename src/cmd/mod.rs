@@ -1,6 +1,7 @@
 //! The subcommands: each wires the kernel side to an output.
 
 pub mod bench;
+pub mod bench_read;
 pub mod demo;
 pub mod read;
 pub mod stats;
@@ -25,11 +26,7 @@ pub struct Session {
 
 impl Session {
     /// Checks privileges and the interface, loads with `config`, attaches.
-    pub fn start(
-        args: &AttachArgs,
-        config: types::tcpscope_config,
-        ringbuf_bytes: u32,
-    ) -> Result<Self> {
+    pub fn start(args: &AttachArgs, config: types::tcpscope_config, ringbuf_bytes: u32) -> Result<Self> {
         bpf::preflight::check_privileges()?;
         attach::ifindex(&args.iface)?;
         let mut opts = LoadOptions::new(config);
@@ -37,26 +34,17 @@ impl Session {
         opts.btf = args.btf.clone();
         let skel = bpf::load_ingress(&opts)?;
         let link = match args.hook() {
-            HookKind::Xdp => {
-                attach::attach_xdp(&skel.progs.tcpscope_xdp, &args.iface, args.xdp_mode)?
-            }
+            HookKind::Xdp => attach::attach_xdp(&skel.progs.tcpscope_xdp, &args.iface, args.xdp_mode)?,
             HookKind::Tc => attach::attach_tc(&skel.progs.tcpscope_tc, &args.iface)?,
         };
-        Ok(Session {
-            link,
-            skel,
-            ifname: args.iface.clone(),
-        })
+        Ok(Session { link, skel, ifname: args.iface.clone() })
     }
 
     /// Tells the user (on stderr) what is attached where. Tests and scripts
     /// wait for this line: it is printed once the hook is live.
     pub fn announce(&self, doing: &str) {
         let id = self.link.id().map_or("?".into(), |i| i.to_string());
-        eprintln!(
-            "tcpscope: {doing} on {} (link id {id}); Ctrl-C to stop",
-            self.link.description
-        );
+        eprintln!("tcpscope: {doing} on {} (link id {id}); Ctrl-C to stop", self.link.description);
     }
 }
 
@@ -78,10 +66,7 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
 /// Offset that turns CLOCK_MONOTONIC (bpf_ktime_get_ns) into wall-clock ns.
 pub fn monotonic_to_realtime_offset() -> u64 {
     fn now(clock: libc::clockid_t) -> u64 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
         // SAFETY: ts is a valid timespec to write into.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

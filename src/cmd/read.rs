@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::io::{self, BufReader, BufWriter, Read};
 
 use anyhow::{Context, Result};
 
@@ -12,8 +12,8 @@ use crate::capture::Capture;
 use crate::cli::ReadArgs;
 use crate::cmd::watch::payload_of;
 use crate::decode::{self, Outcome};
-use crate::model::{malformed_name, PacketRecord};
-use crate::output::{self, Format};
+use crate::model::malformed_name;
+use crate::output::{Emitter, Format, Packet};
 
 /// What a read found, by kind; printed at the end.
 #[derive(Debug, Default)]
@@ -29,10 +29,7 @@ pub struct ReadSummary {
 impl ReadSummary {
     pub fn line(&self) -> String {
         let join = |m: &BTreeMap<&str, u64>| {
-            m.iter()
-                .map(|(k, v)| format!("{k} {v}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
         };
         let skipped: u64 = self.skipped.values().sum();
         let malformed: u64 = self.malformed.values().sum();
@@ -62,14 +59,10 @@ pub fn run(args: &ReadArgs) -> Result<()> {
     let mut cap = Capture::open(input).with_context(|| format!("reading '{}'", args.file))?;
     let filter = args.filter.to_filter();
     filter.to_kernel(true)?; // the same limits as live mode
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Text
-    };
+    let format = if args.json { Format::Json } else { Format::Text };
     let limit = args.count.unwrap_or(u64::MAX);
     let sample = u64::from(filter.sample_every.max(1));
-    let mut out = BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    let mut out = Emitter::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()), format);
     let mut s = ReadSummary::default();
     let mut ev = packet_event::default();
     let mut matched = 0u64;
@@ -104,14 +97,14 @@ pub fn run(args: &ReadArgs) -> Result<()> {
                     continue;
                 }
                 ev.ifindex = iface;
-                let payload = payload_of(&ev, frame.data, filter.snaplen);
-                let mut rec = PacketRecord::from_event(&ev, ts, payload);
-                rec.frame = Some(s.packets);
-                let ifname = cap
-                    .interfaces()
-                    .get(iface as usize)
-                    .map_or("if0", |i| i.name.as_str());
-                if output::write_record(&mut out, &rec, format, ifname).is_err() {
+                let packet = Packet {
+                    ev: &ev,
+                    ts_ns: ts,
+                    payload: payload_of(&ev, frame.data, filter.snaplen),
+                    frame: Some(s.packets),
+                    ifname: frame.ifname,
+                };
+                if out.emit(&packet).is_err() {
                     break; // stdout closed
                 }
                 s.printed += 1;

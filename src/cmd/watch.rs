@@ -1,7 +1,7 @@
 //! `tcpscope watch`: stream decoded packets from the ring buffer.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -10,9 +10,8 @@ use anyhow::{Context, Result};
 use crate::bpf::{self, types};
 use crate::cli::WatchArgs;
 use crate::cmd::{monotonic_to_realtime_offset, stop_flag, Session};
-use crate::model::PacketRecord;
 use crate::output::pcapng::PcapNgExport;
-use crate::output::{self, Format};
+use crate::output::{Emitter, Format, Packet};
 
 /// The kernel wakes us only when 64 KiB of events wait (see WAKEUP_BYTES in
 /// bpf/ingress.bpf.c); polling this often bounds the latency of a quiet stream.
@@ -22,11 +21,19 @@ const EVENT_SIZE: usize = std::mem::size_of::<types::packet_event>();
 
 /// One ring-buffer record, decoded.
 pub struct LiveRecord<'a> {
-    pub rec: PacketRecord,
+    pub ev: types::packet_event,
+    /// Wall-clock time, ns since the epoch.
+    pub ts_ns: u64,
     /// The frame's first bytes, if the kernel copied them (else empty).
     pub frame: &'a [u8],
-    /// The frame's length on the wire.
-    pub wire_len: u32,
+    /// The payload bytes the user asked for (--snaplen).
+    pub payload: Option<&'a [u8]>,
+}
+
+impl LiveRecord<'_> {
+    pub fn packet<'a>(&'a self, ifname: &'a str) -> Packet<'a> {
+        Packet { ev: &self.ev, ts_ns: self.ts_ns, payload: self.payload, frame: None, ifname }
+    }
 }
 
 /// Decodes one ring-buffer record: an event, maybe followed by the frame's
@@ -34,16 +41,9 @@ pub struct LiveRecord<'a> {
 pub fn decode_record(data: &[u8], clock_offset: u64, snaplen: u32) -> Option<LiveRecord<'_>> {
     let mut ev = types::packet_event::default();
     plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
-    let frame = data
-        .get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.cap_len))
-        .unwrap_or(&[]);
+    let frame = data.get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.cap_len)).unwrap_or(&[]);
     let payload = payload_of(&ev, frame, snaplen);
-    let rec = PacketRecord::from_event(&ev, ev.ts_ns + clock_offset, payload);
-    Some(LiveRecord {
-        rec,
-        frame,
-        wire_len: ev.frame_len,
-    })
+    Some(LiveRecord { ts_ns: ev.ts_ns + clock_offset, ev, frame, payload })
 }
 
 /// The payload bytes the user asked for (--snaplen) out of captured frame
@@ -65,12 +65,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     // Open the output file before attaching: a bad path fails early.
     let export = match &args.write {
         Some(path) => {
-            let file = std::fs::File::create(path)
-                .with_context(|| format!("cannot create '{}'", path.display()))?;
-            Some(RefCell::new(PcapNgExport::new(
-                BufWriter::new(file),
-                &args.attach.iface,
-            )?))
+            let file =
+                std::fs::File::create(path).with_context(|| format!("cannot create '{}'", path.display()))?;
+            Some(RefCell::new(PcapNgExport::new(BufWriter::new(file), &args.attach.iface)?))
         }
         None => None,
     };
@@ -86,15 +83,11 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let session = Session::start(&args.attach, config, ringbuf_mib << 20)?;
     session.announce("watching incoming TCP");
 
-    let format = if args.json {
-        Format::Json
-    } else {
-        Format::Text
-    };
+    let format = if args.json { Format::Json } else { Format::Text };
     let clock_offset = monotonic_to_realtime_offset();
     let printed = Cell::new(0u64);
     let out_failed = Cell::new(false);
-    let out = RefCell::new(BufWriter::new(io::stdout().lock()));
+    let out = RefCell::new(Emitter::new(BufWriter::new(io::stdout().lock()), format));
     let limit = args.count.unwrap_or(u64::MAX);
     let ifname = session.ifname.clone();
 
@@ -104,21 +97,14 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             if printed.get() >= limit || out_failed.get() {
                 return 0;
             }
-            if let Some(LiveRecord {
-                rec,
-                frame,
-                wire_len,
-            }) = decode_record(data, clock_offset, snaplen)
-            {
+            if let Some(r) = decode_record(data, clock_offset, snaplen) {
                 if let Some(x) = &export {
-                    if let Err(e) = x.borrow_mut().write(rec.ts_ns, frame, wire_len) {
+                    if let Err(e) = x.borrow_mut().write(r.ts_ns, r.frame, r.ev.frame_len) {
                         *export_failed.borrow_mut() = Some(e);
                         out_failed.set(true);
                     }
                 }
-                if print
-                    && output::write_record(&mut *out.borrow_mut(), &rec, format, &ifname).is_err()
-                {
+                if print && out.borrow_mut().emit(&r.packet(&ifname)).is_err() {
                     out_failed.set(true); // e.g. `| head` closed the pipe
                 }
                 printed.set(printed.get() + 1);
@@ -131,10 +117,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     while !stop.load(Ordering::SeqCst) && printed.get() < limit && !out_failed.get() {
         // poll() returns early when the kernel wakes us; it does not read
         // what arrived without a wakeup, so consume() after every poll.
-        match ring
-            .poll(Duration::from_millis(POLL_MS))
-            .and_then(|()| ring.consume())
-        {
+        match ring.poll(Duration::from_millis(POLL_MS)).and_then(|()| ring.consume()) {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("reading the ring buffer"),
@@ -152,11 +135,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     }
     if let (Some(x), Some(path)) = (&export, &args.write) {
         x.borrow_mut().flush()?;
-        eprintln!(
-            "tcpscope: {} packets written to {}",
-            x.borrow().written,
-            path.display()
-        );
+        eprintln!("tcpscope: {} packets written to {}", x.borrow().written, path.display());
     }
     if print {
         eprintln!("tcpscope: {} packets printed", printed.get());

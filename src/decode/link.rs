@@ -90,9 +90,7 @@ pub(super) fn network_layer(
         LinkType::Ipv4 => Ok((0, ETH_P_IP)),
         LinkType::Ipv6 => Ok((0, ETH_P_IPV6)),
         LinkType::LinuxSll => {
-            let proto = b
-                .u16(14)
-                .ok_or_else(|| malformed(ev, M::MALFORMED_ETH_TRUNCATED))?;
+            let proto = b.u16(14).ok_or_else(|| malformed(ev, M::MALFORMED_ETH_TRUNCATED))?;
             Ok((SLL_HLEN, proto))
         }
         LinkType::LinuxSll2 => {
@@ -102,9 +100,7 @@ pub(super) fn network_layer(
             Ok((SLL2_HLEN, b.u16(0).unwrap_or(0)))
         }
         LinkType::Null | LinkType::Loop => {
-            let raw = b
-                .slice(0, NULL_HLEN)
-                .ok_or_else(|| malformed(ev, M::MALFORMED_ETH_TRUNCATED))?;
+            let raw = b.slice(0, NULL_HLEN).ok_or_else(|| malformed(ev, M::MALFORMED_ETH_TRUNCATED))?;
             let raw = [raw[0], raw[1], raw[2], raw[3]];
             // NULL is in the capturing host's byte order: accept either.
             let fams = if link == LinkType::Loop {
@@ -114,10 +110,7 @@ pub(super) fn network_layer(
             };
             if fams.contains(&AF_INET) {
                 Ok((NULL_HLEN, ETH_P_IP))
-            } else if fams
-                .iter()
-                .any(|f| AF_INET6.contains(f) || AF_INET6_MORE.contains(f))
-            {
+            } else if fams.iter().any(|f| AF_INET6.contains(f) || AF_INET6_MORE.contains(f)) {
                 Ok((NULL_HLEN, ETH_P_IPV6))
             } else {
                 Err(Outcome::Skipped(Skip::NotIp))

@@ -120,10 +120,7 @@ fn malformed(ev: &mut packet_event, reason: M) -> Outcome {
 /// its snaplen); the IP-length fallbacks for TSO and jumbo packets use the
 /// wire length, exactly as the kernel uses the whole frame.
 pub fn decode(link: LinkType, data: &[u8], orig_len: u32, ev: &mut packet_event) -> Outcome {
-    *ev = packet_event {
-        hook: types::tcpscope_hook::TCPSCOPE_HOOK_PCAP.0 as u8,
-        ..Default::default()
-    };
+    *ev = packet_event { hook: types::tcpscope_hook::TCPSCOPE_HOOK_PCAP.0 as u8, ..Default::default() };
     ev.frame_len = orig_len;
     let b = Bytes(data);
     // Bytes the wire frame had beyond what was captured.
@@ -151,9 +148,7 @@ pub fn decode(link: LinkType, data: &[u8], orig_len: u32, ev: &mut packet_event)
 
 /// Ethernet header and up to two VLAN tags: (offset of L3, ethertype).
 fn ethernet(b: Bytes<'_>, ev: &mut packet_event) -> Result<(usize, u16), Outcome> {
-    let mut proto = b
-        .u16(12)
-        .ok_or_else(|| malformed(ev, M::MALFORMED_ETH_TRUNCATED))?;
+    let mut proto = b.u16(12).ok_or_else(|| malformed(ev, M::MALFORMED_ETH_TRUNCATED))?;
     let mut off = ETH_HLEN;
     for i in 0..MAX_VLAN {
         if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
@@ -274,12 +269,7 @@ fn ipv6(b: Bytes<'_>, at: usize, uncaptured: usize, ev: &mut packet_event) -> Ou
             }
         }
     }
-    let is_ext = |n: u8| {
-        matches!(
-            n,
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT
-        )
-    };
+    let is_ext = |n: u8| matches!(n, IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS | IPV6_FRAGMENT);
     for _ in 0..IPV6_MAX_EXT {
         if !is_ext(next) {
             break;
@@ -295,11 +285,7 @@ fn ipv6(b: Bytes<'_>, at: usize, uncaptured: usize, ev: &mut packet_event) -> Ou
                 ev.ip_flags |= IPF_FRAG as u8;
             }
             if fo & 0xfff8 != 0 {
-                return Outcome::Skipped(if ext[0] == IPPROTO_TCP {
-                    Skip::Fragment
-                } else {
-                    Skip::NotTcp
-                });
+                return Outcome::Skipped(if ext[0] == IPPROTO_TCP { Skip::Fragment } else { Skip::NotTcp });
             }
             8
         } else {
@@ -339,27 +325,17 @@ mod tests {
         let f = crate::testpkt::syn_v4();
         let (o, ev) = run(LinkType::Ethernet, &f);
         assert_eq!(o, Outcome::Tcp);
-        assert_eq!(
-            (ev.sport, ev.dport, ev.seq, ev.mss, ev.wscale),
-            (40000, 80, 1000, 1460, 7)
-        );
+        assert_eq!((ev.sport, ev.dport, ev.seq, ev.mss, ev.wscale), (40000, 80, 1000, 1460, 7));
         assert_eq!(&ev.src[..4], &[198, 18, 0, 1]);
         assert_eq!(ev.hook, types::tcpscope_hook::TCPSCOPE_HOOK_PCAP.0 as u8);
     }
 
     #[test]
     fn every_truncation_of_a_frame_is_handled() {
-        for f in [
-            crate::testpkt::syn_v4(),
-            crate::testpkt::syn_v6(),
-            crate::testpkt::syn_vlan(),
-        ] {
+        for f in [crate::testpkt::syn_v4(), crate::testpkt::syn_v6(), crate::testpkt::syn_vlan()] {
             for n in 0..f.len() {
                 let (o, _) = run(LinkType::Ethernet, &f[..n]);
-                assert!(
-                    matches!(o, Outcome::Malformed(_) | Outcome::Tcp),
-                    "{n}: {o:?}"
-                );
+                assert!(matches!(o, Outcome::Malformed(_) | Outcome::Tcp), "{n}: {o:?}");
             }
         }
         // Hand-checked: 14 + 20 + 12 bytes cuts the fixed TCP header.
@@ -376,21 +352,12 @@ mod tests {
 
     #[test]
     fn udp_and_tunnels_are_skipped() {
-        assert_eq!(
-            run(LinkType::Ethernet, &crate::testpkt::udp_v4()).0,
-            Outcome::Skipped(Skip::NotTcp)
-        );
+        assert_eq!(run(LinkType::Ethernet, &crate::testpkt::udp_v4()).0, Outcome::Skipped(Skip::NotTcp));
         let mut vx = crate::testpkt::udp_v4();
         vx[14 + 20 + 2..14 + 20 + 4].copy_from_slice(&VXLAN_PORT.to_be_bytes());
-        assert_eq!(
-            run(LinkType::Ethernet, &vx).0,
-            Outcome::Skipped(Skip::Tunnelled)
-        );
+        assert_eq!(run(LinkType::Ethernet, &vx).0, Outcome::Skipped(Skip::Tunnelled));
         let mut arp = crate::testpkt::udp_v4();
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        assert_eq!(
-            run(LinkType::Ethernet, &arp).0,
-            Outcome::Skipped(Skip::NotIp)
-        );
+        assert_eq!(run(LinkType::Ethernet, &arp).0, Outcome::Skipped(Skip::NotIp));
     }
 }

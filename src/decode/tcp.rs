@@ -2,9 +2,7 @@
 
 use super::{Bytes, Outcome};
 use crate::bpf::types::{packet_event, tcpscope_malformed as M};
-use crate::model::{
-    OPT_MPTCP, OPT_MSS, OPT_OTHER, OPT_SACK, OPT_SACK_PERM, OPT_TFO, OPT_TS, OPT_WSCALE,
-};
+use crate::model::{OPT_MPTCP, OPT_MSS, OPT_OTHER, OPT_SACK, OPT_SACK_PERM, OPT_TFO, OPT_TS, OPT_WSCALE};
 
 /// Byte offsets in the fixed TCP header.
 mod field {
@@ -77,11 +75,7 @@ pub struct Options<'a> {
 
 impl<'a> Options<'a> {
     pub fn new(bytes: &'a [u8]) -> Self {
-        Options {
-            bytes,
-            off: 0,
-            done: false,
-        }
+        Options { bytes, off: 0, done: false }
     }
 }
 
@@ -181,12 +175,7 @@ fn apply(o: RawOption<'_>, ev: &mut packet_event) -> Result<(), M> {
 
 /// The TCP header at `at`; `ip_payload_len` is what the IP layer says
 /// follows it.
-pub(super) fn decode(
-    b: Bytes<'_>,
-    at: usize,
-    ip_payload_len: u32,
-    ev: &mut packet_event,
-) -> Outcome {
+pub(super) fn decode(b: Bytes<'_>, at: usize, ip_payload_len: u32, ev: &mut packet_event) -> Outcome {
     let t = b.rest(at);
     if t.len() < HEADER_LEN {
         ev.malformed = M::MALFORMED_TCP_TRUNCATED.0 as u8;
@@ -247,16 +236,11 @@ mod tests {
     #[test]
     fn linux_syn_options() {
         // mss 1460, sackOK, TS 1/0, nop, wscale 7 (hand-written bytes)
-        let b = [
-            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
-        ];
+        let b = [2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7];
         let (ev, r) = opts(&b);
         assert_eq!(r, 0);
         assert_eq!((ev.mss, ev.wscale, ev.ts_val, ev.ts_ecr), (1460, 7, 1, 0));
-        assert_eq!(
-            ev.opt_present as u32,
-            OPT_MSS | OPT_SACK_PERM | OPT_TS | OPT_WSCALE
-        );
+        assert_eq!(ev.opt_present as u32, OPT_MSS | OPT_SACK_PERM | OPT_TS | OPT_WSCALE);
     }
 
     #[test]
@@ -265,14 +249,8 @@ mod tests {
         assert_eq!(opts(&[99, 0, 0, 0]).1, M::MALFORMED_TCP_OPT_BAD_LEN.0 as u8);
         assert_eq!(opts(&[1, 1, 1, 99]).1, M::MALFORMED_TCP_OPT_OVERRUN.0 as u8);
         assert_eq!(opts(&[99, 9, 0, 0]).1, M::MALFORMED_TCP_OPT_OVERRUN.0 as u8);
-        assert_eq!(
-            opts(&[2, 5, 0, 0, 0]).1,
-            M::MALFORMED_TCP_OPT_BAD_SIZE.0 as u8
-        );
-        assert_eq!(
-            opts(&[5, 9, 0, 0, 0, 0, 0, 0, 0]).1,
-            M::MALFORMED_TCP_OPT_BAD_SIZE.0 as u8
-        );
+        assert_eq!(opts(&[2, 5, 0, 0, 0]).1, M::MALFORMED_TCP_OPT_BAD_SIZE.0 as u8);
+        assert_eq!(opts(&[5, 9, 0, 0, 0, 0, 0, 0, 0]).1, M::MALFORMED_TCP_OPT_BAD_SIZE.0 as u8);
         // EOL ends parsing: garbage after it is padding.
         assert_eq!(opts(&[0, 99, 1, 0]).1, 0);
         // Options before the bad one are kept.
@@ -283,10 +261,7 @@ mod tests {
     #[test]
     fn mptcp_tfo_and_unknown_kinds() {
         let (ev, _) = opts(&[30, 4, 0x20, 0x01]); // MPTCP DSS (subtype 2)
-        assert_eq!(
-            (ev.mptcp_subtype, ev.opt_present as u32 & OPT_MPTCP),
-            (2, OPT_MPTCP)
-        );
+        assert_eq!((ev.mptcp_subtype, ev.opt_present as u32 & OPT_MPTCP), (2, OPT_MPTCP));
         let (ev, _) = opts(&[254, 8, 0xf9, 0x89, 1, 2, 3, 4]); // experimental TFO
         assert_eq!(ev.tfo_cookie_len, 4);
         let (ev, _) = opts(&[34, 10, 1, 2, 3, 4, 5, 6, 7, 8]);

@@ -1,6 +1,7 @@
 //! Presentation of packet records: tcpdump-like text or NDJSON. The format
 //! is chosen once, at the edge; nothing below this module prints.
 
+pub mod json;
 pub mod pcapng;
 mod text;
 
@@ -8,6 +9,7 @@ use std::io::{self, Write};
 
 pub use text::{format_text, tcpdump_flags};
 
+use crate::bpf::types::packet_event;
 use crate::model::PacketRecord;
 
 /// How records are written.
@@ -17,22 +19,52 @@ pub enum Format {
     Json,
 }
 
-/// Writes one record as one line.
-pub fn write_record<W: Write>(
-    out: &mut W,
-    rec: &PacketRecord,
+/// One packet to present: the decoded event and what goes with it.
+pub struct Packet<'a> {
+    pub ev: &'a packet_event,
+    /// Wall-clock time, ns since the epoch.
+    pub ts_ns: u64,
+    /// Payload bytes the user asked for (--snaplen).
+    pub payload: Option<&'a [u8]>,
+    /// Record number in a capture file (offline only).
+    pub frame: Option<u64>,
+    /// Interface name for text output.
+    pub ifname: &'a str,
+}
+
+impl Packet<'_> {
+    /// The owned record (the schema's serde form).
+    pub fn record(&self) -> PacketRecord {
+        let mut rec = PacketRecord::from_event(self.ev, self.ts_ns, self.payload);
+        rec.frame = self.frame;
+        rec
+    }
+}
+
+/// Writes packets, one line each, in the chosen format.
+pub struct Emitter<W: Write> {
+    out: W,
     format: Format,
-    ifname: &str,
-) -> io::Result<()> {
-    match format {
-        Format::Json => {
-            serde_json::to_writer(&mut *out, rec).map_err(io::Error::other)?;
-            out.write_all(b"\n")
+    line: Vec<u8>,
+}
+
+impl<W: Write> Emitter<W> {
+    pub fn new(out: W, format: Format) -> Self {
+        Emitter { out, format, line: Vec::with_capacity(1024) }
+    }
+
+    pub fn emit(&mut self, p: &Packet<'_>) -> io::Result<()> {
+        self.line.clear();
+        match self.format {
+            Format::Json => json::write_event(&mut self.line, p.ev, p.ts_ns, p.payload, p.frame),
+            Format::Text => self.line.extend_from_slice(format_text(&p.record(), p.ifname).as_bytes()),
         }
-        Format::Text => {
-            out.write_all(format_text(rec, ifname).as_bytes())?;
-            out.write_all(b"\n")
-        }
+        self.line.push(b'\n');
+        self.out.write_all(&self.line)
+    }
+
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
     }
 }
 
@@ -40,8 +72,5 @@ pub fn write_record<W: Write>(
 /// pipe, as with `| head`), so callers can stop cleanly instead of panicking.
 pub fn print_line(line: &str) -> bool {
     let mut out = io::stdout().lock();
-    out.write_all(line.as_bytes())
-        .and_then(|()| out.write_all(b"\n"))
-        .and_then(|()| out.flush())
-        .is_ok()
+    out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n")).and_then(|()| out.flush()).is_ok()
 }

@@ -37,9 +37,7 @@ impl<W: Write> PcapNgExport<W> {
                 InterfaceDescriptionOption::IfTsResol(TSRESOL_NS),
             ],
         };
-        writer
-            .write_pcapng_block(idb)
-            .context("writing the pcapng interface block")?;
+        writer.write_pcapng_block(idb).context("writing the pcapng interface block")?;
         Ok(PcapNgExport { writer, written: 0 })
     }
 
@@ -55,18 +53,13 @@ impl<W: Write> PcapNgExport<W> {
             data: Cow::Borrowed(frame),
             options: vec![],
         };
-        self.writer
-            .write_pcapng_block(epb)
-            .context("writing a packet to the pcapng file")?;
+        self.writer.write_pcapng_block(epb).context("writing a packet to the pcapng file")?;
         self.written += 1;
         Ok(())
     }
 
     pub fn flush(&mut self) -> Result<()> {
-        self.writer
-            .get_mut()
-            .flush()
-            .context("flushing the pcapng file")
+        self.writer.get_mut().flush().context("flushing the pcapng file")
     }
 }
 
@@ -81,8 +74,7 @@ mod tests {
         {
             let mut x = PcapNgExport::new(&mut buf, "veth0").unwrap();
             let f = crate::testpkt::syn_v4();
-            x.write(1_700_000_000_123_456_789, &f[..40], f.len() as u32)
-                .unwrap();
+            x.write(1_700_000_000_123_456_789, &f[..40], f.len() as u32).unwrap();
             x.flush().unwrap();
         }
         let mut c = Capture::open(&buf[..]).unwrap();

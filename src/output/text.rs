@@ -28,13 +28,7 @@ fn time_of_day(ts_ns: u64) -> String {
     let secs = ts_ns / 1_000_000_000;
     let micros = (ts_ns % 1_000_000_000) / 1_000;
     let day = secs % 86_400;
-    format!(
-        "{:02}:{:02}:{:02}.{:06}",
-        day / 3600,
-        (day / 60) % 60,
-        day % 60,
-        micros
-    )
+    format!("{:02}:{:02}:{:02}.{:06}", day / 3600, (day / 60) % 60, day % 60, micros)
 }
 
 fn endpoint(addr: IpAddr, port: u16) -> String {
@@ -93,11 +87,7 @@ pub fn format_text(r: &PacketRecord, ifname: &str) -> String {
         }
     }
     if let Some(n) = o.tfo_cookie_len {
-        opts.push(if n == 0 {
-            "tfo cookiereq".into()
-        } else {
-            format!("tfo cookie {n}B")
-        });
+        opts.push(if n == 0 { "tfo cookiereq".into() } else { format!("tfo cookie {n}B") });
     }
     if !opts.is_empty() {
         let _ = write!(s, ", options [{}]", opts.join(","));

@@ -25,24 +25,11 @@ pub fn start_tcpscope(ns: &str, args: &[&str]) -> ChildGuard {
 pub fn start_tcpscope_link(ns: &str, args: &[&str]) -> (ChildGuard, u32) {
     let mut cmd = TestHosts::command_in(ns, tcpscope_bin());
     cmd.args(args).stdout(Stdio::piped());
-    let (child, lines) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30))
-        .expect("tcpscope attaches");
-    let line = lines
-        .lock()
-        .unwrap()
-        .iter()
-        .find(|l| l.contains("(link id "))
-        .cloned()
-        .unwrap();
-    let id = line
-        .split("(link id ")
-        .nth(1)
-        .and_then(|r| r.split(')').next())
-        .and_then(|n| n.parse().ok());
-    (
-        child,
-        id.unwrap_or_else(|| panic!("no link id in {line:?}")),
-    )
+    let (child, lines) =
+        ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).expect("tcpscope attaches");
+    let line = lines.lock().unwrap().iter().find(|l| l.contains("(link id ")).cloned().unwrap();
+    let id = line.split("(link id ").nth(1).and_then(|r| r.split(')').next()).and_then(|n| n.parse().ok());
+    (child, id.unwrap_or_else(|| panic!("no link id in {line:?}")))
 }
 
 /// Whether BPF link `id` still exists (links live in no namespace).
@@ -58,13 +45,7 @@ pub fn link_exists(id: u32) -> bool {
 /// Reads all of a finished child's stdout.
 pub fn stdout_of(child: &mut ChildGuard) -> String {
     let mut s = String::new();
-    child
-        .child
-        .stdout
-        .take()
-        .expect("stdout piped")
-        .read_to_string(&mut s)
-        .unwrap();
+    child.child.stdout.take().expect("stdout piped").read_to_string(&mut s).unwrap();
     s
 }
 
@@ -77,24 +58,16 @@ pub struct Tshark {
 impl Tshark {
     pub fn start(ns: &str, ifname: &str, filter: &str, file: &Path) -> Tshark {
         let mut cmd = TestHosts::command_in(ns, "tshark");
-        cmd.args(["-i", ifname, "-f", filter, "-w"])
-            .arg(file)
-            .stdout(Stdio::null());
-        let (guard, _) =
-            ChildGuard::spawn_until_ready(cmd, "Capture started", Duration::from_secs(30))
-                .expect("tshark starts (install it: scripts/setup.sh)");
-        Tshark {
-            guard,
-            file: file.to_path_buf(),
-        }
+        cmd.args(["-i", ifname, "-f", filter, "-w"]).arg(file).stdout(Stdio::null());
+        let (guard, _) = ChildGuard::spawn_until_ready(cmd, "Capture started", Duration::from_secs(30))
+            .expect("tshark starts (install it: scripts/setup.sh)");
+        Tshark { guard, file: file.to_path_buf() }
     }
 
     /// Stops the capture and decodes every TCP packet in it with `fields`.
     pub fn stop_and_read(mut self, fields: &[&str]) -> Vec<Vec<String>> {
         std::thread::sleep(Duration::from_millis(300));
-        self.guard
-            .interrupt_and_wait(Duration::from_secs(20))
-            .expect("tshark stops");
+        self.guard.interrupt_and_wait(Duration::from_secs(20)).expect("tshark stops");
         read_pcap_fields(&self.file, fields)
     }
 }
@@ -118,11 +91,7 @@ pub fn read_pcap_fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
         cmd.args(["-e", f]);
     }
     let out = cmd.output().expect("tshark runs");
-    assert!(
-        out.status.success(),
-        "tshark -r failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "tshark -r failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -134,12 +103,10 @@ pub fn read_pcap_fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
 /// and replies with the byte count; the client sends `payload` over IPv4 and
 /// then IPv6. Returns the byte counts the server saw.
 pub fn exchange(hosts: &TestHosts, payload_len: usize) -> Vec<usize> {
-    let listener = TestHosts::run_in(&hosts.server_ns, || {
-        TcpListener::bind(("::", PORT)).expect("bind")
-    })
-    .join()
-    .unwrap()
-    .unwrap();
+    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind(("::", PORT)).expect("bind"))
+        .join()
+        .unwrap()
+        .unwrap();
     let server = std::thread::spawn(move || {
         let mut seen = Vec::new();
         for _ in 0..2 {
@@ -155,8 +122,7 @@ pub fn exchange(hosts: &TestHosts, payload_len: usize) -> Vec<usize> {
     let client = TestHosts::run_in(&hosts.client_ns, move || {
         for v6 in [false, true] {
             let addr = SocketAddr::new(TestHosts::server_addr(v6), PORT);
-            let mut s =
-                TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
+            let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(10)).expect("connect");
             s.write_all(&vec![b'x'; payload_len]).unwrap();
             s.shutdown(Shutdown::Write).unwrap();
             let mut reply = String::new();

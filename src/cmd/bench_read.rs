@@ -1,0 +1,162 @@
+//! `tcpscope bench read`: offline decoding speed and memory, side by side
+//! with tcpdump, on a capture of real TCP traffic that it makes itself.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::BenchArgs;
+use crate::output::print_line;
+use crate::testhost::{ChildGuard, TestHosts, SERVER_IF};
+
+/// Makes a capture of `packets` packets of bulk TCP between two test hosts,
+/// with snaplen 96 (headers only), one wire-sized packet per record.
+pub fn make_capture(packets: u64, file: &Path) -> Result<()> {
+    let hosts = TestHosts::new("bench")?;
+    // Segmentation offloads off, so that the capture holds MTU-sized packets
+    // as a NIC would see them, not 64 KiB GSO super-packets.
+    for (ns, ifname) in [(&hosts.client_ns, crate::testhost::CLIENT_IF), (&hosts.server_ns, SERVER_IF)] {
+        let st = TestHosts::command_in(ns, "ethtool")
+            .args(["-K", ifname, "tso", "off", "gso", "off", "gro", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running ethtool (scripts/setup.sh installs it)")?;
+        if !st.success() {
+            bail!("ethtool -K {ifname} failed");
+        }
+    }
+    let mut tcpdump = TestHosts::command_in(&hosts.server_ns, "tcpdump");
+    tcpdump
+        .args(["-i", SERVER_IF, "-nn", "-s", "96", "-B", "16384", "-c", &packets.to_string(), "-w"])
+        .arg(file)
+        .arg("tcp")
+        .stdout(Stdio::null());
+    let (mut capture, _) = ChildGuard::spawn_until_ready(tcpdump, "listening on", Duration::from_secs(30))?;
+
+    // Bulk sender until tcpdump has its packets (or 120 s pass).
+    let stop = Arc::new(AtomicBool::new(false));
+    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind(("198.18.0.2", 5201)))
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))???;
+    let stop_rx = stop.clone();
+    let server = std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = vec![0u8; 1 << 16];
+            while !stop_rx.load(Ordering::Relaxed) && s.read(&mut buf).map(|n| n > 0).unwrap_or(false) {}
+        }
+    });
+    let stop_tx = stop.clone();
+    let client = TestHosts::run_in(&hosts.client_ns, move || -> Result<()> {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from(([198, 18, 0, 2], 5201)), Duration::from_secs(10))?;
+        let buf = vec![0x5au8; 1 << 16];
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !stop_tx.load(Ordering::Relaxed) && Instant::now() < deadline {
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    });
+    let status = capture.wait_timeout(Duration::from_secs(150));
+    stop.store(true, Ordering::Relaxed);
+    let _ = client.join();
+    let _ = server.join();
+    status.context("tcpdump did not finish the capture")?;
+    Ok(())
+}
+
+/// Runs `cmd` with stdout to /dev/null; returns (seconds, peak RSS in KiB).
+fn measure(cmd: &mut Command) -> Result<(f64, u64)> {
+    let start = Instant::now();
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 on our own child's pid.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let secs = start.elapsed().as_secs_f64();
+    if pid < 0 || !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        bail!("{cmd:?} failed (status {status})");
+    }
+    Ok((secs, usage.ru_maxrss as u64))
+}
+
+fn count_packets(file: &Path) -> Result<u64> {
+    let mut cap = crate::capture::Capture::open(std::fs::File::open(file)?)?;
+    let mut n = 0;
+    while let Some(f) = cap.next_frame() {
+        f?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+pub fn run(args: &BenchArgs) -> Result<()> {
+    // --capture FILE: use it if it exists, else make it there and keep it.
+    let file: PathBuf = args
+        .capture
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("tcpscope-bench-{}.pcap", std::process::id())));
+    if !file.exists() {
+        crate::bpf::preflight::check_privileges()?; // test hosts need root
+        eprintln!(
+            "bench read: capturing {} packets of bulk TCP between test hosts (snaplen 96)...",
+            args.packets
+        );
+        make_capture(args.packets, &file)?;
+    }
+    let packets = count_packets(&file)?;
+    let size = std::fs::metadata(&file)?.len();
+    let exe = std::env::current_exe()?;
+    if !print_line(&format!(
+        "bench read: {} ({} packets, {:.1} MiB), {} rounds, median",
+        file.display(),
+        packets,
+        size as f64 / (1 << 20) as f64,
+        args.rounds.max(1)
+    )) {
+        return Ok(());
+    }
+    let mut ours = Vec::new();
+    let mut theirs = Vec::new();
+    for _ in 0..args.rounds.max(1) {
+        // Interleaved, so that both see the same machine conditions.
+        ours.push(measure(Command::new(&exe).arg("read").arg(&file).arg("--json"))?);
+        theirs.push(measure(Command::new("tcpdump").args(["-nn", "-v", "-r"]).arg(&file))?);
+    }
+    let med = |v: &mut Vec<(f64, u64)>| {
+        v.sort_by(|a, b| a.0.total_cmp(&b.0));
+        v[v.len() / 2]
+    };
+    let (o, t) = (med(&mut ours), med(&mut theirs));
+    let (ops, tps) = (packets as f64 / o.0, packets as f64 / t.0);
+    print_line(&format!("{:<32} {:>12} {:>10} {:>12}", "decoder", "packets/s", "seconds", "peak RSS"));
+    print_line(&format!(
+        "{:<32} {:>12.0} {:>10.2} {:>9.1} MiB",
+        "tcpscope read --json",
+        ops,
+        o.0,
+        o.1 as f64 / 1024.0
+    ));
+    print_line(&format!(
+        "{:<32} {:>12.0} {:>10.2} {:>9.1} MiB",
+        "tcpdump -nn -v -r",
+        tps,
+        t.0,
+        t.1 as f64 / 1024.0
+    ));
+    print_line(&format!("ratio: tcpscope decodes {:.1}x the packets/s of tcpdump", ops / tps));
+    if args.capture.is_none() {
+        let _ = std::fs::remove_file(&file);
+    }
+    Ok(())
+}
