@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read};
+use std::sync::mpsc;
 
 use anyhow::{Context, Result};
 
@@ -47,28 +48,102 @@ impl ReadSummary {
     }
 }
 
+/// Packets decoded by the reader thread, for the writer. Bounded, reused.
+struct Batch {
+    /// Interface name of every packet in the batch (a new batch starts when
+    /// it changes, which only multi-interface pcapng files do).
+    ifname: String,
+    items: Vec<Item>,
+    /// Payload bytes of all items, back to back.
+    payload: Vec<u8>,
+}
+
+struct Item {
+    ev: packet_event,
+    ts_ns: u64,
+    frame: u64,
+    payload: Option<(usize, usize)>,
+}
+
+const BATCH: usize = 2048;
+
+/// Two threads, because on this path formatting costs about three times
+/// decoding: the reader thread reads, decodes and filters; this thread
+/// formats and writes. Memory stays constant: a few batches in flight.
 pub fn run(args: &ReadArgs) -> Result<()> {
-    let input: Box<dyn Read> = if args.file == "-" {
-        Box::new(io::stdin().lock())
+    let input: Box<dyn Read + Send> = if args.file == "-" {
+        Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
     } else {
         Box::new(BufReader::with_capacity(
             1 << 16,
             File::open(&args.file).with_context(|| format!("cannot open '{}'", args.file))?,
         ))
     };
-    let mut cap = Capture::open(input).with_context(|| format!("reading '{}'", args.file))?;
+    let cap = Capture::open(input).with_context(|| format!("reading '{}'", args.file))?;
     let filter = args.filter.to_filter();
     filter.to_kernel(true)?; // the same limits as live mode
     let format = if args.json { Format::Json } else { Format::Text };
     let limit = args.count.unwrap_or(u64::MAX);
-    let sample = u64::from(filter.sample_every.max(1));
-    let mut out = Emitter::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()), format);
-    let mut s = ReadSummary::default();
-    let mut ev = packet_event::default();
-    let mut matched = 0u64;
-    let mut result = Ok(());
 
-    while s.printed < limit {
+    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(4);
+    let (empty_tx, empty_rx) = mpsc::sync_channel::<Batch>(8);
+    for _ in 0..6 {
+        let _ = empty_tx.send(Batch {
+            ifname: String::new(),
+            items: Vec::with_capacity(BATCH),
+            payload: Vec::new(),
+        });
+    }
+    let reader = std::thread::spawn(move || decode_all(cap, filter, limit, full_tx, empty_rx));
+
+    let mut out = Emitter::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()), format);
+    let mut printed = 0u64;
+    for batch in full_rx.iter() {
+        let mut closed = false;
+        for it in &batch.items {
+            let packet = Packet {
+                ev: &it.ev,
+                ts_ns: it.ts_ns,
+                payload: it.payload.map(|(a, b)| &batch.payload[a..b]),
+                frame: Some(it.frame),
+                ifname: &batch.ifname,
+            };
+            if out.emit(&packet).is_err() {
+                closed = true; // stdout closed (`| head`)
+                break;
+            }
+            printed += 1;
+        }
+        if closed || empty_tx.send(batch).is_err() {
+            break; // dropping the receivers stops the reader
+        }
+    }
+    drop(full_rx);
+    drop(empty_tx);
+    let _ = out.flush();
+    let (mut summary, result) = reader.join().map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
+    summary.printed = printed;
+    eprintln!("{}", summary.line());
+    result.with_context(|| format!("reading '{}'", args.file))
+}
+
+/// The reader thread: capture → decode → filter → batches.
+fn decode_all<R: Read>(
+    mut cap: Capture<R>,
+    filter: crate::filter::EventFilter,
+    limit: u64,
+    full: mpsc::SyncSender<Batch>,
+    empty: mpsc::Receiver<Batch>,
+) -> (ReadSummary, Result<()>) {
+    let mut s = ReadSummary::default();
+    let sample = u64::from(filter.sample_every.max(1));
+    let (mut matched, mut sent) = (0u64, 0u64);
+    let mut ev = packet_event::default();
+    let Ok(mut batch) = empty.recv() else { return (s, Ok(())) };
+    batch.items.clear();
+    batch.payload.clear();
+    let mut result = Ok(());
+    while sent < limit {
         let frame = match cap.next_frame() {
             None => break,
             Some(Ok(f)) => f,
@@ -78,8 +153,7 @@ pub fn run(args: &ReadArgs) -> Result<()> {
             }
         };
         s.packets += 1;
-        let (link, ts, iface) = (frame.link, frame.ts_ns, frame.iface);
-        match decode::decode(link, frame.data, frame.orig_len, &mut ev) {
+        match decode::decode(frame.link, frame.data, frame.orig_len, &mut ev) {
             Outcome::Skipped(why) => *s.skipped.entry(why.name()).or_default() += 1,
             Outcome::Malformed(r) => *s.malformed.entry(malformed_name(r)).or_default() += 1,
             Outcome::Tcp => {
@@ -87,8 +161,8 @@ pub fn run(args: &ReadArgs) -> Result<()> {
                 if ev.malformed != 0 {
                     *s.malformed.entry(malformed_name(ev.malformed)).or_default() += 1;
                 }
-                let (src, dst) = (address(&ev, true), address(&ev, false));
-                if !filter.matches(ev.sport, ev.dport, src, dst, ev.flags_raw) {
+                if !filter.matches(ev.sport, ev.dport, address(&ev, true), address(&ev, false), ev.flags_raw)
+                {
                     s.filtered_out += 1;
                     continue;
                 }
@@ -96,24 +170,34 @@ pub fn run(args: &ReadArgs) -> Result<()> {
                 if (matched - 1) % sample != 0 {
                     continue;
                 }
-                ev.ifindex = iface;
-                let packet = Packet {
-                    ev: &ev,
-                    ts_ns: ts,
-                    payload: payload_of(&ev, frame.data, filter.snaplen),
-                    frame: Some(s.packets),
-                    ifname: frame.ifname,
-                };
-                if out.emit(&packet).is_err() {
-                    break; // stdout closed
+                if batch.items.len() == BATCH || (batch.ifname != frame.ifname && !batch.items.is_empty()) {
+                    if full.send(batch).is_err() {
+                        return (s, result);
+                    }
+                    let Ok(b) = empty.recv() else { return (s, result) };
+                    batch = b;
+                    batch.items.clear();
+                    batch.payload.clear();
                 }
-                s.printed += 1;
+                if batch.ifname != frame.ifname {
+                    batch.ifname.clear();
+                    batch.ifname.push_str(frame.ifname);
+                }
+                ev.ifindex = frame.iface;
+                let payload = payload_of(&ev, frame.data, filter.snaplen).map(|p| {
+                    let start = batch.payload.len();
+                    batch.payload.extend_from_slice(p);
+                    (start, batch.payload.len())
+                });
+                batch.items.push(Item { ev, ts_ns: frame.ts_ns, frame: s.packets, payload });
+                sent += 1;
             }
         }
     }
-    let _ = out.flush();
-    eprintln!("{}", s.line());
-    result.with_context(|| format!("reading '{}'", args.file))
+    if !batch.items.is_empty() {
+        let _ = full.send(batch);
+    }
+    (s, result)
 }
 
 fn address(ev: &packet_event, src: bool) -> std::net::IpAddr {
