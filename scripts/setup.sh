@@ -51,12 +51,16 @@ demo)
     ;;
 test)
     cargo build --release
-    # Unit tests, BPF_PROG_TEST_RUN tests, live tests on test hosts.
+    # Fuzz the decoders for about a minute (30 s per target); a crash fails.
+    ./scripts/fuzz.sh 30
+    # Unit tests, BPF_PROG_TEST_RUN tests, live tests on test hosts,
+    # differential tests against tshark and between kernel and user space.
     cargo test --release
     ;;
 bench)
     cargo build --release
-    exec target/release/tcpscope bench
+    target/release/tcpscope bench programs
+    exec target/release/tcpscope bench read
     ;;
 *)
     echo "setup: unknown task '$task': use demo, test, bench or deps" >&2
