@@ -5,8 +5,11 @@ use std::path::PathBuf;
 use libbpf_cargo::SkeletonBuilder;
 
 /// One skeleton per hook family: (source, skeleton module file).
-const PROGRAMS: &[(&str, &str)] =
-    &[("bpf/ingress.bpf.c", "ingress.skel.rs"), ("bpf/baseline.bpf.c", "baseline.skel.rs")];
+const PROGRAMS: &[(&str, &str)] = &[
+    ("bpf/ingress.bpf.c", "ingress.skel.rs"),
+    ("bpf/baseline.bpf.c", "baseline.skel.rs"),
+    ("bpf/lifecycle.bpf.c", "lifecycle.skel.rs"),
+];
 /// Headers every program includes; a change to any rebuilds all.
 const HEADERS: &[&str] = &["bpf/common_kern_user.h", "bpf/parse_kern.h", "bpf/vmlinux.h"];
 
@@ -34,6 +37,7 @@ fn main() {
             .unwrap_or_else(|e| panic!("building {src} failed: {e:#}"));
         println!("cargo:rerun-if-changed={src}");
     }
+    println!("cargo:rerun-if-changed=build.rs");
     for h in HEADERS {
         println!("cargo:rerun-if-changed={h}");
     }

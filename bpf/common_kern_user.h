@@ -207,4 +207,90 @@ struct packet_event_snap {
 	__u8 frame[TCPSCOPE_MAX_CAPTURE];
 };
 
+/* ---- Connection lifecycle (bpf/lifecycle.bpf.c) ---- */
+
+/* What a conn_event reports. */
+enum conn_event_kind {
+	CONN_CONNECT = 1,       /* connect(): SYN_SENT, process known */
+	CONN_ESTABLISHED_OUT,   /* outgoing handshake done; latency = connect time */
+	CONN_ESTABLISHED_IN,    /* incoming handshake done; latency = first SYN to ESTABLISHED */
+	CONN_ACCEPT,            /* accept() returned the socket: process known */
+	CONN_STATE,             /* any other state change (with --states) */
+	CONN_CLOSE,             /* socket closed: duration, bytes, segments, retransmits */
+	CONN_RETRANSMIT,        /* tcp:tcp_retransmit_skb */
+	CONN_RESET_RX,          /* tcp:tcp_receive_reset */
+	CONN_RESET_TX,          /* tcp:tcp_send_reset; reason = enum sk_rst_reason */
+	CONN_DROP,              /* skb:kfree_skb of a TCP packet; reason = enum skb_drop_reason */
+	CONN_ZERO_WINDOW,       /* the peer advertised a zero window */
+	CONN_WINDOW_REOPEN,     /* ... and opened it again */
+	CONN_RCVQ_FULL,         /* sock:sock_rcvqueue_full */
+	CONN_KIND_MAX,
+};
+
+/* Latency histograms, per port. */
+enum latency_kind {
+	LAT_HANDSHAKE = 0, /* incoming: first SYN to ESTABLISHED, per listener port */
+	LAT_CONNECT = 1,   /* outgoing: connect() to ESTABLISHED, per remote port */
+	LAT_RTT = 2,       /* smoothed RTT from tcp:tcp_probe, per local port */
+	LAT_KINDS,
+};
+
+/* Log-linear buckets: 4 per power of two, so a bucket's width is at most
+ * 1/4 of its lower bound. Values in ns (RTT in us). */
+enum latency_limits {
+	LAT_SLOTS = 256,
+	LAT_SUB_BITS = 2,
+};
+
+struct latency_key {
+	__u16 port;
+	__u8 kind;     /* enum latency_kind */
+	__u8 _pad[5];
+};
+
+struct latency_hist {
+	__u64 slots[LAT_SLOTS];
+	__u64 count;
+	__u64 sum;
+	__u64 max;
+};
+
+/* Filter for lifecycle events, read-only data set before load. */
+struct lifecycle_config {
+	__u32 pid;          /* only this process's sockets (0: all) */
+	__u16 port;         /* only connections with this local or remote port (0: all) */
+	__u8 emit_states;   /* report every state change */
+	__u8 _pad;
+};
+
+struct conn_event {
+	__u64 ts_ns;        /* CLOCK_MONOTONIC */
+	__u64 cookie;       /* socket cookie (0 if no socket) */
+	__u64 cgroup_id;    /* cgroup v2 id of the socket */
+	__u64 duration_ns;  /* CLOSE: since SYN_SENT / SYN_RECV */
+	__u64 latency_ns;   /* ESTABLISHED_*: handshake / connect time */
+	__u64 bytes_received;
+	__u64 bytes_acked;
+	__u8 saddr[16];     /* local address (IPv4 in the first 4 bytes) */
+	__u8 daddr[16];     /* peer address */
+	__u32 netns;        /* network namespace inode */
+	__u32 pid;          /* owning process (tgid), 0 if unknown */
+	__u8 comm[16];
+	__u32 segs_in;
+	__u32 segs_out;
+	__u32 total_retrans;
+	__u32 srtt_us;
+	__u32 rttvar_us;
+	__u32 snd_cwnd;
+	__u32 snd_wnd;
+	__u32 rcv_wnd;
+	__u32 reason;       /* DROP: skb_drop_reason; RESET_TX: sk_rst_reason */
+	__u16 sport;        /* local port */
+	__u16 dport;        /* peer port */
+	__u8 kind;          /* enum conn_event_kind */
+	__u8 family;        /* 4 or 6 */
+	__u8 oldstate;      /* TCP_* states */
+	__u8 newstate;
+};
+
 #endif /* TCPSCOPE_COMMON_KERN_USER_H */

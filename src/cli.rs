@@ -41,6 +41,14 @@ pub enum Command {
     /// Print the kernel's packet counters and rates every interval.
     #[command(after_help = "Example:\n  tcpscope stats -i eth0 --interval 1")]
     Stats(StatsArgs),
+    /// Follow TCP connections in the kernel: connect, accept, established, close,
+    /// retransmits, resets, drops with reason, zero windows (all network namespaces).
+    #[command(after_help = "Examples:\n  \
+        tcpscope conns --port 443\n  \
+        tcpscope conns --pid 1234 --json")]
+    Conns(ConnsArgs),
+    /// Handshake, connect and RTT latency histograms per port, with percentiles.
+    Latency(LatencyArgs),
     /// Measure ns/packet of the XDP and TC programs with BPF_PROG_TEST_RUN.
     Bench(BenchArgs),
     /// Build two test hosts (network namespaces + veth), watch real connections, clean up.
@@ -149,6 +157,41 @@ pub struct ReadArgs {
     #[arg(short = 'c', long = "count", value_name = "COUNT")]
     pub count: Option<u64>,
     /// Print NDJSON, one object per packet (schema: docs/json-schema.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ConnsArgs {
+    /// Only connections with this local or remote port.
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+    /// Only sockets of this process (known from connect() or accept()).
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+    /// Also report every TCP state change.
+    #[arg(long)]
+    pub states: bool,
+    /// Exit after COUNT events.
+    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// Print NDJSON, one object per event.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct LatencyArgs {
+    /// Only this port.
+    #[arg(long, value_name = "P")]
+    pub port: Option<u16>,
+    /// Seconds between reports.
+    #[arg(long, value_name = "S", default_value_t = 5.0)]
+    pub interval: f64,
+    /// Exit after COUNT reports.
+    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// Print each report as JSON.
     #[arg(long)]
     pub json: bool,
 }

@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cmd;
 pub mod decode;
 pub mod filter;
+pub mod lifecycle;
 pub mod model;
 pub mod output;
 pub mod testhost;

@@ -14,6 +14,8 @@ fn main() -> ExitCode {
         Command::Watch(a) => cmd::watch::run(a),
         Command::Stats(a) => cmd::stats::run(a),
         Command::Read(a) => cmd::read::run(a),
+        Command::Conns(a) => cmd::conns::run(a),
+        Command::Latency(a) => cmd::latency::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };

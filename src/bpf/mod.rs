@@ -6,6 +6,7 @@
 
 pub mod attach;
 pub mod counters;
+pub mod lifecycle;
 pub mod preflight;
 
 use std::mem::MaybeUninit;

@@ -1,0 +1,517 @@
+// SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
+/*
+ * TCP lifecycle and health, from tracepoints only (this kernel has no kprobes
+ * and refuses fentry). All programs are tp_btf: typed arguments, no tracefs
+ * needed. User space attaches each one on its own and reports any that the
+ * kernel refuses, so one missing tracepoint costs one view, not the tool.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_core_read.h>
+#include "common_kern_user.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP_NUM 6
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define TCPF_SYN_BIT 0x02
+#define TCPF_ACK_BIT 0x10
+/* x86_64 syscall numbers (vmlinux.h is x86_64). */
+#define NR_ACCEPT 43
+#define NR_ACCEPT4 288
+
+const volatile struct lifecycle_config cfg = {};
+
+struct conn_event _conn_event = {};
+struct latency_key _latency_key = {};
+struct latency_hist _latency_hist = {};
+enum conn_event_kind _conn_event_kind = CONN_CONNECT;
+enum latency_kind _latency_kind = LAT_HANDSHAKE;
+enum latency_limits _latency_limits = LAT_SLOTS;
+
+/* What we know of a live socket. */
+struct sock_info {
+	__u64 start_ns; /* SYN_SENT, or the first SYN of an incoming connection */
+	__u32 pid;
+	__u8 comm[16];
+	__u8 passive;
+	__u8 zero_window; /* the peer's window is 0 right now */
+	__u8 _pad[2];
+};
+
+/* First SYN of an incoming connection, from the receive path. */
+struct syn_key {
+	__u8 peer[16];
+	__u8 local[16];
+	__u32 netns;
+	__u16 peer_port;
+	__u16 local_port;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64); /* struct sock * */
+	__type(value, struct sock_info);
+} socks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct syn_key);
+	__type(value, __u64);
+} syn_seen SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct latency_key);
+	__type(value, struct latency_hist);
+} latency SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 1024 * 1024);
+} conn_events SEC(".maps");
+
+/* Events lost to a full ring buffer, per CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} conn_events_lost SEC(".maps");
+
+/* Log-linear bucket of v: 4 buckets per power of two (LAT_SUB_BITS). */
+static __always_inline __u32 lat_slot(__u64 v)
+{
+	if (v < (1 << LAT_SUB_BITS))
+		return v;
+	__u32 msb = 0;
+	__u64 x = v;
+	if (x >> 32) { msb += 32; x >>= 32; }
+	if (x >> 16) { msb += 16; x >>= 16; }
+	if (x >> 8) { msb += 8; x >>= 8; }
+	if (x >> 4) { msb += 4; x >>= 4; }
+	if (x >> 2) { msb += 2; x >>= 2; }
+	if (x >> 1) { msb += 1; }
+	__u32 sub = (v >> (msb - LAT_SUB_BITS)) & ((1 << LAT_SUB_BITS) - 1);
+	__u32 slot = (msb - LAT_SUB_BITS + 1) * (1 << LAT_SUB_BITS) + sub;
+	return slot < LAT_SLOTS ? slot : LAT_SLOTS - 1;
+}
+
+static __always_inline void lat_record(__u16 port, __u8 kind, __u64 v)
+{
+	struct latency_key k = { .port = port, .kind = kind };
+	struct latency_hist *h = bpf_map_lookup_elem(&latency, &k);
+	if (!h) {
+		static const struct latency_hist zero = {};
+		bpf_map_update_elem(&latency, &k, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&latency, &k);
+		if (!h)
+			return;
+	}
+	/* 64-bit and re-checked after a barrier: otherwise clang drops the
+	 * bound that lat_slot() already applied, and the verifier needs it. */
+	__u64 slot = lat_slot(v);
+	asm volatile("" : "+r"(slot));
+	if (slot >= LAT_SLOTS)
+		slot = LAT_SLOTS - 1;
+	__sync_fetch_and_add(&h->slots[slot], 1);
+	__sync_fetch_and_add(&h->count, 1);
+	__sync_fetch_and_add(&h->sum, v);
+	if (v > h->max)
+		h->max = v; /* racy max: a rare lost update only lowers it */
+}
+
+/* Local and peer address/port of a socket, into the event. */
+static __always_inline void tuple_from_sock(const struct sock *sk, struct conn_event *e)
+{
+	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	if (family == AF_INET6) {
+		e->family = 6;
+		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	} else {
+		e->family = 4;
+		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__builtin_memcpy(e->saddr, &s, 4);
+		__builtin_memcpy(e->daddr, &d, 4);
+	}
+}
+
+/* Addresses and ports of the TCP packet in skb, as seen by the receiver:
+ * local = destination. Returns 0 if it is not TCP. */
+static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn_event *e, __u8 *flags)
+{
+	unsigned char *head = BPF_CORE_READ(skb, head);
+	__u16 nh = BPF_CORE_READ(skb, network_header);
+	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	unsigned char *l4;
+
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+			return 0;
+		if (ip.protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip.frag_off) & 0x1fff))
+			return 0;
+		e->family = 4;
+		__builtin_memcpy(e->daddr, &ip.saddr, 4);
+		__builtin_memcpy(e->saddr, &ip.daddr, 4);
+		l4 = head + nh + ip.ihl * 4;
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+			return 0;
+		if (ip6.nexthdr != IPPROTO_TCP_NUM)
+			return 0; /* extension headers: not followed here */
+		e->family = 6;
+		__builtin_memcpy(e->daddr, &ip6.saddr, 16);
+		__builtin_memcpy(e->saddr, &ip6.daddr, 16);
+		l4 = head + nh + sizeof(ip6);
+	} else {
+		return 0;
+	}
+	struct tcphdr th;
+	if (bpf_probe_read_kernel(&th, sizeof(th), l4))
+		return 0;
+	e->dport = bpf_ntohs(th.source);
+	e->sport = bpf_ntohs(th.dest);
+	*flags = ((__u8 *)&th)[13];
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		e->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	return 1;
+}
+
+static __always_inline bool port_wanted(const struct conn_event *e)
+{
+	return !cfg.port || e->sport == cfg.port || e->dport == cfg.port;
+}
+
+static __always_inline void fill_owner(struct conn_event *e, __u64 skp)
+{
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+	if (si) {
+		e->pid = si->pid;
+		__builtin_memcpy(e->comm, si->comm, sizeof(e->comm));
+	}
+}
+
+static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_event *e)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	e->bytes_received = BPF_CORE_READ(tp, bytes_received);
+	e->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
+	e->segs_in = BPF_CORE_READ(tp, segs_in);
+	e->segs_out = BPF_CORE_READ(tp, segs_out);
+	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
+	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
+	e->rttvar_us = BPF_CORE_READ(tp, mdev_us) >> 2;
+	e->snd_cwnd = BPF_CORE_READ(tp, snd_cwnd);
+	e->snd_wnd = BPF_CORE_READ(tp, snd_wnd);
+	e->rcv_wnd = BPF_CORE_READ(tp, rcv_wnd);
+}
+
+static __always_inline void submit(struct conn_event *e)
+{
+	e->ts_ns = bpf_ktime_get_ns();
+	if (bpf_ringbuf_output(&conn_events, e, sizeof(*e), 0)) {
+		__u32 zero = 0;
+		__u64 *lost = bpf_map_lookup_elem(&conn_events_lost, &zero);
+		if (lost)
+			(*lost)++;
+	}
+}
+
+/* The first SYN of each incoming connection, by 4-tuple and netns. */
+SEC("tp_btf/netif_receive_skb")
+int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
+{
+	struct conn_event e = {};
+	__u8 flags = 0;
+
+	/* At this tracepoint skb->data is the network header; network_header
+	 * itself is set only just after. */
+	unsigned char *data = BPF_CORE_READ(skb, data);
+	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
+	unsigned char *l4;
+	if (proto == ETH_P_IP) {
+		struct iphdr ip;
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), data))
+			return 0;
+		if (ip.protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip.frag_off) & 0x1fff))
+			return 0;
+		e.family = 4;
+		__builtin_memcpy(e.daddr, &ip.saddr, 4);
+		__builtin_memcpy(e.saddr, &ip.daddr, 4);
+		l4 = data + ip.ihl * 4;
+	} else if (proto == ETH_P_IPV6) {
+		struct ipv6hdr ip6;
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), data))
+			return 0;
+		if (ip6.nexthdr != IPPROTO_TCP_NUM)
+			return 0;
+		e.family = 6;
+		__builtin_memcpy(e.daddr, &ip6.saddr, 16);
+		__builtin_memcpy(e.saddr, &ip6.daddr, 16);
+		l4 = data + sizeof(ip6);
+	} else {
+		return 0;
+	}
+	struct tcphdr th;
+	if (bpf_probe_read_kernel(&th, sizeof(th), l4))
+		return 0;
+	flags = ((__u8 *)&th)[13];
+	if ((flags & (TCPF_SYN_BIT | TCPF_ACK_BIT)) != TCPF_SYN_BIT)
+		return 0;
+	struct syn_key k = {};
+	__builtin_memcpy(k.peer, e.daddr, 16);
+	__builtin_memcpy(k.local, e.saddr, 16);
+	k.peer_port = bpf_ntohs(th.source);
+	k.local_port = bpf_ntohs(th.dest);
+	struct net_device *dev = BPF_CORE_READ(skb, dev);
+	if (dev)
+		k.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	__u64 now = bpf_ktime_get_ns();
+	/* NOEXIST: a retransmitted SYN keeps the first one's time. */
+	bpf_map_update_elem(&syn_seen, &k, &now, BPF_NOEXIST);
+	return 0;
+}
+
+SEC("tp_btf/inet_sock_set_state")
+int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP_NUM)
+		return 0;
+	__u64 skp = (__u64)sk;
+	__u64 now = bpf_ktime_get_ns();
+	struct conn_event e = {};
+	tuple_from_sock(sk, &e);
+	e.oldstate = oldstate;
+	e.newstate = newstate;
+	e.cookie = bpf_get_socket_cookie((void *)sk);
+	e.cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+
+	if (newstate == TCP_SYN_SENT) {
+		/* connect(): the calling process is current. */
+		struct sock_info si = { .start_ns = now };
+		si.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(si.comm, sizeof(si.comm));
+		bpf_map_update_elem(&socks, &skp, &si, BPF_ANY);
+		if (!port_wanted(&e))
+			return 0;
+		e.kind = CONN_CONNECT;
+		e.pid = si.pid;
+		__builtin_memcpy(e.comm, si.comm, sizeof(e.comm));
+		submit(&e);
+		return 0;
+	}
+	if (newstate == TCP_SYN_RECV) {
+		/* A child socket of a listener, made in softirq: no process yet. */
+		struct syn_key k = {};
+		__builtin_memcpy(k.peer, e.daddr, 16);
+		__builtin_memcpy(k.local, e.saddr, 16);
+		k.peer_port = e.dport;
+		k.local_port = e.sport;
+		k.netns = e.netns;
+		__u64 *syn = bpf_map_lookup_elem(&syn_seen, &k);
+		struct sock_info si = { .start_ns = syn ? *syn : now, .passive = 1 };
+		if (syn)
+			bpf_map_delete_elem(&syn_seen, &k);
+		bpf_map_update_elem(&socks, &skp, &si, BPF_ANY);
+		if (cfg.emit_states && port_wanted(&e)) {
+			e.kind = CONN_STATE;
+			submit(&e);
+		}
+		return 0;
+	}
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+		bool in = oldstate == TCP_SYN_RECV;
+		if (si) {
+			e.latency_ns = now - si->start_ns;
+			e.pid = si->pid;
+			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
+			lat_record(in ? e.sport : e.dport, in ? LAT_HANDSHAKE : LAT_CONNECT, e.latency_ns);
+		}
+		if (!port_wanted(&e))
+			return 0;
+		e.kind = in ? CONN_ESTABLISHED_IN : CONN_ESTABLISHED_OUT;
+		fill_tcp_stats(sk, &e);
+		submit(&e);
+		return 0;
+	}
+	if (newstate == TCP_CLOSE) {
+		if (si) {
+			e.duration_ns = now - si->start_ns;
+			e.pid = si->pid;
+			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
+			bpf_map_delete_elem(&socks, &skp);
+		}
+		if (!port_wanted(&e))
+			return 0;
+		e.kind = CONN_CLOSE;
+		fill_tcp_stats(sk, &e);
+		submit(&e);
+		return 0;
+	}
+	if (cfg.emit_states && port_wanted(&e)) {
+		e.kind = CONN_STATE;
+		if (si) {
+			e.pid = si->pid;
+			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
+		}
+		submit(&e);
+	}
+	return 0;
+}
+
+/* accept()/accept4() returned: the socket now has its process. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(lc_sys_exit, struct pt_regs *regs, long ret)
+{
+	long nr = BPF_CORE_READ(regs, orig_ax);
+	if ((nr != NR_ACCEPT && nr != NR_ACCEPT4) || ret < 0)
+		return 0;
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
+	struct file *f = NULL;
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[ret & 0xffffff]) || !f)
+		return 0;
+	struct socket *sock = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(sock, sk);
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP_NUM)
+		return 0;
+	__u64 skp = (__u64)sk;
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+	struct sock_info fresh = { .start_ns = bpf_ktime_get_ns(), .passive = 1 };
+	if (!si) {
+		bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST);
+		si = bpf_map_lookup_elem(&socks, &skp);
+		if (!si)
+			return 0;
+	}
+	si->pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(si->comm, sizeof(si->comm));
+
+	struct conn_event e = {};
+	tuple_from_sock(sk, &e);
+	if (!port_wanted(&e))
+		return 0;
+	e.kind = CONN_ACCEPT;
+	e.pid = si->pid;
+	__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
+	e.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e.cgroup_id = bpf_get_current_cgroup_id();
+	e.newstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+	submit(&e);
+	return 0;
+}
+
+static __always_inline int sock_event(const struct sock *sk, __u8 kind, __u32 reason)
+{
+	if (!sk)
+		return 0;
+	struct conn_event e = {};
+	tuple_from_sock(sk, &e);
+	if (!port_wanted(&e))
+		return 0;
+	e.kind = kind;
+	e.reason = reason;
+	e.newstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e.cookie = bpf_get_socket_cookie((void *)sk);
+	fill_owner(&e, (__u64)sk);
+	fill_tcp_stats(sk, &e);
+	submit(&e);
+	return 0;
+}
+
+SEC("tp_btf/tcp_retransmit_skb")
+int BPF_PROG(lc_tcp_retransmit_skb, const struct sock *sk, const struct sk_buff *skb, int err)
+{
+	return sock_event(sk, CONN_RETRANSMIT, 0);
+}
+
+SEC("tp_btf/tcp_receive_reset")
+int BPF_PROG(lc_tcp_receive_reset, struct sock *sk)
+{
+	return sock_event(sk, CONN_RESET_RX, 0);
+}
+
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(lc_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)
+{
+	if (sk)
+		return sock_event(sk, CONN_RESET_TX, reason);
+	/* No socket (e.g. a SYN to a closed port): the tuple is the packet's. */
+	struct conn_event e = {};
+	__u8 flags = 0;
+	if (!skb || !tuple_from_skb(skb, &e, &flags) || !port_wanted(&e))
+		return 0;
+	e.kind = CONN_RESET_TX;
+	e.reason = reason;
+	submit(&e);
+	return 0;
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason,
+	     struct sock *rx_sk)
+{
+	if (reason <= SKB_CONSUMED)
+		return 0;
+	struct conn_event e = {};
+	__u8 flags = 0;
+	if (!tuple_from_skb(skb, &e, &flags) || !port_wanted(&e))
+		return 0;
+	e.kind = CONN_DROP;
+	e.reason = reason;
+	if (rx_sk)
+		e.cookie = bpf_get_socket_cookie(rx_sk);
+	submit(&e);
+	return 0;
+}
+
+/* Every segment received on an established connection: RTT and windows. */
+SEC("tp_btf/tcp_probe")
+int BPF_PROG(lc_tcp_probe, struct sock *sk, const struct sk_buff *skb)
+{
+	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u32 srtt = BPF_CORE_READ(tp, srtt_us) >> 3;
+	if (srtt)
+		lat_record(lport, LAT_RTT, srtt);
+
+	__u64 skp = (__u64)sk;
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+	if (!si)
+		return 0;
+	__u32 snd_wnd = BPF_CORE_READ(tp, snd_wnd);
+	if (!si->zero_window && snd_wnd == 0 && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_ESTABLISHED) {
+		si->zero_window = 1;
+		return sock_event(sk, CONN_ZERO_WINDOW, 0);
+	}
+	if (si->zero_window && snd_wnd > 0) {
+		si->zero_window = 0;
+		return sock_event(sk, CONN_WINDOW_REOPEN, 0);
+	}
+	return 0;
+}
+
+SEC("tp_btf/sock_rcvqueue_full")
+int BPF_PROG(lc_sock_rcvqueue_full, struct sock *sk, struct sk_buff *skb)
+{
+	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP_NUM)
+		return 0;
+	return sock_event(sk, CONN_RCVQ_FULL, 0);
+}

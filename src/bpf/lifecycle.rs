@@ -1,0 +1,101 @@
+//! Loading and attaching the lifecycle tracepoint programs, one by one: a
+//! tracepoint this kernel lacks costs its view only, and the user is told
+//! which and why.
+
+use std::collections::HashMap;
+use std::mem::MaybeUninit;
+
+use anyhow::{Context, Result};
+use libbpf_rs::skel::{OpenSkel, SkelBuilder};
+use libbpf_rs::Link;
+
+use crate::bpf::preflight;
+
+#[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
+mod lifecycle_skel {
+    include!(concat!(env!("OUT_DIR"), "/lifecycle.skel.rs"));
+}
+
+pub use lifecycle_skel::types;
+pub use lifecycle_skel::LifecycleSkel;
+
+// SAFETY: #[repr(C)] structs of integers and arrays of integers generated
+// from BTF, with explicit padding; every bit pattern is valid.
+unsafe impl plain::Plain for types::conn_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::latency_key {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::latency_hist {}
+
+/// One view and the tracepoint behind it.
+pub const VIEWS: [(&str, &str); 9] = [
+    ("handshake start (first SYN)", "netif_receive_skb"),
+    ("lifecycle (connect, established, close)", "inet_sock_set_state"),
+    ("process of accepted sockets", "sys_exit"),
+    ("retransmits", "tcp_retransmit_skb"),
+    ("resets received", "tcp_receive_reset"),
+    ("resets sent", "tcp_send_reset"),
+    ("drops with reason", "kfree_skb"),
+    ("RTT and zero window", "tcp_probe"),
+    ("receive queue full", "sock_rcvqueue_full"),
+];
+
+/// The loaded programs and the links that keep them attached.
+pub struct Lifecycle {
+    pub skel: LifecycleSkel<'static>,
+    pub links: Vec<Link>,
+    /// Views the kernel refused, with the reason.
+    pub unavailable: Vec<(String, String)>,
+}
+
+/// Loads and attaches every lifecycle program that this kernel accepts.
+pub fn start(config: types::lifecycle_config) -> Result<Lifecycle> {
+    preflight::check_privileges()?;
+    preflight::check_btf(None)?;
+    let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
+    let mut open = lifecycle_skel::LifecycleSkelBuilder::default()
+        .open(storage)
+        .map_err(|e| preflight::explain(e, "opening the lifecycle BPF object"))?;
+    open.maps.rodata_data.as_deref_mut().context("lifecycle object has no read-only data")?.cfg = config;
+    let skel = open.load().map_err(|e| preflight::explain(e, "loading the lifecycle programs"))?;
+    let progs = [
+        &skel.progs.lc_netif_receive_skb,
+        &skel.progs.lc_inet_sock_set_state,
+        &skel.progs.lc_sys_exit,
+        &skel.progs.lc_tcp_retransmit_skb,
+        &skel.progs.lc_tcp_receive_reset,
+        &skel.progs.lc_tcp_send_reset,
+        &skel.progs.lc_kfree_skb,
+        &skel.progs.lc_tcp_probe,
+        &skel.progs.lc_sock_rcvqueue_full,
+    ];
+    let mut links = Vec::new();
+    let mut unavailable = Vec::new();
+    for (prog, (view, tp)) in progs.into_iter().zip(VIEWS) {
+        match prog.attach() {
+            Ok(l) => links.push(l),
+            Err(e) => unavailable.push((view.to_string(), format!("tracepoint {tp} refused: {e}"))),
+        }
+    }
+    if links.is_empty() {
+        anyhow::bail!("no lifecycle tracepoint could be attached (is this kernel built with BTF tracepoints?)");
+    }
+    Ok(Lifecycle { skel, links, unavailable })
+}
+
+/// Names of a kernel enum's values, read from the running kernel's BTF
+/// (never a hard-coded table: drop reasons change between kernels).
+/// `strip` is the common prefix to drop, e.g. "SKB_DROP_REASON_".
+pub fn kernel_enum_names(enum_name: &str, strip: &str) -> HashMap<u32, String> {
+    let mut names = HashMap::new();
+    let Ok(btf) = libbpf_rs::btf::Btf::from_vmlinux() else { return names };
+    if let Some(e) = btf.type_by_name::<libbpf_rs::btf::types::Enum<'_>>(enum_name) {
+        for m in e.iter() {
+            if let Some(n) = m.name {
+                let n = n.to_string_lossy();
+                names.insert(m.value as u32, n.strip_prefix(strip).unwrap_or(&n).to_string());
+            }
+        }
+    }
+    names
+}

@@ -1,0 +1,100 @@
+//! `tcpscope conns`: the kernel's view of TCP connections, as events.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
+use std::io::{self, BufWriter, Write};
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use libbpf_rs::MapCore;
+
+use crate::bpf::lifecycle::{self, types};
+use crate::cli::ConnsArgs;
+use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
+use crate::lifecycle::ConnRecord;
+
+/// Prints which views the kernel refused, so nobody mistakes silence for
+/// "nothing happened".
+pub fn report_unavailable(lc: &lifecycle::Lifecycle) {
+    for (view, why) in &lc.unavailable {
+        eprintln!("tcpscope: {view} unavailable: {why}");
+    }
+}
+
+pub fn run(args: &ConnsArgs) -> Result<()> {
+    let stop = stop_flag()?;
+    let config = types::lifecycle_config {
+        port: args.port.unwrap_or(0),
+        emit_states: u8::from(args.states),
+        ..Default::default()
+    };
+    let lc = lifecycle::start(config)?;
+    report_unavailable(&lc);
+    eprintln!("tcpscope: following TCP connections in every network namespace ({} tracepoints); Ctrl-C to stop", lc.links.len());
+
+    let drop_names = lifecycle::kernel_enum_names("skb_drop_reason", "SKB_DROP_REASON_");
+    let rst_names = lifecycle::kernel_enum_names("sk_rst_reason", "SK_RST_REASON_");
+    let reason = |kind: u8, r: u32| -> String {
+        let names = if u32::from(kind) == types::conn_event_kind::CONN_DROP.0 { &drop_names } else { &rst_names };
+        names.get(&r).cloned().unwrap_or_else(|| format!("reason {r}"))
+    };
+    let offset = monotonic_to_realtime_offset();
+    let out = RefCell::new(BufWriter::new(io::stdout().lock()));
+    let printed = Cell::new(0u64);
+    let failed = Cell::new(false);
+    let limit = args.count.unwrap_or(u64::MAX);
+    // With --pid: the cookies of that process's sockets, learned from its
+    // connect()/accept() events, select the rest.
+    let mine = RefCell::new(HashSet::<u64>::new());
+
+    let mut b = libbpf_rs::RingBufferBuilder::new();
+    b.add(&lc.skel.maps.conn_events, |d: &[u8]| {
+        if printed.get() >= limit || failed.get() {
+            return 0;
+        }
+        let mut e = types::conn_event::default();
+        if plain::copy_from_bytes(&mut e, &d[..d.len().min(std::mem::size_of::<types::conn_event>())]).is_err() {
+            return 0;
+        }
+        if let Some(pid) = args.pid {
+            if e.pid == pid {
+                mine.borrow_mut().insert(e.cookie);
+            } else if !(e.cookie != 0 && mine.borrow().contains(&e.cookie)) {
+                return 0;
+            }
+        }
+        let rec = ConnRecord::from_event(&e, e.ts_ns + offset, &reason);
+        let line = if args.json { serde_json::to_string(&rec).unwrap_or_default() } else { rec.text() };
+        if writeln!(out.borrow_mut(), "{line}").is_err() {
+            failed.set(true);
+        }
+        printed.set(printed.get() + 1);
+        0
+    })
+    .context("setting up the ring buffer")?;
+    let ring = b.build().context("setting up the ring buffer")?;
+    while !stop.load(Ordering::SeqCst) && printed.get() < limit && !failed.get() {
+        match ring.poll(Duration::from_millis(100)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading the ring buffer"),
+        }
+        let _ = out.borrow_mut().flush();
+    }
+    let _ = out.borrow_mut().flush();
+    drop(ring);
+    let lost: u64 = lc
+        .skel
+        .maps
+        .conn_events_lost
+        .lookup_percpu(&0u32.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+        .iter()
+        .map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])))
+        .sum();
+    eprintln!("tcpscope: {} events printed, {lost} lost (ring buffer full)", printed.get());
+    Ok(())
+}

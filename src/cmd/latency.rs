@@ -1,0 +1,107 @@
+//! `tcpscope latency`: per-port latency histograms kept in the kernel, as
+//! text bars with percentiles.
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use libbpf_rs::MapCore;
+
+use crate::bpf::lifecycle::{self, types};
+use crate::cli::LatencyArgs;
+use crate::cmd::{conns::report_unavailable, stop_flag};
+use crate::lifecycle::{human_ns, quantile, slot_bounds};
+use crate::output::print_line;
+
+fn kind_name(k: u8) -> &'static str {
+    match u32::from(k) {
+        x if x == types::latency_kind::LAT_HANDSHAKE.0 => "handshake",
+        x if x == types::latency_kind::LAT_CONNECT.0 => "connect",
+        _ => "rtt",
+    }
+}
+
+/// All histograms in the map, sorted by kind and port.
+pub fn read_histograms(lc: &lifecycle::Lifecycle) -> Vec<(types::latency_key, types::latency_hist)> {
+    let map = &lc.skel.maps.latency;
+    let mut out = Vec::new();
+    for key in map.keys() {
+        let mut k = types::latency_key::default();
+        if plain::copy_from_bytes(&mut k, &key).is_err() {
+            continue;
+        }
+        if let Ok(Some(v)) = map.lookup(&key, libbpf_rs::MapFlags::ANY) {
+            let mut h = types::latency_hist::default();
+            if plain::copy_from_bytes(&mut h, &v).is_ok() {
+                out.push((k, h));
+            }
+        }
+    }
+    out.sort_by_key(|(k, _)| (k.kind, k.port));
+    out
+}
+
+pub fn run(args: &LatencyArgs) -> Result<()> {
+    ensure!(args.interval.is_finite() && args.interval >= 0.1, "--interval {}: use at least 0.1 seconds", args.interval);
+    let stop = stop_flag()?;
+    let lc = lifecycle::start(types::lifecycle_config { port: args.port.unwrap_or(0), ..Default::default() })?;
+    report_unavailable(&lc);
+    eprintln!("tcpscope: collecting handshake, connect and RTT latency; report every {}s; Ctrl-C to stop", args.interval);
+    let mut reports = 0;
+    while !stop.load(Ordering::SeqCst) && args.count.is_none_or(|c| reports < c) {
+        let deadline = Instant::now() + Duration::from_secs_f64(args.interval);
+        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        reports += 1;
+        for (k, h) in read_histograms(&lc) {
+            if args.port.is_some_and(|p| p != k.port) || h.count == 0 {
+                continue;
+            }
+            // RTT is recorded in microseconds, the others in nanoseconds.
+            let unit = if u32::from(k.kind) == types::latency_kind::LAT_RTT.0 { 1000 } else { 1 };
+            let q = |x| quantile(&h, x) * unit;
+            if args.json {
+                let buckets: Vec<[u64; 3]> = h
+                    .slots
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, n)| **n > 0)
+                    .map(|(s, n)| {
+                        let (lo, hi) = slot_bounds(s);
+                        [lo * unit, hi * unit, *n]
+                    })
+                    .collect();
+                let v = serde_json::json!({
+                    "kind": kind_name(k.kind), "port": k.port, "count": h.count,
+                    "p50_ns": q(0.5), "p90_ns": q(0.9), "p99_ns": q(0.99), "max_ns": h.max * unit,
+                    "mean_ns": h.sum * unit / h.count.max(1), "buckets": buckets,
+                });
+                if !print_line(&v.to_string()) {
+                    return Ok(());
+                }
+                continue;
+            }
+            let mut text = format!(
+                "{} :{} n={} p50 {} p90 {} p99 {} max {}",
+                kind_name(k.kind),
+                k.port,
+                h.count,
+                human_ns(q(0.5)),
+                human_ns(q(0.9)),
+                human_ns(q(0.99)),
+                human_ns(h.max * unit)
+            );
+            let peak = h.slots.iter().copied().max().unwrap_or(1).max(1);
+            for (s, n) in h.slots.iter().enumerate().filter(|(_, n)| **n > 0) {
+                let (lo, hi) = slot_bounds(s);
+                let bar = "#".repeat(((n * 40).div_ceil(peak)) as usize);
+                text.push_str(&format!("\n  [{:>9}, {:>9}) {:<40} {n}", human_ns(lo * unit), human_ns(hi * unit), bar));
+            }
+            if !print_line(&text) {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Connection lifecycle records and latency histograms, from the kernel's
+//! `conn_event` and `latency_hist` (bpf/lifecycle.bpf.c).
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use serde::Serialize;
+
+use crate::bpf::lifecycle::types::{self, conn_event, latency_hist};
+
+/// TCP states (include/net/tcp_states.h, stable UAPI numbering).
+pub fn state_name(s: u8) -> &'static str {
+    match s {
+        1 => "ESTABLISHED",
+        2 => "SYN_SENT",
+        3 => "SYN_RECV",
+        4 => "FIN_WAIT1",
+        5 => "FIN_WAIT2",
+        6 => "TIME_WAIT",
+        7 => "CLOSE",
+        8 => "CLOSE_WAIT",
+        9 => "LAST_ACK",
+        10 => "LISTEN",
+        11 => "CLOSING",
+        12 => "NEW_SYN_RECV",
+        _ => "UNKNOWN",
+    }
+}
+
+/// The event kind's name, as in JSON `event`.
+pub fn kind_name(k: u8) -> &'static str {
+    use types::conn_event_kind as K;
+    match u32::from(k) {
+        x if x == K::CONN_CONNECT.0 => "connect",
+        x if x == K::CONN_ESTABLISHED_OUT.0 => "established_out",
+        x if x == K::CONN_ESTABLISHED_IN.0 => "established_in",
+        x if x == K::CONN_ACCEPT.0 => "accept",
+        x if x == K::CONN_STATE.0 => "state",
+        x if x == K::CONN_CLOSE.0 => "close",
+        x if x == K::CONN_RETRANSMIT.0 => "retransmit",
+        x if x == K::CONN_RESET_RX.0 => "reset_received",
+        x if x == K::CONN_RESET_TX.0 => "reset_sent",
+        x if x == K::CONN_DROP.0 => "drop",
+        x if x == K::CONN_ZERO_WINDOW.0 => "zero_window",
+        x if x == K::CONN_WINDOW_REOPEN.0 => "window_reopen",
+        x if x == K::CONN_RCVQ_FULL.0 => "rcvqueue_full",
+        _ => "unknown",
+    }
+}
+
+fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
+    if family == 6 {
+        IpAddr::V6(Ipv6Addr::from(*raw))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+/// The key that names one connection in both packet and lifecycle output:
+/// network namespace, then local and peer endpoint.
+pub fn conn_key(netns: u32, local: IpAddr, lport: u16, peer: IpAddr, pport: u16) -> String {
+    let ep = |a: IpAddr, p: u16| match a {
+        IpAddr::V4(a) => format!("{a}:{p}"),
+        IpAddr::V6(a) => format!("[{a}]:{p}"),
+    };
+    format!("{netns}/{}-{}", ep(local, lport), ep(peer, pport))
+}
+
+/// One lifecycle event, owned; its serde form is the `conns --json` schema.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnRecord {
+    pub ts_ns: u64,
+    pub event: &'static str,
+    pub conn: String,
+    pub netns: u32,
+    pub cookie: u64,
+    pub cgroup_id: u64,
+    pub ip_version: u8,
+    pub local: IpAddr,
+    pub lport: u16,
+    pub peer: IpAddr,
+    pub pport: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub comm: Option<String>,
+    pub state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub old_state: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_ns: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<ConnStats>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ConnStats {
+    pub bytes_received: u64,
+    pub bytes_acked: u64,
+    pub segs_in: u32,
+    pub segs_out: u32,
+    pub total_retrans: u32,
+    pub srtt_us: u32,
+    pub rttvar_us: u32,
+    pub snd_cwnd: u32,
+    pub snd_wnd: u32,
+    pub rcv_wnd: u32,
+}
+
+impl ConnRecord {
+    /// `reason_name` maps a DROP or RESET_TX reason number to its kernel name.
+    pub fn from_event(e: &conn_event, ts_ns: u64, reason_name: &dyn Fn(u8, u32) -> String) -> Self {
+        use types::conn_event_kind as K;
+        let kind = u32::from(e.kind);
+        let local = addr(e.family, &e.saddr);
+        let peer = addr(e.family, &e.daddr);
+        let comm_len = e.comm.iter().position(|c| *c == 0).unwrap_or(e.comm.len());
+        let with_stats = [K::CONN_CLOSE.0, K::CONN_ESTABLISHED_IN.0, K::CONN_ESTABLISHED_OUT.0, K::CONN_RETRANSMIT.0,
+            K::CONN_ZERO_WINDOW.0, K::CONN_WINDOW_REOPEN.0, K::CONN_RESET_RX.0, K::CONN_RCVQ_FULL.0]
+            .contains(&kind);
+        ConnRecord {
+            ts_ns,
+            event: kind_name(e.kind),
+            conn: conn_key(e.netns, local, e.sport, peer, e.dport),
+            netns: e.netns,
+            cookie: e.cookie,
+            cgroup_id: e.cgroup_id,
+            ip_version: e.family,
+            local,
+            lport: e.sport,
+            peer,
+            pport: e.dport,
+            pid: (e.pid != 0).then_some(e.pid),
+            comm: (e.pid != 0).then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
+            state: state_name(e.newstate),
+            old_state: (kind == K::CONN_STATE.0 || e.oldstate != 0).then(|| state_name(e.oldstate)),
+            latency_ns: (kind == K::CONN_ESTABLISHED_IN.0 || kind == K::CONN_ESTABLISHED_OUT.0)
+                .then_some(e.latency_ns)
+                .filter(|l| *l > 0),
+            duration_ns: (kind == K::CONN_CLOSE.0).then_some(e.duration_ns).filter(|d| *d > 0),
+            stats: with_stats.then(|| ConnStats {
+                bytes_received: e.bytes_received,
+                bytes_acked: e.bytes_acked,
+                segs_in: e.segs_in,
+                segs_out: e.segs_out,
+                total_retrans: e.total_retrans,
+                srtt_us: e.srtt_us,
+                rttvar_us: e.rttvar_us,
+                snd_cwnd: e.snd_cwnd,
+                snd_wnd: e.snd_wnd,
+                rcv_wnd: e.rcv_wnd,
+            }),
+            reason: (kind == K::CONN_DROP.0 || kind == K::CONN_RESET_TX.0).then(|| reason_name(e.kind, e.reason)),
+        }
+    }
+
+    /// One line of text.
+    pub fn text(&self) -> String {
+        let secs = self.ts_ns / 1_000_000_000;
+        let day = secs % 86_400;
+        let mut s = format!(
+            "{:02}:{:02}:{:02}.{:06} {:<15} {} {}:{} <-> {}:{}",
+            day / 3600,
+            (day / 60) % 60,
+            day % 60,
+            (self.ts_ns % 1_000_000_000) / 1000,
+            self.event,
+            self.state,
+            self.local,
+            self.lport,
+            self.peer,
+            self.pport
+        );
+        if let (Some(pid), Some(comm)) = (self.pid, &self.comm) {
+            let _ = write!(s, " pid {pid} ({comm})");
+        }
+        if let Some(l) = self.latency_ns {
+            let _ = write!(s, " latency {}", human_ns(l));
+        }
+        if let Some(d) = self.duration_ns {
+            let _ = write!(s, " duration {}", human_ns(d));
+        }
+        if let Some(st) = &self.stats {
+            if self.event == "close" {
+                let _ = write!(
+                    s,
+                    " rx {}B acked {}B segs in {} out {} retrans {}",
+                    st.bytes_received, st.bytes_acked, st.segs_in, st.segs_out, st.total_retrans
+                );
+            }
+            let _ = write!(s, " srtt {}us cwnd {} snd_wnd {} rcv_wnd {}", st.srtt_us, st.snd_cwnd, st.snd_wnd, st.rcv_wnd);
+        }
+        if let Some(r) = &self.reason {
+            let _ = write!(s, " reason {r}");
+        }
+        s
+    }
+}
+
+pub fn human_ns(ns: u64) -> String {
+    match ns {
+        n if n >= 1_000_000_000 => format!("{:.2}s", n as f64 / 1e9),
+        n if n >= 1_000_000 => format!("{:.2}ms", n as f64 / 1e6),
+        n if n >= 1_000 => format!("{:.1}us", n as f64 / 1e3),
+        n => format!("{n}ns"),
+    }
+}
+
+/// [lower, upper) bounds of histogram slot `s` (see lat_slot in the kernel).
+pub fn slot_bounds(s: usize) -> (u64, u64) {
+    let sub_bits = types::latency_limits::LAT_SUB_BITS.0 as usize;
+    let per = 1usize << sub_bits;
+    if s < per {
+        return (s as u64, s as u64 + 1);
+    }
+    let msb = s / per + sub_bits - 1;
+    let sub = (s % per) as u64;
+    let shift = (msb - sub_bits) as u32;
+    let lo = (per as u64 + sub) << shift;
+    (lo, lo + (1u64 << shift))
+}
+
+/// The q-quantile (0..1) of a histogram: the midpoint of the bucket that
+/// holds it, never above the recorded maximum.
+pub fn quantile(h: &latency_hist, q: f64) -> u64 {
+    if h.count == 0 {
+        return 0;
+    }
+    let target = ((h.count as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for (s, n) in h.slots.iter().enumerate() {
+        seen += n;
+        if seen >= target {
+            let (lo, hi) = slot_bounds(s);
+            return ((lo + hi) / 2).min(h.max);
+        }
+    }
+    h.max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same slot function as the kernel's lat_slot, for checking bounds.
+    fn slot(v: u64) -> usize {
+        if v < 4 {
+            return v as usize;
+        }
+        let msb = 63 - v.leading_zeros() as usize;
+        let sub = ((v >> (msb - 2)) & 3) as usize;
+        (msb - 1) * 4 + sub
+    }
+
+    #[test]
+    fn bounds_hold_their_values() {
+        for v in [0u64, 1, 3, 4, 7, 8, 9, 15, 16, 1000, 50_000_000, 1 << 40, u64::MAX >> 1] {
+            let (lo, hi) = slot_bounds(slot(v));
+            assert!(lo <= v && v < hi, "{v}: [{lo},{hi})");
+            assert!(hi - lo <= lo.max(4) / 4 + 1, "bucket width within 1/4: {v}");
+        }
+    }
+
+    #[test]
+    fn quantiles_within_a_bucket() {
+        let mut h = latency_hist::default();
+        for v in [48_000_000u64, 50_000_000, 51_000_000, 52_000_000, 49_000_000] {
+            h.slots[slot(v)] += 1;
+            h.count += 1;
+            h.max = h.max.max(v);
+        }
+        let p50 = quantile(&h, 0.5) as f64;
+        assert!((p50 - 50e6).abs() / 50e6 < 0.15, "{p50}");
+        assert_eq!(quantile(&h, 1.0), 52_000_000);
+    }
+
+    #[test]
+    fn conn_keys() {
+        let k = conn_key(7, "198.18.0.2".parse().unwrap(), 8080, "198.18.0.1".parse().unwrap(), 40000);
+        assert_eq!(k, "7/198.18.0.2:8080-198.18.0.1:40000");
+        let k6 = conn_key(7, "2001:db8::2".parse().unwrap(), 80, "2001:db8::1".parse().unwrap(), 1);
+        assert_eq!(k6, "7/[2001:db8::2]:80-[2001:db8::1]:1");
+    }
+}
