@@ -39,9 +39,11 @@ struct sock_info {
 	__u64 start_ns; /* SYN_SENT, or the first SYN of an incoming connection */
 	__u32 pid;
 	__u8 comm[16];
+	__u16 sport;      /* ports once known: at close the kernel has already */
+	__u16 dport;      /* released the local port (skc_num reads 0) */
 	__u8 passive;
 	__u8 zero_window; /* the peer's window is 0 right now */
-	__u8 _pad[2];
+	__u8 _pad[6];
 };
 
 /* First SYN of an incoming connection, from the receive path. */
@@ -340,6 +342,8 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		bool in = oldstate == TCP_SYN_RECV;
 		if (si) {
 			e.latency_ns = now - si->start_ns;
+			si->sport = e.sport;
+			si->dport = e.dport;
 			e.pid = si->pid;
 			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
 			lat_record(in ? e.sport : e.dport, in ? LAT_HANDSHAKE : LAT_CONNECT, e.latency_ns);
@@ -351,8 +355,13 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		submit(&e);
 		return 0;
 	}
-	if (newstate == TCP_CLOSE) {
+	/* A listener closing is no connection's end: a plain state change. */
+	if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
 		if (si) {
+			if (!e.sport)
+				e.sport = si->sport;
+			if (!e.dport)
+				e.dport = si->dport;
 			e.duration_ns = now - si->start_ns;
 			e.pid = si->pid;
 			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
@@ -472,12 +481,21 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 		return 0;
 	struct conn_event e = {};
 	__u8 flags = 0;
-	if (!tuple_from_skb(skb, &e, &flags) || !port_wanted(&e))
+	if (!tuple_from_skb(skb, &e, &flags))
+		return 0;
+	/* With a socket (the receiving one, or the skb's owner for queued data),
+	 * name the connection from it: the packet may be going either way. */
+	struct sock *sk = rx_sk ? rx_sk : BPF_CORE_READ(skb, sk);
+	if (sk) {
+		tuple_from_sock(sk, &e);
+		e.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+		e.newstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+		fill_owner(&e, (__u64)sk);
+	}
+	if (!port_wanted(&e))
 		return 0;
 	e.kind = CONN_DROP;
 	e.reason = reason;
-	if (rx_sk)
-		e.cookie = bpf_get_socket_cookie(rx_sk);
 	submit(&e);
 	return 0;
 }

@@ -17,7 +17,7 @@ task="${1:-demo}"
 # Run and test: iproute2 (test hosts), tshark (independent decoder),
 # tcpdump and ethtool (captures, benchmarks), bpftool (link checks),
 # util-linux (setpriv, for the no-privilege test).
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool bpftool util-linux)
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables bpftool util-linux)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: run as root (sudo $0 $task): it installs packages and loads BPF programs" >&2

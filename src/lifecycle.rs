@@ -48,9 +48,13 @@ pub fn kind_name(k: u8) -> &'static str {
     }
 }
 
+/// The address as a user sees it: a dual-stack socket's IPv4-mapped
+/// address (::ffff:a.b.c.d) is shown, and keyed, as the IPv4 address the
+/// packets carry.
 fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
     if family == 6 {
-        IpAddr::V6(Ipv6Addr::from(*raw))
+        let a = Ipv6Addr::from(*raw);
+        a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
     } else {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
     }
@@ -84,7 +88,9 @@ pub struct ConnRecord {
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
-    pub state: &'static str,
+    /// Socket state after the event; absent when no socket was involved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub old_state: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -119,9 +125,17 @@ impl ConnRecord {
         let local = addr(e.family, &e.saddr);
         let peer = addr(e.family, &e.daddr);
         let comm_len = e.comm.iter().position(|c| *c == 0).unwrap_or(e.comm.len());
-        let with_stats = [K::CONN_CLOSE.0, K::CONN_ESTABLISHED_IN.0, K::CONN_ESTABLISHED_OUT.0, K::CONN_RETRANSMIT.0,
-            K::CONN_ZERO_WINDOW.0, K::CONN_WINDOW_REOPEN.0, K::CONN_RESET_RX.0, K::CONN_RCVQ_FULL.0]
-            .contains(&kind);
+        let with_stats = [
+            K::CONN_CLOSE.0,
+            K::CONN_ESTABLISHED_IN.0,
+            K::CONN_ESTABLISHED_OUT.0,
+            K::CONN_RETRANSMIT.0,
+            K::CONN_ZERO_WINDOW.0,
+            K::CONN_WINDOW_REOPEN.0,
+            K::CONN_RESET_RX.0,
+            K::CONN_RCVQ_FULL.0,
+        ]
+        .contains(&kind);
         ConnRecord {
             ts_ns,
             event: kind_name(e.kind),
@@ -129,14 +143,14 @@ impl ConnRecord {
             netns: e.netns,
             cookie: e.cookie,
             cgroup_id: e.cgroup_id,
-            ip_version: e.family,
+            ip_version: if local.is_ipv4() { 4 } else { 6 },
             local,
             lport: e.sport,
             peer,
             pport: e.dport,
             pid: (e.pid != 0).then_some(e.pid),
             comm: (e.pid != 0).then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
-            state: state_name(e.newstate),
+            state: (e.newstate != 0).then(|| state_name(e.newstate)),
             old_state: (kind == K::CONN_STATE.0 || e.oldstate != 0).then(|| state_name(e.oldstate)),
             latency_ns: (kind == K::CONN_ESTABLISHED_IN.0 || kind == K::CONN_ESTABLISHED_OUT.0)
                 .then_some(e.latency_ns)
@@ -154,7 +168,8 @@ impl ConnRecord {
                 snd_wnd: e.snd_wnd,
                 rcv_wnd: e.rcv_wnd,
             }),
-            reason: (kind == K::CONN_DROP.0 || kind == K::CONN_RESET_TX.0).then(|| reason_name(e.kind, e.reason)),
+            reason: (kind == K::CONN_DROP.0 || kind == K::CONN_RESET_TX.0)
+                .then(|| reason_name(e.kind, e.reason)),
         }
     }
 
@@ -169,7 +184,7 @@ impl ConnRecord {
             day % 60,
             (self.ts_ns % 1_000_000_000) / 1000,
             self.event,
-            self.state,
+            self.state.unwrap_or("-"),
             self.local,
             self.lport,
             self.peer,
@@ -192,7 +207,11 @@ impl ConnRecord {
                     st.bytes_received, st.bytes_acked, st.segs_in, st.segs_out, st.total_retrans
                 );
             }
-            let _ = write!(s, " srtt {}us cwnd {} snd_wnd {} rcv_wnd {}", st.srtt_us, st.snd_cwnd, st.snd_wnd, st.rcv_wnd);
+            let _ = write!(
+                s,
+                " srtt {}us cwnd {} snd_wnd {} rcv_wnd {}",
+                st.srtt_us, st.snd_cwnd, st.snd_wnd, st.rcv_wnd
+            );
         }
         if let Some(r) = &self.reason {
             let _ = write!(s, " reason {r}");

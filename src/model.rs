@@ -117,6 +117,10 @@ pub struct PacketRecord {
     /// Wireshark counts (every record, TCP or not).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frame: Option<u64>,
+    /// Live only: the connection key shared with `conns` events
+    /// (netns/local:port-peer:port; the local side is the destination).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn: Option<String>,
 }
 
 /// The names of the flags set in `flags_raw`, in schema order.
@@ -213,6 +217,7 @@ impl PacketRecord {
             payload_hex: payload.map(hex),
             malformed: (ev.malformed != 0).then(|| malformed_name(ev.malformed)),
             frame: None,
+            conn: None,
         }
     }
 }

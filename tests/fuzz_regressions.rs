@@ -57,5 +57,8 @@ fn nine_extension_headers_are_refused_by_name() {
     .unwrap();
     let mut ev = packet_event::default();
     let o = decode(LinkType::Ethernet, &data[1..], data.len() as u32 - 1, &mut ev);
-    assert_eq!(o, Outcome::Malformed(tcpscope::bpf::types::tcpscope_malformed::MALFORMED_IPV6_EXT_TOO_MANY.0 as u8));
+    assert_eq!(
+        o,
+        Outcome::Malformed(tcpscope::bpf::types::tcpscope_malformed::MALFORMED_IPV6_EXT_TOO_MANY.0 as u8)
+    );
 }

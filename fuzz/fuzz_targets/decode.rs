@@ -20,7 +20,7 @@ fuzz_target!(|data: &[u8]| {
         let payload = tcpscope::cmd::watch::payload_of(&ev, frame, u32::from(sel));
         for format in [Format::Json, Format::Text] {
             let mut out = Emitter::new(Vec::new(), format);
-            let p = Packet { ev: &ev, ts_ns: u64::from(sel), payload, frame: Some(1), ifname: "fuzz" };
+            let p = Packet { ev: &ev, ts_ns: u64::from(sel), payload, frame: Some(1), netns: Some(1), ifname: "fuzz" };
             out.emit(&p).expect("writing to a Vec");
         }
     }

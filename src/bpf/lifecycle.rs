@@ -78,7 +78,9 @@ pub fn start(config: types::lifecycle_config) -> Result<Lifecycle> {
         }
     }
     if links.is_empty() {
-        anyhow::bail!("no lifecycle tracepoint could be attached (is this kernel built with BTF tracepoints?)");
+        anyhow::bail!(
+            "no lifecycle tracepoint could be attached (is this kernel built with BTF tracepoints?)"
+        );
     }
     Ok(Lifecycle { skel, links, unavailable })
 }

@@ -31,12 +31,16 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     };
     let lc = lifecycle::start(config)?;
     report_unavailable(&lc);
-    eprintln!("tcpscope: following TCP connections in every network namespace ({} tracepoints); Ctrl-C to stop", lc.links.len());
+    eprintln!(
+        "tcpscope: following TCP connections in every network namespace ({} tracepoints); Ctrl-C to stop",
+        lc.links.len()
+    );
 
     let drop_names = lifecycle::kernel_enum_names("skb_drop_reason", "SKB_DROP_REASON_");
     let rst_names = lifecycle::kernel_enum_names("sk_rst_reason", "SK_RST_REASON_");
     let reason = |kind: u8, r: u32| -> String {
-        let names = if u32::from(kind) == types::conn_event_kind::CONN_DROP.0 { &drop_names } else { &rst_names };
+        let names =
+            if u32::from(kind) == types::conn_event_kind::CONN_DROP.0 { &drop_names } else { &rst_names };
         names.get(&r).cloned().unwrap_or_else(|| format!("reason {r}"))
     };
     let offset = monotonic_to_realtime_offset();
@@ -54,7 +58,9 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
             return 0;
         }
         let mut e = types::conn_event::default();
-        if plain::copy_from_bytes(&mut e, &d[..d.len().min(std::mem::size_of::<types::conn_event>())]).is_err() {
+        if plain::copy_from_bytes(&mut e, &d[..d.len().min(std::mem::size_of::<types::conn_event>())])
+            .is_err()
+        {
             return 0;
         }
         if let Some(pid) = args.pid {

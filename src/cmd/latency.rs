@@ -42,11 +42,19 @@ pub fn read_histograms(lc: &lifecycle::Lifecycle) -> Vec<(types::latency_key, ty
 }
 
 pub fn run(args: &LatencyArgs) -> Result<()> {
-    ensure!(args.interval.is_finite() && args.interval >= 0.1, "--interval {}: use at least 0.1 seconds", args.interval);
+    ensure!(
+        args.interval.is_finite() && args.interval >= 0.1,
+        "--interval {}: use at least 0.1 seconds",
+        args.interval
+    );
     let stop = stop_flag()?;
-    let lc = lifecycle::start(types::lifecycle_config { port: args.port.unwrap_or(0), ..Default::default() })?;
+    let lc =
+        lifecycle::start(types::lifecycle_config { port: args.port.unwrap_or(0), ..Default::default() })?;
     report_unavailable(&lc);
-    eprintln!("tcpscope: collecting handshake, connect and RTT latency; report every {}s; Ctrl-C to stop", args.interval);
+    eprintln!(
+        "tcpscope: collecting handshake, connect and RTT latency; report every {}s; Ctrl-C to stop",
+        args.interval
+    );
     let mut reports = 0;
     while !stop.load(Ordering::SeqCst) && args.count.is_none_or(|c| reports < c) {
         let deadline = Instant::now() + Duration::from_secs_f64(args.interval);
@@ -96,7 +104,12 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
             for (s, n) in h.slots.iter().enumerate().filter(|(_, n)| **n > 0) {
                 let (lo, hi) = slot_bounds(s);
                 let bar = "#".repeat(((n * 40).div_ceil(peak)) as usize);
-                text.push_str(&format!("\n  [{:>9}, {:>9}) {:<40} {n}", human_ns(lo * unit), human_ns(hi * unit), bar));
+                text.push_str(&format!(
+                    "\n  [{:>9}, {:>9}) {:<40} {n}",
+                    human_ns(lo * unit),
+                    human_ns(hi * unit),
+                    bar
+                ));
             }
             if !print_line(&text) {
                 return Ok(());

@@ -3,8 +3,8 @@
 pub mod bench;
 pub mod bench_read;
 pub mod conns;
-pub mod latency;
 pub mod demo;
+pub mod latency;
 pub mod read;
 pub mod stats;
 pub mod watch;

@@ -106,6 +106,7 @@ pub fn run(args: &ReadArgs) -> Result<()> {
                 ts_ns: it.ts_ns,
                 payload: it.payload.map(|(a, b)| &batch.payload[a..b]),
                 frame: Some(it.frame),
+                netns: None,
                 ifname: &batch.ifname,
             };
             if out.emit(&packet).is_err() {

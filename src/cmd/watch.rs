@@ -32,8 +32,23 @@ pub struct LiveRecord<'a> {
 
 impl LiveRecord<'_> {
     pub fn packet<'a>(&'a self, ifname: &'a str) -> Packet<'a> {
-        Packet { ev: &self.ev, ts_ns: self.ts_ns, payload: self.payload, frame: None, ifname }
+        Packet {
+            ev: &self.ev,
+            ts_ns: self.ts_ns,
+            payload: self.payload,
+            frame: None,
+            netns: own_netns(),
+            ifname,
+        }
     }
+}
+
+/// The inode of this process's network namespace, which is the namespace of
+/// the interface `watch` attached to.
+pub fn own_netns() -> Option<u32> {
+    use std::os::unix::fs::MetadataExt;
+    static NS: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
+    *NS.get_or_init(|| std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino() as u32))
 }
 
 /// Decodes one ring-buffer record: an event, maybe followed by the frame's

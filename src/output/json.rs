@@ -77,16 +77,24 @@ pub fn write_event(
     ts_ns: u64,
     payload: Option<&[u8]>,
     frame: Option<u64>,
+    conn: Option<&str>,
 ) {
     LINE.with(|line| {
         let mut line = line.borrow_mut();
         line.len = 0;
-        fill(&mut line, ev, ts_ns, payload, frame);
+        fill(&mut line, ev, ts_ns, payload, frame, conn);
         out.extend_from_slice(&line.buf[..line.len]);
     })
 }
 
-fn fill(out: &mut Line, ev: &packet_event, ts_ns: u64, payload: Option<&[u8]>, frame: Option<u64>) {
+fn fill(
+    out: &mut Line,
+    ev: &packet_event,
+    ts_ns: u64,
+    payload: Option<&[u8]>,
+    frame: Option<u64>,
+    conn: Option<&str>,
+) {
     let has = |bit: u32| u32::from(ev.opt_present) & bit != 0;
     let ipf = |bit: u32| u32::from(ev.ip_flags) & bit != 0;
     out.put(b"{\"ts_ns\":");
@@ -251,6 +259,12 @@ fn fill(out: &mut Line, ev: &packet_event, ts_ns: u64, payload: Option<&[u8]>, f
         out.put(b",\"frame\":");
         out.num(f);
     }
+    if let Some(c) = conn {
+        // Digits, dots, colons, brackets, slashes and a dash: no escaping.
+        out.put(b",\"conn\":\"");
+        out.put(c.as_bytes());
+        out.byte(b'"');
+    }
     out.byte(b'}');
 }
 
@@ -291,8 +305,10 @@ mod tests {
             let frame = (i % 3 == 0).then_some(i as u64 + 1);
             let mut rec = PacketRecord::from_event(&ev, 1_700_000_000_000_000_000 + i as u64, payload);
             rec.frame = frame;
+            let conn = (i % 5 == 0).then(|| format!("4026531840/198.18.0.2:{i}-198.18.0.1:1"));
+            rec.conn = conn.clone();
             let mut fast = Vec::new();
-            write_event(&mut fast, &ev, rec.ts_ns, payload, frame);
+            write_event(&mut fast, &ev, rec.ts_ns, payload, frame, conn.as_deref());
             assert_eq!(String::from_utf8(fast).unwrap(), serde_json::to_string(&rec).unwrap(), "frame {i}");
             compared += 1;
         }

@@ -28,6 +28,9 @@ pub struct Packet<'a> {
     pub payload: Option<&'a [u8]>,
     /// Record number in a capture file (offline only).
     pub frame: Option<u64>,
+    /// Network namespace the packet arrived in (live only): with it the
+    /// record carries the connection key that `conns` events use.
+    pub netns: Option<u32>,
     /// Interface name for text output.
     pub ifname: &'a str,
 }
@@ -37,7 +40,27 @@ impl Packet<'_> {
     pub fn record(&self) -> PacketRecord {
         let mut rec = PacketRecord::from_event(self.ev, self.ts_ns, self.payload);
         rec.frame = self.frame;
+        rec.conn = self.conn_key();
         rec
+    }
+
+    /// The connection key, as `conns` prints it: local = destination.
+    pub fn conn_key(&self) -> Option<String> {
+        let ns = self.netns?;
+        let rec_addr = |raw: &[u8; 16]| -> std::net::IpAddr {
+            if self.ev.ip_version == 4 {
+                std::net::IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
+            } else {
+                std::net::IpAddr::from(*raw)
+            }
+        };
+        Some(crate::lifecycle::conn_key(
+            ns,
+            rec_addr(&self.ev.dst),
+            self.ev.dport,
+            rec_addr(&self.ev.src),
+            self.ev.sport,
+        ))
     }
 }
 
@@ -56,7 +79,9 @@ impl<W: Write> Emitter<W> {
     pub fn emit(&mut self, p: &Packet<'_>) -> io::Result<()> {
         self.line.clear();
         match self.format {
-            Format::Json => json::write_event(&mut self.line, p.ev, p.ts_ns, p.payload, p.frame),
+            Format::Json => {
+                json::write_event(&mut self.line, p.ev, p.ts_ns, p.payload, p.frame, p.conn_key().as_deref())
+            }
             Format::Text => self.line.extend_from_slice(format_text(&p.record(), p.ifname).as_bytes()),
         }
         self.line.push(b'\n');

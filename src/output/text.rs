@@ -155,6 +155,7 @@ mod tests {
             payload_hex: None,
             malformed: None,
             frame: None,
+            conn: None,
         };
         assert_eq!(
             format_text(&r, "veth1"),
