@@ -225,3 +225,132 @@ fn zero_window_and_reopen() {
     assert!(!find(&evs, "zero_window", cns).is_empty(), "zero window seen by the sender: {evs:#?}");
     assert!(!find(&evs, "window_reopen", cns).is_empty(), "and its reopening");
 }
+
+/// A raw-socket client that sends its SYN, waits for the SYN-ACK, and sends
+/// the final ACK only `delay` later: the server's handshake takes `delay`.
+fn delayed_handshakes(port: u16, n: u16, delay: Duration) {
+    use etherparse::{PacketBuilder, SlicedPacket, TransportSlice};
+    use tcpscope::testhost::CLIENT_V4;
+
+    // SAFETY: plain socket(2) calls; fds are checked and closed below.
+    let (tx, rx) = unsafe {
+        (
+            libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW),
+            libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP),
+        )
+    };
+    assert!(tx >= 0 && rx >= 0, "raw sockets: {}", std::io::Error::last_os_error());
+    let tv = libc::timeval { tv_sec: 2, tv_usec: 0 };
+    // SAFETY: tv outlives the call; its size is passed.
+    unsafe {
+        libc::setsockopt(
+            rx,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            &tv as *const _ as *const libc::c_void,
+            std::mem::size_of_val(&tv) as u32,
+        )
+    };
+    let dst = libc::sockaddr_in {
+        sin_family: libc::AF_INET as u16,
+        sin_port: 0,
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(SERVER_V4.octets()) },
+        sin_zero: [0; 8],
+    };
+    let send = |pkt: &[u8]| {
+        // SAFETY: pkt and dst are valid for the call.
+        let r = unsafe {
+            libc::sendto(
+                tx,
+                pkt.as_ptr() as *const libc::c_void,
+                pkt.len(),
+                0,
+                &dst as *const _ as *const libc::sockaddr,
+                std::mem::size_of_val(&dst) as u32,
+            )
+        };
+        assert_eq!(r, pkt.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+    };
+    for i in 0..n {
+        let (sport, isn) = (41000 + i, 1_000_000 * u32::from(i + 1));
+        let mut syn = Vec::new();
+        PacketBuilder::ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), 64)
+            .tcp(sport, port, isn, 64240)
+            .syn()
+            .write(&mut syn, &[])
+            .unwrap();
+        send(&syn);
+        let server_isn = loop {
+            let mut buf = [0u8; 2048];
+            // SAFETY: buf is valid for its length.
+            let got = unsafe { libc::recv(rx, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0) };
+            assert!(got > 0, "no SYN-ACK: {}", std::io::Error::last_os_error());
+            let Ok(p) = SlicedPacket::from_ip(&buf[..got as usize]) else { continue };
+            if let Some(TransportSlice::Tcp(t)) = p.transport {
+                if t.source_port() == port && t.destination_port() == sport && t.syn() && t.ack() {
+                    break t.sequence_number();
+                }
+            }
+        };
+        std::thread::sleep(delay);
+        let mut ack = Vec::new();
+        PacketBuilder::ipv4(CLIENT_V4.octets(), SERVER_V4.octets(), 64)
+            .tcp(sport, port, isn.wrapping_add(1), 502)
+            .ack(server_isn.wrapping_add(1))
+            .write(&mut ack, &[])
+            .unwrap();
+        send(&ack);
+    }
+    // SAFETY: closing our own fds.
+    unsafe {
+        libc::close(tx);
+        libc::close(rx);
+    }
+}
+
+#[test]
+fn handshake_latency_matches_a_delayed_final_ack() {
+    const PORT: u16 = 18085;
+    const N: u16 = 10;
+    let delay = Duration::from_millis(50);
+    let hosts = TestHosts::new("lclat").unwrap();
+    // The client's own kernel has no socket for these handshakes and would
+    // answer the SYN-ACK with a reset: keep its resets in.
+    let mut nft = TestHosts::command_in(&hosts.client_ns, "nft");
+    nft.args(["-f", "-"]).stdin(Stdio::piped());
+    let mut child = nft.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"add table inet norst\nadd chain inet norst out { type filter hook output priority 0; }\nadd rule inet norst out tcp flags & rst == rst drop\n")
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["latency", "--json", "--port", &PORT.to_string(), "--interval", "0.5"]).stdout(Stdio::piped());
+    let (mut lat, _) = ChildGuard::spawn_until_ready(cmd, "collecting", Duration::from_secs(30)).unwrap();
+
+    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
+        .join()
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || (0..N).map(|_| listener.accept().unwrap().0).collect::<Vec<_>>());
+    TestHosts::run_in(&hosts.client_ns, move || delayed_handshakes(PORT, N, delay)).join().unwrap().unwrap();
+    let accepted = server.join().unwrap();
+    assert_eq!(accepted.len(), N as usize);
+    std::thread::sleep(Duration::from_millis(1200)); // one more report
+    lat.interrupt_and_wait(Duration::from_secs(20)).unwrap();
+    let out = stdout_of(&mut lat);
+    let last = out
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|v| v["kind"] == "handshake" && v["port"] == PORT)
+        .last()
+        .unwrap_or_else(|| panic!("no handshake histogram: {out}"));
+    assert_eq!(last["count"], N);
+    let p50 = last["p50_ns"].as_u64().unwrap() as f64;
+    let want = delay.as_nanos() as f64;
+    assert!((p50 - want).abs() / want <= 0.20, "handshake p50 {p50} ns vs delay {want} ns: {last}");
+    drop(accepted);
+}
