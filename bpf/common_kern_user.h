@@ -224,6 +224,7 @@ enum conn_event_kind {
 	CONN_ZERO_WINDOW,       /* the peer advertised a zero window */
 	CONN_WINDOW_REOPEN,     /* ... and opened it again */
 	CONN_RCVQ_FULL,         /* sock:sock_rcvqueue_full */
+	CONN_RETRANSMIT_SYNACK, /* tcp:tcp_retransmit_synack: the peer has not ACKed our SYN-ACK */
 	CONN_KIND_MAX,
 };
 
@@ -235,11 +236,12 @@ enum latency_kind {
 	LAT_KINDS,
 };
 
-/* Log-linear buckets: 4 per power of two, so a bucket's width is at most
- * 1/4 of its lower bound. Values in ns (RTT in us). */
+/* Log-linear buckets: 8 per power of two, so a bucket's width is at most
+ * 1/8 of its lower bound and a percentile read off a bucket's middle is
+ * within about 6%. Values in ns (RTT in us). */
 enum latency_limits {
-	LAT_SLOTS = 256,
-	LAT_SUB_BITS = 2,
+	LAT_SLOTS = 512,
+	LAT_SUB_BITS = 3,
 };
 
 struct latency_key {

@@ -131,24 +131,30 @@ static __always_inline void lat_record(__u16 port, __u8 kind, __u64 v)
 		h->max = v; /* racy max: a rare lost update only lowers it */
 }
 
-/* Local and peer address/port of a socket, into the event. */
-static __always_inline void tuple_from_sock(const struct sock *sk, struct conn_event *e)
+/* Local and peer address/port from the common part of a socket (full,
+ * request or timewait sockets all start with it), into the event. */
+static __always_inline void tuple_from_common(const struct sock_common *c, struct conn_event *e)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	e->sport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	e->dport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
-	e->netns = BPF_CORE_READ(sk, __sk_common.skc_net.net, ns.inum);
+	__u16 family = BPF_CORE_READ(c, skc_family);
+	e->sport = BPF_CORE_READ(c, skc_num);
+	e->dport = bpf_ntohs(BPF_CORE_READ(c, skc_dport));
+	e->netns = BPF_CORE_READ(c, skc_net.net, ns.inum);
 	if (family == AF_INET6) {
 		e->family = 6;
-		BPF_CORE_READ_INTO(&e->saddr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&e->daddr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&e->saddr, c, skc_v6_rcv_saddr.in6_u.u6_addr8);
+		BPF_CORE_READ_INTO(&e->daddr, c, skc_v6_daddr.in6_u.u6_addr8);
 	} else {
 		e->family = 4;
-		__u32 s = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
-		__u32 d = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__u32 s = BPF_CORE_READ(c, skc_rcv_saddr);
+		__u32 d = BPF_CORE_READ(c, skc_daddr);
 		__builtin_memcpy(e->saddr, &s, 4);
 		__builtin_memcpy(e->daddr, &d, 4);
 	}
+}
+
+static __always_inline void tuple_from_sock(const struct sock *sk, struct conn_event *e)
+{
+	tuple_from_common(&sk->__sk_common, e);
 }
 
 /* Addresses and ports of the TCP packet in skb, as seen by the receiver:
@@ -224,10 +230,16 @@ static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_ev
 	e->rcv_wnd = BPF_CORE_READ(tp, rcv_wnd);
 }
 
+/* Wake the reader only once this much waits: a wakeup per event costs the
+ * traced workload a context switch per event. The reader also polls. */
+#define WAKEUP_BYTES (32 * 1024)
+
 static __always_inline void submit(struct conn_event *e)
 {
 	e->ts_ns = bpf_ktime_get_ns();
-	if (bpf_ringbuf_output(&conn_events, e, sizeof(*e), 0)) {
+	__u64 flags = bpf_ringbuf_query(&conn_events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
+										    : BPF_RB_NO_WAKEUP;
+	if (bpf_ringbuf_output(&conn_events, e, sizeof(*e), flags)) {
 		__u32 zero = 0;
 		__u64 *lost = bpf_map_lookup_elem(&conn_events_lost, &zero);
 		if (lost)
@@ -449,6 +461,20 @@ SEC("tp_btf/tcp_retransmit_skb")
 int BPF_PROG(lc_tcp_retransmit_skb, const struct sock *sk, const struct sk_buff *skb, int err)
 {
 	return sock_event(sk, CONN_RETRANSMIT, 0);
+}
+
+/* The peer has not ACKed our SYN-ACK: the request socket holds the tuple. */
+SEC("tp_btf/tcp_retransmit_synack")
+int BPF_PROG(lc_tcp_retransmit_synack, const struct sock *sk, const struct request_sock *req)
+{
+	struct conn_event e = {};
+	tuple_from_common(&req->__req_common, &e);
+	if (!port_wanted(&e))
+		return 0;
+	e.kind = CONN_RETRANSMIT_SYNACK;
+	e.newstate = TCP_SYN_RECV;
+	submit(&e);
+	return 0;
 }
 
 SEC("tp_btf/tcp_receive_reset")

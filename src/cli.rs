@@ -218,6 +218,8 @@ pub enum BenchWhat {
     Programs,
     /// `tcpscope read --json` next to `tcpdump -nn -v -r` on a capture it makes (packets/s, peak RSS).
     Read,
+    /// Connections/s of a short-connection loop between test hosts, with and without `conns` running.
+    Conns,
 }
 
 #[derive(Debug, Args)]

@@ -28,11 +28,12 @@ unsafe impl plain::Plain for types::latency_key {}
 unsafe impl plain::Plain for types::latency_hist {}
 
 /// One view and the tracepoint behind it.
-pub const VIEWS: [(&str, &str); 9] = [
+pub const VIEWS: [(&str, &str); 10] = [
     ("handshake start (first SYN)", "netif_receive_skb"),
     ("lifecycle (connect, established, close)", "inet_sock_set_state"),
     ("process of accepted sockets", "sys_exit"),
     ("retransmits", "tcp_retransmit_skb"),
+    ("SYN-ACK retransmits", "tcp_retransmit_synack"),
     ("resets received", "tcp_receive_reset"),
     ("resets sent", "tcp_send_reset"),
     ("drops with reason", "kfree_skb"),
@@ -63,6 +64,7 @@ pub fn start(config: types::lifecycle_config) -> Result<Lifecycle> {
         &skel.progs.lc_inet_sock_set_state,
         &skel.progs.lc_sys_exit,
         &skel.progs.lc_tcp_retransmit_skb,
+        &skel.progs.lc_tcp_retransmit_synack,
         &skel.progs.lc_tcp_receive_reset,
         &skel.progs.lc_tcp_send_reset,
         &skel.progs.lc_kfree_skb,

@@ -39,8 +39,10 @@ macro_rules! emit {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    if args.what == crate::cli::BenchWhat::Read {
-        return crate::cmd::bench_read::run(args);
+    match args.what {
+        crate::cli::BenchWhat::Read => return crate::cmd::bench_read::run(args),
+        crate::cli::BenchWhat::Conns => return crate::cmd::bench_conns::run(args),
+        crate::cli::BenchWhat::Programs => {}
     }
     preflight::check_privileges()?;
     let rounds = args.rounds.max(1);

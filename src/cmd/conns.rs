@@ -81,13 +81,16 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     .context("setting up the ring buffer")?;
     let ring = b.build().context("setting up the ring buffer")?;
     while !stop.load(Ordering::SeqCst) && printed.get() < limit && !failed.get() {
-        match ring.poll(Duration::from_millis(100)) {
+        // The kernel wakes us only when 32 KiB wait; consume() picks up the
+        // rest every poll interval.
+        match ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume()) {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("reading the ring buffer"),
         }
         let _ = out.borrow_mut().flush();
     }
+    let _ = ring.consume();
     let _ = out.borrow_mut().flush();
     drop(ring);
     let lost: u64 = lc

@@ -1,6 +1,7 @@
 //! The subcommands: each wires the kernel side to an output.
 
 pub mod bench;
+pub mod bench_conns;
 pub mod bench_read;
 pub mod conns;
 pub mod demo;
