@@ -157,47 +157,58 @@ static __always_inline void tuple_from_sock(const struct sock *sk, struct conn_e
 	tuple_from_common(&sk->__sk_common, e);
 }
 
-/* Addresses and ports of the TCP packet in skb, as seen by the receiver:
- * local = destination. Returns 0 if it is not TCP. */
-static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn_event *e, __u8 *flags)
+/* Addresses and ports of the TCP packet whose network header is at l3, as
+ * seen by its receiver: local = destination. Returns 0 if it is not TCP
+ * (or is a non-first fragment, or IPv6 with extension headers). */
+static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct conn_event *e,
+					 struct tcphdr *th)
 {
-	unsigned char *head = BPF_CORE_READ(skb, head);
-	__u16 nh = BPF_CORE_READ(skb, network_header);
-	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
 	unsigned char *l4;
 
 	if (proto == ETH_P_IP) {
 		struct iphdr ip;
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), head + nh))
+		if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
 			return 0;
 		if (ip.protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip.frag_off) & 0x1fff))
 			return 0;
 		e->family = 4;
 		__builtin_memcpy(e->daddr, &ip.saddr, 4);
 		__builtin_memcpy(e->saddr, &ip.daddr, 4);
-		l4 = head + nh + ip.ihl * 4;
+		l4 = l3 + ip.ihl * 4;
 	} else if (proto == ETH_P_IPV6) {
 		struct ipv6hdr ip6;
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), head + nh))
+		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), l3))
 			return 0;
 		if (ip6.nexthdr != IPPROTO_TCP_NUM)
-			return 0; /* extension headers: not followed here */
+			return 0;
 		e->family = 6;
 		__builtin_memcpy(e->daddr, &ip6.saddr, 16);
 		__builtin_memcpy(e->saddr, &ip6.daddr, 16);
-		l4 = head + nh + sizeof(ip6);
+		l4 = l3 + sizeof(ip6);
 	} else {
 		return 0;
 	}
-	struct tcphdr th;
-	if (bpf_probe_read_kernel(&th, sizeof(th), l4))
+	if (bpf_probe_read_kernel(th, sizeof(*th), l4))
 		return 0;
-	e->dport = bpf_ntohs(th.source);
-	e->sport = bpf_ntohs(th.dest);
-	*flags = ((__u8 *)&th)[13];
+	e->dport = bpf_ntohs(th->source);
+	e->sport = bpf_ntohs(th->dest);
+	return 1;
+}
+
+static __always_inline __u32 skb_netns(const struct sk_buff *skb)
+{
 	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	if (dev)
-		e->netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+}
+
+/* The TCP packet in skb, by its network header. Returns 0 if not TCP. */
+static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn_event *e)
+{
+	struct tcphdr th;
+	unsigned char *l3 = BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
+	if (!tuple_from_l3(l3, bpf_ntohs(BPF_CORE_READ(skb, protocol)), e, &th))
+		return 0;
+	e->netns = skb_netns(skb);
 	return 1;
 }
 
@@ -252,50 +263,20 @@ SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
 {
 	struct conn_event e = {};
-	__u8 flags = 0;
+	struct tcphdr th;
 
 	/* At this tracepoint skb->data is the network header; network_header
 	 * itself is set only just after. */
-	unsigned char *data = BPF_CORE_READ(skb, data);
-	__u16 proto = bpf_ntohs(BPF_CORE_READ(skb, protocol));
-	unsigned char *l4;
-	if (proto == ETH_P_IP) {
-		struct iphdr ip;
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), data))
-			return 0;
-		if (ip.protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip.frag_off) & 0x1fff))
-			return 0;
-		e.family = 4;
-		__builtin_memcpy(e.daddr, &ip.saddr, 4);
-		__builtin_memcpy(e.saddr, &ip.daddr, 4);
-		l4 = data + ip.ihl * 4;
-	} else if (proto == ETH_P_IPV6) {
-		struct ipv6hdr ip6;
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), data))
-			return 0;
-		if (ip6.nexthdr != IPPROTO_TCP_NUM)
-			return 0;
-		e.family = 6;
-		__builtin_memcpy(e.daddr, &ip6.saddr, 16);
-		__builtin_memcpy(e.saddr, &ip6.daddr, 16);
-		l4 = data + sizeof(ip6);
-	} else {
+	if (!tuple_from_l3(BPF_CORE_READ(skb, data), bpf_ntohs(BPF_CORE_READ(skb, protocol)), &e, &th))
 		return 0;
-	}
-	struct tcphdr th;
-	if (bpf_probe_read_kernel(&th, sizeof(th), l4))
-		return 0;
-	flags = ((__u8 *)&th)[13];
-	if ((flags & (TCPF_SYN_BIT | TCPF_ACK_BIT)) != TCPF_SYN_BIT)
+	if ((((__u8 *)&th)[13] & (TCPF_SYN_BIT | TCPF_ACK_BIT)) != TCPF_SYN_BIT)
 		return 0;
 	struct syn_key k = {};
 	__builtin_memcpy(k.peer, e.daddr, 16);
 	__builtin_memcpy(k.local, e.saddr, 16);
-	k.peer_port = bpf_ntohs(th.source);
-	k.local_port = bpf_ntohs(th.dest);
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	if (dev)
-		k.netns = BPF_CORE_READ(dev, nd_net.net, ns.inum);
+	k.peer_port = e.dport;
+	k.local_port = e.sport;
+	k.netns = skb_netns(skb);
 	__u64 now = bpf_ktime_get_ns();
 	/* NOEXIST: a retransmitted SYN keeps the first one's time. */
 	bpf_map_update_elem(&syn_seen, &k, &now, BPF_NOEXIST);
@@ -490,8 +471,7 @@ int BPF_PROG(lc_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb
 		return sock_event(sk, CONN_RESET_TX, reason);
 	/* No socket (e.g. a SYN to a closed port): the tuple is the packet's. */
 	struct conn_event e = {};
-	__u8 flags = 0;
-	if (!skb || !tuple_from_skb(skb, &e, &flags) || !port_wanted(&e))
+	if (!skb || !tuple_from_skb(skb, &e) || !port_wanted(&e))
 		return 0;
 	e.kind = CONN_RESET_TX;
 	e.reason = reason;
@@ -506,8 +486,7 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 	if (reason <= SKB_CONSUMED)
 		return 0;
 	struct conn_event e = {};
-	__u8 flags = 0;
-	if (!tuple_from_skb(skb, &e, &flags))
+	if (!tuple_from_skb(skb, &e))
 		return 0;
 	/* With a socket (the receiving one, or the skb's owner for queued data),
 	 * name the connection from it: the packet may be going either way. */

@@ -157,7 +157,7 @@ impl ConnRecord {
                 .then_some(e.latency_ns)
                 .filter(|l| *l > 0),
             duration_ns: (kind == K::CONN_CLOSE.0).then_some(e.duration_ns).filter(|d| *d > 0),
-            stats: with_stats.then(|| ConnStats {
+            stats: with_stats.then_some(ConnStats {
                 bytes_received: e.bytes_received,
                 bytes_acked: e.bytes_acked,
                 segs_in: e.segs_in,

@@ -143,11 +143,7 @@ fn retransmits_under_injected_loss() {
     let rules = format!(
         "add table inet loss\nadd chain inet loss in {{ type filter hook input priority 0; }}\nadd rule inet loss in tcp dport {PORT} numgen random mod 4 == 0 drop\n"
     );
-    let mut nft = TestHosts::command_in(&hosts.server_ns, "nft");
-    nft.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut child = nft.spawn().expect("nft (scripts/setup.sh installs nftables)");
-    child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success());
+    nft(&hosts.server_ns, &rules);
 
     let conns = start_conns(&["--port", &PORT.to_string()]);
     let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
@@ -218,6 +214,9 @@ fn zero_window_and_reopen() {
     .unwrap();
     go_tx.send(()).unwrap();
     let (s, sent) = client;
+    // tcp_probe fires for segments received in ESTABLISHED only: let the
+    // window updates arrive before our FIN moves us to FIN_WAIT1.
+    std::thread::sleep(Duration::from_millis(500));
     s.shutdown(Shutdown::Write).unwrap();
     assert_eq!(server.join().unwrap(), sent);
     drop(s);
@@ -334,16 +333,19 @@ fn unacknowledged_syn_ack_is_retransmitted() {
 /// The client's own kernel has no socket for raw-socket handshakes and would
 /// answer the SYN-ACK with a reset: keep its resets in.
 fn block_client_resets(hosts: &TestHosts) {
-    let mut nft = TestHosts::command_in(&hosts.client_ns, "nft");
-    nft.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut child = nft.spawn().unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"add table inet norst\nadd chain inet norst out { type filter hook output priority 0; }\nadd rule inet norst out tcp flags & rst == rst drop\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    nft(
+        &hosts.client_ns,
+        "add table inet norst\nadd chain inet norst out { type filter hook output priority 0; }\nadd rule inet norst out tcp flags & rst == rst drop\n",
+    );
+}
+
+/// Loads nftables `rules` in namespace `ns` (gone with the namespace).
+fn nft(ns: &str, rules: &str) {
+    let mut cmd = TestHosts::command_in(ns, "nft");
+    cmd.args(["-f", "-"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().expect("nft (scripts/setup.sh installs nftables)");
+    child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f: {rules}");
 }
 
 #[test]
@@ -373,7 +375,7 @@ fn handshake_latency_matches_a_delayed_final_ack() {
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
         .filter(|v| v["kind"] == "handshake" && v["port"] == PORT)
-        .last()
+        .next_back()
         .unwrap_or_else(|| panic!("no handshake histogram: {out}"));
     assert_eq!(last["count"], N);
     let p50 = last["p50_ns"].as_u64().unwrap() as f64;
