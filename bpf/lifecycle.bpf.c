@@ -24,6 +24,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* x86_64 syscall numbers (vmlinux.h is x86_64). */
 #define NR_ACCEPT 43
 #define NR_ACCEPT4 288
+#define RTT_SAMPLE_NS (10 * 1000 * 1000)
 
 const volatile struct lifecycle_config cfg = {};
 
@@ -37,6 +38,7 @@ enum latency_limits _latency_limits = LAT_SLOTS;
 /* What we know of a live socket. */
 struct sock_info {
 	__u64 start_ns; /* SYN_SENT, or the first SYN of an incoming connection */
+	__u64 rtt_sampled_ns; /* last RTT sample taken for the histogram */
 	__u32 pid;
 	__u8 comm[16];
 	__u16 sport;      /* ports once known: at close the kernel has already */
@@ -131,22 +133,29 @@ static __always_inline void lat_record(__u16 port, __u8 kind, __u64 v)
 		h->max = v; /* racy max: a rare lost update only lowers it */
 }
 
+/*
+ * Reads below are plain loads through BTF-typed pointers (tracepoint
+ * arguments, or bpf_core_cast() of a pointer read from memory), not
+ * BPF_CORE_READ(): that is one probe-read helper call per field, and these
+ * programs run several times per connection. Loads through an untrusted
+ * pointer that turns out NULL read 0 (the verifier adds fault handling).
+ */
+
 /* Local and peer address/port from the common part of a socket (full,
  * request or timewait sockets all start with it), into the event. */
 static __always_inline void tuple_from_common(const struct sock_common *c, struct conn_event *e)
 {
-	__u16 family = BPF_CORE_READ(c, skc_family);
-	e->sport = BPF_CORE_READ(c, skc_num);
-	e->dport = bpf_ntohs(BPF_CORE_READ(c, skc_dport));
-	e->netns = BPF_CORE_READ(c, skc_net.net, ns.inum);
-	if (family == AF_INET6) {
+	e->sport = c->skc_num;
+	e->dport = bpf_ntohs(c->skc_dport);
+	e->netns = c->skc_net.net->ns.inum;
+	if (c->skc_family == AF_INET6) {
 		e->family = 6;
-		BPF_CORE_READ_INTO(&e->saddr, c, skc_v6_rcv_saddr.in6_u.u6_addr8);
-		BPF_CORE_READ_INTO(&e->daddr, c, skc_v6_daddr.in6_u.u6_addr8);
+		__builtin_memcpy(e->saddr, &c->skc_v6_rcv_saddr, 16);
+		__builtin_memcpy(e->daddr, &c->skc_v6_daddr, 16);
 	} else {
 		e->family = 4;
-		__u32 s = BPF_CORE_READ(c, skc_rcv_saddr);
-		__u32 d = BPF_CORE_READ(c, skc_daddr);
+		__u32 s = c->skc_rcv_saddr;
+		__u32 d = c->skc_daddr;
 		__builtin_memcpy(e->saddr, &s, 4);
 		__builtin_memcpy(e->daddr, &d, 4);
 	}
@@ -197,16 +206,16 @@ static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct 
 
 static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 {
-	struct net_device *dev = BPF_CORE_READ(skb, dev);
-	return dev ? BPF_CORE_READ(dev, nd_net.net, ns.inum) : 0;
+	struct net_device *dev = skb->dev;
+	return dev ? dev->nd_net.net->ns.inum : 0;
 }
 
 /* The TCP packet in skb, by its network header. Returns 0 if not TCP. */
 static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn_event *e)
 {
 	struct tcphdr th;
-	unsigned char *l3 = BPF_CORE_READ(skb, head) + BPF_CORE_READ(skb, network_header);
-	if (!tuple_from_l3(l3, bpf_ntohs(BPF_CORE_READ(skb, protocol)), e, &th))
+	unsigned char *l3 = skb->head + skb->network_header;
+	if (!tuple_from_l3(l3, bpf_ntohs(skb->protocol), e, &th))
 		return 0;
 	e->netns = skb_netns(skb);
 	return 1;
@@ -228,17 +237,17 @@ static __always_inline void fill_owner(struct conn_event *e, __u64 skp)
 
 static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_event *e)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	e->bytes_received = BPF_CORE_READ(tp, bytes_received);
-	e->bytes_acked = BPF_CORE_READ(tp, bytes_acked);
-	e->segs_in = BPF_CORE_READ(tp, segs_in);
-	e->segs_out = BPF_CORE_READ(tp, segs_out);
-	e->total_retrans = BPF_CORE_READ(tp, total_retrans);
-	e->srtt_us = BPF_CORE_READ(tp, srtt_us) >> 3;
-	e->rttvar_us = BPF_CORE_READ(tp, mdev_us) >> 2;
-	e->snd_cwnd = BPF_CORE_READ(tp, snd_cwnd);
-	e->snd_wnd = BPF_CORE_READ(tp, snd_wnd);
-	e->rcv_wnd = BPF_CORE_READ(tp, rcv_wnd);
+	const struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
+	e->bytes_received = tp->bytes_received;
+	e->bytes_acked = tp->bytes_acked;
+	e->segs_in = tp->segs_in;
+	e->segs_out = tp->segs_out;
+	e->total_retrans = tp->total_retrans;
+	e->srtt_us = tp->srtt_us >> 3;
+	e->rttvar_us = tp->mdev_us >> 2;
+	e->snd_cwnd = tp->snd_cwnd;
+	e->snd_wnd = tp->snd_wnd;
+	e->rcv_wnd = tp->rcv_wnd;
 }
 
 /* Wake the reader only once this much waits: a wakeup per event costs the
@@ -267,7 +276,11 @@ int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
 
 	/* At this tracepoint skb->data is the network header; network_header
 	 * itself is set only just after. */
-	if (!tuple_from_l3(BPF_CORE_READ(skb, data), bpf_ntohs(BPF_CORE_READ(skb, protocol)), &e, &th))
+	/* Typed argument: plain loads, not probe-read helpers (every packet). */
+	__u16 proto = bpf_ntohs(skb->protocol);
+	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
+		return 0;
+	if (!tuple_from_l3(skb->data, proto, &e, &th))
 		return 0;
 	if ((((__u8 *)&th)[13] & (TCPF_SYN_BIT | TCPF_ACK_BIT)) != TCPF_SYN_BIT)
 		return 0;
@@ -286,7 +299,13 @@ int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP_NUM)
+	/* Decide first: most transitions (FIN_WAIT*, CLOSE_WAIT, ...) report
+	 * nothing without --states, and this runs ~10 times per connection. */
+	bool handshake_done = newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV);
+	bool closed = newstate == TCP_CLOSE && oldstate != TCP_LISTEN;
+	if (!cfg.emit_states && !handshake_done && !closed && newstate != TCP_SYN_SENT && newstate != TCP_SYN_RECV)
+		return 0;
+	if (sk->sk_protocol != IPPROTO_TCP_NUM)
 		return 0;
 	__u64 skp = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
@@ -295,7 +314,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	e.oldstate = oldstate;
 	e.newstate = newstate;
 	e.cookie = bpf_get_socket_cookie((void *)sk);
-	e.cgroup_id = BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+	e.cgroup_id = sk->sk_cgrp_data.cgroup->kn->id;
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect(): the calling process is current. */
@@ -331,7 +350,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		return 0;
 	}
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
-	if (newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV)) {
+	if (handshake_done) {
 		bool in = oldstate == TCP_SYN_RECV;
 		if (si) {
 			e.latency_ns = now - si->start_ns;
@@ -349,7 +368,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		return 0;
 	}
 	/* A listener closing is no connection's end: a plain state change. */
-	if (newstate == TCP_CLOSE && oldstate != TCP_LISTEN) {
+	if (closed) {
 		if (si) {
 			if (!e.sport)
 				e.sport = si->sport;
@@ -382,7 +401,8 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 SEC("tp_btf/sys_exit")
 int BPF_PROG(lc_sys_exit, struct pt_regs *regs, long ret)
 {
-	long nr = BPF_CORE_READ(regs, orig_ax);
+	/* Every syscall of every process comes here: one load, then out. */
+	long nr = regs->orig_ax;
 	if ((nr != NR_ACCEPT && nr != NR_ACCEPT4) || ret < 0)
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
@@ -391,8 +411,8 @@ int BPF_PROG(lc_sys_exit, struct pt_regs *regs, long ret)
 	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[ret & 0xffffff]) || !f)
 		return 0;
 	struct socket *sock = BPF_CORE_READ(f, private_data);
-	struct sock *sk = BPF_CORE_READ(sock, sk);
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP_NUM)
+	struct sock *sk = bpf_core_cast(BPF_CORE_READ(sock, sk), struct sock);
+	if (!sk || sk->sk_protocol != IPPROTO_TCP_NUM)
 		return 0;
 	__u64 skp = (__u64)sk;
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
@@ -413,9 +433,9 @@ int BPF_PROG(lc_sys_exit, struct pt_regs *regs, long ret)
 	e.kind = CONN_ACCEPT;
 	e.pid = si->pid;
 	__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
-	e.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
+	e.cookie = sk->__sk_common.skc_cookie.counter;
 	e.cgroup_id = bpf_get_current_cgroup_id();
-	e.newstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e.newstate = sk->__sk_common.skc_state;
 	submit(&e);
 	return 0;
 }
@@ -430,7 +450,7 @@ static __always_inline int sock_event(const struct sock *sk, __u8 kind, __u32 re
 		return 0;
 	e.kind = kind;
 	e.reason = reason;
-	e.newstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+	e.newstate = sk->__sk_common.skc_state;
 	e.cookie = bpf_get_socket_cookie((void *)sk);
 	fill_owner(&e, (__u64)sk);
 	fill_tcp_stats(sk, &e);
@@ -490,11 +510,11 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 		return 0;
 	/* With a socket (the receiving one, or the skb's owner for queued data),
 	 * name the connection from it: the packet may be going either way. */
-	struct sock *sk = rx_sk ? rx_sk : BPF_CORE_READ(skb, sk);
+	struct sock *sk = rx_sk ? rx_sk : skb->sk;
 	if (sk) {
 		tuple_from_sock(sk, &e);
-		e.cookie = BPF_CORE_READ(sk, __sk_common.skc_cookie.counter);
-		e.newstate = BPF_CORE_READ(sk, __sk_common.skc_state);
+		e.cookie = sk->__sk_common.skc_cookie.counter;
+		e.newstate = sk->__sk_common.skc_state;
 		fill_owner(&e, (__u64)sk);
 	}
 	if (!port_wanted(&e))
@@ -509,18 +529,23 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(lc_tcp_probe, struct sock *sk, const struct sk_buff *skb)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
-	__u16 lport = BPF_CORE_READ(sk, __sk_common.skc_num);
-	__u32 srtt = BPF_CORE_READ(tp, srtt_us) >> 3;
-	if (srtt)
-		lat_record(lport, LAT_RTT, srtt);
-
 	__u64 skp = (__u64)sk;
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
 	if (!si)
-		return 0;
-	__u32 snd_wnd = BPF_CORE_READ(tp, snd_wnd);
-	if (!si->zero_window && snd_wnd == 0 && BPF_CORE_READ(sk, __sk_common.skc_state) == TCP_ESTABLISHED) {
+		return 0; /* connections made before we started: not followed */
+	const struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
+	/* Smoothed RTT into the histogram at most every RTT_SAMPLE_NS per
+	 * socket: it moves slowly, and this runs for every segment. */
+	__u64 now = bpf_ktime_get_ns();
+	if (now - si->rtt_sampled_ns >= RTT_SAMPLE_NS) {
+		__u32 srtt = tp->srtt_us >> 3;
+		if (srtt) {
+			si->rtt_sampled_ns = now;
+			lat_record(sk->__sk_common.skc_num, LAT_RTT, srtt);
+		}
+	}
+	__u32 snd_wnd = tp->snd_wnd;
+	if (!si->zero_window && snd_wnd == 0 && sk->__sk_common.skc_state == TCP_ESTABLISHED) {
 		si->zero_window = 1;
 		return sock_event(sk, CONN_ZERO_WINDOW, 0);
 	}
@@ -534,7 +559,7 @@ int BPF_PROG(lc_tcp_probe, struct sock *sk, const struct sk_buff *skb)
 SEC("tp_btf/sock_rcvqueue_full")
 int BPF_PROG(lc_sock_rcvqueue_full, struct sock *sk, struct sk_buff *skb)
 {
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP_NUM)
+	if (sk->sk_protocol != IPPROTO_TCP_NUM)
 		return 0;
 	return sock_event(sk, CONN_RCVQ_FULL, 0);
 }

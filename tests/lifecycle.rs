@@ -374,8 +374,7 @@ fn handshake_latency_matches_a_delayed_final_ack() {
     let last = out
         .lines()
         .map(|l| serde_json::from_str::<Value>(l).unwrap())
-        .filter(|v| v["kind"] == "handshake" && v["port"] == PORT)
-        .next_back()
+        .rfind(|v| v["kind"] == "handshake" && v["port"] == PORT)
         .unwrap_or_else(|| panic!("no handshake histogram: {out}"));
     assert_eq!(last["count"], N);
     let p50 = last["p50_ns"].as_u64().unwrap() as f64;
