@@ -383,3 +383,43 @@ fn handshake_latency_matches_a_delayed_final_ack() {
     assert!((p50 - want).abs() / want <= 0.20, "handshake p50 {p50} ns vs delay {want} ns: {last}");
     drop(accepted);
 }
+
+#[test]
+fn pid_filter_keeps_one_process() {
+    const PORT: u16 = 18087;
+    let hosts = TestHosts::new("lcpid").unwrap();
+    let me = std::process::id();
+    let conns = start_conns(&["--port", &PORT.to_string(), "--pid", &me.to_string()]);
+    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
+        .join()
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            let _ = s.read_to_end(&mut buf);
+        }
+    });
+    // Another process connects first (bash's /dev/tcp), then this one.
+    let st = TestHosts::command_in(&hosts.client_ns, "bash")
+        .args(["-c", &format!("exec 3<>/dev/tcp/{SERVER_V4}/{PORT}; exec 3>&-")])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    TestHosts::run_in(&hosts.client_ns, || {
+        let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+        s.write_all(b"mine").unwrap();
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    server.join().unwrap();
+    let evs = stop_and_collect(conns);
+    let cns = netns_inode(&hosts.client_ns);
+    let connects = find(&evs, "connect", cns);
+    assert_eq!(connects.len(), 1, "only this process's connect: {evs:#?}");
+    assert!(evs.iter().all(|e| e["pid"].is_null() || e["pid"] == me), "{evs:#?}");
+    // Its later events (established, close) come through by socket cookie.
+    assert_eq!(find(&evs, "close", cns).len(), 1, "{evs:#?}");
+}
