@@ -116,6 +116,8 @@ struct tcpscope_counters {
 	__u64 sampled_out;        /* matched, but skipped by 1-in-N sampling */
 	__u64 events;             /* events written to the ring buffer */
 	__u64 events_lost;        /* events dropped: ring buffer full */
+	__u64 policy_dropped;     /* packets dropped by a block or port rule (guard) */
+	__u64 policy_allowed;     /* packets from allow-listed sources */
 	__u64 sample_tick;        /* sampling state, not a statistic */
 };
 
@@ -146,7 +148,7 @@ struct tcpscope_config {
 	__u8 n_dports;
 	__u8 n_src;          /* source address in one of src[] */
 	__u8 n_dst;
-	__u8 _pad[1];
+	__u8 policy;         /* guard: apply the allow, block and port rules */
 	__u16 ports[TCPSCOPE_MAX_FILTER_PORTS];
 	__u16 sports[TCPSCOPE_MAX_FILTER_PORTS];
 	__u16 dports[TCPSCOPE_MAX_FILTER_PORTS];
@@ -205,6 +207,42 @@ struct packet_event {
 struct packet_event_snap {
 	struct packet_event ev;
 	__u8 frame[TCPSCOPE_MAX_CAPTURE];
+};
+
+/* ---- Policy (tcpscope guard): LPM tries, changed at runtime ---- */
+
+/* Source prefixes, for the allow and block lists. */
+struct policy_key_v4 {
+	__u32 prefixlen; /* bits of addr that must match */
+	__u8 addr[4];
+};
+
+struct policy_key_v6 {
+	__u32 prefixlen;
+	__u8 addr[16];
+};
+
+/* Destination-port rules: the port first, then the source prefix, so one
+ * longest-prefix lookup finds "port P from this prefix" as well as "port P
+ * from anywhere" (prefixlen 16). */
+struct port_key_v4 {
+	__u32 prefixlen; /* 16 + source prefix length */
+	__u8 port[2];    /* network order */
+	__u8 addr[4];
+	__u8 _pad[2];
+};
+
+struct port_key_v6 {
+	__u32 prefixlen;
+	__u8 port[2];
+	__u8 addr[16];
+	__u8 _pad[2];
+};
+
+/* One rule: its own hit counter and expiry. */
+struct policy_value {
+	__u64 hits;       /* packets it matched */
+	__u64 expires_ns; /* CLOCK_MONOTONIC; 0 = never. Expired rules match nothing. */
 };
 
 /* ---- Connection lifecycle (bpf/lifecycle.bpf.c) ---- */

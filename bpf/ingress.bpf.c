@@ -3,7 +3,8 @@
  * Ingress hook family: one XDP and one TC program around one parser.
  *
  * Both fail open: whatever happens, the packet is passed (XDP_PASS /
- * TC_ACT_OK). Every early return that loses information bumps a counter.
+ * TC_ACT_OK), unless `tcpscope guard` loaded them with its rules on and a
+ * rule matches. Every early return that loses information bumps a counter.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -12,6 +13,7 @@
 #include "parse_kern.h"
 
 #define TC_ACT_OK 0
+#define TC_ACT_SHOT 2
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -32,6 +34,41 @@ struct {
 	__type(key, __u32);
 	__type(value, struct tcpscope_counters);
 } counters SEC(".maps");
+
+/* Policy (guard). Pinned by user space, which edits them at runtime. */
+#define POLICY_MAX_RULES 262144
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, POLICY_MAX_RULES);
+	__type(key, struct policy_key_v4);
+	__type(value, struct policy_value);
+} allow_v4 SEC(".maps"), block_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, POLICY_MAX_RULES);
+	__type(key, struct policy_key_v6);
+	__type(value, struct policy_value);
+} allow_v6 SEC(".maps"), block_v6 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, POLICY_MAX_RULES);
+	__type(key, struct port_key_v4);
+	__type(value, struct policy_value);
+} ports_v4 SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, POLICY_MAX_RULES);
+	__type(key, struct port_key_v6);
+	__type(value, struct policy_value);
+} ports_v6 SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -205,14 +242,70 @@ static __always_inline void emit_event(void *ctx, struct tcpscope_counters *c,
 	c->events++;
 }
 
-/* The whole per-packet path. data..data_end is the linear packet. */
-static __always_inline void handle_packet(void *ctx, void *data, void *data_end,
-					  __u32 frame_len, __u32 ifindex, __u8 hook)
+enum verdict {
+	VERDICT_PASS = 0,
+	VERDICT_ALLOW, /* allow-listed: no rule may drop it */
+	VERDICT_DROP,
+};
+
+/* A live rule counts the hit; an expired one is ignored (user space deletes
+ * it soon after). */
+static __always_inline bool rule_live(struct policy_value *v)
+{
+	if (!v)
+		return false;
+	if (v->expires_ns && v->expires_ns <= bpf_ktime_get_ns())
+		return false;
+	__sync_fetch_and_add(&v->hits, 1);
+	return true;
+}
+
+/* Allow and block lists, by source address. */
+static __always_inline int source_verdict(const struct packet_event *ev)
+{
+	if (ev->ip_version == 4) {
+		struct policy_key_v4 k = { .prefixlen = 32 };
+		__builtin_memcpy(k.addr, ev->src, 4);
+		if (rule_live(bpf_map_lookup_elem(&allow_v4, &k)))
+			return VERDICT_ALLOW;
+		if (rule_live(bpf_map_lookup_elem(&block_v4, &k)))
+			return VERDICT_DROP;
+	} else {
+		struct policy_key_v6 k = { .prefixlen = 128 };
+		__builtin_memcpy(k.addr, ev->src, 16);
+		if (rule_live(bpf_map_lookup_elem(&allow_v6, &k)))
+			return VERDICT_ALLOW;
+		if (rule_live(bpf_map_lookup_elem(&block_v6, &k)))
+			return VERDICT_DROP;
+	}
+	return VERDICT_PASS;
+}
+
+/* Destination-port deny rules, optionally per source prefix. */
+static __always_inline int port_verdict(const struct packet_event *ev)
+{
+	__u16 port_be = bpf_htons(ev->dport);
+	if (ev->ip_version == 4) {
+		struct port_key_v4 k = { .prefixlen = 16 + 32 };
+		__builtin_memcpy(k.port, &port_be, 2);
+		__builtin_memcpy(k.addr, ev->src, 4);
+		return rule_live(bpf_map_lookup_elem(&ports_v4, &k)) ? VERDICT_DROP : VERDICT_PASS;
+	}
+	struct port_key_v6 k = { .prefixlen = 16 + 128 };
+	__builtin_memcpy(k.port, &port_be, 2);
+	__builtin_memcpy(k.addr, ev->src, 16);
+	return rule_live(bpf_map_lookup_elem(&ports_v6, &k)) ? VERDICT_DROP : VERDICT_PASS;
+}
+
+/* The whole per-packet path. data..data_end is the linear packet.
+ * Returns VERDICT_DROP only for packets a guard rule drops. */
+static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
+					 __u32 frame_len, __u32 ifindex, __u8 hook)
 {
 	__u32 zero = 0;
 	struct tcpscope_counters *c = bpf_map_lookup_elem(&counters, &zero);
 	if (!c)
-		return; /* cannot happen for a 1-slot array; nothing to count in */
+		return VERDICT_PASS; /* cannot happen for a 1-slot array */
 
 	c->packets++;
 	c->bytes += frame_len;
@@ -226,7 +319,7 @@ static __always_inline void handle_packet(void *ctx, void *data, void *data_end,
 	int proto = parse_ethhdr(&nh, data_end, &ev);
 	if (proto < 0) {
 		count_malformed(c, -proto);
-		return;
+		return VERDICT_PASS;
 	}
 	__u32 l3_off = nh.pos - data;
 	if (proto == ETH_P_IP)
@@ -236,24 +329,35 @@ static __always_inline void handle_packet(void *ctx, void *data, void *data_end,
 	else
 		res = PARSE_NON_TCP;
 
+	if (res == PARSE_MALFORMED) {
+		count_malformed(c, ev.malformed);
+		return VERDICT_PASS; /* fail open */
+	}
+	/* Guard: source allow/block lists apply to every IP packet. */
+	int verdict = VERDICT_PASS;
+	if (cfg.policy && ev.ip_version) {
+		verdict = source_verdict(&ev);
+		if (verdict == VERDICT_DROP) {
+			c->policy_dropped++;
+			return VERDICT_DROP;
+		}
+		if (verdict == VERDICT_ALLOW)
+			c->policy_allowed++;
+	}
 	if (res == PARSE_NON_TCP) {
 		c->non_tcp++;
-		return;
+		return VERDICT_PASS;
 	}
 	if (res == PARSE_FRAGMENT) {
 		c->ip_fragments++;
-		return;
-	}
-	if (res == PARSE_MALFORMED) {
-		count_malformed(c, ev.malformed);
-		return;
+		return VERDICT_PASS;
 	}
 
 	void *tcp_start = nh.pos;
 	if (parse_tcp(ctx, hook, data, &nh, data_end, &ev, &l3) == PARSE_MALFORMED) {
 		/* Not even the fixed header: no ports, so no event. */
 		count_malformed(c, ev.malformed);
-		return;
+		return VERDICT_PASS;
 	}
 	if (!ev.malformed && !(ev.ip_flags & IPF_JUMBO)) {
 		/* A header claiming more bytes than the frame has: the packet was
@@ -269,16 +373,21 @@ static __always_inline void handle_packet(void *ctx, void *data, void *data_end,
 	if (ev.malformed)
 		count_malformed(c, ev.malformed);
 
+	if (cfg.policy && verdict == VERDICT_PASS && port_verdict(&ev) == VERDICT_DROP) {
+		c->policy_dropped++;
+		return VERDICT_DROP;
+	}
+
 	if (!cfg.events_enabled)
-		return;
+		return VERDICT_PASS;
 	if (!event_wanted(&ev)) {
 		c->filtered_out++;
-		return;
+		return VERDICT_PASS;
 	}
 	if (cfg.sample_every > 1) {
 		if (c->sample_tick++ % cfg.sample_every) {
 			c->sampled_out++;
-			return;
+			return VERDICT_PASS;
 		}
 	}
 
@@ -289,6 +398,7 @@ static __always_inline void handle_packet(void *ctx, void *data, void *data_end,
 	ev.frame_len = frame_len;
 	ev.payload_off = ev.malformed ? 0 : payload_off;
 	emit_event(ctx, c, &ev, tcp_off, payload_off, frame_len, hook);
+	return VERDICT_PASS;
 }
 
 SEC("xdp")
@@ -297,8 +407,10 @@ int tcpscope_xdp(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
-	handle_packet(ctx, data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex,
-		      TCPSCOPE_HOOK_XDP);
+	/* Only a guard rule drops; everything else, errors included, passes. */
+	if (handle_packet(ctx, data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex,
+			  TCPSCOPE_HOOK_XDP) == VERDICT_DROP)
+		return XDP_DROP;
 	return XDP_PASS;
 }
 
@@ -334,6 +446,7 @@ int tcpscope_tc(struct __sk_buff *skb)
 	void *data = (void *)(long)SKB_LOAD(skb, data);
 	void *data_end = (void *)(long)SKB_LOAD(skb, data_end);
 
-	handle_packet(skb, data, data_end, len, ifindex, TCPSCOPE_HOOK_TC);
+	if (handle_packet(skb, data, data_end, len, ifindex, TCPSCOPE_HOOK_TC) == VERDICT_DROP)
+		return TC_ACT_SHOT;
 	return TC_ACT_OK;
 }

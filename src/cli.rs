@@ -49,6 +49,16 @@ pub enum Command {
     Conns(ConnsArgs),
     /// Handshake, connect and RTT latency histograms per port, with percentiles.
     Latency(LatencyArgs),
+    /// Protect an interface: drop what the allow/block/port rules say, in the
+    /// kernel; the rules change at runtime with `tcpscope block` and `allow`.
+    #[command(after_help = "Example:\n  tcpscope guard -i eth0 --rules rules.toml\n\n\
+        Rules file (TOML):\n  [[block]]\n  cidr = \"198.18.0.0/24\"\n  port = 22      # optional: only this destination port\n  \
+        ttl = \"10m\"    # optional\n  [[allow]]\n  cidr = \"198.18.1.5\"   # never blocked")]
+    Guard(GuardArgs),
+    /// Add, remove or list block rules of the running guard (live, no reload).
+    Block(BlockArgs),
+    /// Add, remove or list allow rules of the running guard.
+    Allow(AllowArgs),
     /// Measure ns/packet of the XDP and TC programs with BPF_PROG_TEST_RUN.
     Bench(BenchArgs),
     /// Build two test hosts (network namespaces + veth), watch real connections, clean up.
@@ -69,6 +79,11 @@ pub struct AttachArgs {
     /// BTF file to use instead of /sys/kernel/btf/vmlinux (kernels without CONFIG_DEBUG_INFO_BTF).
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
+    /// Network namespace of the interface (a name from `ip netns`), like `ip -n`.
+    /// Unlike `ip netns exec`, this keeps tcpscope in the host's mount namespace,
+    /// where `guard` pins its maps for `tcpscope block` to find.
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
 }
 
 impl AttachArgs {
@@ -159,6 +174,76 @@ pub struct ReadArgs {
     /// Print NDJSON, one object per packet (schema: docs/json-schema.md).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GuardArgs {
+    #[command(flatten)]
+    pub attach: AttachArgs,
+    /// Rules to load at start (TOML; see the example below).
+    #[arg(long, value_name = "FILE")]
+    pub rules: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct BlockArgs {
+    /// The guarded interface (default: the only running guard).
+    #[arg(short = 'i', long = "interface", value_name = "IFACE", global = true)]
+    pub iface: Option<String>,
+    /// The guarded interface's network namespace, as given to `guard --netns`.
+    #[arg(long, value_name = "NAME", global = true, requires = "iface")]
+    pub netns: Option<String>,
+    #[command(subcommand)]
+    pub cmd: BlockCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BlockCmd {
+    /// Drop packets from CIDR (to port P only, with --port).
+    Add {
+        cidr: Cidr,
+        #[arg(long, value_name = "P")]
+        port: Option<u16>,
+        /// Remove the rule after this long: 500ms, 30s, 10m, 2h.
+        #[arg(long, value_name = "DURATION", value_parser = crate::policy::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Remove a block rule.
+    Del {
+        cidr: Cidr,
+        #[arg(long, value_name = "P")]
+        port: Option<u16>,
+    },
+    /// List the rules with their hit counts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct AllowArgs {
+    /// The guarded interface (default: the only running guard).
+    #[arg(short = 'i', long = "interface", value_name = "IFACE", global = true)]
+    pub iface: Option<String>,
+    /// The guarded interface's network namespace, as given to `guard --netns`.
+    #[arg(long, value_name = "NAME", global = true, requires = "iface")]
+    pub netns: Option<String>,
+    #[command(subcommand)]
+    pub cmd: AllowCmd,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AllowCmd {
+    /// Never block packets from CIDR.
+    Add { cidr: Cidr },
+    /// Remove an allow rule.
+    Del { cidr: Cidr },
+    /// List the rules with their hit counts.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

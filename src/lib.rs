@@ -13,5 +13,6 @@ pub mod filter;
 pub mod lifecycle;
 pub mod model;
 pub mod output;
+pub mod policy;
 pub mod testhost;
 pub mod testpkt;

@@ -55,6 +55,18 @@ impl AttachedLink {
     }
 }
 
+/// Moves this thread into network namespace `name` (from `ip netns`).
+pub fn enter_netns(name: &str) -> Result<()> {
+    let path = format!("/var/run/netns/{name}");
+    let f = std::fs::File::open(&path)
+        .map_err(|e| anyhow!("network namespace '{name}' not found ({path}: {e}): see `ip netns list`"))?;
+    // SAFETY: setns on a namespace fd we own; affects this thread only.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        bail!("entering network namespace '{name}': {}", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// The interface index of `name`, or a clear error.
 pub fn ifindex(name: &str) -> Result<u32> {
     let c = CString::new(name).map_err(|_| anyhow!("bad interface name '{name}'"))?;

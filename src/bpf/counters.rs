@@ -12,27 +12,18 @@ use crate::model::{FLAG_NAMES, MALFORMED_NAMES};
 pub struct Counters(pub tcpscope_counters);
 
 impl Counters {
-    /// Adds one CPU's slot.
+    /// Adds one CPU's slot. Every field of the struct is a u64 counter, so
+    /// they are added as one array: a counter added to the header is summed
+    /// without a change here.
     pub fn add(&mut self, c: &tcpscope_counters) {
-        let t = &mut self.0;
-        t.packets += c.packets;
-        t.bytes += c.bytes;
-        t.tcp_packets += c.tcp_packets;
-        t.tcp_bytes += c.tcp_bytes;
-        t.non_tcp += c.non_tcp;
-        t.ip_fragments += c.ip_fragments;
-        for (a, b) in t.flag.iter_mut().zip(c.flag) {
-            *a += b;
+        const _: () = assert!(std::mem::size_of::<tcpscope_counters>() % 8 == 0);
+        // SAFETY: tcpscope_counters is Plain (only u64 fields, no padding).
+        let (sum, add) = unsafe { (plain::as_mut_bytes(&mut self.0), plain::as_bytes(c)) };
+        for (s, a) in sum.chunks_exact_mut(8).zip(add.chunks_exact(8)) {
+            let v = u64::from_ne_bytes(s.try_into().expect("8 bytes"))
+                .wrapping_add(u64::from_ne_bytes(a.try_into().expect("8 bytes")));
+            s.copy_from_slice(&v.to_ne_bytes());
         }
-        t.syn_no_ack += c.syn_no_ack;
-        t.syn_ack += c.syn_ack;
-        for (a, b) in t.malformed.iter_mut().zip(c.malformed) {
-            *a += b;
-        }
-        t.filtered_out += c.filtered_out;
-        t.sampled_out += c.sampled_out;
-        t.events += c.events;
-        t.events_lost += c.events_lost;
     }
 
     /// Malformed packets in total (slot 0, "none", is not a reason).
@@ -67,6 +58,7 @@ impl Counters {
             "malformed": malformed, "malformed_total": self.malformed_total(),
             "filtered_out": c.filtered_out, "sampled_out": c.sampled_out,
             "events": c.events, "events_lost": c.events_lost,
+            "policy_dropped": c.policy_dropped, "policy_allowed": c.policy_allowed,
         })
     }
 

@@ -5,6 +5,7 @@ pub mod bench_conns;
 pub mod bench_read;
 pub mod conns;
 pub mod demo;
+pub mod guard;
 pub mod latency;
 pub mod read;
 pub mod stats;
@@ -30,13 +31,26 @@ pub struct Session {
 impl Session {
     /// Checks privileges and the interface, loads with `config`, attaches.
     pub fn start(args: &AttachArgs, config: types::tcpscope_config, ringbuf_bytes: u32) -> Result<Self> {
+        Self::start_on(args, args.hook(), config, ringbuf_bytes)
+    }
+
+    /// As `start`, with the hook chosen by the caller.
+    pub fn start_on(
+        args: &AttachArgs,
+        hook: HookKind,
+        config: types::tcpscope_config,
+        ringbuf_bytes: u32,
+    ) -> Result<Self> {
         bpf::preflight::check_privileges()?;
+        if let Some(ns) = &args.netns {
+            attach::enter_netns(ns)?;
+        }
         attach::ifindex(&args.iface)?;
         let mut opts = LoadOptions::new(config);
         opts.ringbuf_bytes = ringbuf_bytes;
         opts.btf = args.btf.clone();
         let skel = bpf::load_ingress(&opts)?;
-        let link = match args.hook() {
+        let link = match hook {
             HookKind::Xdp => attach::attach_xdp(&skel.progs.tcpscope_xdp, &args.iface, args.xdp_mode)?,
             HookKind::Tc => attach::attach_tc(&skel.progs.tcpscope_tc, &args.iface)?,
         };

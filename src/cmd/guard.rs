@@ -1,0 +1,130 @@
+//! `tcpscope guard`: the ingress programs with the rules on, their maps
+//! pinned for `tcpscope block` / `tcpscope allow` to edit while it runs.
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use crate::bpf::attach::HookKind;
+use crate::bpf::{self, preflight};
+use crate::cli::{AllowArgs, AllowCmd, BlockArgs, BlockCmd, GuardArgs};
+use crate::cmd::{stop_flag, Session};
+use crate::filter::EventFilter;
+use crate::output::print_line;
+use crate::policy::{self, List, PolicyMaps, Rule};
+
+/// Removes the guard's pins and pid file however the guard ends.
+struct Claim(String);
+impl Drop for Claim {
+    fn drop(&mut self) {
+        policy::release(&self.0);
+    }
+}
+
+pub fn run(args: &GuardArgs) -> Result<()> {
+    // Everything that can be wrong with the input fails before attaching.
+    let rules = match &args.rules {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("cannot read '{}'", f.display()))?;
+            policy::parse_rules(&text, &f.display().to_string())?
+        }
+        None => Vec::new(),
+    };
+    preflight::check_privileges()?;
+    if let Some(ns) = &args.attach.netns {
+        crate::bpf::attach::enter_netns(ns)?;
+    }
+    crate::bpf::attach::ifindex(&args.attach.iface)?;
+    let stop = stop_flag()?;
+    let iface = policy::guard_id(&args.attach.iface, args.attach.netns.as_deref());
+    let dir = policy::claim(&iface)?;
+    let _claim = Claim(iface.clone());
+
+    let mut config = EventFilter::default().to_kernel(false)?;
+    config.policy = 1;
+    // XDP by default here: dropping before an skb exists is the point.
+    let hook = args.attach.hook.unwrap_or(HookKind::Xdp);
+    let mut session = Session::start_on(&args.attach, hook, config, 4096)?;
+    {
+        use libbpf_rs::skel::Skel;
+        use libbpf_rs::MapCore;
+        for mut m in session.skel.object_mut().maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            if policy::MAPS.contains(&name.as_str()) {
+                m.pin(dir.join(&name)).with_context(|| format!("pinning map {name} in {}", dir.display()))?;
+            }
+        }
+    }
+    let maps = PolicyMaps::open(Some(&iface))?;
+    for r in &rules {
+        maps.add(r)?;
+    }
+    session.announce(&format!("guarding with {} rules", rules.len()));
+
+    // Expired rules match nothing in the kernel already; sweeping them out
+    // keeps the tries small and `block list` honest.
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(100));
+        let _ = maps.list();
+    }
+    let c = bpf::read_counters(&session.skel)?;
+    drop(session);
+    eprintln!(
+        "tcpscope: guard stopped: {} packets dropped by rules, {} from allow-listed sources",
+        c.0.policy_dropped, c.0.policy_allowed
+    );
+    eprintln!("{}", c.summary());
+    Ok(())
+}
+
+fn list(maps: &PolicyMaps, which: List, json: bool) -> Result<()> {
+    let (mut rules, _) = maps.list()?;
+    rules.retain(|r| r.rule.list == which);
+    rules.sort_by_key(|r| (r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port));
+    for r in rules {
+        let line = if json {
+            serde_json::json!({
+                "list": if which == List::Allow { "allow" } else { "block" },
+                "cidr": format!("{}/{}", r.rule.cidr.addr, r.rule.cidr.prefix),
+                "port": r.rule.port, "hits": r.hits,
+                "expires_in_ms": r.expires_in.map(|d| d.as_millis() as u64),
+            })
+            .to_string()
+        } else {
+            let ttl = r.expires_in.map_or(String::new(), |d| format!(", expires in {:.1}s", d.as_secs_f64()));
+            format!("{}: {} hits{ttl}", policy::describe(&r.rule), r.hits)
+        };
+        if !print_line(&line) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+pub fn block(args: &BlockArgs) -> Result<()> {
+    let id = args.iface.as_deref().map(|i| policy::guard_id(i, args.netns.as_deref()));
+    let maps = PolicyMaps::open(id.as_deref())?;
+    match &args.cmd {
+        BlockCmd::Add { cidr, port, ttl } => {
+            maps.add(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: *ttl })
+        }
+        BlockCmd::Del { cidr, port } => {
+            maps.delete(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: None })
+        }
+        BlockCmd::List { json } => list(&maps, List::Block, *json),
+    }
+}
+
+pub fn allow(args: &AllowArgs) -> Result<()> {
+    let id = args.iface.as_deref().map(|i| policy::guard_id(i, args.netns.as_deref()));
+    let maps = PolicyMaps::open(id.as_deref())?;
+    match &args.cmd {
+        AllowCmd::Add { cidr } => maps.add(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None }),
+        AllowCmd::Del { cidr } => {
+            maps.delete(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None })
+        }
+        AllowCmd::List { json } => list(&maps, List::Allow, *json),
+    }
+}

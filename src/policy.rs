@@ -1,0 +1,421 @@
+//! Guard rules: source allow/block lists and destination-port deny rules,
+//! kept in LPM-trie maps that a running `tcpscope guard` pins under
+//! /sys/fs/bpf/tcpscope/<iface>/ and other tcpscope commands edit live.
+
+use std::fs;
+use std::net::IpAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{anyhow, bail, Context, Result};
+use libbpf_rs::{MapCore, MapFlags, MapHandle};
+use serde::Deserialize;
+
+use crate::bpf::types;
+use crate::filter::Cidr;
+
+/// Where guards pin their maps (bpffs); one directory per interface.
+pub const PIN_ROOT: &str = "/sys/fs/bpf/tcpscope";
+/// Where guards record their pid, to tell a live guard from stale pins.
+pub const RUN_ROOT: &str = "/run/tcpscope";
+
+/// The maps a guard pins, by name.
+pub const MAPS: [&str; 7] =
+    ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "counters"];
+
+/// Which list a rule belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum List {
+    Allow,
+    Block,
+}
+
+/// One rule as a user writes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub list: List,
+    pub cidr: Cidr,
+    /// Block only this destination port (block list only).
+    pub port: Option<u16>,
+    /// Remove the rule after this long.
+    pub ttl: Option<Duration>,
+}
+
+/// "500ms", "30s", "5m", "2h", "1d"; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = num.parse().map_err(|_| format!("bad duration '{s}': use e.g. 500ms, 30s, 5m, 2h"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("bad duration '{s}': unit must be ms, s, m, h or d")),
+    };
+    if !(secs > 0.0 && secs < 1e9) {
+        return Err(format!("bad duration '{s}': must be positive"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RulesFile {
+    #[serde(default)]
+    block: Vec<toml::Spanned<FileRule>>,
+    #[serde(default)]
+    allow: Vec<toml::Spanned<FileRule>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRule {
+    cidr: String,
+    port: Option<u16>,
+    ttl: Option<String>,
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Parses a rules file; every error names its line.
+pub fn parse_rules(text: &str, file: &str) -> Result<Vec<Rule>> {
+    let parsed: RulesFile = toml::from_str(text).map_err(|e| {
+        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
+        anyhow!("{file}:{line}: {}", e.message())
+    })?;
+    let mut rules = Vec::new();
+    for (list, items) in [(List::Block, parsed.block), (List::Allow, parsed.allow)] {
+        for item in items {
+            let line = line_of(text, item.span().start);
+            let r = item.into_inner();
+            let cidr: Cidr = r.cidr.parse().map_err(|e| anyhow!("{file}:{line}: {e}"))?;
+            if list == List::Allow && r.port.is_some() {
+                bail!("{file}:{line}: allow rules take no port (an allow-listed source is never blocked)");
+            }
+            let ttl = r
+                .ttl
+                .as_deref()
+                .map(parse_duration)
+                .transpose()
+                .map_err(|e| anyhow!("{file}:{line}: {e}"))?;
+            rules.push(Rule { list, cidr, port: r.port, ttl });
+        }
+    }
+    Ok(rules)
+}
+
+/// The pinned maps of the guard on one interface.
+pub struct PolicyMaps {
+    pub dir: PathBuf,
+    maps: Vec<(String, MapHandle)>,
+}
+
+fn addr_bytes(a: IpAddr) -> Vec<u8> {
+    match a {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    }
+}
+
+/// The trie key of a rule: (map name, key bytes). Addresses are masked to
+/// the prefix so that "198.18.0.7/24" and "198.18.0.0/24" are one rule.
+pub fn rule_key(r: &Rule) -> (&'static str, Vec<u8>) {
+    let v4 = r.cidr.addr.is_ipv4();
+    let mut addr = addr_bytes(r.cidr.addr);
+    for (i, b) in addr.iter_mut().enumerate() {
+        let bits = r.cidr.prefix.saturating_sub(i as u32 * 8).min(8);
+        *b &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+    }
+    match (r.list, r.port) {
+        (List::Block, Some(p)) => {
+            // struct port_key_*: prefixlen, port (network order), addr, 2 pad bytes.
+            let mut k = (16 + r.cidr.prefix).to_ne_bytes().to_vec();
+            k.extend_from_slice(&p.to_be_bytes());
+            k.extend_from_slice(&addr);
+            k.extend_from_slice(&[0, 0]);
+            (if v4 { "ports_v4" } else { "ports_v6" }, k)
+        }
+        (list, _) => {
+            let mut k = r.cidr.prefix.to_ne_bytes().to_vec();
+            k.extend_from_slice(&addr);
+            let name = match (list, v4) {
+                (List::Allow, true) => "allow_v4",
+                (List::Allow, false) => "allow_v6",
+                (List::Block, true) => "block_v4",
+                (List::Block, false) => "block_v6",
+            };
+            (name, k)
+        }
+    }
+}
+
+/// Decodes a trie key back into a rule (without ttl).
+fn key_rule(map: &str, k: &[u8]) -> Option<Rule> {
+    let prefixlen = u32::from_ne_bytes(k.get(..4)?.try_into().ok()?);
+    let (list, port, addr, prefix) = if map.starts_with("ports") {
+        let port = u16::from_be_bytes(k.get(4..6)?.try_into().ok()?);
+        let len = if map.ends_with("v4") { 4 } else { 16 };
+        (List::Block, Some(port), k.get(6..6 + len)?, prefixlen.checked_sub(16)?)
+    } else {
+        let list = if map.starts_with("allow") { List::Allow } else { List::Block };
+        (list, None, k.get(4..)?, prefixlen)
+    };
+    let ip = match addr.len() {
+        4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
+        16 => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?),
+        _ => return None,
+    };
+    Some(Rule { list, cidr: Cidr { addr: ip, prefix }, port, ttl: None })
+}
+
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A rule as found in the maps, with its hit count.
+#[derive(Debug, Clone)]
+pub struct RuleState {
+    pub rule: Rule,
+    pub hits: u64,
+    /// Remaining time to live; None: forever.
+    pub expires_in: Option<Duration>,
+}
+
+/// The name a guard goes by: the interface, qualified by its network
+/// namespace when it was given (several namespaces may have an "eth0").
+pub fn guard_id(iface: &str, netns: Option<&str>) -> String {
+    match netns {
+        Some(ns) => format!("{iface}@{ns}"),
+        None => iface.to_string(),
+    }
+}
+
+pub fn pin_dir(iface: &str) -> PathBuf {
+    Path::new(PIN_ROOT).join(iface)
+}
+
+fn pid_file(iface: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join(format!("{iface}.pid"))
+}
+
+/// The pid of a live guard on `iface`, if any.
+pub fn running_guard(iface: &str) -> Option<u32> {
+    let pid: u32 = fs::read_to_string(pid_file(iface)).ok()?.trim().parse().ok()?;
+    let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    (comm.trim() == "tcpscope").then_some(pid)
+}
+
+/// Interfaces with a live guard.
+pub fn running_guards() -> Vec<String> {
+    let Ok(rd) = fs::read_dir(RUN_ROOT) else { return Vec::new() };
+    let mut out: Vec<String> = rd
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_suffix(".pid").map(str::to_string))
+        .filter(|i| running_guard(i).is_some())
+        .collect();
+    out.sort();
+    out
+}
+
+/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (as bpftool does).
+fn ensure_bpffs() -> Result<()> {
+    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+    let path = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
+    // SAFETY: statfs into a zeroed struct; path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        return Ok(());
+    }
+    let (src, fstype, opts) = (c"bpf", c"bpf", c"mode=0700");
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    if unsafe { libc::mount(src.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, opts.as_ptr().cast()) } != 0 {
+        bail!(
+            "mounting bpffs at /sys/fs/bpf: {} (mount it: `mount -t bpf bpf /sys/fs/bpf`)",
+            std::io::Error::last_os_error()
+        );
+    }
+    Ok(())
+}
+
+/// Claims `iface` for this guard: fails if another guard is live there;
+/// clears stale pins of a guard that died.
+pub fn claim(iface: &str) -> Result<PathBuf> {
+    ensure_bpffs()?;
+    if let Some(pid) = running_guard(iface) {
+        bail!("a tcpscope guard (pid {pid}) already runs on '{iface}': stop it first, or edit its rules with `tcpscope block ...`");
+    }
+    let dir = pin_dir(iface);
+    if dir.exists() {
+        fs::remove_dir_all(&dir).with_context(|| format!("removing stale pins in {}", dir.display()))?;
+    }
+    // Root-only: the directories, and so the pinned maps in them.
+    for d in [Path::new(PIN_ROOT), dir.as_path(), Path::new(RUN_ROOT)] {
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(d).with_context(|| {
+            format!(
+                "creating {} (is bpffs mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`)",
+                d.display()
+            )
+        })?;
+    }
+    fs::write(pid_file(iface), std::process::id().to_string()).context("writing the guard's pid file")?;
+    Ok(dir)
+}
+
+/// Removes this guard's pins and pid file.
+pub fn release(iface: &str) {
+    let _ = fs::remove_dir_all(pin_dir(iface));
+    let _ = fs::remove_file(pid_file(iface));
+}
+
+impl PolicyMaps {
+    /// Opens the pinned maps of the live guard on `iface` (or of the only
+    /// live guard when `iface` is None).
+    pub fn open(iface: Option<&str>) -> Result<Self> {
+        let iface = match iface {
+            Some(i) => i.to_string(),
+            None => {
+                let live = running_guards();
+                match live.as_slice() {
+                    [] => bail!("no tcpscope guard is running: start one with `tcpscope guard -i IFACE`"),
+                    [one] => one.clone(),
+                    many => {
+                        bail!("several guards are running ({}): choose one with -i IFACE", many.join(", "))
+                    }
+                }
+            }
+        };
+        if running_guard(&iface).is_none() {
+            bail!("no tcpscope guard is running on '{iface}': start one with `tcpscope guard -i {iface}`");
+        }
+        let dir = pin_dir(&iface);
+        let mut maps = Vec::new();
+        for name in MAPS {
+            let m = MapHandle::from_pinned_path(dir.join(name)).map_err(|e| {
+                anyhow!("opening the guard's map {}: {e} (run as root)", dir.join(name).display())
+            })?;
+            maps.push((name.to_string(), m));
+        }
+        Ok(PolicyMaps { dir, maps })
+    }
+
+    fn map(&self, name: &str) -> &MapHandle {
+        &self.maps.iter().find(|(n, _)| n == name).expect("every pinned map is opened").1
+    }
+
+    /// Adds or replaces a rule (its hit count restarts).
+    pub fn add(&self, r: &Rule) -> Result<()> {
+        let (name, key) = rule_key(r);
+        let value = types::policy_value {
+            expires_ns: r.ttl.map_or(0, |t| monotonic_ns() + t.as_nanos() as u64),
+            ..Default::default()
+        };
+        // SAFETY: policy_value is plain old data (two u64).
+        let bytes = unsafe { plain::as_bytes(&value) };
+        self.map(name).update(&key, bytes, MapFlags::ANY).map_err(|e| anyhow!("adding the rule: {e}"))
+    }
+
+    /// Deletes a rule; an error if there is no such rule.
+    pub fn delete(&self, r: &Rule) -> Result<()> {
+        let (name, key) = rule_key(r);
+        self.map(name).delete(&key).map_err(|_| anyhow!("no such rule: {}", describe(r)))
+    }
+
+    /// Every rule with its hits, and expired ones removed (returns how many).
+    pub fn list(&self) -> Result<(Vec<RuleState>, usize)> {
+        let now = monotonic_ns();
+        let mut out = Vec::new();
+        let mut expired = 0;
+        for (name, map) in &self.maps {
+            if name == "counters" {
+                continue;
+            }
+            for key in map.keys() {
+                let Some(rule) = key_rule(name, &key) else { continue };
+                let Ok(Some(v)) = map.lookup(&key, MapFlags::ANY) else { continue };
+                let mut value = types::policy_value::default();
+                if plain::copy_from_bytes(&mut value, &v).is_err() {
+                    continue;
+                }
+                if value.expires_ns != 0 && value.expires_ns <= now {
+                    let _ = map.delete(&key);
+                    expired += 1;
+                    continue;
+                }
+                out.push(RuleState {
+                    rule,
+                    hits: value.hits,
+                    expires_in: (value.expires_ns != 0).then(|| Duration::from_nanos(value.expires_ns - now)),
+                });
+            }
+        }
+        Ok((out, expired))
+    }
+}
+
+// SAFETY: two u64, no padding.
+unsafe impl plain::Plain for types::policy_value {}
+
+/// A rule in the words of the CLI.
+pub fn describe(r: &Rule) -> String {
+    let list = if r.list == List::Allow { "allow" } else { "block" };
+    let port = r.port.map_or(String::new(), |p| format!(" port {p}"));
+    format!("{list} {}/{}{port}", r.cidr.addr, r.cidr.prefix)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rules_file_errors_name_the_line() {
+        let ok = "[[block]]\ncidr = \"198.18.0.0/24\"\nport = 22\nttl = \"10m\"\n\n[[allow]]\ncidr = \"2001:db8::1\"\n";
+        let rules = parse_rules(ok, "r.toml").unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(rules[0].port, Some(22));
+        assert_eq!(rules[0].ttl, Some(Duration::from_secs(600)));
+        assert_eq!(rules[1].list, List::Allow);
+
+        let bad_cidr = "[[block]]\ncidr = \"198.18.0.0/24\"\n\n[[block]]\ncidr = \"198.18.0.0/33\"\n";
+        let e = parse_rules(bad_cidr, "r.toml").unwrap_err().to_string();
+        assert!(e.starts_with("r.toml:4:") && e.contains("prefix 33"), "{e}");
+        let bad_key = "[[block]]\ncidr = \"198.18.0.0/24\"\nprot = 22\n";
+        let e = parse_rules(bad_key, "r.toml").unwrap_err().to_string();
+        assert!(e.starts_with("r.toml:") && e.contains("prot"), "{e}");
+        let bad_ttl = "[[block]]\ncidr = \"198.18.0.1\"\nttl = \"soon\"\n";
+        assert!(parse_rules(bad_ttl, "r.toml").unwrap_err().to_string().contains("r.toml:1: bad duration"));
+        assert!(parse_rules("[[allow]]\ncidr = \"198.18.0.1\"\nport = 1\n", "r").is_err());
+    }
+
+    #[test]
+    fn keys_round_trip_and_mask() {
+        let r =
+            Rule { list: List::Block, cidr: "198.18.7.9/24".parse().unwrap(), port: Some(443), ttl: None };
+        let (name, k) = rule_key(&r);
+        assert_eq!(name, "ports_v4");
+        assert_eq!(k.len(), 12);
+        let back = key_rule(name, &k).unwrap();
+        assert_eq!(back.cidr.addr.to_string(), "198.18.7.0");
+        assert_eq!((back.cidr.prefix, back.port), (24, Some(443)));
+        let r6 = Rule { list: List::Allow, cidr: "2001:db8::1/64".parse().unwrap(), port: None, ttl: None };
+        let (name, k) = rule_key(&r6);
+        assert_eq!((name, k.len()), ("allow_v6", 20));
+        assert_eq!(key_rule(name, &k).unwrap().cidr.addr.to_string(), "2001:db8::");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+    }
+}
