@@ -245,6 +245,44 @@ struct policy_value {
 	__u64 expires_ns; /* CLOCK_MONOTONIC; 0 = never. Expired rules match nothing. */
 };
 
+/* ---- Detectors (tcpscope guard) ---- */
+
+/* Thresholds, read-only data set by the guard before load. 0 disables. */
+struct detect_config {
+	__u64 scan_window_ns;    /* port scan: the sliding window */
+	__u64 mitigate_ttl_ns;   /* block a source that crossed a threshold this long; 0: alert only */
+	__u64 alert_interval_ns; /* at most one alert per source and kind per interval */
+	__u32 scan_ports;        /* distinct destination ports in the window that make a scan */
+	__u32 syn_rate;          /* SYNs per second a source may send (token refill rate) */
+	__u32 syn_burst;         /* token bucket size */
+	__u8 enabled;
+	__u8 _pad[3];
+};
+
+enum alert_kind {
+	ALERT_PORT_SCAN = 1,
+	ALERT_SYN_FLOOD,
+	ALERT_NULL_FLAGS,    /* no flag set: NULL scan */
+	ALERT_XMAS,          /* FIN+PSH+URG: XMAS scan */
+	ALERT_SYN_FIN,
+	ALERT_SYN_RST,
+	ALERT_FIN_NO_ACK,    /* FIN scan */
+	ALERT_SYN_DATA,      /* SYN with payload and no Fast Open option */
+	ALERT_MITIGATION,    /* the source is now blocked for mitigate_ttl_ns */
+	ALERT_KIND_MAX,
+};
+
+struct alert_event {
+	__u64 ts_ns;        /* CLOCK_MONOTONIC */
+	__u8 src[16];       /* the source (IPv6: its /64 for flood and scan state) */
+	__u32 value;        /* port scan: ports seen; SYN flood: the rate limit */
+	__u16 dport;
+	__u16 flags_raw;
+	__u8 kind;          /* enum alert_kind */
+	__u8 ip_version;
+	__u8 _pad[6];
+};
+
 /* ---- Connection lifecycle (bpf/lifecycle.bpf.c) ---- */
 
 /* What a conn_event reports. */

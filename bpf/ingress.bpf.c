@@ -19,6 +19,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
 /* Filled in by user space before load; see struct tcpscope_config. */
 const volatile struct tcpscope_config cfg = {};
+const volatile struct detect_config dcfg = {};
 
 /* Anchor the shared types in BTF so the skeleton generates Rust for them. */
 struct packet_event _packet_event = {};
@@ -27,6 +28,8 @@ enum tcpscope_malformed _malformed = MALFORMED_NONE;
 enum tcpscope_hook _hook = TCPSCOPE_HOOK_XDP;
 enum tcpscope_flag_index _flag_index = FLAG_IDX_FIN;
 enum tcpscope_limits _limits = TCPSCOPE_MAX_SNAPLEN;
+struct alert_event _alert_event = {};
+enum alert_kind _alert_kind = ALERT_PORT_SCAN;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -242,6 +245,35 @@ static __always_inline void emit_event(void *ctx, struct tcpscope_counters *c,
 	c->events++;
 }
 
+/* Per-source detector state (IPv6 sources by /64). */
+struct src_key {
+	__u8 addr[16];
+};
+
+#define PORT_BITS_WORDS 16 /* 1024-bit set of destination-port hashes */
+
+struct src_state {
+	__u64 window_start;
+	__u64 port_bits[PORT_BITS_WORDS];
+	__u64 tokens_milli;    /* SYN token bucket, in 1/1000 tokens */
+	__u64 refilled_ns;
+	__u64 last_alert[ALERT_KIND_MAX];
+	__u32 ports_seen;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct src_key);
+	__type(value, struct src_state);
+} sources SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} alerts SEC(".maps");
+
 enum verdict {
 	VERDICT_PASS = 0,
 	VERDICT_ALLOW, /* allow-listed: no rule may drop it */
@@ -295,6 +327,142 @@ static __always_inline int port_verdict(const struct packet_event *ev)
 	__builtin_memcpy(k.port, &port_be, 2);
 	__builtin_memcpy(k.addr, ev->src, 16);
 	return rule_live(bpf_map_lookup_elem(&ports_v6, &k)) ? VERDICT_DROP : VERDICT_PASS;
+}
+
+/* One alert, at most once per alert_interval_ns per source and kind. */
+static __always_inline void alert(struct src_state *st, const struct src_key *k, const struct packet_event *ev,
+				  __u8 kind, __u32 value, __u64 now)
+{
+	__u32 i = kind;
+	if (i >= ALERT_KIND_MAX)
+		return;
+	if (st->last_alert[i] && now - st->last_alert[i] < dcfg.alert_interval_ns)
+		return;
+	st->last_alert[i] = now;
+	struct alert_event *a = bpf_ringbuf_reserve(&alerts, sizeof(*a), 0);
+	if (!a)
+		return;
+	__builtin_memset(a, 0, sizeof(*a));
+	a->ts_ns = now;
+	__builtin_memcpy(a->src, k->addr, 16);
+	a->value = value;
+	a->dport = ev->dport;
+	a->flags_raw = ev->flags_raw;
+	a->kind = kind;
+	a->ip_version = ev->ip_version;
+	bpf_ringbuf_submit(a, 0);
+}
+
+/* Blocks the source for mitigate_ttl_ns, by inserting a block rule. */
+static __always_inline void mitigate(struct src_state *st, const struct src_key *k,
+				     const struct packet_event *ev, __u64 now)
+{
+	struct policy_value v = { .expires_ns = now + dcfg.mitigate_ttl_ns };
+	if (ev->ip_version == 4) {
+		struct policy_key_v4 pk = { .prefixlen = 32 };
+		__builtin_memcpy(pk.addr, k->addr, 4);
+		bpf_map_update_elem(&block_v4, &pk, &v, BPF_ANY);
+	} else {
+		struct policy_key_v6 pk = { .prefixlen = 64 };
+		__builtin_memcpy(pk.addr, k->addr, 16);
+		bpf_map_update_elem(&block_v6, &pk, &v, BPF_ANY);
+	}
+	alert(st, k, ev, ALERT_MITIGATION, dcfg.mitigate_ttl_ns / 1000000000ULL, now);
+}
+
+#define F_SCAN_MASK (TCPF_FIN | TCPF_SYN | TCPF_RST | TCPF_PSH | TCPF_ACK | TCPF_URG)
+
+/* Flag anomalies, port scans and SYN floods. Returns VERDICT_DROP when the
+ * source has just been blocked by mitigation. */
+static __always_inline int detect(const struct packet_event *ev)
+{
+	__u16 f = ev->flags_raw;
+	__u16 f6 = f & F_SCAN_MASK;
+	bool syn = f & TCPF_SYN, ack = f & TCPF_ACK;
+	__u8 anomaly = 0;
+	if (f6 == 0)
+		anomaly = ALERT_NULL_FLAGS;
+	else if ((f6 & (TCPF_FIN | TCPF_PSH | TCPF_URG)) == (TCPF_FIN | TCPF_PSH | TCPF_URG))
+		anomaly = ALERT_XMAS;
+	else if (syn && (f & TCPF_FIN))
+		anomaly = ALERT_SYN_FIN;
+	else if (syn && (f & TCPF_RST))
+		anomaly = ALERT_SYN_RST;
+	else if ((f & TCPF_FIN) && !ack)
+		anomaly = ALERT_FIN_NO_ACK;
+	else if (syn && !ack && ev->payload_len && !(ev->opt_present & OPT_TFO))
+		anomaly = ALERT_SYN_DATA;
+	/* Established traffic carries ACK and is no scan or flood: skip the
+	 * per-source state, which costs a hash lookup. */
+	if (ack && !anomaly)
+		return VERDICT_PASS;
+
+	struct src_key k = {};
+	if (ev->ip_version == 4)
+		__builtin_memcpy(k.addr, ev->src, 4);
+	else
+		__builtin_memcpy(k.addr, ev->src, 8); /* the /64 */
+	struct src_state *st = bpf_map_lookup_elem(&sources, &k);
+	__u64 now = bpf_ktime_get_ns();
+	if (!st) {
+		/* From a zero value in read-only data: the state is too big for a
+		 * stack that already holds the packet event. */
+		static const struct src_state zero = {};
+		bpf_map_update_elem(&sources, &k, &zero, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&sources, &k);
+		if (!st)
+			return VERDICT_PASS;
+		st->window_start = now;
+		st->refilled_ns = now;
+		st->tokens_milli = (__u64)dcfg.syn_burst * 1000;
+	}
+	if (anomaly)
+		alert(st, &k, ev, anomaly, 0, now);
+
+	int verdict = VERDICT_PASS;
+	/* Port scan: distinct destination ports of packets without ACK. */
+	if (!ack && dcfg.scan_ports) {
+		if (now - st->window_start > dcfg.scan_window_ns) {
+			st->window_start = now;
+			st->ports_seen = 0;
+			__builtin_memset(st->port_bits, 0, sizeof(st->port_bits));
+		}
+		__u32 h = ((__u32)ev->dport * 2654435761u) >> 22; /* 0..1023 */
+		__u32 w = (h >> 6) & (PORT_BITS_WORDS - 1);
+		__u64 bit = 1ULL << (h & 63);
+		if (!(st->port_bits[w] & bit)) {
+			st->port_bits[w] |= bit;
+			st->ports_seen++;
+			if (st->ports_seen >= dcfg.scan_ports) {
+				alert(st, &k, ev, ALERT_PORT_SCAN, st->ports_seen, now);
+				if (dcfg.mitigate_ttl_ns) {
+					mitigate(st, &k, ev, now);
+					verdict = VERDICT_DROP;
+				}
+			}
+		}
+	}
+	/* SYN flood: a token bucket per source. */
+	if (syn && !ack && dcfg.syn_rate) {
+		__u64 elapsed = now - st->refilled_ns;
+		__u64 cap = (__u64)dcfg.syn_burst * 1000;
+		if (elapsed > 1000000000ULL)
+			elapsed = 1000000000ULL; /* a full second refills at most `rate` */
+		st->tokens_milli += elapsed * dcfg.syn_rate / 1000000;
+		if (st->tokens_milli > cap)
+			st->tokens_milli = cap;
+		st->refilled_ns = now;
+		if (st->tokens_milli >= 1000) {
+			st->tokens_milli -= 1000;
+		} else {
+			alert(st, &k, ev, ALERT_SYN_FLOOD, dcfg.syn_rate, now);
+			if (dcfg.mitigate_ttl_ns) {
+				mitigate(st, &k, ev, now);
+				verdict = VERDICT_DROP;
+			}
+		}
+	}
+	return verdict;
 }
 
 /* The whole per-packet path. data..data_end is the linear packet.
@@ -373,9 +541,12 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	if (ev.malformed)
 		count_malformed(c, ev.malformed);
 
-	if (cfg.policy && verdict == VERDICT_PASS && port_verdict(&ev) == VERDICT_DROP) {
-		c->policy_dropped++;
-		return VERDICT_DROP;
+	if (cfg.policy && verdict == VERDICT_PASS) {
+		if (port_verdict(&ev) == VERDICT_DROP ||
+		    (dcfg.enabled && detect(&ev) == VERDICT_DROP)) {
+			c->policy_dropped++;
+			return VERDICT_DROP;
+		}
 	}
 
 	if (!cfg.events_enabled)

@@ -183,6 +183,33 @@ pub struct GuardArgs {
     /// Rules to load at start (TOML; see the example below).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// Turn the detectors off (port scan, SYN flood, flag anomalies).
+    #[arg(long)]
+    pub no_detect: bool,
+    /// Block a source that crosses the port-scan or SYN-flood threshold, for --mitigate-ttl.
+    #[arg(long)]
+    pub mitigate: bool,
+    /// How long mitigation blocks a source.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = crate::policy::parse_duration)]
+    pub mitigate_ttl: std::time::Duration,
+    /// Port scan: distinct destination ports (of packets without ACK) from one source...
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub scan_ports: u32,
+    /// ...within this window.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = crate::policy::parse_duration)]
+    pub scan_window: std::time::Duration,
+    /// SYN flood: SYNs per second one source (IPv6: one /64) may send...
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub syn_rate: u32,
+    /// ...with bursts up to this many.
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub syn_burst: u32,
+    /// At most one alert per source and kind per this interval.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::policy::parse_duration)]
+    pub alert_interval: std::time::Duration,
+    /// Print alerts as NDJSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

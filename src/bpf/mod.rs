@@ -34,6 +34,8 @@ pub use ingress_skel::IngressSkel;
 unsafe impl plain::Plain for types::packet_event {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::tcpscope_counters {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::alert_event {}
 
 /// How to load the ingress programs.
 #[derive(Debug, Clone)]
@@ -44,11 +46,13 @@ pub struct LoadOptions {
     pub ringbuf_bytes: u32,
     /// BTF to use instead of /sys/kernel/btf/vmlinux.
     pub btf: Option<PathBuf>,
+    /// Detector thresholds (guard); all zero: detectors off.
+    pub detect: types::detect_config,
 }
 
 impl LoadOptions {
     pub fn new(config: types::tcpscope_config) -> Self {
-        LoadOptions { config, ringbuf_bytes: 4 << 20, btf: None }
+        LoadOptions { config, ringbuf_bytes: 4 << 20, btf: None, detect: Default::default() }
     }
 }
 
@@ -81,6 +85,7 @@ pub fn load_ingress(opts: &LoadOptions) -> Result<IngressSkel<'static>> {
     let mut open = builder.open(storage).map_err(|e| preflight::explain(e, "opening the BPF object"))?;
     let rodata = open.maps.rodata_data.as_deref_mut().context("BPF object has no read-only data section")?;
     rodata.cfg = opts.config;
+    rodata.dcfg = opts.detect;
     open.maps.events.set_max_entries(opts.ringbuf_bytes).context("setting the ring buffer size")?;
     open.load().map_err(|e| preflight::explain(e, "loading the ingress programs"))
 }

@@ -46,7 +46,17 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     config.policy = 1;
     // XDP by default here: dropping before an skb exists is the point.
     let hook = args.attach.hook.unwrap_or(HookKind::Xdp);
-    let mut session = Session::start_on(&args.attach, hook, config, 4096)?;
+    let detect = crate::bpf::types::detect_config {
+        enabled: u8::from(!args.no_detect),
+        scan_ports: args.scan_ports,
+        scan_window_ns: args.scan_window.as_nanos() as u64,
+        syn_rate: args.syn_rate,
+        syn_burst: args.syn_burst.max(1),
+        alert_interval_ns: args.alert_interval.as_nanos() as u64,
+        mitigate_ttl_ns: if args.mitigate { args.mitigate_ttl.as_nanos() as u64 } else { 0 },
+        ..Default::default()
+    };
+    let mut session = Session::start_with(&args.attach, hook, config, 4096, detect)?;
     {
         use libbpf_rs::skel::Skel;
         use libbpf_rs::MapCore;
@@ -63,12 +73,25 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     }
     session.announce(&format!("guarding with {} rules", rules.len()));
 
+    let offset = crate::cmd::monotonic_to_realtime_offset();
+    let mut b = libbpf_rs::RingBufferBuilder::new();
+    b.add(&session.skel.maps.alerts, |d: &[u8]| {
+        let mut a = crate::bpf::types::alert_event::default();
+        let n = d.len().min(std::mem::size_of_val(&a));
+        if plain::copy_from_bytes(&mut a, &d[..n]).is_ok() {
+            print_line(&alert_line(&a, offset, args));
+        }
+        0
+    })
+    .context("setting up the alert ring buffer")?;
+    let ring = b.build().context("setting up the alert ring buffer")?;
     // Expired rules match nothing in the kernel already; sweeping them out
     // keeps the tries small and `block list` honest.
     while !stop.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(100));
+        let _ = ring.poll(Duration::from_millis(100));
         let _ = maps.list();
     }
+    drop(ring);
     let c = bpf::read_counters(&session.skel)?;
     drop(session);
     eprintln!(
@@ -77,6 +100,56 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     );
     eprintln!("{}", c.summary());
     Ok(())
+}
+
+fn alert_name(kind: u8) -> &'static str {
+    use crate::bpf::types::alert_kind as A;
+    match u32::from(kind) {
+        k if k == A::ALERT_PORT_SCAN.0 => "port_scan",
+        k if k == A::ALERT_SYN_FLOOD.0 => "syn_flood",
+        k if k == A::ALERT_NULL_FLAGS.0 => "null_flags",
+        k if k == A::ALERT_XMAS.0 => "xmas",
+        k if k == A::ALERT_SYN_FIN.0 => "syn_fin",
+        k if k == A::ALERT_SYN_RST.0 => "syn_rst",
+        k if k == A::ALERT_FIN_NO_ACK.0 => "fin_without_ack",
+        k if k == A::ALERT_SYN_DATA.0 => "syn_with_data",
+        k if k == A::ALERT_MITIGATION.0 => "mitigation",
+        _ => "unknown",
+    }
+}
+
+/// One alert as a line of text or JSON.
+fn alert_line(a: &crate::bpf::types::alert_event, offset: u64, args: &GuardArgs) -> String {
+    use crate::bpf::types::alert_kind as A;
+    let src = if a.ip_version == 4 {
+        std::net::IpAddr::from([a.src[0], a.src[1], a.src[2], a.src[3]])
+    } else {
+        std::net::IpAddr::from(a.src)
+    };
+    let kind = alert_name(a.kind);
+    let mut v = serde_json::json!({"alert": kind, "src": src.to_string(), "ts_ns": a.ts_ns + offset});
+    match u32::from(a.kind) {
+        k if k == A::ALERT_PORT_SCAN.0 => {
+            v["ports_seen"] = a.value.into();
+            v["window_s"] = args.scan_window.as_secs_f64().into();
+        }
+        k if k == A::ALERT_SYN_FLOOD.0 => v["syn_rate_limit"] = a.value.into(),
+        k if k == A::ALERT_MITIGATION.0 => v["blocked_for_s"] = a.value.into(),
+        _ => {
+            v["dport"] = a.dport.into();
+            v["flags"] = crate::model::flag_names(a.flags_raw).into();
+        }
+    }
+    if args.json {
+        return v.to_string();
+    }
+    let detail = match kind {
+        "port_scan" => format!("{} distinct ports within {:?}", a.value, args.scan_window),
+        "syn_flood" => format!("more than {} SYN/s", a.value),
+        "mitigation" => format!("blocked for {}s", a.value),
+        _ => format!("to port {} flags [{}]", a.dport, crate::output::tcpdump_flags(a.flags_raw)),
+    };
+    format!("tcpscope: ALERT {kind} from {src}: {detail}")
 }
 
 fn list(maps: &PolicyMaps, which: List, json: bool) -> Result<()> {

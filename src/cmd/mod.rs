@@ -41,6 +41,17 @@ impl Session {
         config: types::tcpscope_config,
         ringbuf_bytes: u32,
     ) -> Result<Self> {
+        Self::start_with(args, hook, config, ringbuf_bytes, Default::default())
+    }
+
+    /// As `start_on`, with detector thresholds (guard).
+    pub fn start_with(
+        args: &AttachArgs,
+        hook: HookKind,
+        config: types::tcpscope_config,
+        ringbuf_bytes: u32,
+        detect: types::detect_config,
+    ) -> Result<Self> {
         bpf::preflight::check_privileges()?;
         if let Some(ns) = &args.netns {
             attach::enter_netns(ns)?;
@@ -49,6 +60,7 @@ impl Session {
         let mut opts = LoadOptions::new(config);
         opts.ringbuf_bytes = ringbuf_bytes;
         opts.btf = args.btf.clone();
+        opts.detect = detect;
         let skel = bpf::load_ingress(&opts)?;
         let link = match hook {
             HookKind::Xdp => attach::attach_xdp(&skel.progs.tcpscope_xdp, &args.iface, args.xdp_mode)?,
