@@ -15,9 +15,10 @@ task="${1:-demo}"
 
 # Build: clang (BPF target), libelf/zlib (libbpf), pkg-config.
 # Run and test: iproute2 (test hosts), tshark (independent decoder),
-# tcpdump and ethtool (captures, benchmarks), bpftool (link checks),
+# tcpdump and ethtool (captures, benchmarks), nftables (loss injection),
+# nmap, hping3 and curl (attack and client tests), bpftool (link checks),
 # util-linux (setpriv, for the no-privilege test).
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables bpftool util-linux)
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl bpftool util-linux)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: run as root (sudo $0 $task): it installs packages and loads BPF programs" >&2

@@ -14,6 +14,9 @@ use tcpscope::testhost::{ChildGuard, TestHosts, SERVER_IF, SERVER_V4};
 
 struct Guard {
     guard: ChildGuard,
+    /// The guard's stdout (alerts), read when it stops.
+    out: Option<std::process::ChildStdout>,
+    stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     hosts: TestHosts,
     port: u16,
 }
@@ -29,15 +32,28 @@ impl Guard {
     fn start(tag: &str, port: u16, extra: &[&str]) -> Guard {
         let hosts = TestHosts::new(tag).unwrap();
         let mut cmd = Command::new(tcpscope_bin());
-        cmd.args(["guard", "--netns", &hosts.server_ns, "-i", SERVER_IF]).args(extra).stdout(Stdio::null());
-        let (guard, _) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+        cmd.args(["guard", "--netns", &hosts.server_ns, "-i", SERVER_IF]).args(extra).stdout(Stdio::piped());
+        let (mut guard, lines) =
+            ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+        let out = guard.child.stdout.take();
         // A listener that accepts for as long as the test runs.
         let l = TestHosts::run_in(&hosts.server_ns, move || TcpListener::bind((SERVER_V4, port)).unwrap())
             .join()
             .unwrap()
             .unwrap();
         std::thread::spawn(move || for _ in l.incoming() {});
-        Guard { guard, hosts, port }
+        Guard { guard, out, stderr: lines, hosts, port }
+    }
+
+    /// Stops the guard; returns its alerts (stdout) and its stderr summary.
+    fn stop(&mut self) -> (Vec<serde_json::Value>, String) {
+        assert!(self.guard.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut self.out.take().unwrap(), &mut s).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        let alerts = s.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let err = self.stderr.lock().unwrap().join("\n");
+        (alerts, err)
     }
 
     /// `tcpscope ARGS -i <this guard>`.
@@ -159,4 +175,141 @@ fn errors_are_clear() {
         .output()
         .unwrap();
     assert!(one_line_error(&out).contains("already runs on"));
+}
+
+/// Runs a bounded nmap scan from the client host.
+fn nmap(g: &Guard, kind: &str, ports: &str) {
+    let st = TestHosts::command_in(&g.hosts.client_ns, "nmap")
+        .args([
+            kind,
+            "-p",
+            ports,
+            "-T4",
+            "-n",
+            "-Pn",
+            "--max-retries",
+            "1",
+            "--host-timeout",
+            "30s",
+            "198.18.0.2",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("nmap (scripts/setup.sh installs it)");
+    assert!(st.success(), "nmap {kind}");
+}
+
+#[test]
+fn nmap_scans_raise_scan_and_anomaly_alerts() {
+    let mut g = Guard::start("gscan", 19005, &["--json", "--alert-interval", "100ms"]);
+    // Separate port ranges: each scan brings 20+ new ports into the window.
+    nmap(&g, "-sS", "1-100");
+    std::thread::sleep(Duration::from_millis(200));
+    nmap(&g, "-sX", "101-200");
+    std::thread::sleep(Duration::from_millis(200));
+    nmap(&g, "-sN", "201-300");
+    let (alerts, _) = g.stop();
+    let of = |kind: &str| alerts.iter().filter(|a| a["alert"] == kind).collect::<Vec<_>>();
+    let scans = of("port_scan");
+    assert!(scans.len() >= 3, "one port-scan alert per scan: {alerts:#?}");
+    assert!(scans.iter().all(|a| a["src"] == "198.18.0.1" && a["ports_seen"].as_u64().unwrap() >= 20));
+    assert!(!of("xmas").is_empty(), "XMAS scan flagged: {alerts:#?}");
+    assert!(!of("null_flags").is_empty(), "NULL scan flagged");
+    assert!(of("xmas").iter().all(|a| a["src"] == "198.18.0.1"));
+    // Rate limit: 100 XMAS probes, alerts at most every 100 ms.
+    assert!(of("xmas").len() < 20, "alerts are rate-limited: {}", of("xmas").len());
+}
+
+#[test]
+fn syn_flood_is_mitigated_and_the_legitimate_client_is_served() {
+    const PORT: u16 = 19006;
+    let hosts = TestHosts::new("gflood").unwrap();
+    // A second client address on the client host: the legitimate one.
+    tcpscope::testhost::ip(&[
+        "-n",
+        &hosts.client_ns,
+        "addr",
+        "add",
+        "198.18.0.3/24",
+        "dev",
+        tcpscope::testhost::CLIENT_IF,
+    ])
+    .unwrap();
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args([
+        "guard",
+        "--netns",
+        &hosts.server_ns,
+        "-i",
+        SERVER_IF,
+        "--json",
+        "--mitigate",
+        "--mitigate-ttl",
+        "30s",
+    ])
+    .args(["--syn-rate", "10", "--syn-burst", "20"])
+    .stdout(Stdio::piped());
+    let (mut guard, stderr) =
+        ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+    let out = guard.child.stdout.take();
+    let mut g = Guard { guard, out, stderr, hosts, port: PORT };
+
+    // A tiny HTTP server.
+    let l = TestHosts::run_in(&g.hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
+        .join()
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 1024];
+            let _ = std::io::Read::read(&mut s, &mut buf);
+            let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        }
+    });
+    const FLOOD: u64 = 10_000;
+    // hping3: 10,000 SYNs at 10k/s from 198.18.0.1 (bounded: -c).
+    let mut flood = TestHosts::command_in(&g.hosts.client_ns, "hping3");
+    flood
+        .args(["-S", "-p", &PORT.to_string(), "-i", "u100", "-c", &FLOOD.to_string(), "-q", "198.18.0.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut flood = flood.spawn().expect("hping3 (scripts/setup.sh installs it)");
+    // Meanwhile, real HTTP requests from 198.18.0.3.
+    let mut served = 0;
+    for _ in 0..10 {
+        let out = TestHosts::command_in(&g.hosts.client_ns, "curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "--interface",
+                "198.18.0.3",
+                &format!("http://198.18.0.2:{PORT}/"),
+            ])
+            .output()
+            .expect("curl (scripts/setup.sh installs it)");
+        if out.stdout == b"ok" {
+            served += 1;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(flood.wait().unwrap().success());
+    let blocked = String::from_utf8(g.cli(&["block", "list", "--json"]).stdout).unwrap();
+    let (alerts, summary) = g.stop();
+    assert_eq!(served, 10, "every legitimate request succeeds");
+    assert!(alerts.iter().any(|a| a["alert"] == "syn_flood" && a["src"] == "198.18.0.1"), "{alerts:#?}");
+    assert!(alerts.iter().any(|a| a["alert"] == "mitigation" && a["src"] == "198.18.0.1"));
+    assert!(blocked.contains("\"198.18.0.1/32\""), "mitigation rule listed: {blocked}");
+    // The guard's counters: dropped in the kernel, out of the flood's SYNs.
+    let dropped: u64 = summary
+        .split("guard stopped: ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary: {summary}"));
+    eprintln!(
+        "SYN flood: {dropped} of {FLOOD} SYNs dropped in the kernel ({:.2}%)",
+        dropped as f64 * 100.0 / FLOOD as f64
+    );
+    assert!(dropped as f64 >= 0.99 * FLOOD as f64, "dropped {dropped} of {FLOOD}");
 }
