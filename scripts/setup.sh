@@ -16,9 +16,10 @@ task="${1:-demo}"
 # Build: clang (BPF target), libelf/zlib (libbpf), pkg-config.
 # Run and test: iproute2 (test hosts), tshark (independent decoder),
 # tcpdump and ethtool (captures, benchmarks), nftables (loss injection),
-# nmap, hping3 and curl (attack and client tests), bpftool (link checks),
+# nmap, hping3 and curl (attack and client tests), xdp-tools (the rules
+# benchmark's reference), bpftool (link checks),
 # util-linux (setpriv, for the no-privilege test).
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl bpftool util-linux)
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl xdp-tools bpftool util-linux)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: run as root (sudo $0 $task): it installs packages and loads BPF programs" >&2
@@ -61,6 +62,8 @@ test)
 bench)
     cargo build --release
     target/release/tcpscope bench programs
+    target/release/tcpscope bench rules
+    target/release/tcpscope bench conns
     exec target/release/tcpscope bench read
     ;;
 *)

@@ -332,6 +332,8 @@ pub enum BenchWhat {
     Read,
     /// Connections/s of a short-connection loop between test hosts, with and without `conns` running.
     Conns,
+    /// Guard rule lookup with 0..100,000 rules, next to xdp-tools' xdp-filter.
+    Rules,
 }
 
 #[derive(Debug, Args)]

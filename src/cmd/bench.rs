@@ -42,6 +42,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     match args.what {
         crate::cli::BenchWhat::Read => return crate::cmd::bench_read::run(args),
         crate::cli::BenchWhat::Conns => return crate::cmd::bench_conns::run(args),
+        crate::cli::BenchWhat::Rules => return crate::cmd::bench_rules::run(args),
         crate::cli::BenchWhat::Programs => {}
     }
     preflight::check_privileges()?;

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod bench_conns;
 pub mod bench_read;
+pub mod bench_rules;
 pub mod conns;
 pub mod demo;
 pub mod guard;
