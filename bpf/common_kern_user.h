@@ -239,6 +239,17 @@ struct port_key_v6 {
 	__u8 _pad[2];
 };
 
+/* Which of the lists user space has ever put a rule in. Only user space
+ * writes these (the kernel's mitigation writes block lists, which are always
+ * consulted), so a set flag is never lost to a race; flags are never
+ * cleared. An unused list costs no lookup. */
+struct policy_used {
+	__u8 allow_v4;
+	__u8 allow_v6;
+	__u8 ports_v4;
+	__u8 ports_v6;
+};
+
 /* One rule: its own hit counter and expiry. */
 struct policy_value {
 	__u64 hits;       /* packets it matched */

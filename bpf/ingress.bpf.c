@@ -58,6 +58,13 @@ struct {
 } allow_v6 SEC(".maps"), block_v6 SEC(".maps");
 
 struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct policy_used);
+} policy_used SEC(".maps");
+
+struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, POLICY_MAX_RULES);
@@ -293,19 +300,19 @@ static __always_inline bool rule_live(struct policy_value *v)
 }
 
 /* Allow and block lists, by source address. */
-static __always_inline int source_verdict(const struct packet_event *ev)
+static __always_inline int source_verdict(const struct packet_event *ev, const struct policy_used *used)
 {
 	if (ev->ip_version == 4) {
 		struct policy_key_v4 k = { .prefixlen = 32 };
 		__builtin_memcpy(k.addr, ev->src, 4);
-		if (rule_live(bpf_map_lookup_elem(&allow_v4, &k)))
+		if (used->allow_v4 && rule_live(bpf_map_lookup_elem(&allow_v4, &k)))
 			return VERDICT_ALLOW;
 		if (rule_live(bpf_map_lookup_elem(&block_v4, &k)))
 			return VERDICT_DROP;
 	} else {
 		struct policy_key_v6 k = { .prefixlen = 128 };
 		__builtin_memcpy(k.addr, ev->src, 16);
-		if (rule_live(bpf_map_lookup_elem(&allow_v6, &k)))
+		if (used->allow_v6 && rule_live(bpf_map_lookup_elem(&allow_v6, &k)))
 			return VERDICT_ALLOW;
 		if (rule_live(bpf_map_lookup_elem(&block_v6, &k)))
 			return VERDICT_DROP;
@@ -314,15 +321,19 @@ static __always_inline int source_verdict(const struct packet_event *ev)
 }
 
 /* Destination-port deny rules, optionally per source prefix. */
-static __always_inline int port_verdict(const struct packet_event *ev)
+static __always_inline int port_verdict(const struct packet_event *ev, const struct policy_used *used)
 {
 	__u16 port_be = bpf_htons(ev->dport);
 	if (ev->ip_version == 4) {
+		if (!used->ports_v4)
+			return VERDICT_PASS;
 		struct port_key_v4 k = { .prefixlen = 16 + 32 };
 		__builtin_memcpy(k.port, &port_be, 2);
 		__builtin_memcpy(k.addr, ev->src, 4);
 		return rule_live(bpf_map_lookup_elem(&ports_v4, &k)) ? VERDICT_DROP : VERDICT_PASS;
 	}
+	if (!used->ports_v6)
+		return VERDICT_PASS;
 	struct port_key_v6 k = { .prefixlen = 16 + 128 };
 	__builtin_memcpy(k.port, &port_be, 2);
 	__builtin_memcpy(k.addr, ev->src, 16);
@@ -503,8 +514,12 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	}
 	/* Guard: source allow/block lists apply to every IP packet. */
 	int verdict = VERDICT_PASS;
+	struct policy_used *used = NULL;
 	if (cfg.policy && ev.ip_version) {
-		verdict = source_verdict(&ev);
+		used = bpf_map_lookup_elem(&policy_used, &zero);
+		if (!used)
+			return VERDICT_PASS; /* cannot happen: a 1-slot array */
+		verdict = source_verdict(&ev, used);
 		if (verdict == VERDICT_DROP) {
 			c->policy_dropped++;
 			return VERDICT_DROP;
@@ -541,8 +556,8 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	if (ev.malformed)
 		count_malformed(c, ev.malformed);
 
-	if (cfg.policy && verdict == VERDICT_PASS) {
-		if (port_verdict(&ev) == VERDICT_DROP ||
+	if (cfg.policy && used && verdict == VERDICT_PASS) {
+		if (port_verdict(&ev, used) == VERDICT_DROP ||
 		    (dcfg.enabled && detect(&ev) == VERDICT_DROP)) {
 			c->policy_dropped++;
 			return VERDICT_DROP;

@@ -21,8 +21,8 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/tcpscope";
 pub const RUN_ROOT: &str = "/run/tcpscope";
 
 /// The maps a guard pins, by name.
-pub const MAPS: [&str; 7] =
-    ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "counters"];
+pub const MAPS: [&str; 8] =
+    ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "policy_used", "counters"];
 
 /// Which list a rule belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -319,7 +319,22 @@ impl PolicyMaps {
         };
         // SAFETY: policy_value is plain old data (two u64).
         let bytes = unsafe { plain::as_bytes(&value) };
-        self.map(name).update(&key, bytes, MapFlags::ANY).map_err(|e| anyhow!("adding the rule: {e}"))
+        self.map(name).update(&key, bytes, MapFlags::ANY).map_err(|e| anyhow!("adding the rule: {e}"))?;
+        self.mark_used(name)
+    }
+
+    /// Tells the kernel that list `name` has rules (see struct policy_used).
+    fn mark_used(&self, name: &str) -> Result<()> {
+        let field = ["allow_v4", "allow_v6", "ports_v4", "ports_v6"].iter().position(|n| *n == name);
+        let Some(field) = field else { return Ok(()) }; // block lists are always consulted
+        let map = self.map("policy_used");
+        let key = 0u32.to_ne_bytes();
+        let mut used = map.lookup(&key, MapFlags::ANY)?.unwrap_or_else(|| vec![0; 4]);
+        if used.get(field) == Some(&1) {
+            return Ok(());
+        }
+        used[field] = 1;
+        map.update(&key, &used, MapFlags::ANY).map_err(|e| anyhow!("enabling the {name} list: {e}"))
     }
 
     /// Deletes a rule; an error if there is no such rule.
@@ -334,7 +349,7 @@ impl PolicyMaps {
         let mut out = Vec::new();
         let mut expired = 0;
         for (name, map) in &self.maps {
-            if name == "counters" {
+            if name == "counters" || name == "policy_used" {
                 continue;
             }
             for key in map.keys() {
