@@ -49,8 +49,9 @@ pub enum Command {
     Conns(ConnsArgs),
     /// Handshake, connect and RTT latency histograms per port, with percentiles.
     Latency(LatencyArgs),
-    /// Protect an interface: drop what the allow/block/port rules say, in the
-    /// kernel; the rules change at runtime with `tcpscope block` and `allow`.
+    /// Protect an interface: drop what the allow/block/port rules and the
+    /// detectors say, in the kernel (at XDP unless --hook tc); rules change at
+    /// runtime with `tcpscope block` and `allow`.
     #[command(after_help = "Example:\n  tcpscope guard -i eth0 --rules rules.toml\n\n\
         Rules file (TOML):\n  [[block]]\n  cidr = \"198.18.0.0/24\"\n  port = 22      # optional: only this destination port\n  \
         ttl = \"10m\"    # optional\n  [[allow]]\n  cidr = \"198.18.1.5\"   # never blocked")]
@@ -59,7 +60,7 @@ pub enum Command {
     Block(BlockArgs),
     /// Add, remove or list allow rules of the running guard.
     Allow(AllowArgs),
-    /// Measure ns/packet of the XDP and TC programs with BPF_PROG_TEST_RUN.
+    /// Benchmarks: programs (ns/packet), read (vs tcpdump), conns (overhead), rules (vs xdp-filter).
     Bench(BenchArgs),
     /// Build two test hosts (network namespaces + veth), watch real connections, clean up.
     Demo(DemoArgs),
