@@ -4,7 +4,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -37,10 +37,7 @@ impl Guard {
             ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
         let out = guard.child.stdout.take();
         // A listener that accepts for as long as the test runs.
-        let l = TestHosts::run_in(&hosts.server_ns, move || TcpListener::bind((SERVER_V4, port)).unwrap())
-            .join()
-            .unwrap()
-            .unwrap();
+        let l = listen_in_server(&hosts, port);
         std::thread::spawn(move || for _ in l.incoming() {});
         Guard { guard, out, stderr: lines, hosts, port }
     }
@@ -255,10 +252,7 @@ fn syn_flood_is_mitigated_and_the_legitimate_client_is_served() {
     let mut g = Guard { guard, out, stderr, hosts, port: PORT };
 
     // A tiny HTTP server.
-    let l = TestHosts::run_in(&g.hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
-        .join()
-        .unwrap()
-        .unwrap();
+    let l = listen_in_server(&g.hosts, PORT);
     std::thread::spawn(move || {
         for mut s in l.incoming().flatten() {
             let mut buf = [0u8; 1024];

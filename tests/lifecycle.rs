@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -43,10 +43,7 @@ fn close_reports_bytes_process_and_the_packet_key() {
     let mut watch =
         start_tcpscope(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--json", "--port", &PORT.to_string()]);
 
-    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
-        .join()
-        .unwrap()
-        .unwrap();
+    let listener = listen_in_server(&hosts, PORT);
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = Vec::new();
@@ -146,10 +143,7 @@ fn retransmits_under_injected_loss() {
     nft(&hosts.server_ns, &rules);
 
     let conns = start_conns(&["--port", &PORT.to_string()]);
-    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
-        .join()
-        .unwrap()
-        .unwrap();
+    let listener = listen_in_server(&hosts, PORT);
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
         let mut buf = Vec::new();
@@ -178,10 +172,7 @@ fn zero_window_and_reopen() {
     let hosts = TestHosts::new("lczw").unwrap();
     let cns = netns_inode(&hosts.client_ns);
     let conns = start_conns(&["--port", &PORT.to_string()]);
-    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
-        .join()
-        .unwrap()
-        .unwrap();
+    let listener = listen_in_server(&hosts, PORT);
     let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
     let server = std::thread::spawn(move || {
         let (mut s, _) = listener.accept().unwrap();
@@ -314,10 +305,7 @@ fn unacknowledged_syn_ack_is_retransmitted() {
     let sns = netns_inode(&hosts.server_ns);
     block_client_resets(&hosts);
     let conns = start_conns(&["--port", &PORT.to_string()]);
-    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
-        .join()
-        .unwrap()
-        .unwrap();
+    let listener = listen_in_server(&hosts, PORT);
     // The final ACK comes 1.3 s late: Linux resends the SYN-ACK after 1 s.
     TestHosts::run_in(&hosts.client_ns, move || delayed_handshakes(PORT, 1, Duration::from_millis(1300)))
         .join()
@@ -360,10 +348,7 @@ fn handshake_latency_matches_a_delayed_final_ack() {
     cmd.args(["latency", "--json", "--port", &PORT.to_string(), "--interval", "0.5"]).stdout(Stdio::piped());
     let (mut lat, _) = ChildGuard::spawn_until_ready(cmd, "collecting", Duration::from_secs(30)).unwrap();
 
-    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
-        .join()
-        .unwrap()
-        .unwrap();
+    let listener = listen_in_server(&hosts, PORT);
     let server = std::thread::spawn(move || (0..N).map(|_| listener.accept().unwrap().0).collect::<Vec<_>>());
     TestHosts::run_in(&hosts.client_ns, move || delayed_handshakes(PORT, N, delay)).join().unwrap().unwrap();
     let accepted = server.join().unwrap();
@@ -390,10 +375,7 @@ fn pid_filter_keeps_one_process() {
     let hosts = TestHosts::new("lcpid").unwrap();
     let me = std::process::id();
     let conns = start_conns(&["--port", &PORT.to_string(), "--pid", &me.to_string()]);
-    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)).unwrap())
-        .join()
-        .unwrap()
-        .unwrap();
+    let listener = listen_in_server(&hosts, PORT);
     let server = std::thread::spawn(move || {
         for _ in 0..2 {
             let (mut s, _) = listener.accept().unwrap();

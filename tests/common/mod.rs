@@ -99,6 +99,16 @@ pub fn read_pcap_fields(file: &Path, fields: &[&str]) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// A listener on the server host's IPv4 address, `port`.
+pub fn listen_in_server(hosts: &TestHosts, port: u16) -> TcpListener {
+    TestHosts::run_in(&hosts.server_ns, move || {
+        TcpListener::bind((tcpscope::testhost::SERVER_V4, port)).expect("bind on the server host")
+    })
+    .join()
+    .expect("thread")
+    .expect("entering the server namespace")
+}
+
 /// Runs a server in the server namespace that reads each connection to EOF
 /// and replies with the byte count; the client sends `payload` over IPv4 and
 /// then IPv6. Returns the byte counts the server saw.
