@@ -307,3 +307,13 @@ fn syn_flood_is_mitigated_and_the_legitimate_client_is_served() {
     );
     assert!(dropped as f64 >= 0.99 * FLOOD as f64, "dropped {dropped} of {FLOOD}");
 }
+
+#[test]
+fn tc_hook_drops_with_tc_act_shot() {
+    let g = Guard::start("gtc", 19007, &["--hook", "tc"]);
+    assert!(g.connects(Duration::from_secs(2)));
+    g.ok(&["block", "add", "198.18.0.0/30"]);
+    assert!(!g.connects(Duration::from_millis(300)), "blocked at TC ingress");
+    g.ok(&["block", "del", "198.18.0.0/30"]);
+    assert!(g.connects(Duration::from_millis(100)));
+}
