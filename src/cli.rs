@@ -213,14 +213,28 @@ pub struct GuardArgs {
     pub json: bool,
 }
 
+/// Which running guard `block` and `allow` talk to.
 #[derive(Debug, Args)]
-pub struct BlockArgs {
+pub struct GuardSelect {
     /// The guarded interface (default: the only running guard).
     #[arg(short = 'i', long = "interface", value_name = "IFACE", global = true)]
     pub iface: Option<String>,
     /// The guarded interface's network namespace, as given to `guard --netns`.
     #[arg(long, value_name = "NAME", global = true, requires = "iface")]
     pub netns: Option<String>,
+}
+
+impl GuardSelect {
+    /// The guard's id (see `policy::guard_id`), if an interface was named.
+    pub fn id(&self) -> Option<String> {
+        self.iface.as_deref().map(|i| crate::policy::guard_id(i, self.netns.as_deref()))
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct BlockArgs {
+    #[command(flatten)]
+    pub guard: GuardSelect,
     #[command(subcommand)]
     pub cmd: BlockCmd,
 }
@@ -251,12 +265,8 @@ pub enum BlockCmd {
 
 #[derive(Debug, Args)]
 pub struct AllowArgs {
-    /// The guarded interface (default: the only running guard).
-    #[arg(short = 'i', long = "interface", value_name = "IFACE", global = true)]
-    pub iface: Option<String>,
-    /// The guarded interface's network namespace, as given to `guard --netns`.
-    #[arg(long, value_name = "NAME", global = true, requires = "iface")]
-    pub netns: Option<String>,
+    #[command(flatten)]
+    pub guard: GuardSelect,
     #[command(subcommand)]
     pub cmd: AllowCmd,
 }

@@ -1,7 +1,7 @@
 //! Crafted frames for benchmarks, the demo's self-check and tests. They are
 //! encoded with etherparse, independently of both tcpscope decoders.
 
-use etherparse::{PacketBuilder, TcpOptionElement};
+use etherparse::{IpHeaders, PacketBuilder, PacketBuilderStep, TcpOptionElement};
 
 pub const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 1];
 pub const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 2];
@@ -27,34 +27,40 @@ fn finish(builder: etherparse::PacketBuilderStep<etherparse::TcpHeader>, payload
     out
 }
 
+/// A SYN from port 40000 with `opts`, on top of the given L2/L3 builder.
+fn syn(
+    ip: PacketBuilderStep<IpHeaders>,
+    dport: u16,
+    seq: u32,
+    window: u16,
+    opts: &[TcpOptionElement],
+) -> Vec<u8> {
+    finish(ip.tcp(40000, dport, seq, window).syn().options(opts).expect("options fit"), &[])
+}
+
 /// IPv4 SYN with the full Linux option set.
 pub fn syn_v4() -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv4(V4_SRC, V4_DST, 64)
-        .tcp(40000, 80, 1000, 64240)
-        .syn()
-        .options(&linux_syn_options())
-        .expect("options fit");
-    finish(b, &[])
+    syn(
+        PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_SRC, V4_DST, 64),
+        80,
+        1000,
+        64240,
+        &linux_syn_options(),
+    )
 }
 
 /// IPv4 SYN with the options in Windows' order (MSS, NOP, WS, NOP, NOP,
 /// SACK-permitted): not a fast-path layout, so the general parser runs.
 pub fn syn_v4_windows_options() -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv4(V4_SRC, V4_DST, 128)
-        .tcp(40000, 80, 1000, 64240)
-        .syn()
-        .options(&[
-            TcpOptionElement::MaximumSegmentSize(1460),
-            TcpOptionElement::Noop,
-            TcpOptionElement::WindowScale(8),
-            TcpOptionElement::Noop,
-            TcpOptionElement::Noop,
-            TcpOptionElement::SelectiveAcknowledgementPermitted,
-        ])
-        .expect("options fit");
-    finish(b, &[])
+    let opts = [
+        TcpOptionElement::MaximumSegmentSize(1460),
+        TcpOptionElement::Noop,
+        TcpOptionElement::WindowScale(8),
+        TcpOptionElement::Noop,
+        TcpOptionElement::Noop,
+        TcpOptionElement::SelectiveAcknowledgementPermitted,
+    ];
+    syn(PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_SRC, V4_DST, 128), 80, 1000, 64240, &opts)
 }
 
 /// IPv4 ACK without options or payload.
@@ -66,25 +72,21 @@ pub fn ack_v4() -> Vec<u8> {
 
 /// IPv6 SYN with the full Linux option set.
 pub fn syn_v6() -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
-        .ipv6(V6_SRC, V6_DST, 64)
-        .tcp(40000, 443, 2000, 64800)
-        .syn()
-        .options(&linux_syn_options())
-        .expect("options fit");
-    finish(b, &[])
+    syn(
+        PacketBuilder::ethernet2(MAC_A, MAC_B).ipv6(V6_SRC, V6_DST, 64),
+        443,
+        2000,
+        64800,
+        &linux_syn_options(),
+    )
 }
 
 /// 802.1Q-tagged IPv4 SYN.
 pub fn syn_vlan() -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+    let ip = PacketBuilder::ethernet2(MAC_A, MAC_B)
         .single_vlan(etherparse::VlanId::try_new(100).expect("valid id"))
-        .ipv4(V4_SRC, V4_DST, 64)
-        .tcp(40000, 80, 1000, 64240)
-        .syn()
-        .options(&linux_syn_options())
-        .expect("options fit");
-    finish(b, &[])
+        .ipv4(V4_SRC, V4_DST, 64);
+    syn(ip, 80, 1000, 64240, &linux_syn_options())
 }
 
 /// IPv4 UDP: not TCP.

@@ -177,8 +177,7 @@ fn list(maps: &PolicyMaps, which: List, json: bool) -> Result<()> {
 }
 
 pub fn block(args: &BlockArgs) -> Result<()> {
-    let id = args.iface.as_deref().map(|i| policy::guard_id(i, args.netns.as_deref()));
-    let maps = PolicyMaps::open(id.as_deref())?;
+    let maps = PolicyMaps::open(args.guard.id().as_deref())?;
     match &args.cmd {
         BlockCmd::Add { cidr, port, ttl } => {
             maps.add(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: *ttl })
@@ -191,8 +190,7 @@ pub fn block(args: &BlockArgs) -> Result<()> {
 }
 
 pub fn allow(args: &AllowArgs) -> Result<()> {
-    let id = args.iface.as_deref().map(|i| policy::guard_id(i, args.netns.as_deref()));
-    let maps = PolicyMaps::open(id.as_deref())?;
+    let maps = PolicyMaps::open(args.guard.id().as_deref())?;
     match &args.cmd {
         AllowCmd::Add { cidr } => maps.add(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None }),
         AllowCmd::Del { cidr } => {
