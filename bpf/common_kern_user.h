@@ -312,6 +312,8 @@ enum conn_event_kind {
 	CONN_WINDOW_REOPEN,     /* ... and opened it again */
 	CONN_RCVQ_FULL,         /* sock:sock_rcvqueue_full */
 	CONN_RETRANSMIT_SYNACK, /* tcp:tcp_retransmit_synack: the peer has not ACKed our SYN-ACK */
+	CONN_LIMIT,             /* a peer holds more established incoming connections than
+	                         * conn_limit; reason = how many (guard) */
 	CONN_KIND_MAX,
 };
 
@@ -347,9 +349,10 @@ struct latency_hist {
 /* Filter for lifecycle events, read-only data set before load. */
 struct lifecycle_config {
 	__u32 pid;          /* only this process's sockets (0: all) */
+	__u32 conn_limit;   /* guard: report peers with more established incoming connections */
 	__u16 port;         /* only connections with this local or remote port (0: all) */
 	__u8 emit_states;   /* report every state change */
-	__u8 _pad;
+	__u8 only_limits;   /* guard: report CONN_LIMIT events only */
 };
 
 struct conn_event {

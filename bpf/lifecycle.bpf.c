@@ -71,6 +71,20 @@ struct {
 	__type(value, __u64);
 } syn_seen SEC(".maps");
 
+/* Established incoming connections per peer address and netns (guard's
+ * connection limit). */
+struct peer_key {
+	__u8 addr[16];
+	__u32 netns;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, __u32);
+} peer_conns SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -256,6 +270,8 @@ static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_ev
 
 static __always_inline void submit(struct conn_event *e)
 {
+	if (cfg.only_limits && e->kind != CONN_LIMIT)
+		return;
 	e->ts_ns = bpf_ktime_get_ns();
 	__u64 flags = bpf_ringbuf_query(&conn_events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES ? BPF_RB_FORCE_WAKEUP
 										    : BPF_RB_NO_WAKEUP;
@@ -264,6 +280,39 @@ static __always_inline void submit(struct conn_event *e)
 		__u64 *lost = bpf_map_lookup_elem(&conn_events_lost, &zero);
 		if (lost)
 			(*lost)++;
+	}
+}
+
+/* Counts a peer's established incoming connections up or down; over the
+ * limit, reports it (user space rate-limits and mitigates). */
+static __always_inline void peer_conn_add(const struct conn_event *e, int delta)
+{
+	struct peer_key k = { .netns = e->netns };
+	__builtin_memcpy(k.addr, e->daddr, 16);
+	__u32 *n = bpf_map_lookup_elem(&peer_conns, &k);
+	if (!n) {
+		if (delta < 0)
+			return;
+		__u32 one = 0;
+		bpf_map_update_elem(&peer_conns, &k, &one, BPF_NOEXIST);
+		n = bpf_map_lookup_elem(&peer_conns, &k);
+		if (!n)
+			return;
+	}
+	if (delta > 0) {
+		/* Plain atomic add, then a read: clang 14 targets BPF without
+		 * fetching atomics. The read may see a racing update; close
+		 * enough for a threshold. */
+		__sync_fetch_and_add(n, 1);
+		__u32 now_n = *n;
+		if (now_n > cfg.conn_limit) {
+			struct conn_event a = *e;
+			a.kind = CONN_LIMIT;
+			a.reason = now_n;
+			submit(&a);
+		}
+	} else if (*n > 0) {
+		__sync_fetch_and_add(n, (__u32)-1);
 	}
 }
 
@@ -360,6 +409,8 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
 			lat_record(in ? e.sport : e.dport, in ? LAT_HANDSHAKE : LAT_CONNECT, e.latency_ns);
 		}
+		if (in && cfg.conn_limit)
+			peer_conn_add(&e, 1);
 		if (!port_wanted(&e))
 			return 0;
 		e.kind = in ? CONN_ESTABLISHED_IN : CONN_ESTABLISHED_OUT;
@@ -375,6 +426,8 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 			if (!e.dport)
 				e.dport = si->dport;
 			e.duration_ns = now - si->start_ns;
+			if (si->passive && si->sport && cfg.conn_limit)
+				peer_conn_add(&e, -1);
 			e.pid = si->pid;
 			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
 			bpf_map_delete_elem(&socks, &skp);

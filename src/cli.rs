@@ -205,6 +205,9 @@ pub struct GuardArgs {
     /// ...with bursts up to this many.
     #[arg(long, value_name = "N", default_value_t = 200)]
     pub syn_burst: u32,
+    /// Connection limit: established incoming connections one source may hold (0: off).
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    pub conn_limit: u32,
     /// At most one alert per source and kind per this interval.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::policy::parse_duration)]
     pub alert_interval: std::time::Duration,

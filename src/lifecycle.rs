@@ -45,6 +45,7 @@ pub fn kind_name(k: u8) -> &'static str {
         x if x == K::CONN_WINDOW_REOPEN.0 => "window_reopen",
         x if x == K::CONN_RCVQ_FULL.0 => "rcvqueue_full",
         x if x == K::CONN_RETRANSMIT_SYNACK.0 => "retransmit_synack",
+        x if x == K::CONN_LIMIT.0 => "conn_limit",
         _ => "unknown",
     }
 }

@@ -317,3 +317,37 @@ fn tc_hook_drops_with_tc_act_shot() {
     g.ok(&["block", "del", "198.18.0.0/30"]);
     assert!(g.connects(Duration::from_millis(100)));
 }
+
+#[test]
+fn connection_limit_alerts_and_mitigates() {
+    const PORT: u16 = 19008;
+    let hosts = TestHosts::new("gclimit").unwrap();
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["guard", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--json", "--mitigate"])
+        .args(["--conn-limit", "5", "--mitigate-ttl", "30s"])
+        .stdout(Stdio::piped());
+    let (mut guard, stderr) =
+        ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+    let out = guard.child.stdout.take();
+    let mut g = Guard { guard, out, stderr, hosts, port: PORT };
+    let l = listen_in_server(&g.hosts, PORT);
+    let held = std::thread::spawn(move || l.incoming().take(6).map(|s| s.unwrap()).collect::<Vec<_>>());
+    // Six concurrent connections from one source; the limit is five.
+    let addr = SocketAddr::from((SERVER_V4, PORT));
+    let clients = TestHosts::run_in(&g.hosts.client_ns, move || {
+        (0..6).map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap()).collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    let server_side = held.join().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    // Mitigation blocked the source: a seventh connection fails.
+    assert!(!g.connects(Duration::from_millis(300)), "source over the limit is blocked");
+    let (alerts, _) = g.stop();
+    let limit = alerts.iter().find(|a| a["alert"] == "conn_limit").unwrap_or_else(|| panic!("{alerts:#?}"));
+    assert_eq!(limit["src"], "198.18.0.1");
+    assert_eq!((limit["connections"].as_u64(), limit["limit"].as_u64()), (Some(6), Some(5)));
+    assert!(alerts.iter().any(|a| a["alert"] == "mitigation" && a["src"] == "198.18.0.1"));
+    drop((clients, server_side));
+}

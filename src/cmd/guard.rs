@@ -71,8 +71,24 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     for r in &rules {
         maps.add(r)?;
     }
+    // Connection limit: counted in the kernel by the lifecycle tracepoints,
+    // which report only peers over the limit; alerts are rate-limited here.
+    let lc = if args.conn_limit > 0 && !args.no_detect {
+        let cfg = crate::bpf::lifecycle::types::lifecycle_config {
+            conn_limit: args.conn_limit,
+            only_limits: 1,
+            ..Default::default()
+        };
+        Some(crate::bpf::lifecycle::start(cfg)?)
+    } else {
+        None
+    };
+    // Announced last: tests and scripts take this line to mean "all live".
     session.announce(&format!("guarding with {} rules", rules.len()));
 
+    let my_netns = crate::cmd::watch::own_netns().unwrap_or(0);
+    let last_alert =
+        std::cell::RefCell::new(std::collections::HashMap::<std::net::IpAddr, std::time::Instant>::new());
     let offset = crate::cmd::monotonic_to_realtime_offset();
     let mut b = libbpf_rs::RingBufferBuilder::new();
     b.add(&session.skel.maps.alerts, |d: &[u8]| {
@@ -84,11 +100,72 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         0
     })
     .context("setting up the alert ring buffer")?;
+    if let Some(lc) = &lc {
+        b.add(&lc.skel.maps.conn_events, |d: &[u8]| {
+            let mut e = crate::bpf::lifecycle::types::conn_event::default();
+            let n = d.len().min(std::mem::size_of_val(&e));
+            if plain::copy_from_bytes(&mut e, &d[..n]).is_err() || e.netns != my_netns {
+                return 0;
+            }
+            let rec = crate::lifecycle::ConnRecord::from_event(&e, e.ts_ns + offset, &|_, _| String::new());
+            let now = std::time::Instant::now();
+            let mut last = last_alert.borrow_mut();
+            if last.get(&rec.peer).is_some_and(|t| now.duration_since(*t) < args.alert_interval) {
+                return 0;
+            }
+            last.insert(rec.peer, now);
+            let v = serde_json::json!({
+                "alert": "conn_limit", "src": rec.peer.to_string(), "connections": e.reason,
+                "limit": args.conn_limit, "ts_ns": rec.ts_ns,
+            });
+            print_line(&if args.json {
+                v.to_string()
+            } else {
+                format!(
+                    "tcpscope: ALERT conn_limit from {}: {} established connections (limit {})",
+                    rec.peer, e.reason, args.conn_limit
+                )
+            });
+            if args.mitigate {
+                let prefix = if rec.peer.is_ipv4() { 32 } else { 128 };
+                let rule = Rule {
+                    list: List::Block,
+                    cidr: crate::filter::Cidr { addr: rec.peer, prefix },
+                    port: None,
+                    ttl: Some(args.mitigate_ttl),
+                };
+                // Allow-listed sources are never blocked.
+                let allowed = maps
+                    .list()
+                    .map(|(rules, _)| {
+                        rules.iter().any(|r| r.rule.list == List::Allow && r.rule.cidr.contains(rec.peer))
+                    })
+                    .unwrap_or(false);
+                if !allowed && maps.add(&rule).is_ok() {
+                    let m = serde_json::json!({"alert": "mitigation", "src": rec.peer.to_string(),
+                        "blocked_for_s": args.mitigate_ttl.as_secs(), "ts_ns": rec.ts_ns});
+                    print_line(&if args.json {
+                        m.to_string()
+                    } else {
+                        format!(
+                            "tcpscope: ALERT mitigation from {}: blocked for {}s",
+                            rec.peer,
+                            args.mitigate_ttl.as_secs()
+                        )
+                    });
+                }
+            }
+            0
+        })
+        .context("setting up the connection-limit ring buffer")?;
+    }
     let ring = b.build().context("setting up the alert ring buffer")?;
     // Expired rules match nothing in the kernel already; sweeping them out
     // keeps the tries small and `block list` honest.
     while !stop.load(Ordering::SeqCst) {
+        // consume() too: lifecycle events wake the reader only in bulk.
         let _ = ring.poll(Duration::from_millis(100));
+        let _ = ring.consume();
         let _ = maps.list();
     }
     drop(ring);
