@@ -85,6 +85,15 @@ struct {
 	__type(value, __u32);
 } peer_conns SEC(".maps");
 
+/* Completed incoming handshakes per network namespace (the guard's
+ * SYN-to-handshake ratio). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32);
+	__type(value, __u64);
+} handshakes SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 4096);
@@ -411,6 +420,15 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		}
 		if (in && cfg.conn_limit)
 			peer_conn_add(&e, 1);
+		if (in) {
+			__u64 *h = bpf_map_lookup_elem(&handshakes, &e.netns);
+			if (h) {
+				__sync_fetch_and_add(h, 1);
+			} else {
+				__u64 one = 1;
+				bpf_map_update_elem(&handshakes, &e.netns, &one, BPF_NOEXIST);
+			}
+		}
 		if (!port_wanted(&e))
 			return 0;
 		e.kind = in ? CONN_ESTABLISHED_IN : CONN_ESTABLISHED_OUT;

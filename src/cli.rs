@@ -208,6 +208,12 @@ pub struct GuardArgs {
     /// Connection limit: established incoming connections one source may hold (0: off).
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub conn_limit: u32,
+    /// SYN-to-handshake ratio: alert when fewer than this share of incoming SYNs...
+    #[arg(long, value_name = "RATIO", default_value_t = 0.1)]
+    pub syn_ratio: f64,
+    /// ...completes a handshake, over a second with at least this many SYNs.
+    #[arg(long, value_name = "N", default_value_t = 500)]
+    pub syn_ratio_min: u64,
     /// At most one alert per source and kind per this interval.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = crate::policy::parse_duration)]
     pub alert_interval: std::time::Duration,

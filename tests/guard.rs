@@ -351,3 +351,21 @@ fn connection_limit_alerts_and_mitigates() {
     assert!(alerts.iter().any(|a| a["alert"] == "mitigation" && a["src"] == "198.18.0.1"));
     drop((clients, server_side));
 }
+
+#[test]
+fn syn_to_handshake_ratio_flags_a_flood() {
+    const PORT: u16 = 19009;
+    // Per-source limits out of the way: this is the global view.
+    let mut g = Guard::start("gratio", PORT, &["--json", "--syn-rate", "1000000", "--syn-burst", "1000000"]);
+    let mut flood = TestHosts::command_in(&g.hosts.client_ns, "hping3");
+    flood
+        .args(["-S", "-p", &PORT.to_string(), "-i", "u100", "-c", "20000", "-q", "198.18.0.2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    assert!(flood.status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(1200));
+    let (alerts, _) = g.stop();
+    let r = alerts.iter().find(|a| a["alert"] == "syn_ratio").unwrap_or_else(|| panic!("{alerts:#?}"));
+    assert!(r["syn_per_s"].as_f64().unwrap() >= 500.0, "{r}");
+    assert!(r["ratio"].as_f64().unwrap() < 0.1, "{r}");
+}

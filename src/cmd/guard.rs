@@ -162,11 +162,17 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     let ring = b.build().context("setting up the alert ring buffer")?;
     // Expired rules match nothing in the kernel already; sweeping them out
     // keeps the tries small and `block list` honest.
+    let mut ratio = RatioWatch::default();
     while !stop.load(Ordering::SeqCst) {
         // consume() too: lifecycle events wake the reader only in bulk.
         let _ = ring.poll(Duration::from_millis(100));
         let _ = ring.consume();
         let _ = maps.list();
+        if let Some(lc) = &lc {
+            if let Some(line) = ratio.check(&session, lc, my_netns, args) {
+                print_line(&line);
+            }
+        }
     }
     drop(ring);
     let c = bpf::read_counters(&session.skel)?;
@@ -177,6 +183,64 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     );
     eprintln!("{}", c.summary());
     Ok(())
+}
+
+/// The global SYN-to-handshake ratio, checked once a second: many SYNs and
+/// few completed handshakes is a flood, whatever its sources.
+#[derive(Default)]
+struct RatioWatch {
+    last: Option<(std::time::Instant, u64, u64)>,
+    alerted: Option<std::time::Instant>,
+}
+
+impl RatioWatch {
+    fn check(
+        &mut self,
+        session: &Session,
+        lc: &crate::bpf::lifecycle::Lifecycle,
+        netns: u32,
+        args: &GuardArgs,
+    ) -> Option<String> {
+        use libbpf_rs::MapCore;
+        let now = std::time::Instant::now();
+        if self.last.is_some_and(|(t, _, _)| now.duration_since(t) < Duration::from_secs(1)) {
+            return None;
+        }
+        let syns = bpf::read_counters(&session.skel).ok()?.0.syn_no_ack;
+        let done = lc
+            .skel
+            .maps
+            .handshakes
+            .lookup(&netns.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .ok()
+            .flatten()
+            .map_or(0, |v| u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])));
+        let prev = self.last.replace((now, syns, done))?;
+        let (dt, ds, dd) =
+            (now.duration_since(prev.0).as_secs_f64(), syns - prev.1, done.saturating_sub(prev.2));
+        let rate = ds as f64 / dt;
+        let share = if ds == 0 { 1.0 } else { dd as f64 / ds as f64 };
+        if rate < args.syn_ratio_min as f64 || share >= args.syn_ratio {
+            return None;
+        }
+        if self.alerted.is_some_and(|t| now.duration_since(t) < args.alert_interval) {
+            return None;
+        }
+        self.alerted = Some(now);
+        let v = serde_json::json!({"alert": "syn_ratio", "syn_per_s": rate.round(), "handshakes_per_s": (dd as f64 / dt).round(),
+            "ratio": share, "threshold": args.syn_ratio});
+        Some(if args.json {
+            v.to_string()
+        } else {
+            format!(
+                "tcpscope: ALERT syn_ratio: {:.0} SYN/s, {:.0} handshakes/s completed ({:.3} < {})",
+                rate,
+                dd as f64 / dt,
+                share,
+                args.syn_ratio
+            )
+        })
+    }
 }
 
 fn alert_name(kind: u8) -> &'static str {
