@@ -152,6 +152,13 @@ struct tcpscope_config {
 	__u16 ports[TCPSCOPE_MAX_FILTER_PORTS];
 	__u16 sports[TCPSCOPE_MAX_FILTER_PORTS];
 	__u16 dports[TCPSCOPE_MAX_FILTER_PORTS];
+	/* guard: decide, then stop. Packets that pass are counted (packets,
+	 * TCP, SYN) but not inspected further: no per-flag or malformed-option
+	 * counters, and TCP options parsed only where a detector needs them
+	 * (a SYN with data). Keeps the firewall path as short as a plain
+	 * filter's. */
+	__u8 lean;
+	__u8 _pad2[3];
 };
 
 /*

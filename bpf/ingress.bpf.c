@@ -537,9 +537,21 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	}
 
 	void *tcp_start = nh.pos;
-	if (parse_tcp(ctx, hook, data, &nh, data_end, &ev, &l3) == PARSE_MALFORMED) {
+	if (parse_tcp(ctx, hook, data, &nh, data_end, &ev, &l3, cfg.lean) == PARSE_MALFORMED) {
 		/* Not even the fixed header: no ports, so no event. */
 		count_malformed(c, ev.malformed);
+		return VERDICT_PASS;
+	}
+	if (cfg.lean) {
+		/* guard: decide, count what the SYN-ratio detector needs, stop. */
+		c->tcp_packets++;
+		if ((ev.flags_raw & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
+			c->syn_no_ack++;
+		if (verdict == VERDICT_PASS && used &&
+		    (port_verdict(&ev, used) == VERDICT_DROP || (dcfg.enabled && detect(&ev) == VERDICT_DROP))) {
+			c->policy_dropped++;
+			return VERDICT_DROP;
+		}
 		return VERDICT_PASS;
 	}
 	if (!ev.malformed && !(ev.ip_flags & IPF_JUMBO)) {

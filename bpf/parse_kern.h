@@ -424,7 +424,7 @@ static __always_inline bool parse_tcp_options_fast(__u8 *o, __u32 opt_len, void 
  * for option or length errors found after the ports) or PARSE_MALFORMED. */
 static __always_inline int parse_tcp(void *ctx, __u8 hook, void *data,
 				     struct hdr_cursor *nh, void *data_end,
-				     struct packet_event *ev, struct l3_info *l3)
+				     struct packet_event *ev, struct l3_info *l3, bool lean)
 {
 	struct tcphdr *th = nh->pos;
 	if ((void *)(th + 1) > data_end) {
@@ -454,6 +454,11 @@ static __always_inline int parse_tcp(void *ctx, __u8 hook, void *data,
 	ev->payload_len = l3->ip_payload_len - hlen;
 	if (nh->pos + hlen > data_end) {
 		ev->malformed = MALFORMED_TCP_HDR_TRUNCATED;
+		return PARSE_TCP;
+	}
+	/* lean (guard): options matter only to the SYN-with-data detector. */
+	if (lean && !((ev->flags_raw & TCPF_SYN) && ev->payload_len)) {
+		nh->pos += hlen;
 		return PARSE_TCP;
 	}
 	if (hlen > TCP_MIN_HLEN && parse_tcp_options_fast((__u8 *)(th + 1), hlen - TCP_MIN_HLEN,

@@ -184,6 +184,10 @@ pub struct GuardArgs {
     /// Rules to load at start (TOML; see the example below).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,
+    /// Keep the full inspector's counters (every flag, malformed options) for
+    /// packets that pass; by default the guard decides and stops.
+    #[arg(long)]
+    pub inspect: bool,
     /// Turn the detectors off (port scan, SYN flood, flag anomalies).
     #[arg(long)]
     pub no_detect: bool,

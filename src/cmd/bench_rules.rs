@@ -123,6 +123,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     bpf::preflight::check_privileges()?;
     let mut cfg = EventFilter::default().to_kernel(false)?;
     cfg.policy = 1;
+    cfg.lean = 1; // as `tcpscope guard` runs by default
     let ours = bpf::load_ingress(&LoadOptions::new(cfg))?;
     let hosts = TestHosts::new("brules")?;
     let (xf_prog, xf_v4, xf_v6) = load_xdp_filter(&hosts)?;

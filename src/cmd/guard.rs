@@ -44,6 +44,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
 
     let mut config = EventFilter::default().to_kernel(false)?;
     config.policy = 1;
+    config.lean = u8::from(!args.inspect);
     // XDP by default here: dropping before an skb exists is the point.
     let hook = args.attach.hook.unwrap_or(HookKind::Xdp);
     let detect = crate::bpf::types::detect_config {
