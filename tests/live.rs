@@ -276,3 +276,40 @@ fn pcapng_export_opens_in_tshark() {
         "a data packet was cut to headers + 16 bytes"
     );
 }
+
+#[test]
+fn netns_option_watches_an_interface_in_another_namespace() {
+    // Like `ip -n`: tcpscope itself enters the namespace (no `ip netns exec`).
+    let hosts = TestHosts::new("netnsopt").unwrap();
+    let mut cmd = std::process::Command::new(tcpscope_bin());
+    cmd.args([
+        "watch",
+        "--netns",
+        &hosts.server_ns,
+        "-i",
+        SERVER_IF,
+        "--json",
+        "--flags",
+        "SYN,!ACK",
+        "-c",
+        "1",
+    ])
+    .stdout(std::process::Stdio::piped());
+    let (mut watch, _) =
+        tcpscope::testhost::ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+    exchange(&hosts, 10);
+    assert!(watch.wait_timeout(Duration::from_secs(20)).unwrap().success());
+    let ev: Value = serde_json::from_str(stdout_of(&mut watch).trim()).unwrap();
+    assert_eq!((ev["src"].as_str(), ev["dport"].as_u64()), (Some("198.18.0.1"), Some(u64::from(PORT))));
+    // The connection key names the namespace the interface lives in.
+    let ino = std::fs::metadata(format!("/var/run/netns/{}", hosts.server_ns)).map(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.ino()
+    });
+    assert!(ev["conn"].as_str().unwrap().starts_with(&format!("{}/", ino.unwrap())), "{ev}");
+    let bad = std::process::Command::new(tcpscope_bin())
+        .args(["watch", "--netns", "no-such-ns", "-i", "lo"])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("network namespace 'no-such-ns' not found"));
+}
