@@ -80,7 +80,15 @@ pub fn run(args: &GuardArgs) -> Result<()> {
             only_limits: 1,
             ..Default::default()
         };
-        Some(crate::bpf::lifecycle::start(cfg)?)
+        // Without the lifecycle tracepoints the guard still guards: these
+        // two detectors are the only casualties, and the user is told.
+        match crate::bpf::lifecycle::start(cfg) {
+            Ok(lc) => Some(lc),
+            Err(e) => {
+                eprintln!("tcpscope: connection limit and SYN-to-handshake ratio unavailable: {e:#}");
+                None
+            }
+        }
     } else {
         None
     };
