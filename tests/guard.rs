@@ -29,16 +29,23 @@ impl Drop for Guard {
 }
 
 impl Guard {
+    /// Fresh test hosts, a guard on the server side, and a listener on
+    /// `port` that accepts for as long as the test runs.
     fn start(tag: &str, port: u16, extra: &[&str]) -> Guard {
-        let hosts = TestHosts::new(tag).unwrap();
+        let g = Guard::on(TestHosts::new(tag).unwrap(), port, extra);
+        let l = listen_in_server(&g.hosts, port);
+        std::thread::spawn(move || for _ in l.incoming() {});
+        g
+    }
+
+    /// A guard with `extra` options on the server side of `hosts`; the test
+    /// brings its own server.
+    fn on(hosts: TestHosts, port: u16, extra: &[&str]) -> Guard {
         let mut cmd = Command::new(tcpscope_bin());
         cmd.args(["guard", "--netns", &hosts.server_ns, "-i", SERVER_IF]).args(extra).stdout(Stdio::piped());
         let (mut guard, lines) =
             ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
         let out = guard.child.stdout.take();
-        // A listener that accepts for as long as the test runs.
-        let l = listen_in_server(&hosts, port);
-        std::thread::spawn(move || for _ in l.incoming() {});
         Guard { guard, out, stderr: lines, hosts, port }
     }
 
@@ -232,24 +239,11 @@ fn syn_flood_is_mitigated_and_the_legitimate_client_is_served() {
         tcpscope::testhost::CLIENT_IF,
     ])
     .unwrap();
-    let mut cmd = Command::new(tcpscope_bin());
-    cmd.args([
-        "guard",
-        "--netns",
-        &hosts.server_ns,
-        "-i",
-        SERVER_IF,
-        "--json",
-        "--mitigate",
-        "--mitigate-ttl",
-        "30s",
-    ])
-    .args(["--syn-rate", "10", "--syn-burst", "20"])
-    .stdout(Stdio::piped());
-    let (mut guard, stderr) =
-        ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
-    let out = guard.child.stdout.take();
-    let mut g = Guard { guard, out, stderr, hosts, port: PORT };
+    let mut g = Guard::on(
+        hosts,
+        PORT,
+        &["--json", "--mitigate", "--mitigate-ttl", "30s", "--syn-rate", "10", "--syn-burst", "20"],
+    );
 
     // A tiny HTTP server.
     let l = listen_in_server(&g.hosts, PORT);
@@ -322,14 +316,8 @@ fn tc_hook_drops_with_tc_act_shot() {
 fn connection_limit_alerts_and_mitigates() {
     const PORT: u16 = 19008;
     let hosts = TestHosts::new("gclimit").unwrap();
-    let mut cmd = Command::new(tcpscope_bin());
-    cmd.args(["guard", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--json", "--mitigate"])
-        .args(["--conn-limit", "5", "--mitigate-ttl", "30s"])
-        .stdout(Stdio::piped());
-    let (mut guard, stderr) =
-        ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
-    let out = guard.child.stdout.take();
-    let mut g = Guard { guard, out, stderr, hosts, port: PORT };
+    let mut g =
+        Guard::on(hosts, PORT, &["--json", "--mitigate", "--conn-limit", "5", "--mitigate-ttl", "30s"]);
     let l = listen_in_server(&g.hosts, PORT);
     let held = std::thread::spawn(move || l.incoming().take(6).map(|s| s.unwrap()).collect::<Vec<_>>());
     // Six concurrent connections from one source; the limit is five.
