@@ -131,6 +131,10 @@ impl Drop for TestHosts {
 #[derive(Debug)]
 pub struct ChildGuard {
     pub child: std::process::Child,
+    /// Drains a piped stdout while the child runs: a child that prints more
+    /// than a pipe holds (64 KiB) would otherwise block on write and never
+    /// see the signal that should stop it.
+    stdout: Option<std::thread::JoinHandle<Vec<u8>>>,
 }
 
 impl ChildGuard {
@@ -146,7 +150,14 @@ impl ChildGuard {
         cmd.stderr(std::process::Stdio::piped());
         let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
         let stderr = child.stderr.take().context("child stderr")?;
-        let guard = ChildGuard { child };
+        let stdout = child.stdout.take().map(|mut out| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = std::io::Read::read_to_end(&mut out, &mut buf);
+                buf
+            })
+        });
+        let guard = ChildGuard { child, stdout };
         let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let ready = ready.to_string();
@@ -168,6 +179,13 @@ impl ChildGuard {
                 bail!("{cmd:?} did not become ready within {timeout:?}; stderr:\n{got}")
             }
         }
+    }
+
+    /// All of a piped stdout, once the child has closed it (normally by
+    /// exiting). Panics if stdout was not piped or was already taken.
+    pub fn stdout_text(&mut self) -> String {
+        let bytes = self.stdout.take().expect("stdout piped").join().expect("stdout reader");
+        String::from_utf8(bytes).expect("stdout is UTF-8")
     }
 
     /// Sends SIGINT (a user's Ctrl-C) and waits for the exit status.

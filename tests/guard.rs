@@ -15,7 +15,6 @@ use tcpscope::testhost::{ChildGuard, TestHosts, SERVER_IF, SERVER_V4};
 struct Guard {
     guard: ChildGuard,
     /// The guard's stdout (alerts), read when it stops.
-    out: Option<std::process::ChildStdout>,
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     hosts: TestHosts,
     port: u16,
@@ -43,17 +42,15 @@ impl Guard {
     fn on(hosts: TestHosts, port: u16, extra: &[&str]) -> Guard {
         let mut cmd = Command::new(tcpscope_bin());
         cmd.args(["guard", "--netns", &hosts.server_ns, "-i", SERVER_IF]).args(extra).stdout(Stdio::piped());
-        let (mut guard, lines) =
+        let (guard, lines) =
             ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
-        let out = guard.child.stdout.take();
-        Guard { guard, out, stderr: lines, hosts, port }
+        Guard { guard, stderr: lines, hosts, port }
     }
 
     /// Stops the guard; returns its alerts (stdout) and its stderr summary.
     fn stop(&mut self) -> (Vec<serde_json::Value>, String) {
         assert!(self.guard.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
-        let mut s = String::new();
-        std::io::Read::read_to_string(&mut self.out.take().unwrap(), &mut s).unwrap();
+        let s = self.guard.stdout_text();
         std::thread::sleep(Duration::from_millis(100));
         let alerts = s.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         let err = self.stderr.lock().unwrap().join("\n");

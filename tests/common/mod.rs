@@ -42,11 +42,9 @@ pub fn link_exists(id: u32) -> bool {
         .success()
 }
 
-/// Reads all of a finished child's stdout.
+/// All of a finished child's stdout.
 pub fn stdout_of(child: &mut ChildGuard) -> String {
-    let mut s = String::new();
-    child.child.stdout.take().expect("stdout piped").read_to_string(&mut s).unwrap();
-    s
+    child.stdout_text()
 }
 
 /// tshark capturing on `ifname` inside `ns` into a pcapng file.
