@@ -119,6 +119,87 @@ fn put(map: &MapHandle, key: &[u8], value: u64) -> Result<()> {
     Ok(())
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// `frame` (untagged Ethernet, IPv4 or IPv6) with its source address replaced.
+fn with_source(mut frame: Vec<u8>, src: std::net::IpAddr) -> Vec<u8> {
+    match src {
+        std::net::IpAddr::V4(a) => frame[26..30].copy_from_slice(&a.octets()),
+        std::net::IpAddr::V6(a) => frame[22..38].copy_from_slice(&a.octets()),
+    }
+    frame
+}
+
+/// The guard's data-structure choice, measured: one LPM trie lookup against
+/// one exact hash lookup per prefix length in use (longest first), both in
+/// the same minimal program (bpf/baseline.bpf.c) holding the same rules.
+/// Sources: covered by no rule (the hash tries every length in use), and
+/// covered by a /32 rule (the trie walks to its deepest level).
+fn bench_structures(args: &BenchArgs, repeat: u32) -> Result<()> {
+    let mut skel = bpf::load_baseline()?;
+    let hit32 = nth_rule(8); // i % 2 == 0, lens[(8 / 2) % 5] = 32
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("pass v4", testpkt::syn_v4()),
+        ("pass v6", testpkt::syn_v6()),
+        ("hit v4 /32", with_source(testpkt::syn_v4(), hit32.addr)),
+    ];
+    print_line("");
+    print_line(&format!(
+        "rule lookup structure, same minimal program and rules: median ns/packet, LPM trie / hash per prefix length (repeat {repeat})"
+    ));
+    let mut head = format!("{:>8}", "rules");
+    for (name, _) in &cases {
+        head.push_str(&format!(" {:>20}", name));
+    }
+    print_line(&head);
+    let (mut lens4, mut lens6) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let mut added = 0;
+    for n in COUNTS {
+        while added < n {
+            let r = Rule { list: List::Block, cidr: nth_rule(added), port: None, ttl: None };
+            let (name, key) = rule_key(&r);
+            let (lpm, hash) = if name == "block_v4" {
+                lens4.insert(r.cidr.prefix as u8);
+                (&skel.maps.ref_lpm_v4, &skel.maps.ref_hash_v4)
+            } else {
+                lens6.insert(r.cidr.prefix as u8);
+                (&skel.maps.ref_lpm_v6, &skel.maps.ref_hash_v6)
+            };
+            lpm.update(&key, &[0u8; 16], MapFlags::ANY).context("adding a rule")?;
+            hash.update(&key, &[0u8; 16], MapFlags::ANY).context("adding a rule")?;
+            added += 1;
+        }
+        let bss = skel.maps.bss_data.as_deref_mut().context("baseline .bss not mapped")?;
+        bss.ref_nlens_v4 = lens4.len() as u32;
+        for (slot, len) in bss.ref_lens_v4.iter_mut().zip(lens4.iter().rev()) {
+            *slot = *len;
+        }
+        bss.ref_nlens_v6 = lens6.len() as u32;
+        for (slot, len) in bss.ref_lens_v6.iter_mut().zip(lens6.iter().rev()) {
+            *slot = *len;
+        }
+        let mut row = format!("{n:>8}");
+        for (_, frame) in &cases {
+            let (mut lpm, mut hash) = (Vec::new(), Vec::new());
+            for _ in 0..args.rounds.max(1) {
+                for (v, prog) in [(&mut lpm, &skel.progs.ref_lpm_xdp), (&mut hash, &skel.progs.ref_hash_prefix_xdp)]
+                {
+                    let o = prog.test_run(ProgramInput { data_in: Some(frame), repeat, ..Default::default() })?;
+                    v.push(o.duration.as_nanos() as f64);
+                }
+            }
+            row.push_str(&format!(" {:>20}", format!("{:.1} / {:.1}", median(lpm), median(hash))));
+        }
+        if !print_line(&row) {
+            break;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: &BenchArgs) -> Result<()> {
     bpf::preflight::check_privileges()?;
     let mut cfg = EventFilter::default().to_kernel(false)?;
@@ -159,10 +240,18 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             }
             added += 1;
         }
-        let median = |f: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
-            let mut v = (0..rounds).map(|_| f()).collect::<Result<Vec<_>>>()?;
-            v.sort_by(f64::total_cmp);
-            Ok(v[v.len() / 2])
+        // Rounds alternate between the two programs, so drift on this noisy
+        // VM lands on both alike; each side reports its median.
+        let paired = |a: &mut dyn FnMut() -> Result<f64>, b: &mut dyn FnMut() -> Result<f64>| -> Result<(f64, f64)> {
+            let (mut va, mut vb) = (Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                va.push(a()?);
+                vb.push(b()?);
+            }
+            Ok((median(va), median(vb)))
+        };
+        let median1 = |f: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
+            Ok(median((0..rounds).map(|_| f()).collect::<Result<Vec<_>>>()?))
         };
         let run_ours = |frame: &[u8]| -> Result<f64> {
             let out = ours.progs.tcpscope_xdp.test_run(ProgramInput {
@@ -172,13 +261,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             })?;
             Ok(out.duration.as_nanos() as f64)
         };
-        let ours_pass = median(&mut || run_ours(&pass))?;
-        let xf_pass = median(&mut || test_run_fd(&xf_prog, &pass, repeat))?;
+        let (ours_pass, xf_pass) =
+            paired(&mut || run_ours(&pass), &mut || test_run_fd(&xf_prog, &pass, repeat))?;
         if let Some(full) = xf_full {
             let (name, key) = rule_key(&block);
             let m = if name == "block_v4" { &ours.maps.block_v4 } else { &ours.maps.block_v6 };
             m.update(&key, &[0u8; 16], MapFlags::ANY)?;
-            let ours_drop = median(&mut || run_ours(&pass))?;
+            let ours_drop = median1(&mut || run_ours(&pass))?;
             m.delete(&key)?;
             print_line(&format!(
                 "{n:>8} {ours_pass:>16.1} {:>16} {:>8} | {ours_drop:>16.1} {:>16}   (xdp-filter's maps hold {full} entries at most)",
@@ -191,16 +280,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let m = if name == "block_v4" { &ours.maps.block_v4 } else { &ours.maps.block_v6 };
         m.update(&key, &[0u8; 16], MapFlags::ANY)?;
         put(&xf_v4, &[198, 18, 0, 1], XDPFILTER_MAP_FLAG_SRC)?;
-        let ours_drop = median(&mut || run_ours(&pass))?;
-        let xf_drop = median(&mut || test_run_fd(&xf_prog, &pass, repeat))?;
+        let (ours_drop, xf_drop) =
+            paired(&mut || run_ours(&pass), &mut || test_run_fd(&xf_prog, &pass, repeat))?;
         m.delete(&key)?;
         xf_v4.delete(&[198, 18, 0, 1])?;
         if !print_line(&format!(
             "{n:>8} {ours_pass:>16.1} {xf_pass:>16.1} {:>7.2}x | {ours_drop:>16.1} {xf_drop:>16.1}",
             ours_pass / xf_pass
         )) {
-            break;
+            return Ok(());
         }
     }
-    Ok(())
+    bench_structures(args, repeat)
 }
