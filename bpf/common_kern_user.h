@@ -360,6 +360,8 @@ struct lifecycle_config {
 	__u16 port;         /* only connections with this local or remote port (0: all) */
 	__u8 emit_states;   /* report every state change */
 	__u8 only_limits;   /* guard: report CONN_LIMIT events only */
+	__u8 count_handshakes; /* guard: count completed incoming handshakes per netns */
+	__u8 _pad[3];
 };
 
 struct conn_event {

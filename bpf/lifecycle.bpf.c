@@ -1,9 +1,18 @@
 // SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause)
 /*
  * TCP lifecycle and health, from tracepoints only (this kernel has no kprobes
- * and refuses fentry). All programs are tp_btf: typed arguments, no tracefs
- * needed. User space attaches each one on its own and reports any that the
- * kernel refuses, so one missing tracepoint costs one view, not the tool.
+ * and refuses fentry). The programs are tp_btf (typed arguments, no tracefs
+ * needed), except the accept hook, which prefers the per-syscall tp/
+ * tracepoints (they fire on accept only) and falls back to tp_btf/sys_exit
+ * (every syscall). User space attaches each one on its own and reports any
+ * that the kernel refuses, so one missing tracepoint costs one view, not the
+ * tool.
+ *
+ * Cost matters: these run ~30 times per short connection, on its critical
+ * path. So per-socket state lives in socket local storage (a pointer away,
+ * freed with the socket, no LRU to maintain), and the owning process is not
+ * stored in the kernel at all: connect and accept events carry it, and user
+ * space joins it to the socket's later events by socket cookie.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -39,13 +48,11 @@ enum latency_limits _latency_limits = LAT_SLOTS;
 struct sock_info {
 	__u64 start_ns; /* SYN_SENT, or the first SYN of an incoming connection */
 	__u64 rtt_sampled_ns; /* last RTT sample taken for the histogram */
-	__u32 pid;
-	__u8 comm[16];
 	__u16 sport;      /* ports once known: at close the kernel has already */
 	__u16 dport;      /* released the local port (skc_num reads 0) */
 	__u8 passive;
 	__u8 zero_window; /* the peer's window is 0 right now */
-	__u8 _pad[6];
+	__u8 _pad[2];
 };
 
 /* First SYN of an incoming connection, from the receive path. */
@@ -58,14 +65,17 @@ struct syn_key {
 };
 
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64); /* struct sock * */
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct sock_info);
 } socks SEC(".maps");
 
+/* Per-CPU LRU lists: the common list's lock is shared by every CPU, and
+ * this map takes an insert per SYN and a delete per handshake. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, 65536);
 	__type(key, struct syn_key);
 	__type(value, __u64);
@@ -94,8 +104,13 @@ struct {
 	__type(value, __u64);
 } handshakes SEC(".maps");
 
+/* Per CPU: every connection records into these 3-4 times, and atomics on a
+ * histogram line shared by all CPUs made that the dearest step of all (the
+ * line bounces between CPUs). User space sums the CPUs' copies. Allocated
+ * on use: 4 KiB per CPU per (port, kind). */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 4096);
 	__type(key, struct latency_key);
 	__type(value, struct latency_hist);
@@ -149,11 +164,13 @@ static __always_inline void lat_record(__u16 port, __u8 kind, __u64 v)
 	asm volatile("" : "+r"(slot));
 	if (slot >= LAT_SLOTS)
 		slot = LAT_SLOTS - 1;
-	__sync_fetch_and_add(&h->slots[slot], 1);
-	__sync_fetch_and_add(&h->count, 1);
-	__sync_fetch_and_add(&h->sum, v);
+	/* This CPU's copy: plain adds. Only a program nested on the same CPU
+	 * (softirq over process context) could interleave: a rare lost count. */
+	h->slots[slot]++;
+	h->count++;
+	h->sum += v;
 	if (v > h->max)
-		h->max = v; /* racy max: a rare lost update only lowers it */
+		h->max = v;
 }
 
 /*
@@ -190,40 +207,40 @@ static __always_inline void tuple_from_sock(const struct sock *sk, struct conn_e
 }
 
 /* Addresses and ports of the TCP packet whose network header is at l3, as
- * seen by its receiver: local = destination. Returns 0 if it is not TCP
- * (or is a non-first fragment, or IPv6 with extension headers). */
+ * seen by its receiver: local = destination; *flags gets its SYN and ACK
+ * bits. Returns 0 if it is not TCP (or is a non-first fragment, or IPv6
+ * with extension headers). */
 static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct conn_event *e,
-					 struct tcphdr *th)
+					 __u8 *flags)
 {
 	unsigned char *l4;
 
+	/* Direct loads through bpf_core_cast(), not probe-read helper calls:
+	 * netif_receive_skb runs this for every received packet. */
 	if (proto == ETH_P_IP) {
-		struct iphdr ip;
-		if (bpf_probe_read_kernel(&ip, sizeof(ip), l3))
-			return 0;
-		if (ip.protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip.frag_off) & 0x1fff))
+		const struct iphdr *ip = bpf_core_cast(l3, struct iphdr);
+		if (ip->protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip->frag_off) & 0x1fff))
 			return 0;
 		e->family = 4;
-		__builtin_memcpy(e->daddr, &ip.saddr, 4);
-		__builtin_memcpy(e->saddr, &ip.daddr, 4);
-		l4 = l3 + ip.ihl * 4;
+		__u32 s = ip->saddr, d = ip->daddr;
+		__builtin_memcpy(e->daddr, &s, 4);
+		__builtin_memcpy(e->saddr, &d, 4);
+		l4 = l3 + (ip->ihl & 0xf) * 4;
 	} else if (proto == ETH_P_IPV6) {
-		struct ipv6hdr ip6;
-		if (bpf_probe_read_kernel(&ip6, sizeof(ip6), l3))
-			return 0;
-		if (ip6.nexthdr != IPPROTO_TCP_NUM)
+		const struct ipv6hdr *ip6 = bpf_core_cast(l3, struct ipv6hdr);
+		if (ip6->nexthdr != IPPROTO_TCP_NUM)
 			return 0;
 		e->family = 6;
-		__builtin_memcpy(e->daddr, &ip6.saddr, 16);
-		__builtin_memcpy(e->saddr, &ip6.daddr, 16);
-		l4 = l3 + sizeof(ip6);
+		__builtin_memcpy(e->daddr, &ip6->saddr, 16);
+		__builtin_memcpy(e->saddr, &ip6->daddr, 16);
+		l4 = l3 + sizeof(struct ipv6hdr);
 	} else {
 		return 0;
 	}
-	if (bpf_probe_read_kernel(th, sizeof(*th), l4))
-		return 0;
-	e->dport = bpf_ntohs(th->source);
-	e->sport = bpf_ntohs(th->dest);
+	const struct tcphdr *t = bpf_core_cast(l4, struct tcphdr);
+	*flags = ((__u8)t->syn << 1) | ((__u8)t->ack << 4);
+	e->dport = bpf_ntohs(t->source);
+	e->sport = bpf_ntohs(t->dest);
 	return 1;
 }
 
@@ -236,9 +253,9 @@ static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 /* The TCP packet in skb, by its network header. Returns 0 if not TCP. */
 static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn_event *e)
 {
-	struct tcphdr th;
+	__u8 flags;
 	unsigned char *l3 = skb->head + skb->network_header;
-	if (!tuple_from_l3(l3, bpf_ntohs(skb->protocol), e, &th))
+	if (!tuple_from_l3(l3, bpf_ntohs(skb->protocol), e, &flags))
 		return 0;
 	e->netns = skb_netns(skb);
 	return 1;
@@ -247,15 +264,6 @@ static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn
 static __always_inline bool port_wanted(const struct conn_event *e)
 {
 	return !cfg.port || e->sport == cfg.port || e->dport == cfg.port;
-}
-
-static __always_inline void fill_owner(struct conn_event *e, __u64 skp)
-{
-	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
-	if (si) {
-		e->pid = si->pid;
-		__builtin_memcpy(e->comm, si->comm, sizeof(e->comm));
-	}
 }
 
 static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_event *e)
@@ -330,7 +338,7 @@ SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
 {
 	struct conn_event e = {};
-	struct tcphdr th;
+	__u8 flags;
 
 	/* At this tracepoint skb->data is the network header; network_header
 	 * itself is set only just after. */
@@ -338,9 +346,9 @@ int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
 	__u16 proto = bpf_ntohs(skb->protocol);
 	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
 		return 0;
-	if (!tuple_from_l3(skb->data, proto, &e, &th))
+	if (!tuple_from_l3(skb->data, proto, &e, &flags))
 		return 0;
-	if ((((__u8 *)&th)[13] & (TCPF_SYN_BIT | TCPF_ACK_BIT)) != TCPF_SYN_BIT)
+	if ((flags & (TCPF_SYN_BIT | TCPF_ACK_BIT)) != TCPF_SYN_BIT)
 		return 0;
 	struct syn_key k = {};
 	__builtin_memcpy(k.peer, e.daddr, 16);
@@ -365,7 +373,6 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP_NUM)
 		return 0;
-	__u64 skp = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
 	struct conn_event e = {};
 	tuple_from_sock(sk, &e);
@@ -375,16 +382,16 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	e.cgroup_id = sk->sk_cgrp_data.cgroup->kn->id;
 
 	if (newstate == TCP_SYN_SENT) {
-		/* connect(): the calling process is current. */
-		struct sock_info si = { .start_ns = now };
-		si.pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(si.comm, sizeof(si.comm));
-		bpf_map_update_elem(&socks, &skp, &si, BPF_ANY);
+		/* connect(): the calling process is current. The whole record is
+		 * written: a socket may connect again after a failed attempt. */
+		struct sock_info *si = bpf_sk_storage_get(&socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (si)
+			*si = (struct sock_info){ .start_ns = now };
 		if (!port_wanted(&e))
 			return 0;
 		e.kind = CONN_CONNECT;
-		e.pid = si.pid;
-		__builtin_memcpy(e.comm, si.comm, sizeof(e.comm));
+		e.pid = bpf_get_current_pid_tgid() >> 32;
+		bpf_get_current_comm(e.comm, sizeof(e.comm));
 		submit(&e);
 		return 0;
 	}
@@ -397,30 +404,29 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		k.local_port = e.sport;
 		k.netns = e.netns;
 		__u64 *syn = bpf_map_lookup_elem(&syn_seen, &k);
-		struct sock_info si = { .start_ns = syn ? *syn : now, .passive = 1 };
+		struct sock_info *si = bpf_sk_storage_get(&socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+		if (si)
+			*si = (struct sock_info){ .start_ns = syn ? *syn : now, .passive = 1 };
 		if (syn)
 			bpf_map_delete_elem(&syn_seen, &k);
-		bpf_map_update_elem(&socks, &skp, &si, BPF_ANY);
 		if (cfg.emit_states && port_wanted(&e)) {
 			e.kind = CONN_STATE;
 			submit(&e);
 		}
 		return 0;
 	}
-	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+	struct sock_info *si = bpf_sk_storage_get(&socks, (void *)sk, 0, 0);
 	if (handshake_done) {
 		bool in = oldstate == TCP_SYN_RECV;
 		if (si) {
 			e.latency_ns = now - si->start_ns;
 			si->sport = e.sport;
 			si->dport = e.dport;
-			e.pid = si->pid;
-			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
 			lat_record(in ? e.sport : e.dport, in ? LAT_HANDSHAKE : LAT_CONNECT, e.latency_ns);
 		}
 		if (in && cfg.conn_limit)
 			peer_conn_add(&e, 1);
-		if (in) {
+		if (in && cfg.count_handshakes) {
 			__u64 *h = bpf_map_lookup_elem(&handshakes, &e.netns);
 			if (h) {
 				__sync_fetch_and_add(h, 1);
@@ -446,9 +452,6 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 			e.duration_ns = now - si->start_ns;
 			if (si->passive && si->sport && cfg.conn_limit)
 				peer_conn_add(&e, -1);
-			e.pid = si->pid;
-			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
-			bpf_map_delete_elem(&socks, &skp);
 		}
 		if (!port_wanted(&e))
 			return 0;
@@ -459,56 +462,70 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	}
 	if (cfg.emit_states && port_wanted(&e)) {
 		e.kind = CONN_STATE;
-		if (si) {
-			e.pid = si->pid;
-			__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
-		}
 		submit(&e);
 	}
 	return 0;
 }
 
-/* accept()/accept4() returned: the socket now has its process. */
-SEC("tp_btf/sys_exit")
-int BPF_PROG(lc_sys_exit, struct pt_regs *regs, long ret)
+/* accept()/accept4() returned fd: report the socket with its process. */
+static __always_inline int accepted(long fd)
 {
-	/* Every syscall of every process comes here: one load, then out. */
-	long nr = regs->orig_ax;
-	if ((nr != NR_ACCEPT && nr != NR_ACCEPT4) || ret < 0)
+	if (fd < 0)
 		return 0;
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
 	struct file *f = NULL;
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[ret & 0xffffff]) || !f)
+	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd & 0xffffff]) || !f)
 		return 0;
 	struct socket *sock = BPF_CORE_READ(f, private_data);
 	struct sock *sk = bpf_core_cast(BPF_CORE_READ(sock, sk), struct sock);
 	if (!sk || sk->sk_protocol != IPPROTO_TCP_NUM)
 		return 0;
-	__u64 skp = (__u64)sk;
-	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
-	struct sock_info fresh = { .start_ns = bpf_ktime_get_ns(), .passive = 1 };
-	if (!si) {
-		bpf_map_update_elem(&socks, &skp, &fresh, BPF_NOEXIST);
-		si = bpf_map_lookup_elem(&socks, &skp);
-		if (!si)
-			return 0;
-	}
-	si->pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(si->comm, sizeof(si->comm));
-
 	struct conn_event e = {};
 	tuple_from_sock(sk, &e);
 	if (!port_wanted(&e))
 		return 0;
 	e.kind = CONN_ACCEPT;
-	e.pid = si->pid;
-	__builtin_memcpy(e.comm, si->comm, sizeof(e.comm));
+	e.pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	/* Generated at SYN_RECV (set_state asks for it), so never 0 here for
+	 * a connection we followed. */
 	e.cookie = sk->__sk_common.skc_cookie.counter;
 	e.cgroup_id = bpf_get_current_cgroup_id();
 	e.newstate = sk->__sk_common.skc_state;
 	submit(&e);
 	return 0;
+}
+
+/* The per-syscall exit tracepoint (tracefs format: common header, int
+ * __syscall_nr, long ret). */
+struct syscall_exit_args {
+	__u64 common;
+	int nr;
+	long ret;
+};
+
+SEC("tp/syscalls/sys_exit_accept4")
+int lc_sys_exit_accept4(struct syscall_exit_args *ctx)
+{
+	return accepted(ctx->ret);
+}
+
+SEC("tp/syscalls/sys_exit_accept")
+int lc_sys_exit_accept(struct syscall_exit_args *ctx)
+{
+	return accepted(ctx->ret);
+}
+
+/* Fallback when the syscall tracepoints are missing: every syscall of every
+ * process comes here, so one load, then out. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(lc_sys_exit, struct pt_regs *regs, long ret)
+{
+	long nr = regs->orig_ax;
+	if (nr != NR_ACCEPT && nr != NR_ACCEPT4)
+		return 0;
+	return accepted(ret);
 }
 
 static __always_inline int sock_event(const struct sock *sk, __u8 kind, __u32 reason)
@@ -523,7 +540,6 @@ static __always_inline int sock_event(const struct sock *sk, __u8 kind, __u32 re
 	e.reason = reason;
 	e.newstate = sk->__sk_common.skc_state;
 	e.cookie = bpf_get_socket_cookie((void *)sk);
-	fill_owner(&e, (__u64)sk);
 	fill_tcp_stats(sk, &e);
 	submit(&e);
 	return 0;
@@ -586,7 +602,6 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 		tuple_from_sock(sk, &e);
 		e.cookie = sk->__sk_common.skc_cookie.counter;
 		e.newstate = sk->__sk_common.skc_state;
-		fill_owner(&e, (__u64)sk);
 	}
 	if (!port_wanted(&e))
 		return 0;
@@ -600,8 +615,7 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(lc_tcp_probe, struct sock *sk, const struct sk_buff *skb)
 {
-	__u64 skp = (__u64)sk;
-	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
+	struct sock_info *si = bpf_sk_storage_get(&socks, sk, 0, 0);
 	if (!si)
 		return 0; /* connections made before we started: not followed */
 	const struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
@@ -610,9 +624,15 @@ int BPF_PROG(lc_tcp_probe, struct sock *sk, const struct sk_buff *skb)
 	__u64 now = bpf_ktime_get_ns();
 	if (now - si->rtt_sampled_ns >= RTT_SAMPLE_NS) {
 		__u32 srtt = tp->srtt_us >> 3;
-		if (srtt) {
+		/* Keyed by the service port, as handshake and connect latency
+		 * are: the local port of an accepted socket, the remote port of
+		 * an outgoing one (its local port is ephemeral: one histogram
+		 * per connection, and the map full). Ports are known once
+		 * established; until then, no sample. */
+		__u16 port = si->passive ? si->sport : si->dport;
+		if (srtt && port) {
 			si->rtt_sampled_ns = now;
-			lat_record(sk->__sk_common.skc_num, LAT_RTT, srtt);
+			lat_record(port, LAT_RTT, srtt);
 		}
 	}
 	__u32 snd_wnd = tp->snd_wnd;

@@ -72,6 +72,41 @@ pub fn conn_key(netns: u32, local: IpAddr, lport: u16, peer: IpAddr, pport: u16)
     format!("{netns}/{}-{}", ep(local, lport), ep(peer, pport))
 }
 
+/// The process that owns each socket, by socket cookie. The kernel knows it
+/// only where it runs in that process (connect, accept) and reports it there;
+/// the socket's later events happen in softirq and get it from here. Keeping
+/// this join out of the kernel spares every connection a map insert and
+/// delete on its critical path.
+#[derive(Default)]
+pub struct Owners {
+    by_cookie: std::collections::HashMap<u64, (u32, [u8; 16])>,
+}
+
+impl Owners {
+    /// Sockets followed at once; past this the table starts afresh (a
+    /// long-lived socket's later events then lack their pid, nothing else).
+    const MAX: usize = 1 << 20;
+
+    /// Learns the owner from `e`, or fills it in; forgets it at close.
+    pub fn join(&mut self, e: &mut conn_event) {
+        if e.cookie == 0 {
+            return;
+        }
+        if e.pid != 0 {
+            if self.by_cookie.len() >= Self::MAX {
+                self.by_cookie.clear();
+            }
+            self.by_cookie.insert(e.cookie, (e.pid, e.comm));
+        } else if let Some((pid, comm)) = self.by_cookie.get(&e.cookie) {
+            e.pid = *pid;
+            e.comm = *comm;
+        }
+        if u32::from(e.kind) == types::conn_event_kind::CONN_CLOSE.0 {
+            self.by_cookie.remove(&e.cookie);
+        }
+    }
+}
+
 /// One lifecycle event, owned; its serde form is the `conns --json` schema.
 #[derive(Debug, Clone, Serialize)]
 pub struct ConnRecord {

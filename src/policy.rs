@@ -225,30 +225,11 @@ pub fn running_guards() -> Vec<String> {
     out
 }
 
-/// Mounts bpffs at /sys/fs/bpf if nothing is mounted there (as bpftool does).
-fn ensure_bpffs() -> Result<()> {
-    const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-    let path = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
-    // SAFETY: statfs into a zeroed struct; path is NUL-terminated.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == BPF_FS_MAGIC {
-        return Ok(());
-    }
-    let (src, fstype, opts) = (c"bpf", c"bpf", c"mode=0700");
-    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
-    if unsafe { libc::mount(src.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, opts.as_ptr().cast()) } != 0 {
-        bail!(
-            "mounting bpffs at /sys/fs/bpf: {} (mount it: `mount -t bpf bpf /sys/fs/bpf`)",
-            std::io::Error::last_os_error()
-        );
-    }
-    Ok(())
-}
-
 /// Claims `iface` for this guard: fails if another guard is live there;
 /// clears stale pins of a guard that died.
 pub fn claim(iface: &str) -> Result<PathBuf> {
-    ensure_bpffs()?;
+    // Mounted if absent, as bpftool does.
+    crate::bpf::preflight::ensure_mounted(c"/sys/fs/bpf", c"bpf", 0xcafe4a11, c"mode=0700")?;
     if let Some(pid) = running_guard(iface) {
         bail!("a tcpscope guard (pid {pid}) already runs on '{iface}': stop it first, or edit its rules with `tcpscope block ...`");
     }

@@ -414,3 +414,58 @@ fn pid_filter_keeps_one_process() {
     // Its later events (established, close) come through by socket cookie.
     assert_eq!(find(&evs, "close", cns).len(), 1, "{evs:#?}");
 }
+
+#[test]
+fn rtt_histogram_is_keyed_by_the_service_port() {
+    const PORT: u16 = 18089;
+    const N: usize = 4;
+    let hosts = TestHosts::new("lcrtt").unwrap();
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["latency", "--json", "--interval", "0.5"]).stdout(Stdio::piped());
+    let (mut lat, _) = ChildGuard::spawn_until_ready(cmd, "collecting", Duration::from_secs(30)).unwrap();
+
+    let listener = listen_in_server(&hosts, PORT);
+    let server = std::thread::spawn(move || {
+        for _ in 0..N {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 100];
+            while s.read_exact(&mut b).is_ok() {
+                s.write_all(&b).unwrap();
+            }
+        }
+    });
+    // Echo round trips on each connection: both ends get RTT samples.
+    let ephemeral: Vec<u16> = TestHosts::run_in(&hosts.client_ns, || {
+        (0..N)
+            .map(|_| {
+                let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+                let mut b = [0u8; 100];
+                for _ in 0..3 {
+                    s.write_all(&[5u8; 100]).unwrap();
+                    s.read_exact(&mut b).unwrap();
+                }
+                s.local_addr().unwrap().port()
+            })
+            .collect()
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    server.join().unwrap();
+    std::thread::sleep(Duration::from_millis(1200)); // one more report
+    lat.interrupt_and_wait(Duration::from_secs(20)).unwrap();
+    let out = stdout_of(&mut lat);
+    let reports: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rtt = reports
+        .iter()
+        .rfind(|v| v["kind"] == "rtt" && v["port"] == PORT)
+        .unwrap_or_else(|| panic!("no RTT histogram for port {PORT}: {out}"));
+    // At least one sample per socket, server and client side alike.
+    assert!(rtt["count"].as_u64().unwrap() >= 2 * N as u64, "{rtt}");
+    let p50 = rtt["p50_ns"].as_u64().unwrap();
+    assert!(p50 > 0 && p50 < 50_000_000, "veth RTT p50 {p50} ns");
+    for v in reports.iter().filter(|v| v["kind"] == "rtt") {
+        let port = v["port"].as_u64().unwrap() as u16;
+        assert!(!ephemeral.contains(&port), "RTT keyed by a client's ephemeral port {port}: {v}");
+    }
+}

@@ -27,11 +27,11 @@ unsafe impl plain::Plain for types::latency_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::latency_hist {}
 
-/// One view and the tracepoint behind it.
-pub const VIEWS: [(&str, &str); 10] = [
+/// One view and the tracepoint behind it (the accept view is attached on
+/// its own: see `attach_accept`).
+pub const VIEWS: [(&str, &str); 9] = [
     ("handshake start (first SYN)", "netif_receive_skb"),
     ("lifecycle (connect, established, close)", "inet_sock_set_state"),
-    ("process of accepted sockets", "sys_exit"),
     ("retransmits", "tcp_retransmit_skb"),
     ("SYN-ACK retransmits", "tcp_retransmit_synack"),
     ("resets received", "tcp_receive_reset"),
@@ -62,7 +62,6 @@ pub fn start(config: types::lifecycle_config) -> Result<Lifecycle> {
     let progs = [
         &skel.progs.lc_netif_receive_skb,
         &skel.progs.lc_inet_sock_set_state,
-        &skel.progs.lc_sys_exit,
         &skel.progs.lc_tcp_retransmit_skb,
         &skel.progs.lc_tcp_retransmit_synack,
         &skel.progs.lc_tcp_receive_reset,
@@ -79,12 +78,44 @@ pub fn start(config: types::lifecycle_config) -> Result<Lifecycle> {
             Err(e) => unavailable.push((view.to_string(), format!("tracepoint {tp} refused: {e}"))),
         }
     }
+    match attach_accept(&skel) {
+        Ok(mut l) => links.append(&mut l),
+        Err(why) => unavailable.push(("process of accepted sockets".to_string(), why)),
+    }
     if links.is_empty() {
         anyhow::bail!(
             "no lifecycle tracepoint could be attached (is this kernel built with BTF tracepoints?)"
         );
     }
     Ok(Lifecycle { skel, links, unavailable })
+}
+
+/// The accept view: the per-syscall tracepoints syscalls:sys_exit_accept{,4}
+/// fire on accept only; the fallback, tp_btf/sys_exit, runs on every
+/// syscall of every process (a measurable cost on a busy host). The
+/// former need tracefs, mounted here if absent.
+fn attach_accept(skel: &LifecycleSkel<'static>) -> std::result::Result<Vec<Link>, String> {
+    let per_syscall = || -> Result<Vec<Link>> {
+        preflight::ensure_mounted(c"/sys/kernel/tracing", c"tracefs", 0x74726163, c"")?;
+        Ok(vec![
+            skel.progs
+                .lc_sys_exit_accept4
+                .attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, "sys_exit_accept4")?,
+            skel.progs
+                .lc_sys_exit_accept
+                .attach_tracepoint(libbpf_rs::TracepointCategory::Syscalls, "sys_exit_accept")?,
+        ])
+    };
+    let first = match per_syscall() {
+        Ok(links) => return Ok(links),
+        Err(e) => e,
+    };
+    match skel.progs.lc_sys_exit.attach() {
+        Ok(l) => Ok(vec![l]),
+        Err(e) => Err(format!(
+            "tracepoints syscalls:sys_exit_accept{{,4}} refused ({first:#}), and raw sys_exit too: {e}"
+        )),
+    }
 }
 
 /// Names of a kernel enum's values, read from the running kernel's BTF

@@ -1,6 +1,7 @@
 //! Checks made before touching the kernel, and translation of kernel errors
 //! into one-line messages that name the fix.
 
+use std::ffi::CStr;
 use std::path::Path;
 
 use anyhow::{anyhow, Result};
@@ -73,4 +74,23 @@ pub fn explain(e: libbpf_rs::Error, doing: &str) -> anyhow::Error {
         ),
         _ => anyhow!("{doing}: {e}"),
     }
+}
+
+/// Mounts a kernel pseudo file system at `path` unless one of that kind
+/// (`magic`, as statfs reports it) is already there.
+pub fn ensure_mounted(path: &CStr, fstype: &CStr, magic: i64, opts: &CStr) -> Result<()> {
+    // SAFETY: statfs into a zeroed struct; path is NUL-terminated.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == magic {
+        return Ok(());
+    }
+    // SAFETY: all pointers are NUL-terminated strings that outlive the call.
+    if unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, opts.as_ptr().cast()) } != 0 {
+        let (path, fstype) = (path.to_string_lossy(), fstype.to_string_lossy());
+        return Err(anyhow!(
+            "mounting {fstype} at {path}: {} (mount it: `mount -t {fstype} {fstype} {path}`)",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }

@@ -1,7 +1,6 @@
 //! `tcpscope conns`: the kernel's view of TCP connections, as events.
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashSet;
 use std::io::{self, BufWriter, Write};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -48,9 +47,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     let printed = Cell::new(0u64);
     let failed = Cell::new(false);
     let limit = args.count.unwrap_or(u64::MAX);
-    // With --pid: the cookies of that process's sockets, learned from its
-    // connect()/accept() events, select the rest.
-    let mine = RefCell::new(HashSet::<u64>::new());
+    let owners = RefCell::new(crate::lifecycle::Owners::default());
 
     let mut b = libbpf_rs::RingBufferBuilder::new();
     b.add(&lc.skel.maps.conn_events, |d: &[u8]| {
@@ -63,16 +60,20 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         {
             return 0;
         }
-        if let Some(pid) = args.pid {
-            if e.pid == pid {
-                mine.borrow_mut().insert(e.cookie);
-            } else if !(e.cookie != 0 && mine.borrow().contains(&e.cookie)) {
-                return 0;
-            }
+        owners.borrow_mut().join(&mut e);
+        if args.pid.is_some_and(|pid| pid != e.pid) {
+            return 0;
         }
         let rec = ConnRecord::from_event(&e, e.ts_ns + offset, &reason);
-        let line = if args.json { serde_json::to_string(&rec).unwrap_or_default() } else { rec.text() };
-        if writeln!(out.borrow_mut(), "{line}").is_err() {
+        let mut out = out.borrow_mut();
+        let written = if args.json {
+            serde_json::to_writer(&mut *out, &rec)
+                .map_err(io::Error::from)
+                .and_then(|()| out.write_all(b"\n"))
+        } else {
+            writeln!(out, "{}", rec.text())
+        };
+        if written.is_err() {
             failed.set(true);
         }
         printed.set(printed.get() + 1);

@@ -78,6 +78,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         let cfg = crate::bpf::lifecycle::types::lifecycle_config {
             conn_limit: args.conn_limit,
             only_limits: 1,
+            count_handshakes: 1,
             ..Default::default()
         };
         // Without the lifecycle tracepoints the guard still guards: these

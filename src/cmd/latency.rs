@@ -30,11 +30,22 @@ pub fn read_histograms(lc: &lifecycle::Lifecycle) -> Vec<(types::latency_key, ty
         if plain::copy_from_bytes(&mut k, &key).is_err() {
             continue;
         }
-        if let Ok(Some(v)) = map.lookup(&key, libbpf_rs::MapFlags::ANY) {
-            let mut h = types::latency_hist::default();
-            if plain::copy_from_bytes(&mut h, &v).is_ok() {
-                out.push((k, h));
+        // Per CPU in the kernel: summed here.
+        if let Ok(Some(per_cpu)) = map.lookup_percpu(&key, libbpf_rs::MapFlags::ANY) {
+            let mut total = types::latency_hist::default();
+            for v in per_cpu {
+                let mut h = types::latency_hist::default();
+                if plain::copy_from_bytes(&mut h, &v).is_err() {
+                    continue;
+                }
+                for (t, s) in total.slots.iter_mut().zip(h.slots) {
+                    *t += s;
+                }
+                total.count += h.count;
+                total.sum += h.sum;
+                total.max = total.max.max(h.max);
             }
+            out.push((k, total));
         }
     }
     out.sort_by_key(|(k, _)| (k.kind, k.port));
