@@ -185,9 +185,11 @@ fn bench_structures(args: &BenchArgs, repeat: u32) -> Result<()> {
         for (_, frame) in &cases {
             let (mut lpm, mut hash) = (Vec::new(), Vec::new());
             for _ in 0..args.rounds.max(1) {
-                for (v, prog) in [(&mut lpm, &skel.progs.ref_lpm_xdp), (&mut hash, &skel.progs.ref_hash_prefix_xdp)]
+                for (v, prog) in
+                    [(&mut lpm, &skel.progs.ref_lpm_xdp), (&mut hash, &skel.progs.ref_hash_prefix_xdp)]
                 {
-                    let o = prog.test_run(ProgramInput { data_in: Some(frame), repeat, ..Default::default() })?;
+                    let o =
+                        prog.test_run(ProgramInput { data_in: Some(frame), repeat, ..Default::default() })?;
                     v.push(o.duration.as_nanos() as f64);
                 }
             }
@@ -242,14 +244,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
         // Rounds alternate between the two programs, so drift on this noisy
         // VM lands on both alike; each side reports its median.
-        let paired = |a: &mut dyn FnMut() -> Result<f64>, b: &mut dyn FnMut() -> Result<f64>| -> Result<(f64, f64)> {
-            let (mut va, mut vb) = (Vec::new(), Vec::new());
-            for _ in 0..rounds {
-                va.push(a()?);
-                vb.push(b()?);
-            }
-            Ok((median(va), median(vb)))
-        };
+        let paired =
+            |a: &mut dyn FnMut() -> Result<f64>, b: &mut dyn FnMut() -> Result<f64>| -> Result<(f64, f64)> {
+                let (mut va, mut vb) = (Vec::new(), Vec::new());
+                for _ in 0..rounds {
+                    va.push(a()?);
+                    vb.push(b()?);
+                }
+                Ok((median(va), median(vb)))
+            };
         let median1 = |f: &mut dyn FnMut() -> Result<f64>| -> Result<f64> {
             Ok(median((0..rounds).map(|_| f()).collect::<Result<Vec<_>>>()?))
         };
