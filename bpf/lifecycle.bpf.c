@@ -9,8 +9,9 @@
  * tool.
  *
  * Cost matters: these run ~30 times per short connection, on its critical
- * path. So per-socket state lives in socket local storage (a pointer away,
- * freed with the socket, no LRU to maintain), and the owning process is not
+ * path (bench conns measures it). So per-socket state is one preallocated
+ * LRU entry per followed socket (socket local storage measured dearer: it
+ * allocates on create and frees through RCU), and the owning process is not
  * stored in the kernel at all: connect and accept events carry it, and user
  * space joins it to the socket's later events by socket cookie.
  */
@@ -28,8 +29,6 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define IPPROTO_TCP_NUM 6
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
-#define TCPF_SYN_BIT 0x02
-#define TCPF_ACK_BIT 0x10
 /* x86_64 syscall numbers (vmlinux.h is x86_64). */
 #define NR_ACCEPT 43
 #define NR_ACCEPT4 288
@@ -64,10 +63,14 @@ struct syn_key {
 	__u16 local_port;
 };
 
+/* Keyed by socket address; removed at close, and LRU so that sockets whose
+ * close we missed cannot fill it. Per-CPU LRU lists: the common list's lock
+ * is shared by every CPU. */
 struct {
-	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__type(key, int);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
 	__type(value, struct sock_info);
 } socks SEC(".maps");
 
@@ -207,16 +210,13 @@ static __always_inline void tuple_from_sock(const struct sock *sk, struct conn_e
 }
 
 /* Addresses and ports of the TCP packet whose network header is at l3, as
- * seen by its receiver: local = destination; *flags gets its SYN and ACK
- * bits. Returns 0 if it is not TCP (or is a non-first fragment, or IPv6
- * with extension headers). */
-static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct conn_event *e,
-					 __u8 *flags)
+ * seen by its receiver: local = destination. Returns 0 if it is not TCP (or
+ * is a non-first fragment, or IPv6 with extension headers). */
+static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct conn_event *e)
 {
 	unsigned char *l4;
 
-	/* Direct loads through bpf_core_cast(), not probe-read helper calls:
-	 * netif_receive_skb runs this for every received packet. */
+	/* Direct loads through bpf_core_cast(), not probe-read helper calls. */
 	if (proto == ETH_P_IP) {
 		const struct iphdr *ip = bpf_core_cast(l3, struct iphdr);
 		if (ip->protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip->frag_off) & 0x1fff))
@@ -238,7 +238,6 @@ static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct 
 		return 0;
 	}
 	const struct tcphdr *t = bpf_core_cast(l4, struct tcphdr);
-	*flags = ((__u8)t->syn << 1) | ((__u8)t->ack << 4);
 	e->dport = bpf_ntohs(t->source);
 	e->sport = bpf_ntohs(t->dest);
 	return 1;
@@ -253,9 +252,8 @@ static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 /* The TCP packet in skb, by its network header. Returns 0 if not TCP. */
 static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn_event *e)
 {
-	__u8 flags;
 	unsigned char *l3 = skb->head + skb->network_header;
-	if (!tuple_from_l3(l3, bpf_ntohs(skb->protocol), e, &flags))
+	if (!tuple_from_l3(l3, bpf_ntohs(skb->protocol), e))
 		return 0;
 	e->netns = skb_netns(skb);
 	return 1;
@@ -337,24 +335,39 @@ static __always_inline void peer_conn_add(const struct conn_event *e, int delta)
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
 {
-	struct conn_event e = {};
-	__u8 flags;
-
-	/* At this tracepoint skb->data is the network header; network_header
-	 * itself is set only just after. */
-	/* Typed argument: plain loads, not probe-read helpers (every packet). */
+	/* Every received packet comes here: SYN or not is decided on the
+	 * fewest loads, before anything else is built. At this tracepoint
+	 * skb->data is the network header (network_header is set just after).
+	 * Direct loads through bpf_core_cast(), not probe-read helper calls. */
 	__u16 proto = bpf_ntohs(skb->protocol);
-	if (proto != ETH_P_IP && proto != ETH_P_IPV6)
-		return 0;
-	if (!tuple_from_l3(skb->data, proto, &e, &flags))
-		return 0;
-	if ((flags & (TCPF_SYN_BIT | TCPF_ACK_BIT)) != TCPF_SYN_BIT)
-		return 0;
+	unsigned char *l3 = skb->data;
 	struct syn_key k = {};
-	__builtin_memcpy(k.peer, e.daddr, 16);
-	__builtin_memcpy(k.local, e.saddr, 16);
-	k.peer_port = e.dport;
-	k.local_port = e.sport;
+	const struct tcphdr *th;
+
+	if (proto == ETH_P_IP) {
+		const struct iphdr *ip = bpf_core_cast(l3, struct iphdr);
+		if (ip->protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip->frag_off) & 0x1fff))
+			return 0;
+		th = bpf_core_cast(l3 + (ip->ihl & 0xf) * 4, struct tcphdr);
+		if (!th->syn || th->ack)
+			return 0;
+		__u32 s = ip->saddr, d = ip->daddr;
+		__builtin_memcpy(k.peer, &s, 4);
+		__builtin_memcpy(k.local, &d, 4);
+	} else if (proto == ETH_P_IPV6) {
+		const struct ipv6hdr *ip6 = bpf_core_cast(l3, struct ipv6hdr);
+		if (ip6->nexthdr != IPPROTO_TCP_NUM)
+			return 0;
+		th = bpf_core_cast(l3 + sizeof(struct ipv6hdr), struct tcphdr);
+		if (!th->syn || th->ack)
+			return 0;
+		__builtin_memcpy(k.peer, &ip6->saddr, 16);
+		__builtin_memcpy(k.local, &ip6->daddr, 16);
+	} else {
+		return 0;
+	}
+	k.peer_port = bpf_ntohs(th->source);
+	k.local_port = bpf_ntohs(th->dest);
 	k.netns = skb_netns(skb);
 	__u64 now = bpf_ktime_get_ns();
 	/* NOEXIST: a retransmitted SYN keeps the first one's time. */
@@ -369,10 +382,11 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	 * nothing without --states, and this runs ~10 times per connection. */
 	bool handshake_done = newstate == TCP_ESTABLISHED && (oldstate == TCP_SYN_SENT || oldstate == TCP_SYN_RECV);
 	bool closed = newstate == TCP_CLOSE && oldstate != TCP_LISTEN;
-	if (!cfg.emit_states && !handshake_done && !closed && newstate != TCP_SYN_SENT && newstate != TCP_SYN_RECV)
+	if (!cfg.emit_states && !handshake_done && !closed && newstate != TCP_SYN_SENT)
 		return 0;
 	if (sk->sk_protocol != IPPROTO_TCP_NUM)
 		return 0;
+	__u64 skp = (__u64)sk;
 	__u64 now = bpf_ktime_get_ns();
 	struct conn_event e = {};
 	tuple_from_sock(sk, &e);
@@ -384,9 +398,8 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect(): the calling process is current. The whole record is
 		 * written: a socket may connect again after a failed attempt. */
-		struct sock_info *si = bpf_sk_storage_get(&socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (si)
-			*si = (struct sock_info){ .start_ns = now };
+		struct sock_info si = { .start_ns = now };
+		bpf_map_update_elem(&socks, &skp, &si, BPF_ANY);
 		if (!port_wanted(&e))
 			return 0;
 		e.kind = CONN_CONNECT;
@@ -395,8 +408,12 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		submit(&e);
 		return 0;
 	}
-	if (newstate == TCP_SYN_RECV) {
-		/* A child socket of a listener, made in softirq: no process yet. */
+	struct sock_info *si = NULL;
+	if (newstate == TCP_ESTABLISHED && oldstate == TCP_SYN_RECV) {
+		/* A listener's child, made in softirq when the final ACK came:
+		 * the connection started at its first SYN. Recorded here rather
+		 * than at SYN_RECV, which comes just before: one heavy call, not
+		 * two. */
 		struct syn_key k = {};
 		__builtin_memcpy(k.peer, e.daddr, 16);
 		__builtin_memcpy(k.local, e.saddr, 16);
@@ -404,18 +421,14 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		k.local_port = e.sport;
 		k.netns = e.netns;
 		__u64 *syn = bpf_map_lookup_elem(&syn_seen, &k);
-		struct sock_info *si = bpf_sk_storage_get(&socks, (void *)sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
-		if (si)
-			*si = (struct sock_info){ .start_ns = syn ? *syn : now, .passive = 1 };
+		struct sock_info fresh = { .start_ns = syn ? *syn : now, .passive = 1 };
 		if (syn)
 			bpf_map_delete_elem(&syn_seen, &k);
-		if (cfg.emit_states && port_wanted(&e)) {
-			e.kind = CONN_STATE;
-			submit(&e);
-		}
-		return 0;
+		bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY);
+		si = bpf_map_lookup_elem(&socks, &skp);
+	} else if (handshake_done || closed) {
+		si = bpf_map_lookup_elem(&socks, &skp);
 	}
-	struct sock_info *si = bpf_sk_storage_get(&socks, (void *)sk, 0, 0);
 	if (handshake_done) {
 		bool in = oldstate == TCP_SYN_RECV;
 		if (si) {
@@ -452,6 +465,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 			e.duration_ns = now - si->start_ns;
 			if (si->passive && si->sport && cfg.conn_limit)
 				peer_conn_add(&e, -1);
+			bpf_map_delete_elem(&socks, &skp);
 		}
 		if (!port_wanted(&e))
 			return 0;
@@ -592,6 +606,13 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 {
 	if (reason <= SKB_CONSUMED)
 		return 0;
+	/* A socket being destroyed frees what is left in its queues with
+	 * QUEUE_PURGE. A segment without payload there (typically the peer's
+	 * FIN that nobody read) loses nothing: reporting it would put a "drop"
+	 * on nearly every connection. Purged data still reports. */
+	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) &&
+	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) && skb->len == 0)
+		return 0;
 	struct conn_event e = {};
 	if (!tuple_from_skb(skb, &e))
 		return 0;
@@ -615,7 +636,8 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(lc_tcp_probe, struct sock *sk, const struct sk_buff *skb)
 {
-	struct sock_info *si = bpf_sk_storage_get(&socks, sk, 0, 0);
+	__u64 skp = (__u64)sk;
+	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
 	if (!si)
 		return 0; /* connections made before we started: not followed */
 	const struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);

@@ -53,7 +53,7 @@ pub fn kind_name(k: u8) -> &'static str {
 /// The address as a user sees it: a dual-stack socket's IPv4-mapped
 /// address (::ffff:a.b.c.d) is shown, and keyed, as the IPv4 address the
 /// packets carry.
-fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
+pub fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
     if family == 6 {
         let a = Ipv6Addr::from(*raw);
         a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
@@ -64,12 +64,45 @@ fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
 
 /// The key that names one connection in both packet and lifecycle output:
 /// network namespace, then local and peer endpoint.
+/// An address as text, IPv4 by hand (std's `Display` goes through the
+/// formatting machinery: a measurable part of each event's key).
+pub fn push_addr(s: &mut String, a: IpAddr) {
+    match a {
+        IpAddr::V4(a) => {
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                s.push_str(itoa::Buffer::new().format(o));
+            }
+        }
+        IpAddr::V6(a) => {
+            let _ = write!(s, "{a}");
+        }
+    }
+}
+
+/// Built by hand into one string: it is made for every event, and nested
+/// `format!` calls made it the dearest step of decoding one.
 pub fn conn_key(netns: u32, local: IpAddr, lport: u16, peer: IpAddr, pport: u16) -> String {
-    let ep = |a: IpAddr, p: u16| match a {
-        IpAddr::V4(a) => format!("{a}:{p}"),
-        IpAddr::V6(a) => format!("[{a}]:{p}"),
-    };
-    format!("{netns}/{}-{}", ep(local, lport), ep(peer, pport))
+    fn push_endpoint(s: &mut String, a: IpAddr, port: u16) {
+        if a.is_ipv6() {
+            s.push('[');
+            push_addr(s, a);
+            s.push(']');
+        } else {
+            push_addr(s, a);
+        }
+        s.push(':');
+        s.push_str(itoa::Buffer::new().format(port));
+    }
+    let mut s = String::with_capacity(64);
+    s.push_str(itoa::Buffer::new().format(netns));
+    s.push('/');
+    push_endpoint(&mut s, local, lport);
+    s.push('-');
+    push_endpoint(&mut s, peer, pport);
+    s
 }
 
 /// The process that owns each socket, by socket cookie. The kernel knows it
@@ -154,15 +187,31 @@ pub struct ConnStats {
     pub rcv_wnd: u32,
 }
 
-impl ConnRecord {
-    /// `reason_name` maps a DROP or RESET_TX reason number to its kernel name.
-    pub fn from_event(e: &conn_event, ts_ns: u64, reason_name: &dyn Fn(u8, u32) -> String) -> Self {
-        use types::conn_event_kind as K;
-        let kind = u32::from(e.kind);
-        let local = addr(e.family, &e.saddr);
-        let peer = addr(e.family, &e.daddr);
-        let comm_len = e.comm.iter().position(|c| *c == 0).unwrap_or(e.comm.len());
-        let with_stats = [
+/// Which optional keys an event of this kind carries: the one statement of
+/// these rules, for `ConnRecord` and for the fast JSON writer alike.
+pub mod has {
+    use super::types::{conn_event, conn_event_kind as K};
+
+    fn kind(e: &conn_event) -> u32 {
+        u32::from(e.kind)
+    }
+    pub fn owner(e: &conn_event) -> bool {
+        e.pid != 0
+    }
+    pub fn state(e: &conn_event) -> bool {
+        e.newstate != 0
+    }
+    pub fn old_state(e: &conn_event) -> bool {
+        kind(e) == K::CONN_STATE.0 || e.oldstate != 0
+    }
+    pub fn latency(e: &conn_event) -> bool {
+        (kind(e) == K::CONN_ESTABLISHED_IN.0 || kind(e) == K::CONN_ESTABLISHED_OUT.0) && e.latency_ns > 0
+    }
+    pub fn duration(e: &conn_event) -> bool {
+        kind(e) == K::CONN_CLOSE.0 && e.duration_ns > 0
+    }
+    pub fn stats(e: &conn_event) -> bool {
+        [
             K::CONN_CLOSE.0,
             K::CONN_ESTABLISHED_IN.0,
             K::CONN_ESTABLISHED_OUT.0,
@@ -172,7 +221,24 @@ impl ConnRecord {
             K::CONN_RESET_RX.0,
             K::CONN_RCVQ_FULL.0,
         ]
-        .contains(&kind);
+        .contains(&kind(e))
+    }
+    pub fn reason(e: &conn_event) -> bool {
+        kind(e) == K::CONN_DROP.0 || kind(e) == K::CONN_RESET_TX.0
+    }
+}
+
+/// The process name, as text.
+pub fn comm(e: &conn_event) -> std::borrow::Cow<'_, str> {
+    let len = e.comm.iter().position(|c| *c == 0).unwrap_or(e.comm.len());
+    String::from_utf8_lossy(&e.comm[..len])
+}
+
+impl ConnRecord {
+    /// `reason_name` maps a DROP or RESET_TX reason number to its kernel name.
+    pub fn from_event(e: &conn_event, ts_ns: u64, reason_name: &dyn Fn(u8, u32) -> String) -> Self {
+        let local = addr(e.family, &e.saddr);
+        let peer = addr(e.family, &e.daddr);
         ConnRecord {
             ts_ns,
             event: kind_name(e.kind),
@@ -185,15 +251,13 @@ impl ConnRecord {
             lport: e.sport,
             peer,
             pport: e.dport,
-            pid: (e.pid != 0).then_some(e.pid),
-            comm: (e.pid != 0).then(|| String::from_utf8_lossy(&e.comm[..comm_len]).into_owned()),
-            state: (e.newstate != 0).then(|| state_name(e.newstate)),
-            old_state: (kind == K::CONN_STATE.0 || e.oldstate != 0).then(|| state_name(e.oldstate)),
-            latency_ns: (kind == K::CONN_ESTABLISHED_IN.0 || kind == K::CONN_ESTABLISHED_OUT.0)
-                .then_some(e.latency_ns)
-                .filter(|l| *l > 0),
-            duration_ns: (kind == K::CONN_CLOSE.0).then_some(e.duration_ns).filter(|d| *d > 0),
-            stats: with_stats.then_some(ConnStats {
+            pid: has::owner(e).then_some(e.pid),
+            comm: has::owner(e).then(|| comm(e).into_owned()),
+            state: has::state(e).then(|| state_name(e.newstate)),
+            old_state: has::old_state(e).then(|| state_name(e.oldstate)),
+            latency_ns: has::latency(e).then_some(e.latency_ns),
+            duration_ns: has::duration(e).then_some(e.duration_ns),
+            stats: has::stats(e).then_some(ConnStats {
                 bytes_received: e.bytes_received,
                 bytes_acked: e.bytes_acked,
                 segs_in: e.segs_in,
@@ -205,8 +269,7 @@ impl ConnRecord {
                 snd_wnd: e.snd_wnd,
                 rcv_wnd: e.rcv_wnd,
             }),
-            reason: (kind == K::CONN_DROP.0 || kind == K::CONN_RESET_TX.0)
-                .then(|| reason_name(e.kind, e.reason)),
+            reason: has::reason(e).then(|| reason_name(e.kind, e.reason)),
         }
     }
 

@@ -118,19 +118,21 @@ fn attach_accept(skel: &LifecycleSkel<'static>) -> std::result::Result<Vec<Link>
     }
 }
 
-/// Names of a kernel enum's values, read from the running kernel's BTF
-/// (never a hard-coded table: drop reasons change between kernels).
-/// `strip` is the common prefix to drop, e.g. "SKB_DROP_REASON_".
-pub fn kernel_enum_names(enum_name: &str, strip: &str) -> HashMap<u32, String> {
-    let mut names = HashMap::new();
-    let Ok(btf) = libbpf_rs::btf::Btf::from_vmlinux() else { return names };
-    if let Some(e) = btf.type_by_name::<libbpf_rs::btf::types::Enum<'_>>(enum_name) {
-        for m in e.iter() {
+/// Names of kernel enums' values, read from the running kernel's BTF
+/// (never a hard-coded table: drop reasons change between kernels), one map
+/// per (enum, prefix to strip, e.g. "SKB_DROP_REASON_"). Parses vmlinux BTF
+/// once: that takes tens of milliseconds.
+pub fn kernel_enum_names<const N: usize>(enums: [(&str, &str); N]) -> [HashMap<u32, String>; N] {
+    let btf = libbpf_rs::btf::Btf::from_vmlinux().ok();
+    enums.map(|(enum_name, strip)| {
+        let mut names = HashMap::new();
+        let e = btf.as_ref().and_then(|b| b.type_by_name::<libbpf_rs::btf::types::Enum<'_>>(enum_name));
+        for m in e.iter().flat_map(|e| e.iter()) {
             if let Some(n) = m.name {
                 let n = n.to_string_lossy();
                 names.insert(m.value as u32, n.strip_prefix(strip).unwrap_or(&n).to_string());
             }
         }
-    }
-    names
+        names
+    })
 }

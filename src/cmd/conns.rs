@@ -11,7 +11,8 @@ use libbpf_rs::MapCore;
 use crate::bpf::lifecycle::{self, types};
 use crate::cli::ConnsArgs;
 use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
-use crate::lifecycle::ConnRecord;
+use crate::lifecycle::{has, ConnRecord};
+use crate::output::json;
 
 /// Prints which views the kernel refused, so nobody mistakes silence for
 /// "nothing happened".
@@ -29,14 +30,17 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         ..Default::default()
     };
     let lc = lifecycle::start(config)?;
+    // Before the ready line below: scripts start measuring at it.
+    let [drop_names, rst_names] = lifecycle::kernel_enum_names([
+        ("skb_drop_reason", "SKB_DROP_REASON_"),
+        ("sk_rst_reason", "SK_RST_REASON_"),
+    ]);
     report_unavailable(&lc);
     eprintln!(
         "tcpscope: following TCP connections in every network namespace ({} tracepoints); Ctrl-C to stop",
         lc.links.len()
     );
 
-    let drop_names = lifecycle::kernel_enum_names("skb_drop_reason", "SKB_DROP_REASON_");
-    let rst_names = lifecycle::kernel_enum_names("sk_rst_reason", "SK_RST_REASON_");
     let reason = |kind: u8, r: u32| -> String {
         let names =
             if u32::from(kind) == types::conn_event_kind::CONN_DROP.0 { &drop_names } else { &rst_names };
@@ -48,6 +52,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     let failed = Cell::new(false);
     let limit = args.count.unwrap_or(u64::MAX);
     let owners = RefCell::new(crate::lifecycle::Owners::default());
+    let line = RefCell::new(Vec::with_capacity(1024));
 
     let mut b = libbpf_rs::RingBufferBuilder::new();
     b.add(&lc.skel.maps.conn_events, |d: &[u8]| {
@@ -64,14 +69,18 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         if args.pid.is_some_and(|pid| pid != e.pid) {
             return 0;
         }
-        let rec = ConnRecord::from_event(&e, e.ts_ns + offset, &reason);
         let mut out = out.borrow_mut();
         let written = if args.json {
-            serde_json::to_writer(&mut *out, &rec)
-                .map_err(io::Error::from)
-                .and_then(|()| out.write_all(b"\n"))
+            // Straight from the event, no record built: this runs for every
+            // event, on the traced host's CPUs (bench conns).
+            let mut line = line.borrow_mut();
+            line.clear();
+            let why = if has::reason(&e) { reason(e.kind, e.reason) } else { String::new() };
+            json::write_conn_event(&mut line, &e, e.ts_ns + offset, &why);
+            line.push(b'\n');
+            out.write_all(&line)
         } else {
-            writeln!(out, "{}", rec.text())
+            writeln!(out, "{}", ConnRecord::from_event(&e, e.ts_ns + offset, &reason).text())
         };
         if written.is_err() {
             failed.set(true);

@@ -1,13 +1,17 @@
-//! NDJSON output, written straight from the kernel's event struct.
+//! NDJSON output, written straight from the kernel's event structs.
 //!
-//! The schema is `model::PacketRecord`'s serde form (docs/json-schema.md);
-//! this writer produces the same bytes without building the record or
-//! allocating, because JSON output is the hot path of `read` (millions of
-//! packets a second). The test below holds the two byte-for-byte equal.
+//! The schemas are `model::PacketRecord`'s and `lifecycle::ConnRecord`'s
+//! serde forms (docs/json-schema.md); these writers produce the same bytes
+//! without building the record or allocating, because JSON output is the hot
+//! path of `read` (millions of packets a second) and of `conns` (its cost
+//! counts against the traced workload: bench conns). The tests below hold
+//! each writer and serde byte-for-byte equal.
 
-use std::net::Ipv6Addr;
+use std::net::{IpAddr, Ipv6Addr};
 
+use crate::bpf::lifecycle::types::conn_event;
 use crate::bpf::types::{self, packet_event};
+use crate::lifecycle::{self, has};
 use crate::model::{
     malformed_name, FLAG_NAMES, IPF_DF, IPF_FRAG, IPF_HAS_ID, OPT_MPTCP, OPT_MSS, OPT_OTHER, OPT_SACK,
     OPT_SACK_PERM, OPT_TFO, OPT_TS, OPT_WSCALE,
@@ -47,13 +51,17 @@ impl Line {
 
 fn ipv4(out: &mut Line, a: &[u8; 16]) {
     out.byte(b'"');
+    ipv4_bare(out, a);
+    out.byte(b'"');
+}
+
+fn ipv4_bare(out: &mut Line, a: &[u8; 16]) {
     for (i, octet) in a[..4].iter().enumerate() {
         if i > 0 {
             out.byte(b'.');
         }
         out.num(*octet);
     }
-    out.byte(b'"');
 }
 
 fn ipv6(out: &mut Line, a: &[u8; 16]) {
@@ -61,6 +69,18 @@ fn ipv6(out: &mut Line, a: &[u8; 16]) {
     let mut s = String::with_capacity(48);
     let _ = write!(s, "\"{}\"", Ipv6Addr::from(*a));
     out.put(s.as_bytes());
+}
+
+/// A JSON string: as is when it needs no escaping (the common case), else
+/// escaped by serde_json.
+fn string(out: &mut Line, s: &str) {
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\') {
+        out.byte(b'"');
+        out.put(s.as_bytes());
+        out.byte(b'"');
+    } else {
+        out.put(serde_json::to_string(s).unwrap_or_default().as_bytes());
+    }
 }
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -85,6 +105,124 @@ pub fn write_event(
         fill(&mut line, ev, ts_ns, payload, frame, conn);
         out.extend_from_slice(&line.buf[..line.len]);
     })
+}
+
+/// Appends one JSON object (no newline) for the lifecycle event `e`;
+/// `reason` names its drop or reset reason.
+pub fn write_conn_event(out: &mut Vec<u8>, e: &conn_event, ts_ns: u64, reason: &str) {
+    LINE.with(|line| {
+        let mut line = line.borrow_mut();
+        line.len = 0;
+        fill_conn(&mut line, e, ts_ns, reason);
+        out.extend_from_slice(&line.buf[..line.len]);
+    })
+}
+
+fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
+    let (local, peer) = (lifecycle::addr(e.family, &e.saddr), lifecycle::addr(e.family, &e.daddr));
+    // A JSON string, or (in_key) bare, with IPv6 in brackets.
+    let address = |out: &mut Line, a: IpAddr, in_key: bool| match a {
+        IpAddr::V4(a) => {
+            let mut raw = [0u8; 16];
+            raw[..4].copy_from_slice(&a.octets());
+            if in_key {
+                ipv4_bare(out, &raw);
+            } else {
+                ipv4(out, &raw);
+            }
+        }
+        IpAddr::V6(a) if in_key => {
+            let mut s = String::with_capacity(48);
+            s.push('[');
+            lifecycle::push_addr(&mut s, IpAddr::V6(a));
+            s.push(']');
+            out.put(s.as_bytes());
+        }
+        IpAddr::V6(a) => ipv6(out, &a.octets()),
+    };
+    out.put(b"{\"ts_ns\":");
+    out.num(ts_ns);
+    out.put(b",\"event\":\"");
+    out.put(lifecycle::kind_name(e.kind).as_bytes());
+    // The key (lifecycle::conn_key): digits, dots, colons, brackets, a slash
+    // and a dash, no escaping.
+    out.put(b"\",\"conn\":\"");
+    out.num(e.netns);
+    out.byte(b'/');
+    for (i, (a, port)) in [(local, e.sport), (peer, e.dport)].into_iter().enumerate() {
+        if i > 0 {
+            out.byte(b'-');
+        }
+        address(out, a, true);
+        out.byte(b':');
+        out.num(port);
+    }
+    out.put(b"\",\"netns\":");
+    out.num(e.netns);
+    out.put(b",\"cookie\":");
+    out.num(e.cookie);
+    out.put(b",\"cgroup_id\":");
+    out.num(e.cgroup_id);
+    out.put(if local.is_ipv4() { b",\"ip_version\":4,\"local\":" } else { b",\"ip_version\":6,\"local\":" });
+    address(out, local, false);
+    out.put(b",\"lport\":");
+    out.num(e.sport);
+    out.put(b",\"peer\":");
+    address(out, peer, false);
+    out.put(b",\"pport\":");
+    out.num(e.dport);
+    if has::owner(e) {
+        out.put(b",\"pid\":");
+        out.num(e.pid);
+        out.put(b",\"comm\":");
+        string(out, &lifecycle::comm(e));
+    }
+    if has::state(e) {
+        out.put(b",\"state\":\"");
+        out.put(lifecycle::state_name(e.newstate).as_bytes());
+        out.byte(b'"');
+    }
+    if has::old_state(e) {
+        out.put(b",\"old_state\":\"");
+        out.put(lifecycle::state_name(e.oldstate).as_bytes());
+        out.byte(b'"');
+    }
+    if has::latency(e) {
+        out.put(b",\"latency_ns\":");
+        out.num(e.latency_ns);
+    }
+    if has::duration(e) {
+        out.put(b",\"duration_ns\":");
+        out.num(e.duration_ns);
+    }
+    if has::stats(e) {
+        out.put(b",\"stats\":{\"bytes_received\":");
+        out.num(e.bytes_received);
+        out.put(b",\"bytes_acked\":");
+        out.num(e.bytes_acked);
+        out.put(b",\"segs_in\":");
+        out.num(e.segs_in);
+        out.put(b",\"segs_out\":");
+        out.num(e.segs_out);
+        out.put(b",\"total_retrans\":");
+        out.num(e.total_retrans);
+        out.put(b",\"srtt_us\":");
+        out.num(e.srtt_us);
+        out.put(b",\"rttvar_us\":");
+        out.num(e.rttvar_us);
+        out.put(b",\"snd_cwnd\":");
+        out.num(e.snd_cwnd);
+        out.put(b",\"snd_wnd\":");
+        out.num(e.snd_wnd);
+        out.put(b",\"rcv_wnd\":");
+        out.num(e.rcv_wnd);
+        out.byte(b'}');
+    }
+    if has::reason(e) {
+        out.put(b",\"reason\":");
+        string(out, reason);
+    }
+    out.byte(b'}');
 }
 
 fn fill(
@@ -313,5 +451,69 @@ mod tests {
             compared += 1;
         }
         assert!(compared > 100, "{compared}");
+    }
+
+    /// The same for lifecycle events: every kind, IPv4, IPv6 and
+    /// IPv4-mapped, with and without an owner, a comm that needs escaping.
+    #[test]
+    fn conn_events_same_bytes_as_serde() {
+        use crate::bpf::lifecycle::types::conn_event_kind as K;
+        use crate::lifecycle::ConnRecord;
+        let v6: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
+        let mapped = std::net::Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped();
+        let mut compared = 0;
+        for kind in 1..=K::CONN_LIMIT.0 + 1 {
+            for variant in 0..4u32 {
+                let mut e = conn_event {
+                    kind: kind as u8,
+                    sport: 8080,
+                    dport: 40000 + variant as u16,
+                    ..Default::default()
+                };
+                e.ts_ns = 1;
+                e.netns = 4026531840;
+                e.cookie = 77 + u64::from(variant);
+                e.cgroup_id = 9;
+                match variant {
+                    0 => {
+                        e.family = 4;
+                        e.saddr[..4].copy_from_slice(&[198, 18, 0, 2]);
+                        e.daddr[..4].copy_from_slice(&[198, 18, 0, 1]);
+                    }
+                    1 => {
+                        e.family = 6;
+                        e.saddr = v6.octets();
+                        e.daddr = mapped.octets();
+                    }
+                    _ => {
+                        e.family = 6;
+                        e.saddr = v6.octets();
+                        e.daddr = v6.octets();
+                        e.daddr[15] = 1;
+                    }
+                }
+                if variant % 2 == 0 {
+                    e.pid = 4242;
+                    let name: &[u8] = if variant == 2 { b"we\"ird\\n\x01\xff" } else { b"server" };
+                    e.comm[..name.len()].copy_from_slice(name);
+                }
+                (e.newstate, e.oldstate) = if variant == 3 { (0, 0) } else { (7, 9) };
+                (e.latency_ns, e.duration_ns) = (1234 * u64::from(variant), 5678 * u64::from(variant));
+                (e.bytes_received, e.bytes_acked, e.segs_in, e.segs_out) = (3000, 500, 7, 6);
+                (e.total_retrans, e.srtt_us, e.rttvar_us) = (1, 55, 20);
+                (e.snd_cwnd, e.snd_wnd, e.rcv_wnd, e.reason) = (10, 65535, 64240, 2);
+                let reason = if variant == 1 { "NO_\"SOCKET" } else { "NO_SOCKET" };
+                let rec = ConnRecord::from_event(&e, 1_700_000_000_000_000_000, &|_, _| reason.to_string());
+                let mut fast = Vec::new();
+                write_conn_event(&mut fast, &e, rec.ts_ns, reason);
+                assert_eq!(
+                    String::from_utf8(fast).unwrap(),
+                    serde_json::to_string(&rec).unwrap(),
+                    "kind {kind} variant {variant}"
+                );
+                compared += 1;
+            }
+        }
+        assert!(compared >= 60, "{compared}");
     }
 }
