@@ -47,6 +47,20 @@ impl Line {
         let mut b = itoa::Buffer::new();
         self.put(b.format(n).as_bytes());
     }
+    /// `key` and a plain-ASCII string that needs no escaping, quoted.
+    #[inline(always)]
+    fn quoted(&mut self, key: &[u8], s: &str) {
+        self.put(key);
+        self.byte(b'"');
+        self.put(s.as_bytes());
+        self.byte(b'"');
+    }
+    /// `key` (with its separator, quotes and colon) and then the number.
+    #[inline(always)]
+    fn field<T: itoa::Integer>(&mut self, key: &[u8], n: T) {
+        self.put(key);
+        self.num(n);
+    }
 }
 
 fn ipv4(out: &mut Line, a: &[u8; 16]) {
@@ -140,14 +154,11 @@ fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
         }
         IpAddr::V6(a) => ipv6(out, &a.octets()),
     };
-    out.put(b"{\"ts_ns\":");
-    out.num(ts_ns);
-    out.put(b",\"event\":\"");
-    out.put(lifecycle::kind_name(e.kind).as_bytes());
+    out.field(b"{\"ts_ns\":", ts_ns);
+    out.quoted(b",\"event\":", lifecycle::kind_name(e.kind));
     // The key (lifecycle::conn_key): digits, dots, colons, brackets, a slash
     // and a dash, no escaping.
-    out.put(b"\",\"conn\":\"");
-    out.num(e.netns);
+    out.field(b",\"conn\":\"", e.netns);
     out.byte(b'/');
     for (i, (a, port)) in [(local, e.sport), (peer, e.dport)].into_iter().enumerate() {
         if i > 0 {
@@ -157,65 +168,43 @@ fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
         out.byte(b':');
         out.num(port);
     }
-    out.put(b"\",\"netns\":");
-    out.num(e.netns);
-    out.put(b",\"cookie\":");
-    out.num(e.cookie);
-    out.put(b",\"cgroup_id\":");
-    out.num(e.cgroup_id);
+    out.field(b"\",\"netns\":", e.netns);
+    out.field(b",\"cookie\":", e.cookie);
+    out.field(b",\"cgroup_id\":", e.cgroup_id);
     out.put(if local.is_ipv4() { b",\"ip_version\":4,\"local\":" } else { b",\"ip_version\":6,\"local\":" });
     address(out, local, false);
-    out.put(b",\"lport\":");
-    out.num(e.sport);
+    out.field(b",\"lport\":", e.sport);
     out.put(b",\"peer\":");
     address(out, peer, false);
-    out.put(b",\"pport\":");
-    out.num(e.dport);
+    out.field(b",\"pport\":", e.dport);
     if has::owner(e) {
-        out.put(b",\"pid\":");
-        out.num(e.pid);
+        out.field(b",\"pid\":", e.pid);
         out.put(b",\"comm\":");
         string(out, &lifecycle::comm(e));
     }
     if has::state(e) {
-        out.put(b",\"state\":\"");
-        out.put(lifecycle::state_name(e.newstate).as_bytes());
-        out.byte(b'"');
+        out.quoted(b",\"state\":", lifecycle::state_name(e.newstate));
     }
     if has::old_state(e) {
-        out.put(b",\"old_state\":\"");
-        out.put(lifecycle::state_name(e.oldstate).as_bytes());
-        out.byte(b'"');
+        out.quoted(b",\"old_state\":", lifecycle::state_name(e.oldstate));
     }
     if has::latency(e) {
-        out.put(b",\"latency_ns\":");
-        out.num(e.latency_ns);
+        out.field(b",\"latency_ns\":", e.latency_ns);
     }
     if has::duration(e) {
-        out.put(b",\"duration_ns\":");
-        out.num(e.duration_ns);
+        out.field(b",\"duration_ns\":", e.duration_ns);
     }
     if has::stats(e) {
-        out.put(b",\"stats\":{\"bytes_received\":");
-        out.num(e.bytes_received);
-        out.put(b",\"bytes_acked\":");
-        out.num(e.bytes_acked);
-        out.put(b",\"segs_in\":");
-        out.num(e.segs_in);
-        out.put(b",\"segs_out\":");
-        out.num(e.segs_out);
-        out.put(b",\"total_retrans\":");
-        out.num(e.total_retrans);
-        out.put(b",\"srtt_us\":");
-        out.num(e.srtt_us);
-        out.put(b",\"rttvar_us\":");
-        out.num(e.rttvar_us);
-        out.put(b",\"snd_cwnd\":");
-        out.num(e.snd_cwnd);
-        out.put(b",\"snd_wnd\":");
-        out.num(e.snd_wnd);
-        out.put(b",\"rcv_wnd\":");
-        out.num(e.rcv_wnd);
+        out.field(b",\"stats\":{\"bytes_received\":", e.bytes_received);
+        out.field(b",\"bytes_acked\":", e.bytes_acked);
+        out.field(b",\"segs_in\":", e.segs_in);
+        out.field(b",\"segs_out\":", e.segs_out);
+        out.field(b",\"total_retrans\":", e.total_retrans);
+        out.field(b",\"srtt_us\":", e.srtt_us);
+        out.field(b",\"rttvar_us\":", e.rttvar_us);
+        out.field(b",\"snd_cwnd\":", e.snd_cwnd);
+        out.field(b",\"snd_wnd\":", e.snd_wnd);
+        out.field(b",\"rcv_wnd\":", e.rcv_wnd);
         out.byte(b'}');
     }
     if has::reason(e) {
