@@ -585,19 +585,35 @@ int BPF_PROG(lc_tcp_receive_reset, struct sock *sk)
 	return sock_event(sk, CONN_RESET_RX, 0);
 }
 
+/* An event about the TCP packet in skb. With a socket (the receiving one,
+ * or the skb's owner for queued data) the connection is named from it: the
+ * packet may be going either way. */
+static __always_inline int skb_event(const struct sk_buff *skb, const struct sock *sk, __u8 kind,
+				     __u32 reason)
+{
+	struct conn_event e = {};
+	if (!skb || !tuple_from_skb(skb, &e))
+		return 0;
+	if (sk) {
+		tuple_from_sock(sk, &e);
+		e.cookie = sk->__sk_common.skc_cookie.counter;
+		e.newstate = sk->__sk_common.skc_state;
+	}
+	if (!port_wanted(&e))
+		return 0;
+	e.kind = kind;
+	e.reason = reason;
+	submit(&e);
+	return 0;
+}
+
 SEC("tp_btf/tcp_send_reset")
 int BPF_PROG(lc_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)
 {
 	if (sk)
 		return sock_event(sk, CONN_RESET_TX, reason);
 	/* No socket (e.g. a SYN to a closed port): the tuple is the packet's. */
-	struct conn_event e = {};
-	if (!skb || !tuple_from_skb(skb, &e) || !port_wanted(&e))
-		return 0;
-	e.kind = CONN_RESET_TX;
-	e.reason = reason;
-	submit(&e);
-	return 0;
+	return skb_event(skb, NULL, CONN_RESET_TX, reason);
 }
 
 SEC("tp_btf/kfree_skb")
@@ -613,23 +629,7 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) &&
 	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) && skb->len == 0)
 		return 0;
-	struct conn_event e = {};
-	if (!tuple_from_skb(skb, &e))
-		return 0;
-	/* With a socket (the receiving one, or the skb's owner for queued data),
-	 * name the connection from it: the packet may be going either way. */
-	struct sock *sk = rx_sk ? rx_sk : skb->sk;
-	if (sk) {
-		tuple_from_sock(sk, &e);
-		e.cookie = sk->__sk_common.skc_cookie.counter;
-		e.newstate = sk->__sk_common.skc_state;
-	}
-	if (!port_wanted(&e))
-		return 0;
-	e.kind = CONN_DROP;
-	e.reason = reason;
-	submit(&e);
-	return 0;
+	return skb_event(skb, rx_sk ? rx_sk : skb->sk, CONN_DROP, reason);
 }
 
 /* Every segment received on an established connection: RTT and windows. */

@@ -224,10 +224,8 @@ fn fill(
 ) {
     let has = |bit: u32| u32::from(ev.opt_present) & bit != 0;
     let ipf = |bit: u32| u32::from(ev.ip_flags) & bit != 0;
-    out.put(b"{\"ts_ns\":");
-    out.num(ts_ns);
-    out.put(b",\"ifindex\":");
-    out.num(ev.ifindex);
+    out.field(b"{\"ts_ns\":", ts_ns);
+    out.field(b",\"ifindex\":", ev.ifindex);
     out.put(match u32::from(ev.hook) {
         h if h == types::tcpscope_hook::TCPSCOPE_HOOK_XDP.0 => b",\"hook\":\"xdp\",\"vlan\":[",
         h if h == types::tcpscope_hook::TCPSCOPE_HOOK_TC.0 => b",\"hook\":\"tc\",\"vlan\":[",
@@ -239,8 +237,7 @@ fn fill(
         }
         out.num(*v);
     }
-    out.put(b"],\"ip_version\":");
-    out.num(ev.ip_version);
+    out.field(b"],\"ip_version\":", ev.ip_version);
     out.put(b",\"src\":");
     if ev.ip_version == 4 {
         ipv4(out, &ev.src);
@@ -251,20 +248,16 @@ fn fill(
         out.put(b",\"dst\":");
         ipv6(out, &ev.dst);
     }
-    out.put(b",\"ttl\":");
-    out.num(ev.ttl);
-    out.put(b",\"ip_len\":");
-    out.num(ev.ip_len);
+    out.field(b",\"ttl\":", ev.ttl);
+    out.field(b",\"ip_len\":", ev.ip_len);
     out.put(b",\"ip_id\":");
     if ipf(IPF_HAS_ID) {
         out.num(ev.ip_id);
     } else {
         out.put(b"null");
     }
-    out.put(b",\"dscp\":");
-    out.num(ev.dscp);
-    out.put(b",\"ecn\":");
-    out.num(ev.ecn);
+    out.field(b",\"dscp\":", ev.dscp);
+    out.field(b",\"ecn\":", ev.ecn);
     out.put(match (ev.ip_version == 4, ipf(IPF_DF)) {
         (false, _) => b",\"df\":null",
         (true, true) => b",\"df\":true",
@@ -272,16 +265,11 @@ fn fill(
     });
     out.put(if ipf(IPF_FRAG) { b",\"frag\":true,\"sport\":" } else { b",\"frag\":false,\"sport\":" });
     out.num(ev.sport);
-    out.put(b",\"dport\":");
-    out.num(ev.dport);
-    out.put(b",\"seq\":");
-    out.num(ev.seq);
-    out.put(b",\"ack\":");
-    out.num(ev.ack);
-    out.put(b",\"hdr_len\":");
-    out.num(ev.hdr_len);
-    out.put(b",\"flags_raw\":");
-    out.num(ev.flags_raw);
+    out.field(b",\"dport\":", ev.dport);
+    out.field(b",\"seq\":", ev.seq);
+    out.field(b",\"ack\":", ev.ack);
+    out.field(b",\"hdr_len\":", ev.hdr_len);
+    out.field(b",\"flags_raw\":", ev.flags_raw);
     out.put(b",\"flags\":[");
     let mut first = true;
     for (bit, name) in FLAG_NAMES.iter().enumerate() {
@@ -295,14 +283,10 @@ fn fill(
             out.byte(b'"');
         }
     }
-    out.put(b"],\"window\":");
-    out.num(ev.window);
-    out.put(b",\"checksum\":");
-    out.num(ev.checksum);
-    out.put(b",\"urgent_ptr\":");
-    out.num(ev.urgent_ptr);
-    out.put(b",\"payload_len\":");
-    out.num(ev.payload_len);
+    out.field(b"],\"window\":", ev.window);
+    out.field(b",\"checksum\":", ev.checksum);
+    out.field(b",\"urgent_ptr\":", ev.urgent_ptr);
+    out.field(b",\"payload_len\":", ev.payload_len);
     out.put(b",\"options\":{");
     let mut sep = false;
     let mut key = |out: &mut Line, k: &[u8]| {
@@ -341,8 +325,7 @@ fn fill(
     if has(OPT_TS) {
         key(out, b"\"ts_val\":");
         out.num(ev.ts_val);
-        out.put(b",\"ts_ecr\":");
-        out.num(ev.ts_ecr);
+        out.field(b",\"ts_ecr\":", ev.ts_ecr);
     }
     if has(OPT_OTHER) && ev.other_kinds.iter().any(|b| *b != 0) {
         key(out, b"\"other\":[");
@@ -383,8 +366,7 @@ fn fill(
         out.byte(b'"');
     }
     if let Some(f) = frame {
-        out.put(b",\"frame\":");
-        out.num(f);
+        out.field(b",\"frame\":", f);
     }
     if let Some(c) = conn {
         // Digits, dots, colons, brackets, slashes and a dash: no escaping.
