@@ -32,7 +32,8 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 /* x86_64 syscall numbers (vmlinux.h is x86_64). */
 #define NR_ACCEPT 43
 #define NR_ACCEPT4 288
-#define RTT_SAMPLE_NS (10 * 1000 * 1000)
+/* tcp_probe takes at most one RTT sample per CPU per this long. */
+#define RTT_SAMPLE_NS (1000 * 1000)
 
 const volatile struct lifecycle_config cfg = {};
 
@@ -46,12 +47,10 @@ enum latency_limits _latency_limits = LAT_SLOTS;
 /* What we know of a live socket. */
 struct sock_info {
 	__u64 start_ns; /* SYN_SENT, or the first SYN of an incoming connection */
-	__u64 rtt_sampled_ns; /* last RTT sample taken for the histogram */
-	__u16 sport;      /* ports once known: at close the kernel has already */
-	__u16 dport;      /* released the local port (skc_num reads 0) */
+	__u16 sport;    /* ports once known: at close the kernel has already */
+	__u16 dport;    /* released the local port (skc_num reads 0) */
 	__u8 passive;
-	__u8 zero_window; /* the peer's window is 0 right now */
-	__u8 _pad[2];
+	__u8 _pad[3];
 };
 
 /* First SYN of an incoming connection, from the receive path. */
@@ -123,6 +122,14 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 1024 * 1024);
 } conn_events SEC(".maps");
+
+/* When this CPU may next take an RTT sample in tcp_probe. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} rtt_next_sample SEC(".maps");
 
 /* Events lost to a full ring buffer, per CPU. */
 struct {
@@ -257,6 +264,18 @@ static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn
 		return 0;
 	e->netns = skb_netns(skb);
 	return 1;
+}
+
+/* RTT histograms are keyed by the service port, as handshake and connect
+ * latency are: the local port of an accepted socket, the remote port of an
+ * outgoing one (its local port is ephemeral: one histogram per connection).
+ * 0 until established. */
+static __always_inline void rtt_record(const struct sock_info *si, const struct sock *sk)
+{
+	__u16 port = si->passive ? si->sport : si->dport;
+	__u32 srtt = bpf_core_cast(sk, struct tcp_sock)->srtt_us >> 3;
+	if (port && srtt)
+		lat_record(port, LAT_RTT, srtt);
 }
 
 static __always_inline bool port_wanted(const struct conn_event *e)
@@ -465,6 +484,8 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 			e.duration_ns = now - si->start_ns;
 			if (si->passive && si->sport && cfg.conn_limit)
 				peer_conn_add(&e, -1);
+			/* Every followed connection's final smoothed RTT. */
+			rtt_record(si, sk);
 			bpf_map_delete_elem(&socks, &skp);
 		}
 		if (!port_wanted(&e))
@@ -542,20 +563,28 @@ int BPF_PROG(lc_sys_exit, struct pt_regs *regs, long ret)
 	return accepted(ret);
 }
 
-static __always_inline int sock_event(const struct sock *sk, __u8 kind, __u32 reason)
+/* An event about socket sk, into *e; false if it is filtered out. */
+static __always_inline bool sock_event_fill(const struct sock *sk, __u8 kind, __u32 reason,
+					    struct conn_event *e)
 {
 	if (!sk)
-		return 0;
+		return false;
+	tuple_from_sock(sk, e);
+	if (!port_wanted(e))
+		return false;
+	e->kind = kind;
+	e->reason = reason;
+	e->newstate = sk->__sk_common.skc_state;
+	e->cookie = bpf_get_socket_cookie((void *)sk);
+	fill_tcp_stats(sk, e);
+	return true;
+}
+
+static __always_inline int sock_event(const struct sock *sk, __u8 kind, __u32 reason)
+{
 	struct conn_event e = {};
-	tuple_from_sock(sk, &e);
-	if (!port_wanted(&e))
-		return 0;
-	e.kind = kind;
-	e.reason = reason;
-	e.newstate = sk->__sk_common.skc_state;
-	e.cookie = bpf_get_socket_cookie((void *)sk);
-	fill_tcp_stats(sk, &e);
-	submit(&e);
+	if (sock_event_fill(sk, kind, reason, &e))
+		submit(&e);
 	return 0;
 }
 
@@ -632,40 +661,44 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 	return skb_event(skb, rx_sk ? rx_sk : skb->sk, CONN_DROP, reason);
 }
 
-/* Every segment received on an established connection: RTT and windows. */
+/* Every segment received on an established connection, on every socket of
+ * the host: this must stay cheap, so nothing per socket is looked up unless
+ * an RTT sample is due. */
 SEC("tp_btf/tcp_probe")
 int BPF_PROG(lc_tcp_probe, struct sock *sk, const struct sk_buff *skb)
 {
+	const struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
+	/* Zero window, from the transition itself: this tracepoint fires
+	 * before the segment is processed, so snd_wnd is still the window the
+	 * peer advertised last, and the header carries the new one. */
+	const struct tcphdr *th = bpf_core_cast(skb->head + skb->transport_header, struct tcphdr);
+	__u16 win = th->window;
+	__u32 snd_wnd = tp->snd_wnd;
+	if (!th->syn && !th->rst && (win == 0) != (snd_wnd == 0)) {
+		struct conn_event e = {};
+		if (sock_event_fill(sk, win ? CONN_WINDOW_REOPEN : CONN_ZERO_WINDOW, 0, &e)) {
+			/* The window this segment advertises, not the one it ends. */
+			e.snd_wnd = (__u32)bpf_ntohs(win) << BPF_CORE_READ_BITFIELD(tp, rx_opt.snd_wscale);
+			submit(&e);
+		}
+		return 0;
+	}
+	/* RTT of live connections, at most one sample per CPU per
+	 * RTT_SAMPLE_NS (every followed connection adds its final one at
+	 * close): a sample of the segments, not of every one. */
+	__u32 zero = 0;
+	__u64 *next = bpf_map_lookup_elem(&rtt_next_sample, &zero);
+	if (!next)
+		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	if (now < *next)
+		return 0;
 	__u64 skp = (__u64)sk;
 	struct sock_info *si = bpf_map_lookup_elem(&socks, &skp);
 	if (!si)
 		return 0; /* connections made before we started: not followed */
-	const struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
-	/* Smoothed RTT into the histogram at most every RTT_SAMPLE_NS per
-	 * socket: it moves slowly, and this runs for every segment. */
-	__u64 now = bpf_ktime_get_ns();
-	if (now - si->rtt_sampled_ns >= RTT_SAMPLE_NS) {
-		__u32 srtt = tp->srtt_us >> 3;
-		/* Keyed by the service port, as handshake and connect latency
-		 * are: the local port of an accepted socket, the remote port of
-		 * an outgoing one (its local port is ephemeral: one histogram
-		 * per connection, and the map full). Ports are known once
-		 * established; until then, no sample. */
-		__u16 port = si->passive ? si->sport : si->dport;
-		if (srtt && port) {
-			si->rtt_sampled_ns = now;
-			lat_record(port, LAT_RTT, srtt);
-		}
-	}
-	__u32 snd_wnd = tp->snd_wnd;
-	if (!si->zero_window && snd_wnd == 0 && sk->__sk_common.skc_state == TCP_ESTABLISHED) {
-		si->zero_window = 1;
-		return sock_event(sk, CONN_ZERO_WINDOW, 0);
-	}
-	if (si->zero_window && snd_wnd > 0) {
-		si->zero_window = 0;
-		return sock_event(sk, CONN_WINDOW_REOPEN, 0);
-	}
+	*next = now + RTT_SAMPLE_NS;
+	rtt_record(si, sk);
 	return 0;
 }
 

@@ -221,8 +221,17 @@ fn zero_window_and_reopen() {
     assert_eq!(server.join().unwrap(), sent);
     drop(s);
     let evs = stop_and_collect(conns);
-    assert!(!find(&evs, "zero_window", cns).is_empty(), "zero window seen by the sender: {evs:#?}");
-    assert!(!find(&evs, "window_reopen", cns).is_empty(), "and its reopening");
+    let zero = find(&evs, "zero_window", cns);
+    let reopen = find(&evs, "window_reopen", cns);
+    assert!(!zero.is_empty(), "zero window seen by the sender: {evs:#?}");
+    assert!(!reopen.is_empty(), "and its reopening");
+    // Reported once per stall, not for every zero-window probe's ACK in
+    // the 3 s the window stayed shut.
+    assert!(zero.len() <= 3, "{zero:#?}");
+    // Each event carries the window its segment advertised.
+    assert_eq!(zero[0]["stats"]["snd_wnd"], 0, "{zero:#?}");
+    assert!(reopen[0]["stats"]["snd_wnd"].as_u64().unwrap() > 0, "{reopen:#?}");
+    assert!(reopen[0]["ts_ns"].as_u64() > zero[0]["ts_ns"].as_u64());
 }
 
 /// A raw-socket client that sends its SYN, waits for the SYN-ACK, and sends
