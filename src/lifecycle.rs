@@ -62,8 +62,6 @@ pub fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
-/// The key that names one connection in both packet and lifecycle output:
-/// network namespace, then local and peer endpoint.
 /// An address as text, IPv4 by hand (std's `Display` goes through the
 /// formatting machinery: a measurable part of each event's key).
 pub fn push_addr(s: &mut String, a: IpAddr) {
@@ -82,8 +80,10 @@ pub fn push_addr(s: &mut String, a: IpAddr) {
     }
 }
 
-/// Built by hand into one string: it is made for every event, and nested
-/// `format!` calls made it the dearest step of decoding one.
+/// The key that names one connection in both packet and lifecycle output:
+/// network namespace, then local and peer endpoint. Built by hand into one
+/// string: it is made for every event, and nested `format!` calls made it
+/// the dearest step of decoding one.
 pub fn conn_key(netns: u32, local: IpAddr, lport: u16, peer: IpAddr, pport: u16) -> String {
     fn push_endpoint(s: &mut String, a: IpAddr, port: u16) {
         if a.is_ipv6() {
