@@ -216,37 +216,59 @@ static __always_inline void tuple_from_sock(const struct sock *sk, struct conn_e
 	tuple_from_common(&sk->__sk_common, e);
 }
 
-/* Addresses and ports of the TCP packet whose network header is at l3, as
- * seen by its receiver: local = destination. Returns 0 if it is not TCP (or
- * is a non-first fragment, or IPv6 with extension headers). */
-static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct conn_event *e)
-{
-	unsigned char *l4;
+/*
+ * The packet whose network header is at l3 (IPv4 or IPv6 by proto), in two
+ * steps so that a caller can look at the TCP header before copying anything.
+ * Direct loads through bpf_core_cast(), not probe-read helper calls: the
+ * first SYN hook runs this for every received packet.
+ */
 
-	/* Direct loads through bpf_core_cast(), not probe-read helper calls. */
+/* Its TCP header, or NULL if it is not TCP (or is a non-first fragment, or
+ * IPv6 with extension headers). */
+static __always_inline const struct tcphdr *tcp_from_l3(unsigned char *l3, __u16 proto)
+{
 	if (proto == ETH_P_IP) {
 		const struct iphdr *ip = bpf_core_cast(l3, struct iphdr);
 		if (ip->protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip->frag_off) & 0x1fff))
-			return 0;
-		e->family = 4;
-		__u32 s = ip->saddr, d = ip->daddr;
-		__builtin_memcpy(e->daddr, &s, 4);
-		__builtin_memcpy(e->saddr, &d, 4);
-		l4 = l3 + (ip->ihl & 0xf) * 4;
-	} else if (proto == ETH_P_IPV6) {
+			return NULL;
+		return bpf_core_cast(l3 + (ip->ihl & 0xf) * 4, struct tcphdr);
+	}
+	if (proto == ETH_P_IPV6) {
 		const struct ipv6hdr *ip6 = bpf_core_cast(l3, struct ipv6hdr);
 		if (ip6->nexthdr != IPPROTO_TCP_NUM)
-			return 0;
-		e->family = 6;
-		__builtin_memcpy(e->daddr, &ip6->saddr, 16);
-		__builtin_memcpy(e->saddr, &ip6->daddr, 16);
-		l4 = l3 + sizeof(struct ipv6hdr);
-	} else {
-		return 0;
+			return NULL;
+		return bpf_core_cast(l3 + sizeof(struct ipv6hdr), struct tcphdr);
 	}
-	const struct tcphdr *t = bpf_core_cast(l4, struct tcphdr);
-	e->dport = bpf_ntohs(t->source);
-	e->sport = bpf_ntohs(t->dest);
+	return NULL;
+}
+
+/* Its source and destination addresses (IPv4 in the first 4 bytes); returns
+ * the IP version. Only for a packet tcp_from_l3() accepted. */
+static __always_inline __u8 addrs_from_l3(unsigned char *l3, __u16 proto, __u8 src[16], __u8 dst[16])
+{
+	if (proto == ETH_P_IP) {
+		const struct iphdr *ip = bpf_core_cast(l3, struct iphdr);
+		__u32 s = ip->saddr, d = ip->daddr;
+		__builtin_memcpy(src, &s, 4);
+		__builtin_memcpy(dst, &d, 4);
+		return 4;
+	}
+	const struct ipv6hdr *ip6 = bpf_core_cast(l3, struct ipv6hdr);
+	__builtin_memcpy(src, &ip6->saddr, 16);
+	__builtin_memcpy(dst, &ip6->daddr, 16);
+	return 6;
+}
+
+/* Addresses and ports of that packet as seen by its receiver: local =
+ * destination. Returns 0 if it is not TCP. */
+static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct conn_event *e)
+{
+	const struct tcphdr *th = tcp_from_l3(l3, proto);
+	if (!th)
+		return 0;
+	e->family = addrs_from_l3(l3, proto, e->daddr, e->saddr);
+	e->dport = bpf_ntohs(th->source);
+	e->sport = bpf_ntohs(th->dest);
 	return 1;
 }
 
@@ -354,37 +376,16 @@ static __always_inline void peer_conn_add(const struct conn_event *e, int delta)
 SEC("tp_btf/netif_receive_skb")
 int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
 {
-	/* Every received packet comes here: SYN or not is decided on the
-	 * fewest loads, before anything else is built. At this tracepoint
-	 * skb->data is the network header (network_header is set just after).
-	 * Direct loads through bpf_core_cast(), not probe-read helper calls. */
+	/* Every received packet comes here: SYN or not is decided before
+	 * anything is copied. At this tracepoint skb->data is the network
+	 * header (network_header is set just after). */
 	__u16 proto = bpf_ntohs(skb->protocol);
 	unsigned char *l3 = skb->data;
-	struct syn_key k = {};
-	const struct tcphdr *th;
-
-	if (proto == ETH_P_IP) {
-		const struct iphdr *ip = bpf_core_cast(l3, struct iphdr);
-		if (ip->protocol != IPPROTO_TCP_NUM || (bpf_ntohs(ip->frag_off) & 0x1fff))
-			return 0;
-		th = bpf_core_cast(l3 + (ip->ihl & 0xf) * 4, struct tcphdr);
-		if (!th->syn || th->ack)
-			return 0;
-		__u32 s = ip->saddr, d = ip->daddr;
-		__builtin_memcpy(k.peer, &s, 4);
-		__builtin_memcpy(k.local, &d, 4);
-	} else if (proto == ETH_P_IPV6) {
-		const struct ipv6hdr *ip6 = bpf_core_cast(l3, struct ipv6hdr);
-		if (ip6->nexthdr != IPPROTO_TCP_NUM)
-			return 0;
-		th = bpf_core_cast(l3 + sizeof(struct ipv6hdr), struct tcphdr);
-		if (!th->syn || th->ack)
-			return 0;
-		__builtin_memcpy(k.peer, &ip6->saddr, 16);
-		__builtin_memcpy(k.local, &ip6->daddr, 16);
-	} else {
+	const struct tcphdr *th = tcp_from_l3(l3, proto);
+	if (!th || !th->syn || th->ack)
 		return 0;
-	}
+	struct syn_key k = {};
+	addrs_from_l3(l3, proto, k.peer, k.local);
 	k.peer_port = bpf_ntohs(th->source);
 	k.local_port = bpf_ntohs(th->dest);
 	k.netns = skb_netns(skb);
@@ -440,11 +441,14 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		k.local_port = e.sport;
 		k.netns = e.netns;
 		__u64 *syn = bpf_map_lookup_elem(&syn_seen, &k);
-		struct sock_info fresh = { .start_ns = syn ? *syn : now, .passive = 1 };
+		struct sock_info fresh = {
+			.start_ns = syn ? *syn : now, .sport = e.sport, .dport = e.dport, .passive = 1
+		};
 		if (syn)
 			bpf_map_delete_elem(&syn_seen, &k);
 		bpf_map_update_elem(&socks, &skp, &fresh, BPF_ANY);
-		si = bpf_map_lookup_elem(&socks, &skp);
+		/* Already complete: what the code below writes into it, it has. */
+		si = &fresh;
 	} else if (handshake_done || closed) {
 		si = bpf_map_lookup_elem(&socks, &skp);
 	}
@@ -523,8 +527,9 @@ static __always_inline int accepted(long fd)
 	e.kind = CONN_ACCEPT;
 	e.pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	/* Generated at SYN_RECV (set_state asks for it), so never 0 here for
-	 * a connection we followed. */
+	/* Generated at ESTABLISHED (set_state asks for it, and accept() can
+	 * only return an established socket), so never 0 here for a connection
+	 * we followed. */
 	e.cookie = sk->__sk_common.skc_cookie.counter;
 	e.cgroup_id = bpf_get_current_cgroup_id();
 	e.newstate = sk->__sk_common.skc_state;
