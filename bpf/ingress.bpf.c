@@ -11,6 +11,7 @@
 #include <bpf/bpf_endian.h>
 #include "common_kern_user.h"
 #include "parse_kern.h"
+#include "ringbuf_kern.h"
 
 #define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
@@ -171,20 +172,8 @@ static __always_inline void count_malformed(struct tcpscope_counters *c, __u8 re
 	c->malformed[idx]++;
 }
 
-/*
- * Waking the reader on every event costs more than the whole parse (an
- * irq_work per packet, ~0.5 us). Submit silently and wake the reader only
- * once this much data waits; the reader also polls on a short timeout, so a
- * quiet stream is still delivered promptly.
- */
+/* Wake the reader once per this much backlog (ringbuf_kern.h). */
 #define WAKEUP_BYTES (64 * 1024)
-
-static __always_inline __u64 submit_flags(void)
-{
-	return bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES
-		       ? BPF_RB_FORCE_WAKEUP
-		       : BPF_RB_NO_WAKEUP;
-}
 
 /*
  * Copy the event into the ring buffer; with cfg.copy_frame, also the frame's
@@ -224,7 +213,7 @@ static __always_inline void emit_event(void *ctx, struct tcpscope_counters *c,
 			return;
 		}
 		__builtin_memcpy(out, ev, sizeof(*out));
-		bpf_ringbuf_submit(out, submit_flags());
+		bpf_ringbuf_submit(out, ringbuf_wakeup_flags(&events, sizeof(*out), WAKEUP_BYTES));
 		c->events++;
 		return;
 	}
@@ -248,7 +237,7 @@ static __always_inline void emit_event(void *ctx, struct tcpscope_counters *c,
 		err = bpf_skb_load_bytes(ctx, 0, out->frame, cap);
 	if (err)
 		out->ev.cap_len = 0;
-	bpf_ringbuf_submit(out, submit_flags());
+	bpf_ringbuf_submit(out, ringbuf_wakeup_flags(&events, sizeof(*out), WAKEUP_BYTES));
 	c->events++;
 }
 

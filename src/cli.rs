@@ -314,6 +314,21 @@ pub struct ConnsArgs {
     /// Print NDJSON, one object per event.
     #[arg(long)]
     pub json: bool,
+    /// Where the process of an accepted connection comes from.
+    #[arg(long, value_enum, value_name = "HOOK", default_value = "cgroup")]
+    pub accept_via: AcceptVia,
+}
+
+/// Where `conns` learns which process accepted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcceptVia {
+    /// cgroup getpeername hooks: they run when a process asks for the peer's address, as accept()
+    /// with an address buffer (most servers) and getpeername() do; other syscalls pay nothing.
+    /// Falls back to `syscall` where cgroup v2 is not mounted.
+    Cgroup,
+    /// The accept syscalls' exit tracepoints: every accept(), but while they are attached every
+    /// syscall of every process takes the kernel's slower tracing path.
+    Syscall,
 }
 
 #[derive(Debug, Args)]
@@ -376,6 +391,10 @@ pub struct BenchArgs {
     /// Capture for `bench read`: used if it exists, else made there and kept.
     #[arg(long, value_name = "FILE")]
     pub capture: Option<std::path::PathBuf>,
+    /// `bench conns`: run the client and the server on this CPU. Steadier figures, and the worst
+    /// case: every cost of tracing lands on the loop's one CPU.
+    #[arg(long, value_name = "N")]
+    pub cpu: Option<usize>,
 }
 
 #[derive(Debug, Args)]

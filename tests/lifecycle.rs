@@ -5,7 +5,7 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -104,6 +104,77 @@ fn close_reports_bytes_process_and_the_packet_key() {
         "packet conn keys: {:?} vs {key}",
         packets.iter().map(|p| &p["conn"]).collect::<Vec<_>>()
     );
+}
+
+/// Both ways of finding the accepting process, over IPv4 and IPv6: the
+/// cgroup getpeername hooks (the default: one accept event per connection
+/// however often the peer is asked for) and the accept syscall tracepoints.
+#[test]
+fn accept_is_attributed_by_cgroup_hook_and_by_syscall() {
+    use tcpscope::testhost::{CLIENT_V4, CLIENT_V6, SERVER_V6};
+    let me = u64::from(std::process::id());
+    for (via, port, hook) in
+        [("cgroup", 18095u16, "cgroup getpeername hooks"), ("syscall", 18096, "accept syscall tracepoints")]
+    {
+        let hosts = TestHosts::new("lcacc").unwrap();
+        let sns = netns_inode(&hosts.server_ns);
+        let mut cmd = Command::new(tcpscope_bin());
+        cmd.args(["conns", "--json", "--port", &port.to_string(), "--accept-via", via])
+            .stdout(Stdio::piped());
+        let (conns, stderr) =
+            ChildGuard::spawn_until_ready(cmd, "following TCP connections", Duration::from_secs(30)).unwrap();
+        let ready = stderr.lock().unwrap().join("\n");
+        assert!(ready.contains(&format!("accepting process from the {hook}")), "{ready}");
+        let mut comms = Vec::new();
+        for (server, client) in
+            [(IpAddr::V4(SERVER_V4), IpAddr::V4(CLIENT_V4)), (SERVER_V6.into(), CLIENT_V6.into())]
+        {
+            let listener = TestHosts::run_in(&hosts.server_ns, move || TcpListener::bind((server, port)))
+                .join()
+                .unwrap()
+                .unwrap()
+                .unwrap();
+            let srv = std::thread::spawn(move || {
+                let (mut s, peer) = listener.accept().unwrap();
+                // Asked again, twice: still one accept event.
+                assert_eq!(s.peer_addr().unwrap(), peer);
+                assert_eq!(s.peer_addr().unwrap(), peer);
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).unwrap();
+                let comm = std::fs::read_to_string("/proc/thread-self/comm").unwrap();
+                (peer, comm.trim_end().to_string())
+            });
+            let local = TestHosts::run_in(&hosts.client_ns, move || {
+                let mut s =
+                    TcpStream::connect_timeout(&SocketAddr::from((server, port)), Duration::from_secs(10))
+                        .unwrap();
+                s.write_all(b"x").unwrap();
+                s.local_addr().unwrap()
+            })
+            .join()
+            .unwrap()
+            .unwrap();
+            let (peer, comm) = srv.join().unwrap();
+            assert_eq!(peer, local);
+            assert_eq!(local.ip(), client);
+            comms.push(comm);
+        }
+        let evs = stop_and_collect(conns);
+        let acc = find(&evs, "accept", sns);
+        let est = find(&evs, "established_in", sns);
+        assert_eq!((acc.len(), est.len()), (2, 2), "{via}: {evs:#?}");
+        for ((a, e), comm) in acc.iter().zip(&est).zip(&comms) {
+            assert_eq!(a["pid"], me, "{via}: {a}");
+            assert_eq!(a["comm"], comm.as_str(), "{via}: the accepting thread's name");
+            assert_eq!(a["cookie"], e["cookie"], "{via}");
+            assert_eq!(a["conn"], e["conn"], "{via}");
+            assert_eq!(a["lport"], port);
+        }
+        assert_eq!(acc[0]["ip_version"], 4);
+        assert_eq!(acc[0]["peer"], CLIENT_V4.to_string());
+        assert_eq!(acc[1]["ip_version"], 6);
+        assert_eq!(acc[1]["local"], SERVER_V6.to_string());
+    }
 }
 
 #[test]
@@ -477,4 +548,30 @@ fn rtt_histogram_is_keyed_by_the_service_port() {
         let port = v["port"].as_u64().unwrap() as u16;
         assert!(!ephemeral.contains(&port), "RTT keyed by a client's ephemeral port {port}: {v}");
     }
+}
+
+/// Without a cgroup v2 hierarchy (a private mount namespace with it
+/// unmounted), `conns` says so and why, and takes the accept syscall
+/// tracepoints instead.
+#[test]
+fn accept_hook_falls_back_without_cgroup_v2() {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let cgroup2: Vec<&str> = info
+        .lines()
+        .filter(|l| l.split_once(" - ").is_some_and(|(_, fs)| fs.starts_with("cgroup2 ")))
+        .filter_map(|l| l.split(' ').nth(4))
+        .collect();
+    let script = cgroup2.iter().map(|m| format!("umount {m} && ")).collect::<String>()
+        + &format!("timeout --preserve-status -s INT 3 {} conns --port 18097", tcpscope_bin());
+    let out = Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cgroup getpeername hooks (the accept syscall tracepoints serve instead) unavailable: no cgroup v2"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("accepting process from the accept syscall tracepoints"), "{stderr}");
 }

@@ -10,6 +10,7 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::Link;
 
 use crate::bpf::preflight;
+use crate::cli::AcceptVia;
 
 #[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
 mod lifecycle_skel {
@@ -47,10 +48,13 @@ pub struct Lifecycle {
     pub links: Vec<Link>,
     /// Views the kernel refused, with the reason.
     pub unavailable: Vec<(String, String)>,
+    /// Where the process of accepted sockets comes from, if anywhere.
+    pub accept_via: Option<AcceptVia>,
 }
 
-/// Loads and attaches every lifecycle program that this kernel accepts.
-pub fn start(config: types::lifecycle_config) -> Result<Lifecycle> {
+/// Loads and attaches every lifecycle program that this kernel accepts;
+/// the accept view (the process of accepted sockets) only if asked for.
+pub fn start(config: types::lifecycle_config, accept: Option<AcceptVia>) -> Result<Lifecycle> {
     preflight::check_privileges()?;
     preflight::check_btf(None)?;
     let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -78,23 +82,82 @@ pub fn start(config: types::lifecycle_config) -> Result<Lifecycle> {
             Err(e) => unavailable.push((view.to_string(), format!("tracepoint {tp} refused: {e}"))),
         }
     }
-    match attach_accept(&skel) {
-        Ok(mut l) => links.append(&mut l),
-        Err(why) => unavailable.push(("process of accepted sockets".to_string(), why)),
+    let mut accept_via = None;
+    if let Some(via) = accept {
+        match attach_accept(&skel, via, &mut unavailable) {
+            Ok((mut l, via)) => {
+                links.append(&mut l);
+                accept_via = Some(via);
+            }
+            Err(why) => unavailable.push(("process of accepted sockets".to_string(), why)),
+        }
     }
     if links.is_empty() {
         anyhow::bail!(
             "no lifecycle tracepoint could be attached (is this kernel built with BTF tracepoints?)"
         );
     }
-    Ok(Lifecycle { skel, links, unavailable })
+    Ok(Lifecycle { skel, links, unavailable, accept_via })
 }
 
-/// The accept view: the per-syscall tracepoints syscalls:sys_exit_accept{,4}
-/// fire on accept only; the fallback, tp_btf/sys_exit, runs on every
-/// syscall of every process (a measurable cost on a busy host). The
-/// former need tracefs, mounted here if absent.
-fn attach_accept(skel: &LifecycleSkel<'static>) -> std::result::Result<Vec<Link>, String> {
+/// The root of the cgroup v2 hierarchy as this process sees it, from
+/// /proc/self/mountinfo (`/sys/fs/cgroup`, or `/sys/fs/cgroup/unified` on
+/// hybrid systems). Programs attached there run for every cgroup below.
+fn cgroup2_root() -> Result<std::path::PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    // "36 25 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw"
+    info.lines()
+        .filter_map(|l| l.split_once(" - "))
+        .filter(|(_, fs)| fs.split(' ').next() == Some("cgroup2"))
+        .map(|(mount, _)| mount.split(' ').collect::<Vec<_>>())
+        .find(|f| f.get(3) == Some(&"/") && f.get(4).is_some_and(|p| !p.contains('\\')))
+        .map(|f| f[4].into())
+        .context("no cgroup v2 hierarchy is mounted (mount it: `mount -t cgroup2 none /sys/fs/cgroup`)")
+}
+
+/// The accept view, by `via`; if the cgroup hooks cannot be attached, the
+/// syscall tracepoints instead, and why goes to `unavailable`. Returns the
+/// links and what was attached.
+fn attach_accept(
+    skel: &LifecycleSkel<'static>,
+    via: AcceptVia,
+    unavailable: &mut Vec<(String, String)>,
+) -> std::result::Result<(Vec<Link>, AcceptVia), String> {
+    let cgroup = || -> Result<Vec<Link>> {
+        let root = cgroup2_root()?;
+        let dir = std::fs::File::open(&root).with_context(|| format!("opening {}", root.display()))?;
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+        Ok(vec![skel.progs.lc_getpeername4.attach_cgroup(fd)?, skel.progs.lc_getpeername6.attach_cgroup(fd)?])
+    };
+    let mut cgroup_failed = String::new();
+    if via == AcceptVia::Cgroup {
+        match cgroup() {
+            Ok(links) => return Ok((links, AcceptVia::Cgroup)),
+            Err(e) => cgroup_failed = format!("{e:#}"),
+        }
+    }
+    let links = attach_accept_syscalls(skel).map_err(|e| {
+        if cgroup_failed.is_empty() {
+            e
+        } else {
+            format!("cgroup getpeername hooks refused ({cgroup_failed}); {e}")
+        }
+    })?;
+    if !cgroup_failed.is_empty() {
+        unavailable.push((
+            "cgroup getpeername hooks (the accept syscall tracepoints serve instead)".to_string(),
+            cgroup_failed,
+        ));
+    }
+    Ok((links, AcceptVia::Syscall))
+}
+
+/// The per-syscall tracepoints syscalls:sys_exit_accept{,4} fire on accept
+/// only; the fallback, tp_btf/sys_exit, runs on every syscall of every
+/// process. Either way, while one is attached every syscall takes the
+/// kernel's slow tracing path. The former need tracefs, mounted here if
+/// absent.
+fn attach_accept_syscalls(skel: &LifecycleSkel<'static>) -> std::result::Result<Vec<Link>, String> {
     let per_syscall = || -> Result<Vec<Link>> {
         preflight::ensure_mounted(c"/sys/kernel/tracing", c"tracefs", 0x74726163, c"")?;
         Ok(vec![

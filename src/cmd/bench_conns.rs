@@ -18,9 +18,23 @@ use crate::testhost::{ChildGuard, TestHosts, SERVER_V4};
 const PORT: u16 = 5202;
 const ROUND: Duration = Duration::from_secs(2);
 
+/// Keeps the calling thread on `cpu` (if given).
+fn pin_to(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET bounds-checks cpu.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; set is a valid cpu_set_t.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        anyhow::bail!("running on CPU {cpu}: {} (see `nproc`)", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Connections completed in `ROUND`: connect, send a byte, read the echo, close.
-fn loop_round(client_ns: &str) -> Result<f64> {
-    TestHosts::run_in(client_ns, || -> Result<f64> {
+fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<f64> {
+    TestHosts::run_in(client_ns, move || -> Result<f64> {
+        pin_to(cpu)?;
         let addr = SocketAddr::from((SERVER_V4, PORT));
         let start = Instant::now();
         let mut n = 0u64;
@@ -40,12 +54,31 @@ fn loop_round(client_ns: &str) -> Result<f64> {
 pub fn run(args: &BenchArgs) -> Result<()> {
     crate::bpf::preflight::check_privileges()?;
     let hosts = TestHosts::new("bconns")?;
+    // Hundreds of thousands of connections from one address to one port:
+    // without reuse, the client's TIME_WAIT sockets used up its ports within
+    // a minute and some rounds collapsed to a few hundred connections/s
+    // (connect() searching for a free port), whatever the case.
+    TestHosts::run_in(&hosts.client_ns, || -> Result<()> {
+        // /proc/sys/net is the namespace of the thread that opens it.
+        for (path, value) in [("net/ipv4/tcp_tw_reuse", "1"), ("net/ipv4/ip_local_port_range", "1024 65535")]
+        {
+            std::fs::write(format!("/proc/sys/{path}"), value)
+                .with_context(|| format!("setting {path} in the client namespace"))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))???;
+    let cpu = args.cpu;
     let stop = Arc::new(AtomicBool::new(false));
     let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)))
         .join()
         .map_err(|_| anyhow::anyhow!("server thread panicked"))???;
     let stop_srv = stop.clone();
     let server = std::thread::spawn(move || {
+        if pin_to(cpu).is_err() {
+            return; // the client's pin_to reports it
+        }
         // Blocking accept; the final wake-up connection below ends it.
         while let Ok((mut s, _)) = listener.accept() {
             if stop_srv.load(Ordering::Relaxed) {
@@ -61,10 +94,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // Each case's extra arguments to `tcpscope conns` (None: not running).
     // With --port 1 every event is filtered out in the kernel: the
     // tracepoint programs' own cost, without the ring buffer and output.
-    let cases: [(&str, Option<&[&str]>); 3] = [
+    // The last case is the accept hook that makes every syscall on the
+    // host take the slow tracing path: its price, side by side.
+    let cases: [(&str, Option<&[&str]>); 4] = [
         ("baseline", None),
         ("`conns --json --port 1` (kernel only)", Some(&["--port", "1"])),
         ("`conns --json` (all events printed)", Some(&[])),
+        ("`conns --json --accept-via syscall`", Some(&["--accept-via", "syscall"])),
     ];
     let rounds = args.rounds.max(1) as usize;
     let mut rates = vec![Vec::new(); cases.len()];
@@ -74,7 +110,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for k in 0..cases.len() {
             let case = (round + k) % cases.len();
             let rate = match cases[case].1 {
-                None => loop_round(&hosts.client_ns)?,
+                None => loop_round(&hosts.client_ns, cpu)?,
                 Some(extra) => {
                     let mut cmd = Command::new(&exe);
                     cmd.args(["conns", "--json"]).args(extra).stdout(Stdio::null());
@@ -83,7 +119,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         "following TCP connections",
                         Duration::from_secs(30),
                     )?;
-                    let rate = loop_round(&hosts.client_ns)?;
+                    let rate = loop_round(&hosts.client_ns, cpu)?;
                     conns.interrupt_and_wait(Duration::from_secs(20))?;
                     rate
                 }
@@ -99,15 +135,21 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
+    let placement = match cpu {
+        Some(c) => format!("client and server on CPU {c}"),
+        None => "placed by the scheduler".to_string(),
+    };
     print_line(&format!(
-        "bench conns: short-connection loop between test hosts, {rounds} rounds x {}s per case; \
-         medians, and the median of each round's ratio to its own baseline",
+        "bench conns: short-connection loop between test hosts ({placement}), {rounds} rounds x {}s per \
+         case; median rate, and the median (min-max) of each round's ratio to its own baseline",
         ROUND.as_secs()
     ));
     for (case, (name, _)) in cases.iter().enumerate() {
         let rate = median(rates[case].clone());
-        let ratio = median(rates[case].iter().zip(&rates[0]).map(|(t, b)| t / b).collect());
-        print_line(&format!("{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3}"));
+        let ratios: Vec<f64> = rates[case].iter().zip(&rates[0]).map(|(t, b)| t / b).collect();
+        let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+        let ratio = median(ratios);
+        print_line(&format!("{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3} ({lo:.2}-{hi:.2})"));
     }
     Ok(())
 }

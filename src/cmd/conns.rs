@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use libbpf_rs::MapCore;
 
 use crate::bpf::lifecycle::{self, types};
-use crate::cli::ConnsArgs;
+use crate::cli::{AcceptVia, ConnsArgs};
 use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
 use crate::lifecycle::{has, ConnRecord};
 use crate::output::json;
@@ -29,15 +29,20 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         emit_states: u8::from(args.states),
         ..Default::default()
     };
-    let lc = lifecycle::start(config)?;
+    let lc = lifecycle::start(config, Some(args.accept_via))?;
     // Before the ready line below: scripts start measuring at it.
     let [drop_names, rst_names] = lifecycle::kernel_enum_names([
         ("skb_drop_reason", "SKB_DROP_REASON_"),
         ("sk_rst_reason", "SK_RST_REASON_"),
     ]);
     report_unavailable(&lc);
+    let accept_via = match lc.accept_via {
+        Some(AcceptVia::Cgroup) => "; accepting process from the cgroup getpeername hooks",
+        Some(AcceptVia::Syscall) => "; accepting process from the accept syscall tracepoints",
+        None => "",
+    };
     eprintln!(
-        "tcpscope: following TCP connections in every network namespace ({} tracepoints); Ctrl-C to stop",
+        "tcpscope: following TCP connections in every network namespace ({} hooks{accept_via}); Ctrl-C to stop",
         lc.links.len()
     );
 

@@ -59,8 +59,10 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
         args.interval
     );
     let stop = stop_flag()?;
-    let lc =
-        lifecycle::start(types::lifecycle_config { port: args.port.unwrap_or(0), ..Default::default() })?;
+    let lc = lifecycle::start(
+        types::lifecycle_config { port: args.port.unwrap_or(0), ..Default::default() },
+        None,
+    )?;
     report_unavailable(&lc);
     eprintln!(
         "tcpscope: collecting handshake, connect and RTT latency; report every {}s; Ctrl-C to stop",
