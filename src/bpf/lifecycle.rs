@@ -52,9 +52,21 @@ pub struct Lifecycle {
     pub accept_via: Option<AcceptVia>,
 }
 
-/// Loads and attaches every lifecycle program that this kernel accepts;
-/// the accept view (the process of accepted sockets) only if asked for.
-pub fn start(config: types::lifecycle_config, accept: Option<AcceptVia>) -> Result<Lifecycle> {
+/// The tracepoints `latency` needs: handshake start, lifecycle, RTT.
+pub const LATENCY_TRACEPOINTS: &[&str] = &["netif_receive_skb", "inet_sock_set_state", "tcp_probe"];
+/// The tracepoint the guard's connection limit and handshake count need.
+pub const GUARD_TRACEPOINTS: &[&str] = &["inet_sock_set_state"];
+
+/// Loads the lifecycle programs and attaches those behind `tracepoints`
+/// (None: every view) that this kernel accepts; the accept view (the
+/// process of accepted sockets) only if asked for. Each tracepoint left
+/// out is a cost a command that does not need it does not pay: tcp_probe
+/// runs for every segment received on the host.
+pub fn start(
+    config: types::lifecycle_config,
+    tracepoints: Option<&[&str]>,
+    accept: Option<AcceptVia>,
+) -> Result<Lifecycle> {
     preflight::check_privileges()?;
     preflight::check_btf(None)?;
     let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
@@ -77,6 +89,9 @@ pub fn start(config: types::lifecycle_config, accept: Option<AcceptVia>) -> Resu
     let mut links = Vec::new();
     let mut unavailable = Vec::new();
     for (prog, (view, tp)) in progs.into_iter().zip(VIEWS) {
+        if tracepoints.is_some_and(|wanted| !wanted.contains(&tp)) {
+            continue;
+        }
         match prog.attach() {
             Ok(l) => links.push(l),
             Err(e) => unavailable.push((view.to_string(), format!("tracepoint {tp} refused: {e}"))),

@@ -83,7 +83,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         };
         // Without the lifecycle tracepoints the guard still guards: these
         // two detectors are the only casualties, and the user is told.
-        match crate::bpf::lifecycle::start(cfg, None) {
+        match crate::bpf::lifecycle::start(cfg, Some(crate::bpf::lifecycle::GUARD_TRACEPOINTS), None) {
             Ok(lc) => Some(lc),
             Err(e) => {
                 eprintln!("tcpscope: connection limit and SYN-to-handshake ratio unavailable: {e:#}");

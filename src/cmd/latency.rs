@@ -61,6 +61,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
     let stop = stop_flag()?;
     let lc = lifecycle::start(
         types::lifecycle_config { port: args.port.unwrap_or(0), ..Default::default() },
+        Some(lifecycle::LATENCY_TRACEPOINTS),
         None,
     )?;
     report_unavailable(&lc);
