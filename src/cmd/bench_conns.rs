@@ -31,6 +31,19 @@ fn pin_to(cpu: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// ns per getppid(), a syscall that does nearly nothing: what every syscall
+/// of every process pays while a case runs (while any syscall tracepoint is
+/// attached, all of them take the kernel's slow tracing path).
+fn syscall_ns() -> f64 {
+    const CALLS: u32 = 500_000;
+    let start = Instant::now();
+    for _ in 0..CALLS {
+        // SAFETY: getppid has no arguments and cannot fail.
+        std::hint::black_box(unsafe { libc::getppid() });
+    }
+    start.elapsed().as_nanos() as f64 / f64::from(CALLS)
+}
+
 /// Connections completed in `ROUND`: connect, send a byte, read the echo, close.
 fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<f64> {
     TestHosts::run_in(client_ns, move || -> Result<f64> {
@@ -104,13 +117,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     ];
     let rounds = args.rounds.max(1) as usize;
     let mut rates = vec![Vec::new(); cases.len()];
+    let mut syscalls = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
         // The order rotates each round, so slow drift of this VM does not
         // always favour the same case.
         for k in 0..cases.len() {
             let case = (round + k) % cases.len();
-            let rate = match cases[case].1 {
-                None => loop_round(&hosts.client_ns, cpu)?,
+            let (rate, syscall) = match cases[case].1 {
+                None => (loop_round(&hosts.client_ns, cpu)?, syscall_ns()),
                 Some(extra) => {
                     let mut cmd = Command::new(&exe);
                     cmd.args(["conns", "--json"]).args(extra).stdout(Stdio::null());
@@ -120,11 +134,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         Duration::from_secs(30),
                     )?;
                     let rate = loop_round(&hosts.client_ns, cpu)?;
+                    let syscall = syscall_ns();
                     conns.interrupt_and_wait(Duration::from_secs(20))?;
-                    rate
+                    (rate, syscall)
                 }
             };
             rates[case].push(rate);
+            syscalls[case].push(syscall);
         }
     }
     stop.store(true, Ordering::Relaxed);
@@ -141,7 +157,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     print_line(&format!(
         "bench conns: short-connection loop between test hosts ({placement}), {rounds} rounds x {}s per \
-         case; median rate, and the median (min-max) of each round's ratio to its own baseline",
+         case; median rate, the median (min-max) of each round's ratio to its own baseline, and the \
+         median cost of one getppid() syscall meanwhile",
         ROUND.as_secs()
     ));
     for (case, (name, _)) in cases.iter().enumerate() {
@@ -149,7 +166,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let ratios: Vec<f64> = rates[case].iter().zip(&rates[0]).map(|(t, b)| t / b).collect();
         let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         let ratio = median(ratios);
-        print_line(&format!("{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3} ({lo:.2}-{hi:.2})"));
+        let syscall = median(syscalls[case].clone());
+        print_line(&format!(
+            "{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3} ({lo:.2}-{hi:.2})   getppid {syscall:>4.0} ns"
+        ));
     }
     Ok(())
 }
