@@ -361,7 +361,8 @@ struct lifecycle_config {
 	__u8 emit_states;   /* report every state change */
 	__u8 only_limits;   /* guard: report CONN_LIMIT events only */
 	__u8 count_handshakes; /* guard: count completed incoming handshakes per netns */
-	__u8 _pad[3];
+	__u8 histograms;    /* keep the latency histograms (only `latency` reads them) */
+	__u8 _pad[2];
 };
 
 struct conn_event {

@@ -60,7 +60,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
     );
     let stop = stop_flag()?;
     let lc = lifecycle::start(
-        types::lifecycle_config { port: args.port.unwrap_or(0), ..Default::default() },
+        types::lifecycle_config { port: args.port.unwrap_or(0), histograms: 1, ..Default::default() },
         Some(lifecycle::LATENCY_TRACEPOINTS),
         None,
     )?;
