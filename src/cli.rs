@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 
 use crate::bpf::attach::{HookKind, XdpMode};
+use crate::bpf::lifecycle::AcceptVia;
 use crate::filter::{Cidr, EventFilter, FlagMatch};
 
 const ABOUT: &str = "eBPF inspector of incoming TCP traffic: sees every TCP packet at the \
@@ -317,18 +318,6 @@ pub struct ConnsArgs {
     /// Where the process of an accepted connection comes from.
     #[arg(long, value_enum, value_name = "HOOK", default_value = "cgroup")]
     pub accept_via: AcceptVia,
-}
-
-/// Where `conns` learns which process accepted a connection.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AcceptVia {
-    /// cgroup getpeername hooks: they run when a process asks for the peer's address, as accept()
-    /// with an address buffer (most servers) and getpeername() do; other syscalls pay nothing.
-    /// Falls back to `syscall` where cgroup v2 is not mounted.
-    Cgroup,
-    /// The accept syscalls' exit tracepoints: every accept(), but while they are attached every
-    /// syscall of every process takes the kernel's slower tracing path.
-    Syscall,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,6 @@ use libbpf_rs::skel::{OpenSkel, SkelBuilder};
 use libbpf_rs::Link;
 
 use crate::bpf::preflight;
-use crate::cli::AcceptVia;
 
 #[allow(clippy::all, non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code)]
 mod lifecycle_skel {
@@ -41,6 +40,18 @@ pub const VIEWS: [(&str, &str); 9] = [
     ("RTT and zero window", "tcp_probe"),
     ("receive queue full", "sock_rcvqueue_full"),
 ];
+
+/// Where `conns` learns which process accepted a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AcceptVia {
+    /// cgroup getpeername hooks: they run when a process asks for the peer's address, as accept()
+    /// with an address buffer (most servers) and getpeername() do; other syscalls pay nothing.
+    /// Falls back to `syscall` where cgroup v2 is not mounted.
+    Cgroup,
+    /// The accept syscalls' exit tracepoints: every accept(), but while they are attached every
+    /// syscall of every process takes the kernel's slower tracing path.
+    Syscall,
+}
 
 /// The loaded programs and the links that keep them attached.
 pub struct Lifecycle {

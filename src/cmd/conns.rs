@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use libbpf_rs::MapCore;
 
+use crate::bpf::lifecycle::AcceptVia;
 use crate::bpf::lifecycle::{self, types};
-use crate::cli::{AcceptVia, ConnsArgs};
+use crate::cli::ConnsArgs;
 use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
 use crate::lifecycle::{has, ConnRecord};
 use crate::output::json;
