@@ -233,6 +233,12 @@ fn retransmits_under_injected_loss() {
         let mut s = TcpStream::connect_timeout(&SocketAddr::from((SERVER_V4, PORT)), Duration::from_secs(20))
             .unwrap();
         s.write_all(&vec![3u8; 300_000]).unwrap();
+        // Until the server's FIN: by then this socket has closed in the
+        // kernel (FIN_WAIT2 to TIME_WAIT), so its close event exists. A
+        // plain drop left an orphan retransmitting under the loss, whose
+        // close could come after the collection below.
+        s.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(s.read(&mut [0u8; 1]).unwrap(), 0);
     })
     .join()
     .unwrap()
@@ -243,6 +249,7 @@ fn retransmits_under_injected_loss() {
     eprintln!("{} retransmit events under 25% loss", rtx.len());
     assert!(!rtx.is_empty(), "retransmits seen: {evs:#?}");
     let close = find(&evs, "close", cns);
+    assert_eq!(close.len(), 1, "{evs:#?}");
     assert!(close[0]["stats"]["total_retrans"].as_u64().unwrap() >= rtx.len() as u64 / 2);
 }
 
