@@ -66,6 +66,10 @@ fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<f64> {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     crate::bpf::preflight::check_privileges()?;
+    if let Some(c) = args.cpu {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        anyhow::ensure!(c < n, "--cpu {c}: no such CPU (this machine has {n}: 0-{})", n - 1);
+    }
     let hosts = TestHosts::new("bconns")?;
     // Hundreds of thousands of connections from one address to one port:
     // without reuse, the client's TIME_WAIT sockets used up its ports within
