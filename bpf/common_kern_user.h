@@ -308,7 +308,8 @@ enum conn_event_kind {
 	CONN_CONNECT = 1,       /* connect(): SYN_SENT, process known */
 	CONN_ESTABLISHED_OUT,   /* outgoing handshake done; latency = connect time */
 	CONN_ESTABLISHED_IN,    /* incoming handshake done; latency = first SYN to ESTABLISHED */
-	CONN_ACCEPT,            /* accept() returned the socket: process known */
+	CONN_ACCEPT,            /* accept() returned the socket: process known;
+	                         * reason = enum accept_hook */
 	CONN_STATE,             /* any other state change (with --states) */
 	CONN_CLOSE,             /* socket closed: duration, bytes, segments, retransmits */
 	CONN_RETRANSMIT,        /* tcp:tcp_retransmit_skb */
@@ -322,6 +323,12 @@ enum conn_event_kind {
 	CONN_LIMIT,             /* a peer holds more established incoming connections than
 	                         * conn_limit; reason = how many (guard) */
 	CONN_KIND_MAX,
+};
+
+/* Which hook saw an accept. */
+enum accept_hook {
+	ACCEPT_BY_GETPEERNAME = 0, /* cgroup getpeername hook: maybe a client asking */
+	ACCEPT_BY_SYSCALL = 1,     /* accept()/accept4() returned it */
 };
 
 /* Latency histograms, per port. */

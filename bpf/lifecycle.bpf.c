@@ -8,11 +8,13 @@
  * tool.
  *
  * Cost matters: these run ~30 times per short connection, on its critical
- * path (bench conns measures it). So per-socket state is one preallocated
- * LRU entry per followed socket (socket local storage measured dearer: it
- * allocates on create and frees through RCU), and the owning process is not
- * stored in the kernel at all: connect and accept events carry it, and user
- * space joins it to the socket's later events by socket cookie.
+ * path (bench conns measures it), and map operations were the dearest part.
+ * So `conns` keeps no per-socket state in the kernel: each event carries its
+ * time, and user space joins a socket's events by socket cookie (owning
+ * process, connect and close times). Only what must be known here keeps a
+ * preallocated LRU entry per followed socket (socket local storage measured
+ * dearer: it allocates on create and frees through RCU): the histograms of
+ * `latency` and the connection limit of `guard`.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -43,16 +45,14 @@ struct latency_hist _latency_hist = {};
 enum conn_event_kind _conn_event_kind = CONN_CONNECT;
 enum latency_kind _latency_kind = LAT_HANDSHAKE;
 enum latency_limits _latency_limits = LAT_SLOTS;
+enum accept_hook _accept_hook = ACCEPT_BY_SYSCALL;
 
-/* What we know of a live socket. */
+/* What the kernel must know of a live socket (see follow_socks()). */
 struct sock_info {
 	__u64 start_ns; /* SYN_SENT, or the first SYN of an incoming connection */
-	__u32 netns;    /* for the accept event: the cgroup hook cannot read it */
-	__u16 sport;    /* ports once known: at close the kernel has already */
-	__u16 dport;    /* released the local port (skc_num reads 0) */
+	__u16 port;     /* the service port: local if passive, else remote */
 	__u8 passive;
-	__u8 owner_reported; /* the accept event is out */
-	__u8 _pad[6];
+	__u8 _pad[5];
 };
 
 /* First SYN of an incoming connection, from the receive path. */
@@ -65,9 +65,9 @@ struct syn_key {
 };
 
 /* Keyed by socket cookie (unique for the kernel's uptime, unlike a socket's
- * address, and what the cgroup hook can get); removed at close, and LRU so
- * that sockets whose close we missed cannot fill it. Per-CPU LRU lists: the
- * common list's lock is shared by every CPU. */
+ * address); removed at close, and LRU so that sockets whose close we missed
+ * cannot fill it. Per-CPU LRU lists: the common list's lock is shared by
+ * every CPU. Used only when follow_socks(). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
@@ -295,14 +295,12 @@ static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn
 
 /* RTT histograms are keyed by the service port, as handshake and connect
  * latency are: the local port of an accepted socket, the remote port of an
- * outgoing one (its local port is ephemeral: one histogram per connection).
- * 0 until established. */
+ * outgoing one (its local port is ephemeral: one histogram per connection). */
 static __always_inline void rtt_record(const struct sock_info *si, const struct sock *sk)
 {
-	__u16 port = si->passive ? si->sport : si->dport;
 	__u32 srtt = bpf_core_cast(sk, struct tcp_sock)->srtt_us >> 3;
-	if (port && srtt)
-		lat_record(port, LAT_RTT, srtt);
+	if (si->port && srtt)
+		lat_record(si->port, LAT_RTT, srtt);
 }
 
 static __always_inline bool port_wanted(const struct conn_event *e)
@@ -337,7 +335,8 @@ static __always_inline void submit(struct conn_event *e)
 {
 	if (cfg.only_limits && e->kind != CONN_LIMIT)
 		return;
-	e->ts_ns = bpf_ktime_get_ns();
+	if (!e->ts_ns) /* set_state has read the clock already */
+		e->ts_ns = bpf_ktime_get_ns();
 	struct conn_event *out = bpf_ringbuf_reserve(&conn_events, sizeof(*out), 0);
 	if (!out) {
 		__u32 zero = 0;
@@ -406,6 +405,15 @@ int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
 	return 0;
 }
 
+/* Whether the kernel keeps a record per socket (the socks map): only for
+ * the histograms (connect time and RTT per service port) and the connection
+ * limit (which needs to know at close that a socket was counted). A
+ * constant to the verifier: for `conns` the map code is not even loaded. */
+static __always_inline bool follow_socks(void)
+{
+	return cfg.histograms || cfg.conn_limit;
+}
+
 SEC("tp_btf/inet_sock_set_state")
 int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, const int newstate)
 {
@@ -420,6 +428,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	__u64 now = bpf_ktime_get_ns();
 	struct conn_event e = {};
 	tuple_from_sock(sk, &e);
+	e.ts_ns = now;
 	e.oldstate = oldstate;
 	e.newstate = newstate;
 	e.cookie = bpf_get_socket_cookie((void *)sk);
@@ -428,8 +437,10 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect(): the calling process is current. The whole record is
 		 * written: a socket may connect again after a failed attempt. */
-		struct sock_info si = { .start_ns = now, .netns = e.netns };
-		bpf_map_update_elem(&socks, &e.cookie, &si, BPF_ANY);
+		if (follow_socks()) {
+			struct sock_info si = { .start_ns = now, .port = e.dport };
+			bpf_map_update_elem(&socks, &e.cookie, &si, BPF_ANY);
+		}
 		if (!port_wanted(&e))
 			return 0;
 		e.kind = CONN_CONNECT;
@@ -443,7 +454,8 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		/* A listener's child, made in softirq when the final ACK came:
 		 * the connection started at its first SYN. Recorded here rather
 		 * than at SYN_RECV, which comes just before: one heavy call, not
-		 * two. */
+		 * two. The latency goes out with the event; user space takes the
+		 * start from it. */
 		struct syn_key k = {};
 		__builtin_memcpy(k.peer, e.daddr, 16);
 		__builtin_memcpy(k.local, e.saddr, 16);
@@ -451,26 +463,22 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		k.local_port = e.sport;
 		k.netns = e.netns;
 		__u64 *syn = bpf_map_lookup_elem(&syn_seen, &k);
-		struct sock_info fresh = { .start_ns = syn ? *syn : now,
-					   .netns = e.netns,
-					   .sport = e.sport,
-					   .dport = e.dport,
-					   .passive = 1 };
+		struct sock_info fresh = { .start_ns = syn ? *syn : now, .port = e.sport, .passive = 1 };
 		if (syn)
 			bpf_map_delete_elem(&syn_seen, &k);
-		bpf_map_update_elem(&socks, &e.cookie, &fresh, BPF_ANY);
-		/* Already complete: what the code below writes into it, it has. */
+		if (follow_socks())
+			bpf_map_update_elem(&socks, &e.cookie, &fresh, BPF_ANY);
 		si = &fresh;
-	} else if (handshake_done || closed) {
+	} else if (follow_socks() && (handshake_done || closed)) {
 		si = bpf_map_lookup_elem(&socks, &e.cookie);
 	}
 	if (handshake_done) {
+		/* Outgoing without follow_socks(): user space has the connect
+		 * event's time. */
 		bool in = oldstate == TCP_SYN_RECV;
 		if (si) {
 			e.latency_ns = now - si->start_ns;
-			si->sport = e.sport;
-			si->dport = e.dport;
-			lat_record(in ? e.sport : e.dport, in ? LAT_HANDSHAKE : LAT_CONNECT, e.latency_ns);
+			lat_record(si->port, in ? LAT_HANDSHAKE : LAT_CONNECT, e.latency_ns);
 		}
 		if (in && cfg.conn_limit)
 			peer_conn_add(&e, 1);
@@ -492,13 +500,13 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	}
 	/* A listener closing is no connection's end: a plain state change. */
 	if (closed) {
+		/* The kernel has released the local port (skc_num reads 0);
+		 * the socket's own copy of it stays. */
+		if (!e.sport)
+			e.sport = bpf_ntohs(bpf_core_cast(sk, struct inet_sock)->inet_sport);
 		if (si) {
-			if (!e.sport)
-				e.sport = si->sport;
-			if (!e.dport)
-				e.dport = si->dport;
 			e.duration_ns = now - si->start_ns;
-			if (si->passive && si->sport && cfg.conn_limit)
+			if (si->passive && cfg.conn_limit)
 				peer_conn_add(&e, -1);
 			/* Every followed connection's final smoothed RTT. */
 			rtt_record(si, sk);
@@ -529,43 +537,27 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
  *   kernel's slow tracing path (bench conns measures it).
  */
 
-/* A process asked for the peer of a socket: report it as the owner of a
- * connection we followed from its handshake, once. Always returns 1
- * (allow): this hook only watches. */
+/* A process asked for the peer of a socket: report it as the socket's
+ * owner. User space keeps the first report of each connection it followed
+ * from its handshake (a server may ask again; a client may ask too). Always
+ * returns 1 (allow): this hook only watches. */
 static __always_inline int peer_asked(struct bpf_sock_addr *ctx)
 {
-	__u64 cookie = bpf_get_socket_cookie(ctx);
-	struct sock_info *si = bpf_map_lookup_elem(&socks, &cookie);
-	struct bpf_sock *sk = ctx->sk;
-	if (!si || !si->passive || si->owner_reported || !sk)
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock(ctx->sk);
+	if (!tp)
 		return 1;
-	si->owner_reported = 1;
+	const struct sock *sk = &tp->inet_conn.icsk_inet.sk;
 	struct conn_event e = {};
-	e.sport = si->sport;
-	e.dport = si->dport;
+	tuple_from_sock(sk, &e);
 	if (!port_wanted(&e))
 		return 1;
-	e.netns = si->netns;
-	if (sk->family == AF_INET6) {
-		e.family = 6;
-		/* Constant offsets: the verifier refuses arithmetic on a socket
-		 * pointer, which a loop would compile to. */
-		__u32 a[8] = { sk->src_ip6[0], sk->src_ip6[1], sk->src_ip6[2], sk->src_ip6[3],
-			       sk->dst_ip6[0], sk->dst_ip6[1], sk->dst_ip6[2], sk->dst_ip6[3] };
-		__builtin_memcpy(e.saddr, a, 16);
-		__builtin_memcpy(e.daddr, a + 4, 16);
-	} else {
-		e.family = 4;
-		__u32 s = sk->src_ip4, d = sk->dst_ip4;
-		__builtin_memcpy(e.saddr, &s, 4);
-		__builtin_memcpy(e.daddr, &d, 4);
-	}
 	e.kind = CONN_ACCEPT;
+	e.reason = ACCEPT_BY_GETPEERNAME;
 	e.pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	e.cookie = cookie;
+	e.cookie = bpf_get_socket_cookie(ctx);
 	e.cgroup_id = bpf_get_current_cgroup_id();
-	e.newstate = sk->state;
+	e.newstate = sk->__sk_common.skc_state;
 	submit(&e);
 	return 1;
 }
@@ -601,6 +593,7 @@ static __always_inline int accepted(long fd)
 	if (!port_wanted(&e))
 		return 0;
 	e.kind = CONN_ACCEPT;
+	e.reason = ACCEPT_BY_SYSCALL;
 	e.pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e.comm, sizeof(e.comm));
 	/* Generated at ESTABLISHED (set_state asks for it, and accept() can

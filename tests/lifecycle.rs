@@ -51,13 +51,18 @@ fn close_reports_bytes_process_and_the_packet_key() {
         s.write_all(&[7u8; 500]).unwrap();
         buf.len()
     });
-    TestHosts::run_in(&hosts.client_ns, || {
+    // Wall time around connect() and around the whole connection: bounds
+    // for the connect latency and the duration that conns reports.
+    let (connect_wall, client_wall) = TestHosts::run_in(&hosts.client_ns, || {
+        let start = Instant::now();
         let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+        let connect_wall = start.elapsed();
         s.write_all(&[1u8; 3000]).unwrap();
         s.shutdown(Shutdown::Write).unwrap();
         let mut back = Vec::new();
         s.read_to_end(&mut back).unwrap();
         assert_eq!(back.len(), 500);
+        (connect_wall, start.elapsed())
     })
     .join()
     .unwrap()
@@ -79,6 +84,16 @@ fn close_reports_bytes_process_and_the_packet_key() {
     assert_eq!(acc[0]["pid"], me, "accept() attributed to the test process");
     let conn = find(&evs, "connect", cns);
     assert_eq!(conn[0]["pid"], me, "connect() attributed to the test process");
+    // The connect time and the client's duration are joined in user space
+    // from the connect event: bounded by what the client itself timed.
+    let est_out = find(&evs, "established_out", cns);
+    assert_eq!(est_out.len(), 1, "{evs:#?}");
+    let connect_ns = est_out[0]["latency_ns"].as_u64().unwrap();
+    assert!(
+        connect_ns > 0 && connect_ns <= connect_wall.as_nanos() as u64,
+        "{connect_ns} vs {connect_wall:?}"
+    );
+    assert_eq!(est_out[0]["pid"], me);
 
     // Close, hand-checked: bytes_received counts data plus the peer's FIN;
     // the passive side's bytes_acked counts data plus its FIN, the active
@@ -90,6 +105,13 @@ fn close_reports_bytes_process_and_the_packet_key() {
     assert_eq!(sclose[0]["pid"], me);
     assert!(sclose[0]["duration_ns"].as_u64().unwrap() > 0);
     let cclose = find(&evs, "close", cns);
+    assert_eq!(cclose.len(), 1, "{evs:#?}");
+    assert_eq!(cclose[0]["pid"], me);
+    let client_ns = cclose[0]["duration_ns"].as_u64().unwrap();
+    assert!(
+        client_ns > connect_ns && client_ns <= client_wall.as_nanos() as u64,
+        "{client_ns} vs {client_wall:?}"
+    );
     let c = &cclose[0]["stats"];
     assert_eq!((c["bytes_received"].as_u64(), c["bytes_acked"].as_u64()), (Some(501), Some(3002)), "{c}");
     assert!(s["segs_in"].as_u64().unwrap() >= 4);

@@ -57,7 +57,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     let printed = Cell::new(0u64);
     let failed = Cell::new(false);
     let limit = args.count.unwrap_or(u64::MAX);
-    let owners = RefCell::new(crate::lifecycle::Owners::default());
+    let sockets = RefCell::new(crate::lifecycle::SocketJoin::default());
     let line = RefCell::new(Vec::with_capacity(1024));
 
     let mut b = libbpf_rs::RingBufferBuilder::new();
@@ -71,7 +71,9 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         {
             return 0;
         }
-        owners.borrow_mut().join(&mut e);
+        if !sockets.borrow_mut().join(&mut e) {
+            return 0;
+        }
         if args.pid.is_some_and(|pid| pid != e.pid) {
             return 0;
         }
@@ -97,8 +99,8 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     .context("setting up the ring buffer")?;
     let ring = b.build().context("setting up the ring buffer")?;
     while !stop.load(Ordering::SeqCst) && printed.get() < limit && !failed.get() {
-        // The kernel wakes us only when 32 KiB wait; consume() picks up the
-        // rest every poll interval.
+        // The kernel wakes us only when a quarter of the ring waits;
+        // consume() picks up the rest every poll interval.
         match ring.poll(Duration::from_millis(50)).and_then(|()| ring.consume()) {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
