@@ -280,6 +280,12 @@ static __always_inline int tuple_from_l3(unsigned char *l3, __u16 proto, struct 
 static __always_inline __u32 skb_netns(const struct sk_buff *skb)
 {
 	struct net_device *dev = skb->dev;
+	if (!dev) {
+		/* TCP has let go of skb->dev by the time a listener consumes the
+		 * SYN; its input route still names the device. */
+		const struct dst_entry *dst = bpf_core_cast((void *)(skb->_skb_refdst & ~1UL), struct dst_entry);
+		dev = dst ? dst->dev : NULL;
+	}
 	return dev ? dev->nd_net.net->ns.inum : 0;
 }
 
@@ -382,15 +388,26 @@ static __always_inline void peer_conn_add(const struct conn_event *e, int delta)
 	}
 }
 
-/* The first SYN of each incoming connection, by 4-tuple and netns. */
-SEC("tp_btf/netif_receive_skb")
-int BPF_PROG(lc_netif_receive_skb, struct sk_buff *skb)
+/*
+ * The first SYN of each incoming connection, by 4-tuple and netns: when a
+ * listener has processed it. The listener consumes every SYN it handles
+ * (skb:consume_skb in tcp_rcv_state_process), including those it then drops
+ * because its accept queue is full, and those answered with a syncookie; a
+ * later retransmitted SYN keeps the first one's time. This tracepoint fires
+ * about once per connection; netif_receive_skb, which this replaced, fires
+ * for every packet the host receives (10 per short connection in bench
+ * conns, about 1.5% of its rate). Received data and ACKs are freed without
+ * it; a NIC's transmit completions do fire it, and leave at the first test
+ * (a sent skb has its socket; a raw socket's SYN, as hping3 sends, may not,
+ * and leaves a stray entry on the sender's side that nothing looks up).
+ */
+SEC("tp_btf/consume_skb")
+int BPF_PROG(lc_consume_skb, struct sk_buff *skb, void *location)
 {
-	/* Every received packet comes here: SYN or not is decided before
-	 * anything is copied. At this tracepoint skb->data is the network
-	 * header (network_header is set just after). */
+	if (skb->sk) /* a sent skb */
+		return 0;
 	__u16 proto = bpf_ntohs(skb->protocol);
-	unsigned char *l3 = skb->data;
+	unsigned char *l3 = skb->head + skb->network_header;
 	const struct tcphdr *th = tcp_from_l3(l3, proto);
 	if (!th || !th->syn || th->ack)
 		return 0;

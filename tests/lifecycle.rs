@@ -128,6 +128,51 @@ fn close_reports_bytes_process_and_the_packet_key() {
     );
 }
 
+/// Handshake latency starts at the first SYN, also when the listener drops
+/// it: with its accept queue full (backlog 0, one connection waiting), the
+/// listener drops the second client's SYN; the client retransmits it after
+/// its initial RTO (1 s), by when a slot is free. The reported latency must
+/// include that second, as the client's own connect() time does.
+#[test]
+fn handshake_latency_counts_from_a_syn_dropped_at_listen_overflow() {
+    use std::os::fd::AsRawFd;
+    const PORT: u16 = 18097;
+    let hosts = TestHosts::new("lcovf").unwrap();
+    let sns = netns_inode(&hosts.server_ns);
+    let conns = start_conns(&["--port", &PORT.to_string()]);
+    let listener = listen_in_server(&hosts, PORT);
+    // SAFETY: listen() on a socket we own, to shrink its accept queue.
+    assert_eq!(unsafe { libc::listen(listener.as_raw_fd(), 0) }, 0);
+    let connect = |ns: String| {
+        TestHosts::run_in(&ns, move || {
+            let start = Instant::now();
+            let s = TcpStream::connect_timeout(&SocketAddr::from((SERVER_V4, PORT)), Duration::from_secs(5))
+                .expect("connect");
+            (s, start.elapsed())
+        })
+    };
+    let (first, _) = connect(hosts.client_ns.clone()).join().unwrap().unwrap();
+    let second = connect(hosts.client_ns.clone());
+    std::thread::sleep(Duration::from_millis(300)); // its first SYN is dropped meanwhile
+    let (accepted, _) = listener.accept().unwrap();
+    let (second, second_wall) = second.join().unwrap().unwrap();
+    assert!(second_wall >= Duration::from_millis(900), "the first SYN was not dropped: {second_wall:?}");
+    let second_port = second.local_addr().unwrap().port();
+    drop((first, second, accepted, listener));
+    let evs = stop_and_collect(conns);
+    let est = find(&evs, "established_in", sns);
+    let of = |port: u16| est.iter().find(|e| e["pport"] == port).map(|e| e["latency_ns"].as_u64().unwrap());
+    let latency =
+        of(second_port).unwrap_or_else(|| panic!("no established_in for port {second_port}: {evs:#?}"));
+    let wall = second_wall.as_nanos() as u64;
+    // From the first SYN: about the client's whole connect() time (the
+    // client's SYN precedes the server's first sight of it by microseconds).
+    assert!(
+        latency >= wall * 9 / 10 && latency <= wall,
+        "latency {latency} ns, client connect() took {wall} ns"
+    );
+}
+
 /// Both ways of finding the accepting process, over IPv4 and IPv6: the
 /// cgroup getpeername hooks (the default: one accept event per connection
 /// however often the peer is asked for) and the accept syscall tracepoints.

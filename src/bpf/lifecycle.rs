@@ -30,7 +30,7 @@ unsafe impl plain::Plain for types::latency_hist {}
 /// One view and the tracepoint behind it (the accept view is attached on
 /// its own: see `attach_accept`).
 pub const VIEWS: [(&str, &str); 9] = [
-    ("handshake start (first SYN)", "netif_receive_skb"),
+    ("handshake start (first SYN)", "consume_skb"),
     ("lifecycle (connect, established, close)", "inet_sock_set_state"),
     ("retransmits", "tcp_retransmit_skb"),
     ("SYN-ACK retransmits", "tcp_retransmit_synack"),
@@ -64,7 +64,7 @@ pub struct Lifecycle {
 }
 
 /// The tracepoints `latency` needs: handshake start, lifecycle, RTT.
-pub const LATENCY_TRACEPOINTS: &[&str] = &["netif_receive_skb", "inet_sock_set_state", "tcp_probe"];
+pub const LATENCY_TRACEPOINTS: &[&str] = &["consume_skb", "inet_sock_set_state", "tcp_probe"];
 /// The tracepoint the guard's connection limit and handshake count need.
 pub const GUARD_TRACEPOINTS: &[&str] = &["inet_sock_set_state"];
 
@@ -87,7 +87,7 @@ pub fn start(
     open.maps.rodata_data.as_deref_mut().context("lifecycle object has no read-only data")?.cfg = config;
     let skel = open.load().map_err(|e| preflight::explain(e, "loading the lifecycle programs"))?;
     let progs = [
-        &skel.progs.lc_netif_receive_skb,
+        &skel.progs.lc_consume_skb,
         &skel.progs.lc_inet_sock_set_state,
         &skel.progs.lc_tcp_retransmit_skb,
         &skel.progs.lc_tcp_retransmit_synack,
