@@ -1,7 +1,7 @@
 //! `tcpscope conns`: the kernel's view of TCP connections, as events.
 
 use std::cell::{Cell, RefCell};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -53,12 +53,25 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         names.get(&r).cloned().unwrap_or_else(|| format!("reason {r}"))
     };
     let offset = monotonic_to_realtime_offset();
-    let out = RefCell::new(BufWriter::new(io::stdout().lock()));
+    // Lines go straight into one buffer, written out when it holds
+    // FLUSH_BYTES and after each batch the ring hands over: one copy per
+    // event (this runs for every event, on the traced host's CPUs).
+    const FLUSH_BYTES: usize = 64 * 1024;
     let printed = Cell::new(0u64);
     let failed = Cell::new(false);
+    let stdout = RefCell::new(io::stdout().lock());
+    let out = RefCell::new(Vec::with_capacity(2 * FLUSH_BYTES));
+    let write_out = || {
+        let mut buf = out.borrow_mut();
+        let mut stdout = stdout.borrow_mut();
+        let written = stdout.write_all(&buf).and_then(|()| stdout.flush());
+        buf.clear();
+        if written.is_err() {
+            failed.set(true);
+        }
+    };
     let limit = args.count.unwrap_or(u64::MAX);
     let sockets = RefCell::new(crate::lifecycle::SocketJoin::default());
-    let line = RefCell::new(Vec::with_capacity(1024));
 
     let mut b = libbpf_rs::RingBufferBuilder::new();
     b.add(&lc.skel.maps.conn_events, |d: &[u8]| {
@@ -78,22 +91,20 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
             return 0;
         }
         let mut out = out.borrow_mut();
-        let written = if args.json {
-            // Straight from the event, no record built: this runs for every
-            // event, on the traced host's CPUs (bench conns).
-            let mut line = line.borrow_mut();
-            line.clear();
+        if args.json {
+            // Straight from the event, no record built.
             let why = if has::reason(&e) { reason(e.kind, e.reason) } else { String::new() };
-            json::write_conn_event(&mut line, &e, e.ts_ns + offset, &why);
-            line.push(b'\n');
-            out.write_all(&line)
+            json::write_conn_event(&mut out, &e, e.ts_ns + offset, &why);
+            out.push(b'\n');
         } else {
-            writeln!(out, "{}", ConnRecord::from_event(&e, e.ts_ns + offset, &reason).text())
-        };
-        if written.is_err() {
-            failed.set(true);
+            let _ = writeln!(out, "{}", ConnRecord::from_event(&e, e.ts_ns + offset, &reason).text());
         }
         printed.set(printed.get() + 1);
+        let full = out.len() >= FLUSH_BYTES;
+        drop(out);
+        if full {
+            write_out();
+        }
         0
     })
     .context("setting up the ring buffer")?;
@@ -106,10 +117,10 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
             Err(e) => return Err(e).context("reading the ring buffer"),
         }
-        let _ = out.borrow_mut().flush();
+        write_out();
     }
     let _ = ring.consume();
-    let _ = out.borrow_mut().flush();
+    write_out();
     drop(ring);
     let lost: u64 = lc
         .skel

@@ -42,10 +42,33 @@ impl Line {
         self.buf[self.len] = b;
         self.len += 1;
     }
+    /// Decimal digits of `n`, two at a time from a table, written in place:
+    /// itoa formats into its own buffer, and copying out its variable-length
+    /// result costs a memcpy call per number, which measured a third of
+    /// `conns --json`'s time (about 25 numbers per line).
     #[inline(always)]
-    fn num<T: itoa::Integer>(&mut self, n: T) {
-        let mut b = itoa::Buffer::new();
-        self.put(b.format(n).as_bytes());
+    fn num<T: Into<u64>>(&mut self, n: T) {
+        const PAIRS: &[u8; 200] = b"0001020304050607080910111213141516171819\
+              2021222324252627282930313233343536373839\
+              4041424344454647484950515253545556575859\
+              6061626364656667686970717273747576777879\
+              8081828384858687888990919293949596979899";
+        let mut n: u64 = n.into();
+        let end = self.len + n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut pos = end;
+        while n >= 100 {
+            let d = (n % 100) as usize * 2;
+            n /= 100;
+            pos -= 2;
+            self.buf[pos..pos + 2].copy_from_slice(&PAIRS[d..d + 2]);
+        }
+        if n >= 10 {
+            let d = n as usize * 2;
+            self.buf[pos - 2..pos].copy_from_slice(&PAIRS[d..d + 2]);
+        } else {
+            self.buf[pos - 1] = b'0' + n as u8;
+        }
+        self.len = end;
     }
     /// `key` and a plain-ASCII string that needs no escaping, quoted.
     #[inline(always)]
@@ -57,7 +80,7 @@ impl Line {
     }
     /// `key` (with its separator, quotes and colon) and then the number.
     #[inline(always)]
-    fn field<T: itoa::Integer>(&mut self, key: &[u8], n: T) {
+    fn field<T: Into<u64>>(&mut self, key: &[u8], n: T) {
         self.put(key);
         self.num(n);
     }
@@ -337,7 +360,7 @@ fn fill(
                         out.byte(b',');
                     }
                     first = false;
-                    out.num(byte * 8 + bit);
+                    out.num((byte * 8 + bit) as u64);
                 }
             }
         }
@@ -382,6 +405,22 @@ mod tests {
     use super::*;
     use crate::decode::{self, LinkType, Outcome};
     use crate::model::PacketRecord;
+
+    /// Every digit count, and both sides of every power of ten.
+    #[test]
+    fn numbers_as_decimal() {
+        let mut values = vec![0u64, 1, 9, 10, 11, 99, 100, 101, u64::from(u32::MAX), u64::MAX];
+        for k in 1..=19 {
+            let p = 10u64.pow(k);
+            values.extend([p - 1, p, p + 1, p + p / 2]);
+        }
+        let mut line = Line { buf: Box::new([0; MAX_LINE]), len: 0 };
+        for v in values {
+            line.len = 0;
+            line.num(v);
+            assert_eq!(std::str::from_utf8(&line.buf[..line.len]).unwrap(), v.to_string());
+        }
+    }
 
     /// The fast writer and serde agree byte for byte, on every corpus packet
     /// and on crafted ones with every optional key.
