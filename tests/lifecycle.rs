@@ -236,6 +236,8 @@ fn accept_is_attributed_by_cgroup_hook_and_by_syscall() {
             assert_eq!(a["cookie"], e["cookie"], "{via}");
             assert_eq!(a["conn"], e["conn"], "{via}");
             assert_eq!(a["lport"], port);
+            // The first SYN was found, over IPv4 and IPv6 (else no latency).
+            assert!(e["latency_ns"].as_u64().is_some_and(|l| l > 0), "{via}: {e}");
         }
         assert_eq!(acc[0]["ip_version"], 4);
         assert_eq!(acc[0]["peer"], CLIENT_V4.to_string());
