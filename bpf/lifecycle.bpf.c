@@ -259,6 +259,13 @@ static __always_inline void tuple_from_common(const struct sock_common *c, struc
 	}
 }
 
+/* The cgroup v2 id of the socket (where it was made; an accepted socket
+ * inherits its listener's), the same for all of a socket's events. */
+static __always_inline __u64 sock_cgroup_id(const struct sock *sk)
+{
+	return sk->sk_cgrp_data.cgroup->kn->id;
+}
+
 static __always_inline void tuple_from_sock(const struct sock *sk, struct conn_event *e)
 {
 	tuple_from_common(&sk->__sk_common, e);
@@ -497,7 +504,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	e.oldstate = oldstate;
 	e.newstate = newstate;
 	e.cookie = bpf_get_socket_cookie((void *)sk);
-	e.cgroup_id = sk->sk_cgrp_data.cgroup->kn->id;
+	e.cgroup_id = sock_cgroup_id(sk);
 
 	if (newstate == TCP_SYN_SENT) {
 		/* connect(): the calling process is current. The whole record is
@@ -624,7 +631,7 @@ static __always_inline int peer_asked(struct bpf_sock_addr *ctx)
 	e.pid = bpf_get_current_pid_tgid() >> 32;
 	bpf_get_current_comm(e.comm, sizeof(e.comm));
 	e.cookie = bpf_get_socket_cookie(ctx);
-	e.cgroup_id = bpf_get_current_cgroup_id();
+	e.cgroup_id = sock_cgroup_id(sk);
 	e.newstate = sk->__sk_common.skc_state;
 	submit(&e);
 	return 1;
@@ -668,7 +675,7 @@ static __always_inline int accepted(long fd)
 	 * only return an established socket), so never 0 here for a connection
 	 * we followed. */
 	e.cookie = sk->__sk_common.skc_cookie.counter;
-	e.cgroup_id = bpf_get_current_cgroup_id();
+	e.cgroup_id = sock_cgroup_id(sk);
 	e.newstate = sk->__sk_common.skc_state;
 	submit(&e);
 	return 0;

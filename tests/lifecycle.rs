@@ -234,6 +234,7 @@ fn accept_is_attributed_by_cgroup_hook_and_by_syscall() {
             assert_eq!(a["pid"], me, "{via}: {a}");
             assert_eq!(a["comm"], comm.as_str(), "{via}: the accepting thread's name");
             assert_eq!(a["cookie"], e["cookie"], "{via}");
+            assert_eq!(a["cgroup_id"], e["cgroup_id"], "{via}");
             assert_eq!(a["conn"], e["conn"], "{via}");
             assert_eq!(a["lport"], port);
             // The first SYN was found, over IPv4 and IPv6 (else no latency).
