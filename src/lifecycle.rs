@@ -162,7 +162,7 @@ impl SocketJoin {
             return true;
         }
         if kind == K::CONN_ESTABLISHED_IN.0 {
-            self.follow(e.cookie, fresh(e.ts_ns - e.latency_ns.min(e.ts_ns), true));
+            self.follow(e.cookie, fresh(e.ts_ns.saturating_sub(e.latency_ns), true));
             return true;
         }
         if kind == K::CONN_ACCEPT.0 {
