@@ -612,6 +612,23 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
  *   kernel's slow tracing path (bench conns measures it).
  */
 
+/* The accept event of socket sk, in the accepting process. */
+static __always_inline void accept_event(const struct sock *sk, __u64 cookie, __u32 hook)
+{
+	struct conn_event e = {};
+	tuple_from_sock(sk, &e);
+	if (!port_wanted(&e))
+		return;
+	e.kind = CONN_ACCEPT;
+	e.reason = hook;
+	e.pid = bpf_get_current_pid_tgid() >> 32;
+	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	e.cookie = cookie;
+	e.cgroup_id = sock_cgroup_id(sk);
+	e.newstate = sk->__sk_common.skc_state;
+	submit(&e);
+}
+
 /* A process asked for the peer of a socket: report it as the socket's
  * owner. User space keeps the first report of each connection it followed
  * from its handshake (a server may ask again; a client may ask too). Always
@@ -621,19 +638,9 @@ static __always_inline int peer_asked(struct bpf_sock_addr *ctx)
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock(ctx->sk);
 	if (!tp)
 		return 1;
-	const struct sock *sk = &tp->inet_conn.icsk_inet.sk;
-	struct conn_event e = {};
-	tuple_from_sock(sk, &e);
-	if (!port_wanted(&e))
-		return 1;
-	e.kind = CONN_ACCEPT;
-	e.reason = ACCEPT_BY_GETPEERNAME;
-	e.pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	e.cookie = bpf_get_socket_cookie(ctx);
-	e.cgroup_id = sock_cgroup_id(sk);
-	e.newstate = sk->__sk_common.skc_state;
-	submit(&e);
+	/* The helper makes the cookie if the socket has none yet: one we did
+	 * not follow, which user space then tells apart. */
+	accept_event(&tp->inet_conn.icsk_inet.sk, bpf_get_socket_cookie(ctx), ACCEPT_BY_GETPEERNAME);
 	return 1;
 }
 
@@ -663,21 +670,10 @@ static __always_inline int accepted(long fd)
 	struct sock *sk = bpf_core_cast(BPF_CORE_READ(sock, sk), struct sock);
 	if (!sk || sk->sk_protocol != IPPROTO_TCP_NUM)
 		return 0;
-	struct conn_event e = {};
-	tuple_from_sock(sk, &e);
-	if (!port_wanted(&e))
-		return 0;
-	e.kind = CONN_ACCEPT;
-	e.reason = ACCEPT_BY_SYSCALL;
-	e.pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(e.comm, sizeof(e.comm));
-	/* Generated at ESTABLISHED (set_state asks for it, and accept() can
-	 * only return an established socket), so never 0 here for a connection
-	 * we followed. */
-	e.cookie = sk->__sk_common.skc_cookie.counter;
-	e.cgroup_id = sock_cgroup_id(sk);
-	e.newstate = sk->__sk_common.skc_state;
-	submit(&e);
+	/* The cookie was made at ESTABLISHED (set_state asks for it, and
+	 * accept() can only return an established socket), so it is never 0
+	 * here for a connection we followed. */
+	accept_event(sk, sk->__sk_common.skc_cookie.counter, ACCEPT_BY_SYSCALL);
 	return 0;
 }
 
