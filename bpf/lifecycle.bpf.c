@@ -88,8 +88,9 @@ struct {
 
 /* A direct-mapped table, by a hash of the key: a SYN takes its slot, a
  * completed handshake frees it. No locks and no allocation: this takes a
- * write per SYN (a flood's too) and a read per handshake, and an LRU hash
- * here measured ~600 ns per connection (its inserts rotate the LRU lists).
+ * write per SYN (a flood's too) and a read per handshake. With an LRU hash
+ * here (whose inserts lock and rotate its lists), the first-SYN program
+ * measured about 530 ns per run under bpf_stats; with this table, 350.
  * A SYN that lands on another half-open connection's slot takes it over
  * (that one reports no handshake latency): with 64k slots, rare until
  * thousands of handshakes are in flight, as under a SYN flood, where an LRU
