@@ -54,8 +54,8 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     };
     let offset = monotonic_to_realtime_offset();
     // Lines go straight into one buffer, written out when it holds
-    // FLUSH_BYTES and after each batch the ring hands over: one copy per
-    // event (this runs for every event, on the traced host's CPUs).
+    // FLUSH_BYTES and after each poll of the ring: one copy per event (this
+    // runs for every event, on the traced host's CPUs).
     const FLUSH_BYTES: usize = 64 * 1024;
     let printed = Cell::new(0u64);
     let failed = Cell::new(false);
