@@ -25,7 +25,6 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "common_kern_user.h"
-#include "ringbuf_kern.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -170,9 +169,10 @@ struct {
 	__type(value, struct latency_hist);
 } latency SEC(".maps");
 
+#define RING_BYTES (2 * 1024 * 1024)
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 1024 * 1024);
+	__uint(max_entries, RING_BYTES);
 } conn_events SEC(".maps");
 
 /* When this CPU may next take an RTT sample in tcp_probe. */
@@ -385,14 +385,13 @@ static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_ev
 	e->rcv_wnd = tp->rcv_wnd;
 }
 
-/* Wake the reader once per this much backlog (ringbuf_kern.h): a quarter of
- * the ring, about 1,300 events; it polls every 50 ms besides. Rarer wakeups
- * measured cheaper for the traced side than 32 KiB (5.5 against 6.1 us of
- * program time per connection in bench conns): while the reader runs, it
- * writes the consumer position after every record, and each write takes
- * that cache line away from the programs, which read it on every reserve. */
-#define WAKEUP_BYTES (256 * 1024)
-
+/* The reader is not woken for events: it reads the ring every 20 ms, and
+ * again at once while it finds the ring an eighth full (src/cmd/conns.rs).
+ * Deciding here when to wake it took a bpf_ringbuf_query() per record
+ * (ringbuf_kern.h), which measured 15 ns per set_state run under bpf_stats
+ * in bench conns, 150 per connection. Only the guard's connection-limit
+ * events, rare and acted on, wake it at once. The ring holds 12,000 events:
+ * 20 ms of 100,000 connections a second. */
 static __always_inline void submit(struct conn_event *e)
 {
 	if (cfg.only_limits && e->kind != CONN_LIMIT)
@@ -408,7 +407,7 @@ static __always_inline void submit(struct conn_event *e)
 		return;
 	}
 	__builtin_memcpy(out, e, sizeof(*out));
-	bpf_ringbuf_submit(out, ringbuf_wakeup_flags(&conn_events, sizeof(*out), WAKEUP_BYTES));
+	bpf_ringbuf_submit(out, e->kind == CONN_LIMIT ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
 }
 
 /* Counts a peer's established incoming connections up or down; over the

@@ -174,7 +174,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     // keeps the tries small and `block list` honest.
     let mut ratio = RatioWatch::default();
     while !stop.load(Ordering::SeqCst) {
-        // consume() too: lifecycle events wake the reader only in bulk.
+        // consume() too: poll() reads only the rings that woke it.
         let _ = ring.poll(Duration::from_millis(100));
         let _ = ring.consume();
         let _ = maps.list();
