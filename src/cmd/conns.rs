@@ -112,20 +112,22 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     // The kernel does not wake us for events (submit() in
     // bpf/lifecycle.bpf.c): read the ring every POLL, and again at once while
     // a pass finds more than an eighth of the ring's worth, so that a burst
-    // is read at our own speed, not one ring per POLL.
+    // is read at our own speed, not one ring per POLL. A pass takes at most
+    // a ring's worth: under a stream faster than we print, Ctrl-C and the
+    // output still get their turn.
     const POLL: Duration = Duration::from_millis(20);
-    let busy_records =
-        lc.skel.maps.conn_events.max_entries() as usize / 8 / (std::mem::size_of::<types::conn_event>() + 8);
+    let ring_records =
+        lc.skel.maps.conn_events.max_entries() as usize / (std::mem::size_of::<types::conn_event>() + 8);
     let mut found = 0usize;
     while !stop.load(Ordering::SeqCst) && printed.get() < limit && !failed.get() {
-        if found < busy_records {
+        if found < ring_records / 8 {
             match ring.poll(POLL) {
                 Ok(()) => {}
                 Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e).context("reading the ring buffer"),
             }
         }
-        let n = ring.consume_raw();
+        let n = ring.consume_raw_n(ring_records);
         if n < 0 && n != -libc::EINTR {
             return Err(io::Error::from_raw_os_error(-n)).context("reading the ring buffer");
         }
