@@ -70,8 +70,9 @@ struct syn_key {
 } __attribute__((aligned(8)));
 
 /* The first SYN of a connection the listener is handshaking: the key's
- * 64-bit hash stands in for the key (two keys sharing a slot and all 64 bits
- * is a 2^-48 chance), so that a slot is 16 bytes, not 48. */
+ * 64-bit hash stands in for the key, so that a slot is 16 bytes, not 48
+ * (two keys in one slot also agree in the hash's other 50 bits by a 2^-50
+ * chance, and one would then take the other's time). */
 struct syn_slot {
 	__u64 tag;   /* syn_hash() of the key */
 	__u64 ts_ns; /* 0: free */
