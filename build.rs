@@ -4,11 +4,13 @@ use std::path::PathBuf;
 
 use libbpf_cargo::SkeletonBuilder;
 
-/// One skeleton per hook family: (source, skeleton module file).
-const PROGRAMS: &[(&str, &str)] = &[
-    ("bpf/ingress.bpf.c", "ingress.skel.rs"),
-    ("bpf/baseline.bpf.c", "baseline.skel.rs"),
-    ("bpf/lifecycle.bpf.c", "lifecycle.skel.rs"),
+/// One skeleton per hook family: (source, skeleton module file, extra clang
+/// arguments). The lifecycle programs take a position with an atomic add
+/// whose old value they use (BPF_FETCH): BPF v3 instructions (Linux 5.12+).
+const PROGRAMS: &[(&str, &str, &[&str])] = &[
+    ("bpf/ingress.bpf.c", "ingress.skel.rs", &[]),
+    ("bpf/baseline.bpf.c", "baseline.skel.rs", &[]),
+    ("bpf/lifecycle.bpf.c", "lifecycle.skel.rs", &["-mcpu=v3"]),
 ];
 /// Headers every program includes; a change to any rebuilds all.
 const HEADERS: &[&str] =
@@ -25,15 +27,19 @@ fn main() {
         Err(_) => "x86",
     };
 
-    for (src, skel) in PROGRAMS {
+    for (src, skel, extra) in PROGRAMS {
         SkeletonBuilder::new()
             .source(manifest.join(src))
-            .clang_args([
-                format!("-I{}", include.display()),
-                format!("-D__TARGET_ARCH_{arch}"),
-                "-Wall".to_string(),
-                "-Wno-unused-function".to_string(),
-            ])
+            .clang_args(
+                [
+                    format!("-I{}", include.display()),
+                    format!("-D__TARGET_ARCH_{arch}"),
+                    "-Wall".to_string(),
+                    "-Wno-unused-function".to_string(),
+                ]
+                .into_iter()
+                .chain(extra.iter().map(|a| a.to_string())),
+            )
             .build_and_generate(out.join(skel))
             .unwrap_or_else(|e| panic!("building {src} failed: {e:#}"));
         println!("cargo:rerun-if-changed={src}");

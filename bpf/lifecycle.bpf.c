@@ -11,8 +11,9 @@
  * conns measures it). Per connection with both ends on this host: 10 state
  * changes, 5 tcp_probe (every segment an established socket receives), one
  * each of consume_skb, kfree_skb and getpeername, and 6 events. Each cold
- * cache line counts (a clock read, a table slot, the ring's bookkeeping:
- * 50-150 ns each on this VM). Map
+ * cache line counts (a clock read, a table slot: 50-150 ns each on this
+ * VM), and a ring buffer's lock and positions cost more than the rest of an
+ * event (see conn_slots_head). Map
  * operations were the dearest part, so `conns` keeps no per-socket state in
  * the kernel: each event carries its time, and user space joins a socket's
  * events by socket cookie (owning process, connect and close times). Only
@@ -50,6 +51,9 @@ enum conn_event_kind _conn_event_kind = CONN_CONNECT;
 enum latency_kind _latency_kind = LAT_HANDSHAKE;
 enum latency_limits _latency_limits = LAT_SLOTS;
 enum accept_hook _accept_hook = ACCEPT_BY_SYSCALL;
+enum conn_slots_limits _conn_slots_limits = CONN_SLOTS_PER_CPU;
+struct conn_slots_head _conn_slots_head = {};
+struct conn_slot _conn_slot = {};
 
 /* What the kernel must know of a live socket (see follow_socks()). */
 struct sock_info {
@@ -172,11 +176,30 @@ struct {
 	__type(value, struct latency_hist);
 } latency SEC(".maps");
 
-#define RING_BYTES (2 * 1024 * 1024)
+/* The events of `conns` (see conn_slots_head): user space sizes both for
+ * the possible CPUs before loading, and maps them. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, 1); /* one per possible CPU */
+	__type(key, __u32);
+	__type(value, struct conn_slots_head);
+} conn_heads SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__uint(max_entries, CONN_SLOTS_PER_CPU); /* CONN_SLOTS_PER_CPU per possible CPU */
+	__type(key, __u32);
+	__type(value, struct conn_slot);
+} conn_slots SEC(".maps");
+
+/* The guard's connection-limit events: rare, and acted on at once, so they
+ * wake their reader. */
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, RING_BYTES);
-} conn_events SEC(".maps");
+	__uint(max_entries, 64 * 1024);
+} limit_events SEC(".maps");
 
 /* When this CPU may next take an RTT sample in tcp_probe. */
 struct {
@@ -186,7 +209,7 @@ struct {
 	__type(value, __u64);
 } rtt_next_sample SEC(".maps");
 
-/* Events lost to a full ring buffer, per CPU. */
+/* Events lost to full slots or a full ring buffer, per CPU. */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
@@ -388,29 +411,46 @@ static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_ev
 	e->rcv_wnd = tp->rcv_wnd;
 }
 
-/* The reader is not woken for events: it reads the ring every 20 ms, and
- * again at once while it finds the ring an eighth full (src/cmd/conns.rs).
- * Deciding here when to wake it took a bpf_ringbuf_query() per record
- * (ringbuf_kern.h), which measured 15 ns per set_state run under bpf_stats
- * in bench conns, 150 per connection. Only the guard's connection-limit
- * events, rare and acted on, wake it at once. The ring holds 12,000 events:
- * 20 ms of 100,000 connections a second. */
+/* The guard's events go to its ring buffer, waking the reader; the others
+ * to this CPU's next slot, if `conns` is reading them. No lock: only this
+ * CPU's programs write its slots, and the position is taken with an atomic
+ * add because one of them may interrupt another (softirq over a process).
+ * A position that is taken is always written, so the reader never waits on
+ * a hole. The reader knows an event is complete by its seq, stored last
+ * (x86 keeps stores in order; vmlinux.h is x86_64's). */
 static __always_inline void submit(struct conn_event *e)
 {
-	if (cfg.only_limits && e->kind != CONN_LIMIT)
+	__u32 zero = 0;
+	if (e->kind == CONN_LIMIT) {
+		if (bpf_ringbuf_output(&limit_events, e, sizeof(*e), BPF_RB_FORCE_WAKEUP))
+			goto lost;
+		return;
+	}
+	if (!cfg.events)
 		return;
 	if (!e->ts_ns) /* set_state has read the clock already */
 		e->ts_ns = bpf_ktime_get_ns();
-	struct conn_event *out = bpf_ringbuf_reserve(&conn_events, sizeof(*out), 0);
-	if (!out) {
-		__u32 zero = 0;
-		__u64 *lost = bpf_map_lookup_elem(&conn_events_lost, &zero);
-		if (lost)
-			(*lost)++;
-		return;
-	}
-	__builtin_memcpy(out, e, sizeof(*out));
-	bpf_ringbuf_submit(out, e->kind == CONN_LIMIT ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP);
+	__u32 cpu = bpf_get_smp_processor_id();
+	struct conn_slots_head *h = bpf_map_lookup_elem(&conn_heads, &cpu);
+	if (!h)
+		goto lost;
+	/* Full: the margin covers programs nested on this CPU that passed
+	 * this test at the same time. */
+	if (h->reserved - *(volatile __u64 *)&h->consumed >= CONN_SLOTS_PER_CPU - 8)
+		goto lost;
+	__u64 pos = __sync_fetch_and_add(&h->reserved, 1);
+	__u32 idx = cpu * CONN_SLOTS_PER_CPU + (pos & (CONN_SLOTS_PER_CPU - 1));
+	struct conn_slot *slot = bpf_map_lookup_elem(&conn_slots, &idx);
+	if (!slot) /* cannot happen: user space sized the map for every CPU */
+		goto lost;
+	__builtin_memcpy(&slot->e, e, sizeof(*e));
+	asm volatile("" ::: "memory");
+	*(volatile __u64 *)&slot->seq = pos + 1;
+	return;
+lost:;
+	__u64 *lost = bpf_map_lookup_elem(&conn_events_lost, &zero);
+	if (lost)
+		(*lost)++;
 }
 
 /* Counts a peer's established incoming connections up or down; over the

@@ -128,6 +128,67 @@ fn close_reports_bytes_process_and_the_packet_key() {
     );
 }
 
+/// Keeps the calling thread on `cpu`, if this machine has it.
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET bounds-checks cpu.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; set is a valid cpu_set_t.
+    unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+}
+
+/// Each CPU hands its events over on its own (per-CPU slots) and `conns`
+/// merges them by time. With client and server on different CPUs, a socket's
+/// events come from both (a packet is processed on its sender's CPU), so
+/// the join sees them in order only if the merge is right: every line in
+/// time order, every connection's six events complete and joined.
+#[test]
+fn events_of_all_cpus_come_in_time_order_and_join() {
+    const PORT: u16 = 18093;
+    const N: usize = 300;
+    let hosts = TestHosts::new("lcorder").unwrap();
+    let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
+    let conns = start_conns(&["--port", &PORT.to_string()]);
+    let listener = listen_in_server(&hosts, PORT);
+    let server = std::thread::spawn(move || {
+        pin_to(1);
+        for _ in 0..N {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            s.write_all(&b).unwrap();
+        }
+    });
+    TestHosts::run_in(&hosts.client_ns, || {
+        pin_to(0);
+        for _ in 0..N {
+            let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+            s.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+        }
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    server.join().unwrap();
+    let evs = stop_and_collect(conns);
+    let ts: Vec<u64> = evs.iter().map(|e| e["ts_ns"].as_u64().unwrap()).collect();
+    assert!(ts.windows(2).all(|w| w[0] <= w[1]), "events out of time order");
+    let mut by_cookie = std::collections::HashMap::<u64, Vec<&str>>::new();
+    for e in evs.iter().filter(|e| e["netns"] == sns || e["netns"] == cns) {
+        if e["event"] == "drop" {
+            continue; // a TIME_WAIT socket's, when the client reuses its port
+        }
+        assert!(e.get("pid").is_some() || e["event"] == "established_in", "not joined: {e}");
+        by_cookie.entry(e["cookie"].as_u64().unwrap()).or_default().push(e["event"].as_str().unwrap());
+    }
+    let count = |seq: &[&str]| by_cookie.values().filter(|s| s.as_slice() == seq).count();
+    assert_eq!(count(&["connect", "established_out", "close"]), N, "{by_cookie:?}");
+    assert_eq!(count(&["established_in", "accept", "close"]), N, "{by_cookie:?}");
+    assert_eq!(by_cookie.len(), 2 * N);
+}
+
 /// Handshake latency starts at the first SYN, also when the listener drops
 /// it: with its accept queue full (backlog 0, one connection waiting), the
 /// listener drops the second client's SYN; the client retransmits it after

@@ -85,6 +85,13 @@ pub fn start(
         .open(storage)
         .map_err(|e| preflight::explain(e, "opening the lifecycle BPF object"))?;
     open.maps.rodata_data.as_deref_mut().context("lifecycle object has no read-only data")?.cfg = config;
+    if config.events != 0 {
+        // Slots for every CPU the kernel may run a program on.
+        let cpus = libbpf_rs::num_possible_cpus().context("counting the possible CPUs")? as u32;
+        let slots = types::conn_slots_limits::CONN_SLOTS_PER_CPU.0;
+        open.maps.conn_heads.set_max_entries(cpus).context("sizing the event slots")?;
+        open.maps.conn_slots.set_max_entries(cpus * slots).context("sizing the event slots")?;
+    }
     let skel = open.load().map_err(|e| preflight::explain(e, "loading the lifecycle programs"))?;
     let progs = [
         &skel.progs.lc_consume_skb,

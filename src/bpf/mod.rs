@@ -5,6 +5,7 @@
 //! types for `bpf/common_kern_user.h` come from them ([`types`]).
 
 pub mod attach;
+pub mod conn_slots;
 pub mod counters;
 pub mod lifecycle;
 pub mod preflight;

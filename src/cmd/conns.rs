@@ -5,13 +5,14 @@ use std::io::{self, Write};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use libbpf_rs::MapCore;
 
+use crate::bpf::conn_slots::{EventSlots, SLOTS_PER_CPU};
 use crate::bpf::lifecycle::AcceptVia;
 use crate::bpf::lifecycle::{self, types};
 use crate::cli::ConnsArgs;
-use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
+use crate::cmd::{clock_ns, monotonic_to_realtime_offset, stop_flag};
 use crate::lifecycle::{has, ConnRecord};
 use crate::output::json;
 
@@ -28,6 +29,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     let config = types::lifecycle_config {
         port: args.port.unwrap_or(0),
         emit_states: u8::from(args.states),
+        events: 1,
         ..Default::default()
     };
     let lc = lifecycle::start(config, None, Some(args.accept_via))?;
@@ -71,33 +73,22 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         }
     };
     let limit = args.count.unwrap_or(u64::MAX);
-    let sockets = RefCell::new(crate::lifecycle::SocketJoin::default());
-
-    let mut b = libbpf_rs::RingBufferBuilder::new();
-    b.add(&lc.skel.maps.conn_events, |d: &[u8]| {
-        if printed.get() >= limit || failed.get() {
-            return 0;
-        }
-        let mut e = types::conn_event::default();
-        if plain::copy_from_bytes(&mut e, &d[..d.len().min(std::mem::size_of::<types::conn_event>())])
-            .is_err()
-        {
-            return 0;
-        }
-        if !sockets.borrow_mut().join(&mut e) {
-            return 0;
+    let mut sockets = crate::lifecycle::SocketJoin::default();
+    let mut print = |e: &mut types::conn_event| {
+        if printed.get() >= limit || failed.get() || !sockets.join(e) {
+            return;
         }
         if args.pid.is_some_and(|pid| pid != e.pid) {
-            return 0;
+            return;
         }
         let mut out = out.borrow_mut();
         if args.json {
             // Straight from the event, no record built.
-            let why = if has::reason(&e) { reason(e.kind, e.reason) } else { String::new() };
-            json::write_conn_event(&mut out, &e, e.ts_ns + offset, &why);
+            let why = if has::reason(e) { reason(e.kind, e.reason) } else { String::new() };
+            json::write_conn_event(&mut out, e, e.ts_ns + offset, &why);
             out.push(b'\n');
         } else {
-            let _ = writeln!(out, "{}", ConnRecord::from_event(&e, e.ts_ns + offset, &reason).text());
+            let _ = writeln!(out, "{}", ConnRecord::from_event(e, e.ts_ns + offset, &reason).text());
         }
         printed.set(printed.get() + 1);
         let full = out.len() >= FLUSH_BYTES;
@@ -105,38 +96,45 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         if full {
             write_out();
         }
-        0
-    })
-    .context("setting up the ring buffer")?;
-    let ring = b.build().context("setting up the ring buffer")?;
-    // The kernel does not wake us for events (submit() in
-    // bpf/lifecycle.bpf.c): read the ring every POLL, and again at once while
-    // a pass finds more than an eighth of the ring's worth, so that a burst
-    // is read at our own speed, not one ring per POLL. A pass takes at most
-    // a ring's worth: under a stream faster than we print, Ctrl-C and the
-    // output still get their turn.
+    };
+
+    // Nothing wakes us for events: read the slots every POLL, and again at
+    // once while a pass finds an eighth of a CPU's slots, so that a burst
+    // is read at our own speed. Each CPU's events come in order; across
+    // CPUs they are put in time order (a socket's events may come from
+    // several CPUs, and its join needs them in order) up to MARGIN before
+    // the pass: an event is written within microseconds of its time, so
+    // none older can still come, unless a CPU has a slot being written at
+    // the pass (then the frontier waits).
     const POLL: Duration = Duration::from_millis(20);
-    let ring_records =
-        lc.skel.maps.conn_events.max_entries() as usize / (std::mem::size_of::<types::conn_event>() + 8);
-    let mut found = 0usize;
-    while !stop.load(Ordering::SeqCst) && printed.get() < limit && !failed.get() {
-        if found < ring_records / 8 {
-            match ring.poll(POLL) {
-                Ok(()) => {}
-                Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e).context("reading the ring buffer"),
-            }
+    const MARGIN: u64 = 10_000_000;
+    let mut slots = EventSlots::new(&lc.skel.maps.conn_heads, &lc.skel.maps.conn_slots)?;
+    let mut pending: Vec<types::conn_event> = Vec::new();
+    let mut frontier = 0u64;
+    loop {
+        let last = stop.load(Ordering::SeqCst) || printed.get() >= limit || failed.get();
+        let now = clock_ns(libc::CLOCK_MONOTONIC);
+        let pass = slots.read(&mut pending);
+        if last {
+            frontier = u64::MAX;
+        } else if !pass.waiting {
+            frontier = now.saturating_sub(MARGIN);
         }
-        let n = ring.consume_raw_n(ring_records);
-        if n < 0 && n != -libc::EINTR {
-            return Err(io::Error::from_raw_os_error(-n)).context("reading the ring buffer");
+        // Stable: events of one CPU with one time keep their order.
+        pending.sort_by_key(|e| e.ts_ns);
+        let ready = pending.partition_point(|e| e.ts_ns <= frontier);
+        for e in &mut pending[..ready] {
+            print(e);
         }
-        found = usize::try_from(n).unwrap_or(0);
+        pending.drain(..ready);
         write_out();
+        if last {
+            break;
+        }
+        if pass.busiest < SLOTS_PER_CPU / 8 {
+            std::thread::sleep(POLL);
+        }
     }
-    let _ = ring.consume();
-    write_out();
-    drop(ring);
     let lost: u64 = lc
         .skel
         .maps
@@ -147,7 +145,8 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         .unwrap_or_default()
         .iter()
         .map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])))
-        .sum();
-    eprintln!("tcpscope: {} events printed, {lost} lost (ring buffer full)", printed.get());
+        .sum::<u64>()
+        + slots.given_up;
+    eprintln!("tcpscope: {} events printed, {lost} lost (event slots full)", printed.get());
     Ok(())
 }

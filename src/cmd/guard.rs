@@ -77,7 +77,6 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     let lc = if args.conn_limit > 0 && !args.no_detect {
         let cfg = crate::bpf::lifecycle::types::lifecycle_config {
             conn_limit: args.conn_limit,
-            only_limits: 1,
             count_handshakes: 1,
             ..Default::default()
         };
@@ -111,7 +110,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     })
     .context("setting up the alert ring buffer")?;
     if let Some(lc) = &lc {
-        b.add(&lc.skel.maps.conn_events, |d: &[u8]| {
+        b.add(&lc.skel.maps.limit_events, |d: &[u8]| {
             let mut e = crate::bpf::lifecycle::types::conn_event::default();
             let n = d.len().min(std::mem::size_of_val(&e));
             if plain::copy_from_bytes(&mut e, &d[..n]).is_err() || e.netns != my_netns {

@@ -1,0 +1,149 @@
+//! Reading the events of `conns` from the slots each CPU's lifecycle
+//! programs write (`conn_slots_head` in bpf/common_kern_user.h says why not
+//! a ring buffer): every CPU's slots in order, through shared mappings of
+//! the two arrays. Events of different CPUs come out in no particular
+//! order; `conns` orders them by time.
+
+use std::os::fd::AsRawFd;
+use std::ptr::addr_of;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Result};
+use libbpf_rs::MapCore;
+
+use super::lifecycle::types::{conn_event, conn_slot, conn_slots_head, conn_slots_limits};
+
+/// Slots per CPU (a power of two).
+pub const SLOTS_PER_CPU: u64 = conn_slots_limits::CONN_SLOTS_PER_CPU.0 as u64;
+
+/// How long a slot may stay taken and unwritten before it counts as lost. A
+/// program writes its slot within microseconds; only one stopped half-way
+/// (which BPF programs cannot be) would leave it so, and without this its
+/// CPU's later events would wait forever.
+const GIVE_UP: Duration = Duration::from_secs(1);
+
+/// A shared mapping of a BPF array map made with BPF_F_MMAPABLE.
+struct Mapping {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl Mapping {
+    fn new(map: &impl MapCore, writable: bool, what: &str) -> Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let elem = (map.value_size() as usize).next_multiple_of(8);
+        let len = (elem * map.max_entries() as usize).next_multiple_of(page);
+        let prot = if writable { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_READ };
+        // SAFETY: a new shared mapping of the map's fd at offset 0; the
+        // kernel checks the length and protection against the map.
+        let ptr = unsafe {
+            libc::mmap(std::ptr::null_mut(), len, prot, libc::MAP_SHARED, map.as_fd().as_raw_fd(), 0)
+        };
+        ensure!(ptr != libc::MAP_FAILED, "mapping the {what}: {}", std::io::Error::last_os_error());
+        Ok(Self { ptr: ptr.cast(), len })
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: ptr and len are the mapping made in new(), unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// What one pass over the slots found.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Pass {
+    /// Most events read from one CPU's slots.
+    pub busiest: u64,
+    /// Some CPU has a slot being written: its later events wait for it.
+    pub waiting: bool,
+}
+
+pub struct EventSlots {
+    heads: Mapping,
+    slots: Mapping,
+    cpus: usize,
+    /// Per CPU: the next position to read.
+    next: Vec<u64>,
+    /// Per CPU: since when the slot at `next` has been taken but not written.
+    unwritten_since: Vec<Option<Instant>>,
+    /// Slots given up on (GIVE_UP): lost events.
+    pub given_up: u64,
+}
+
+impl EventSlots {
+    /// Maps the heads (read and written: we free slots) and the slots (read
+    /// only) that `lifecycle::start` sized for every possible CPU.
+    pub fn new(heads: &impl MapCore, slots: &impl MapCore) -> Result<Self> {
+        let cpus = heads.max_entries() as usize;
+        ensure!(
+            heads.value_size() as usize == std::mem::size_of::<conn_slots_head>()
+                && slots.value_size() as usize == std::mem::size_of::<conn_slot>()
+                && slots.max_entries() as u64 == cpus as u64 * SLOTS_PER_CPU,
+            "the event slot maps are not sized for {cpus} CPUs (was lifecycle_config.events set?)"
+        );
+        Ok(Self {
+            heads: Mapping::new(heads, true, "event slot heads")?,
+            slots: Mapping::new(slots, false, "event slots")?,
+            cpus,
+            next: vec![0; cpus],
+            unwritten_since: vec![None; cpus],
+            given_up: 0,
+        })
+    }
+
+    /// CPU `cpu`'s positions: (reserved, consumed).
+    fn head(heads: &Mapping, cpus: usize, cpu: usize) -> (&AtomicU64, &AtomicU64) {
+        assert!(cpu < cpus);
+        // SAFETY: the mapping holds `cpus` heads; their u64s are 8-aligned
+        // (the mapping is page-aligned, the struct 128 bytes) and live as
+        // long as it. The programs and we only ever access them whole.
+        unsafe {
+            let h = heads.ptr.cast::<conn_slots_head>().add(cpu);
+            (&*addr_of!((*h).reserved).cast::<AtomicU64>(), &*addr_of!((*h).consumed).cast::<AtomicU64>())
+        }
+    }
+
+    /// Appends every CPU's written events to `out` and frees their slots.
+    pub fn read(&mut self, out: &mut Vec<conn_event>) -> Pass {
+        let mut pass = Pass::default();
+        for cpu in 0..self.cpus {
+            let (reserved, consumed) = Self::head(&self.heads, self.cpus, cpu);
+            let end = reserved.load(Ordering::Acquire);
+            let start = self.next[cpu];
+            let mut pos = start;
+            while pos < end {
+                let index = cpu as u64 * SLOTS_PER_CPU + (pos & (SLOTS_PER_CPU - 1));
+                // SAFETY: index < cpus * SLOTS_PER_CPU, the slots in the
+                // mapping, which lives as long as self.
+                let slot = unsafe { self.slots.ptr.cast::<conn_slot>().add(index as usize) };
+                // SAFETY: seq is an 8-aligned u64 the program stores whole.
+                let seq = unsafe { &*addr_of!((*slot).seq).cast::<AtomicU64>() }.load(Ordering::Acquire);
+                if seq != pos + 1 {
+                    // Taken, not yet written: the program that took it is
+                    // writing it now.
+                    let since = *self.unwritten_since[cpu].get_or_insert_with(Instant::now);
+                    if since.elapsed() < GIVE_UP {
+                        pass.waiting = true;
+                        break;
+                    }
+                    self.given_up += 1;
+                } else {
+                    // SAFETY: the program wrote the event before seq (and
+                    // x86 keeps stores in order); the slot is not reused
+                    // until `consumed` passes it, below.
+                    out.push(unsafe { std::ptr::read_volatile(addr_of!((*slot).e)) });
+                }
+                self.unwritten_since[cpu] = None;
+                pos += 1;
+            }
+            self.next[cpu] = pos;
+            consumed.store(pos, Ordering::Release);
+            pass.busiest = pass.busiest.max(pos - start);
+        }
+        pass
+    }
+}
