@@ -66,8 +66,14 @@ fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<f64> {
 
 pub fn run(args: &BenchArgs) -> Result<()> {
     crate::bpf::preflight::check_privileges()?;
-    if let Some(c) = args.cpu {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let (client_cpu, server_cpu) = match args.cpu[..] {
+        [] => (None, None),
+        [c] => (Some(c), Some(c)),
+        [c, s] => (Some(c), Some(s)),
+        _ => anyhow::bail!("--cpu takes one CPU (client and server) or two (client,server)"),
+    };
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for &c in &args.cpu {
         anyhow::ensure!(c < n, "--cpu {c}: no such CPU (this machine has {n}: 0-{})", n - 1);
     }
     let hosts = TestHosts::new("bconns")?;
@@ -86,15 +92,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     })
     .join()
     .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))???;
-    let cpu = args.cpu;
     let stop = Arc::new(AtomicBool::new(false));
     let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)))
         .join()
         .map_err(|_| anyhow::anyhow!("server thread panicked"))???;
     let stop_srv = stop.clone();
     let server = std::thread::spawn(move || {
-        if pin_to(cpu).is_err() {
-            return; // the client's pin_to reports it
+        if pin_to(server_cpu).is_err() {
+            return; // checked above: cannot happen
         }
         // Blocking accept; the final wake-up connection below ends it.
         while let Ok((mut s, _)) = listener.accept() {
@@ -128,7 +133,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for k in 0..cases.len() {
             let case = (round + k) % cases.len();
             let (rate, syscall) = match cases[case].1 {
-                None => (loop_round(&hosts.client_ns, cpu)?, syscall_ns()),
+                None => (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns()),
                 Some(extra) => {
                     let mut cmd = Command::new(&exe);
                     cmd.args(["conns", "--json"]).args(extra).stdout(Stdio::null());
@@ -137,7 +142,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         "following TCP connections",
                         Duration::from_secs(30),
                     )?;
-                    let rate = loop_round(&hosts.client_ns, cpu)?;
+                    let rate = loop_round(&hosts.client_ns, client_cpu)?;
                     let syscall = syscall_ns();
                     conns.interrupt_and_wait(Duration::from_secs(20))?;
                     (rate, syscall)
@@ -155,9 +160,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let placement = match cpu {
-        Some(c) => format!("client and server on CPU {c}"),
-        None => "placed by the scheduler".to_string(),
+    let placement = match (client_cpu, server_cpu) {
+        (Some(c), Some(s)) if c == s => format!("client and server on CPU {c}"),
+        (Some(c), Some(s)) => format!("client on CPU {c}, server on CPU {s}"),
+        _ => "placed by the scheduler".to_string(),
     };
     print_line(&format!(
         "bench conns: short-connection loop between test hosts ({placement}), {rounds} rounds x {}s per \
