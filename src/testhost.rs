@@ -33,6 +33,19 @@ pub fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Keeps the calling thread on `cpu` (if given).
+pub fn pin_to(cpu: Option<usize>) -> Result<()> {
+    let Some(cpu) = cpu else { return Ok(()) };
+    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET bounds-checks cpu.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu, &mut set) };
+    // SAFETY: pid 0 is the calling thread; set is a valid cpu_set_t.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        anyhow::bail!("running on CPU {cpu}: {} (see `nproc`)", std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A client and a server namespace, joined by a veth pair.
 #[derive(Debug)]
 pub struct TestHosts {

@@ -13,23 +13,10 @@ use anyhow::{Context, Result};
 
 use crate::cli::BenchArgs;
 use crate::output::print_line;
-use crate::testhost::{ChildGuard, TestHosts, SERVER_V4};
+use crate::testhost::{pin_to, ChildGuard, TestHosts, SERVER_V4};
 
 const PORT: u16 = 5202;
 const ROUND: Duration = Duration::from_secs(2);
-
-/// Keeps the calling thread on `cpu` (if given).
-fn pin_to(cpu: Option<usize>) -> Result<()> {
-    let Some(cpu) = cpu else { return Ok(()) };
-    // SAFETY: a zeroed cpu_set_t is an empty set; CPU_SET bounds-checks cpu.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::CPU_SET(cpu, &mut set) };
-    // SAFETY: pid 0 is the calling thread; set is a valid cpu_set_t.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
-        anyhow::bail!("running on CPU {cpu}: {} (see `nproc`)", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// ns per getppid(), a syscall that does nearly nothing: what every syscall
 /// of every process pays while a case runs (while any syscall tracepoint is
