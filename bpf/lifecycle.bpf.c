@@ -415,8 +415,9 @@ static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_ev
  * to this CPU's next slot, if `conns` is reading them. No lock: only this
  * CPU's programs write its slots, and the position is taken with an atomic
  * add because one of them may interrupt another (softirq over a process).
- * A position that is taken is always written, so the reader never waits on
- * a hole. The reader knows an event is complete by its seq, stored last
+ * A position that is taken is written (the lookup below cannot fail; were
+ * it to, the reader gives up on the hole after a second and counts it
+ * lost). The reader knows an event is complete by its seq, stored last
  * (x86 keeps stores in order; vmlinux.h is x86_64's). */
 static __always_inline void submit(struct conn_event *e)
 {
