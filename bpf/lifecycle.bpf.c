@@ -189,7 +189,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, CONN_SLOTS_PER_CPU); /* CONN_SLOTS_PER_CPU per possible CPU */
+	__uint(max_entries, 1); /* CONN_SLOTS_PER_CPU per possible CPU */
 	__type(key, __u32);
 	__type(value, struct conn_slot);
 } conn_slots SEC(".maps");

@@ -173,13 +173,6 @@ fn key_rule(map: &str, k: &[u8]) -> Option<Rule> {
     Some(Rule { list, cidr: Cidr { addr: ip, prefix }, port, ttl: None })
 }
 
-fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
-}
-
 /// A rule as found in the maps, with its hit count.
 #[derive(Debug, Clone)]
 pub struct RuleState {
@@ -295,7 +288,9 @@ impl PolicyMaps {
     pub fn add(&self, r: &Rule) -> Result<()> {
         let (name, key) = rule_key(r);
         let value = types::policy_value {
-            expires_ns: r.ttl.map_or(0, |t| monotonic_ns() + t.as_nanos() as u64),
+            expires_ns: r
+                .ttl
+                .map_or(0, |t| crate::bpf::clock_ns(libc::CLOCK_MONOTONIC) + t.as_nanos() as u64),
             ..Default::default()
         };
         // SAFETY: policy_value is plain old data (two u64).
@@ -326,7 +321,7 @@ impl PolicyMaps {
 
     /// Every rule with its hits, and expired ones removed (returns how many).
     pub fn list(&self) -> Result<(Vec<RuleState>, usize)> {
-        let now = monotonic_ns();
+        let now = crate::bpf::clock_ns(libc::CLOCK_MONOTONIC);
         let mut out = Vec::new();
         let mut expired = 0;
         for (name, map) in &self.maps {

@@ -30,6 +30,15 @@ pub use baseline_skel::BaselineSkel;
 pub use ingress_skel::types;
 pub use ingress_skel::IngressSkel;
 
+/// Now on `clock`, in ns. CLOCK_MONOTONIC is the kernel programs' clock
+/// (bpf_ktime_get_ns): their event times and rule expiries are on it.
+pub fn clock_ns(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid timespec to write into.
+    unsafe { libc::clock_gettime(clock, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 // SAFETY: these are #[repr(C)] structs of integers and arrays of integers,
 // generated from BTF; every bit pattern is a valid value.
 unsafe impl plain::Plain for types::packet_event {}

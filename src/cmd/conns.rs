@@ -8,11 +8,12 @@ use std::time::Duration;
 use anyhow::Result;
 use libbpf_rs::MapCore;
 
+use crate::bpf::clock_ns;
 use crate::bpf::conn_slots::{EventSlots, SLOTS_PER_CPU};
 use crate::bpf::lifecycle::AcceptVia;
 use crate::bpf::lifecycle::{self, types};
 use crate::cli::ConnsArgs;
-use crate::cmd::{clock_ns, monotonic_to_realtime_offset, stop_flag};
+use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
 use crate::lifecycle::{has, ConnRecord};
 use crate::output::json;
 

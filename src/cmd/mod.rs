@@ -95,13 +95,6 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
 
 /// Offset that turns CLOCK_MONOTONIC (bpf_ktime_get_ns) into wall-clock ns.
 pub fn monotonic_to_realtime_offset() -> u64 {
+    use crate::bpf::clock_ns;
     clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC))
-}
-
-/// Now on `clock`, in ns (CLOCK_MONOTONIC is the kernel programs' clock).
-pub fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: ts is a valid timespec to write into.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
