@@ -34,6 +34,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP_NUM 6
+#define SOCK_STREAM_NUM 1
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 /* x86_64 syscall numbers (vmlinux.h is x86_64). */
@@ -391,6 +392,23 @@ static __always_inline void rtt_record(const struct sock_info *si, const struct 
 		lat_record(si->port, LAT_RTT, srtt);
 }
 
+/* The current process (its pid is the thread group's) and its comm, into
+ * the event: two loads from the task, not a helper call for each. */
+static __always_inline void owner_from_current(struct conn_event *e)
+{
+	const struct task_struct *t = bpf_get_current_task_btf();
+	e->pid = t->tgid;
+	__builtin_memcpy(e->comm, t->comm, sizeof(e->comm));
+}
+
+/* The socket's cookie: a load once it has one (set_state asks for it at
+ * SYN_SENT and ESTABLISHED), the helper, which makes it, only before. */
+static __always_inline __u64 sock_cookie(const struct sock *sk)
+{
+	__u64 cookie = sk->__sk_common.skc_cookie.counter;
+	return cookie ? cookie : bpf_get_socket_cookie((void *)sk);
+}
+
 static __always_inline bool port_wanted(const struct conn_event *e)
 {
 	return !cfg.port || e->sport == cfg.port || e->dport == cfg.port;
@@ -560,7 +578,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	e.ts_ns = now;
 	e.oldstate = oldstate;
 	e.newstate = newstate;
-	e.cookie = bpf_get_socket_cookie((void *)sk);
+	e.cookie = sock_cookie(sk);
 	e.cgroup_id = sock_cgroup_id(sk);
 
 	if (newstate == TCP_SYN_SENT) {
@@ -573,8 +591,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		if (!port_wanted(&e))
 			return 0;
 		e.kind = CONN_CONNECT;
-		e.pid = bpf_get_current_pid_tgid() >> 32;
-		bpf_get_current_comm(e.comm, sizeof(e.comm));
+		owner_from_current(&e);
 		submit(&e);
 		return 0;
 	}
@@ -681,8 +698,7 @@ static __always_inline void accept_event(const struct sock *sk, __u64 cookie, __
 		return;
 	e.kind = CONN_ACCEPT;
 	e.reason = hook;
-	e.pid = bpf_get_current_pid_tgid() >> 32;
-	bpf_get_current_comm(e.comm, sizeof(e.comm));
+	owner_from_current(&e);
 	e.cookie = cookie;
 	e.cgroup_id = sock_cgroup_id(sk);
 	e.newstate = sk->__sk_common.skc_state;
@@ -695,12 +711,16 @@ static __always_inline void accept_event(const struct sock *sk, __u64 cookie, __
  * returns 1 (allow): this hook only watches. */
 static __always_inline int peer_asked(struct bpf_sock_addr *ctx)
 {
-	struct tcp_sock *tp = bpf_skc_to_tcp_sock(ctx->sk);
-	if (!tp)
+	/* A cast and two loads rather than bpf_skc_to_tcp_sock(): the same
+	 * test (every inet socket's getpeername() comes here), without a
+	 * helper call. */
+	const struct sock *sk = bpf_core_cast(ctx->sk, struct sock);
+	if (sk->sk_protocol != IPPROTO_TCP_NUM || sk->sk_type != SOCK_STREAM_NUM)
 		return 1;
-	/* The helper makes the cookie if the socket has none yet: one we did
-	 * not follow, which user space then tells apart. */
-	accept_event(&tp->inet_conn.icsk_inet.sk, bpf_get_socket_cookie(ctx), ACCEPT_BY_GETPEERNAME);
+	/* A socket with no cookie yet is one we did not follow (the helper
+	 * makes one): user space then tells it apart. */
+	__u64 cookie = sk->__sk_common.skc_cookie.counter;
+	accept_event(sk, cookie ? cookie : bpf_get_socket_cookie(ctx), ACCEPT_BY_GETPEERNAME);
 	return 1;
 }
 
@@ -780,7 +800,7 @@ static __always_inline bool sock_event_fill(const struct sock *sk, __u8 kind, __
 	e->kind = kind;
 	e->reason = reason;
 	e->newstate = sk->__sk_common.skc_state;
-	e->cookie = bpf_get_socket_cookie((void *)sk);
+	e->cookie = sock_cookie(sk);
 	fill_tcp_stats(sk, e);
 	return true;
 }
