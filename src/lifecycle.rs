@@ -284,8 +284,13 @@ pub mod has {
 
 /// The process name, as text.
 pub fn comm(e: &conn_event) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(comm_bytes(e))
+}
+
+/// The comm's bytes, up to its NUL.
+pub fn comm_bytes(e: &conn_event) -> &[u8] {
     let len = e.comm.iter().position(|c| *c == 0).unwrap_or(e.comm.len());
-    String::from_utf8_lossy(&e.comm[..len])
+    &e.comm[..len]
 }
 
 impl ConnRecord {
