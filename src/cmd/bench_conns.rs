@@ -31,9 +31,36 @@ fn syscall_ns() -> f64 {
     start.elapsed().as_nanos() as f64 / f64::from(CALLS)
 }
 
+/// CPU time the whole machine has spent busy (user, system, interrupts;
+/// not idle, and not time the hypervisor took), in ns: what a round costs,
+/// whichever CPU and process paid it.
+fn machine_busy_ns() -> Result<u64> {
+    let stat = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .map(|l| l.split_whitespace().filter_map(|f| f.parse().ok()).collect())
+        .unwrap_or_default();
+    // user nice system idle iowait irq softirq steal ...
+    anyhow::ensure!(fields.len() >= 8, "/proc/stat: unexpected first line");
+    let busy = fields[0] + fields[1] + fields[2] + fields[5] + fields[6];
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(busy * (1_000_000_000 / hz))
+}
+
+/// One round of the loop: connections per second, and busy CPU time of the
+/// machine per connection (ns).
+struct Round {
+    rate: f64,
+    cpu_ns_per_conn: f64,
+}
+
 /// Connections completed in `ROUND`: connect, send a byte, read the echo, close.
-fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<f64> {
-    TestHosts::run_in(client_ns, move || -> Result<f64> {
+fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<Round> {
+    let busy_before = machine_busy_ns()?;
+    let (rate, n) = TestHosts::run_in(client_ns, move || -> Result<(f64, u64)> {
         pin_to(cpu)?;
         let addr = SocketAddr::from((SERVER_V4, PORT));
         let start = Instant::now();
@@ -45,10 +72,12 @@ fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<f64> {
             s.read_exact(&mut b)?;
             n += 1;
         }
-        Ok(n as f64 / start.elapsed().as_secs_f64())
+        Ok((n as f64 / start.elapsed().as_secs_f64(), n))
     })
     .join()
-    .map_err(|_| anyhow::anyhow!("client thread panicked"))??
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))???;
+    let busy = machine_busy_ns()?.saturating_sub(busy_before);
+    Ok(Round { rate, cpu_ns_per_conn: busy as f64 / n.max(1) as f64 })
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
@@ -113,13 +142,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     ];
     let rounds = args.rounds.max(1) as usize;
     let mut rates = vec![Vec::new(); cases.len()];
+    let mut cpu_costs = vec![Vec::new(); cases.len()];
     let mut syscalls = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
         // The order rotates each round, so slow drift of this VM does not
         // always favour the same case.
         for k in 0..cases.len() {
             let case = (round + k) % cases.len();
-            let (rate, syscall) = match cases[case].1 {
+            let (round, syscall) = match cases[case].1 {
                 None => (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns()),
                 Some(extra) => {
                     let mut cmd = Command::new(&exe);
@@ -129,13 +159,14 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                         "following TCP connections",
                         Duration::from_secs(30),
                     )?;
-                    let rate = loop_round(&hosts.client_ns, client_cpu)?;
+                    let round = loop_round(&hosts.client_ns, client_cpu)?;
                     let syscall = syscall_ns();
                     conns.interrupt_and_wait(Duration::from_secs(20))?;
-                    (rate, syscall)
+                    (round, syscall)
                 }
             };
-            rates[case].push(rate);
+            rates[case].push(round.rate);
+            cpu_costs[case].push(round.cpu_ns_per_conn);
             syscalls[case].push(syscall);
         }
     }
@@ -154,8 +185,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     print_line(&format!(
         "bench conns: short-connection loop between test hosts ({placement}), {rounds} rounds x {}s per \
-         case; median rate, the median (min-max) of each round's ratio to its own baseline, and the \
-         median cost of one getppid() syscall meanwhile",
+         case; median rate, the median (min-max) of each round's ratio to its own baseline, the \
+         machine's busy CPU time per connection (median, and the median of each round's change from \
+         its baseline: every CPU and process, tcpscope's reader included; time the hypervisor took \
+         is not counted), and the median cost of one getppid() syscall meanwhile",
         ROUND.as_secs()
     ));
     for (case, (name, _)) in cases.iter().enumerate() {
@@ -164,8 +197,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
         let ratio = median(ratios);
         let syscall = median(syscalls[case].clone());
+        let cpu_us = median(cpu_costs[case].clone()) / 1000.0;
+        let changes: Vec<f64> =
+            cpu_costs[case].iter().zip(&cpu_costs[0]).map(|(t, b)| (t / b - 1.0) * 100.0).collect();
+        let cpu_change = median(changes);
         print_line(&format!(
-            "{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3} ({lo:.2}-{hi:.2})   getppid {syscall:>4.0} ns"
+            "{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3} ({lo:.2}-{hi:.2})   CPU {cpu_us:>5.1} us/conn \
+             ({cpu_change:+5.1}%)   getppid {syscall:>4.0} ns"
         ));
     }
     Ok(())
