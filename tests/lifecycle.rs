@@ -181,6 +181,77 @@ fn events_of_all_cpus_come_in_time_order_and_join() {
     assert_eq!(by_cookie.len(), 2 * N);
 }
 
+/// The reader runs at idle CPU priority, and when every CPU is busy with
+/// other work (where it would never run), its watch raises it: no event is
+/// lost, none is missing.
+#[test]
+fn reader_waits_for_idle_cpus_and_keeps_up_when_all_are_busy() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const PORT: u16 = 18094;
+    const N: usize = 2000;
+    let hosts = TestHosts::new("lcidle").unwrap();
+    let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["conns", "--json", "--port", &PORT.to_string()]).stdout(Stdio::piped());
+    let (conns, stderr) =
+        ChildGuard::spawn_until_ready(cmd, "following TCP connections", Duration::from_secs(30)).unwrap();
+    let pid = conns.child.id();
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/stat")).unwrap();
+    // Field 41, policy: the 39th after the ")" that ends the comm.
+    let policy: u32 = stat.rsplit_once(')').unwrap().1.split_whitespace().nth(38).unwrap().parse().unwrap();
+    assert_eq!(policy, libc::SCHED_IDLE as u32, "reader's policy");
+
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let hogs: Vec<_> = (0..cpus)
+        .map(|cpu| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                pin_to(Some(cpu)).unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    std::hint::spin_loop();
+                }
+            })
+        })
+        .collect();
+    let listener = listen_in_server(&hosts, PORT);
+    let server = std::thread::spawn(move || {
+        for _ in 0..N {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+            s.write_all(&b).unwrap();
+        }
+    });
+    TestHosts::run_in(&hosts.client_ns, || {
+        for _ in 0..N {
+            let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+            s.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b).unwrap();
+        }
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    server.join().unwrap();
+    // Long enough for the watch to see the reader starved (100 ms) while
+    // the CPUs are still busy.
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().unwrap();
+    }
+    let evs = stop_and_collect(conns);
+    let ours =
+        evs.iter().filter(|e| (e["netns"] == sns || e["netns"] == cns) && e["event"] != "drop").count();
+    let last = stderr.lock().unwrap().last().cloned().unwrap_or_default();
+    assert!(last.contains(" 0 lost"), "{last}");
+    assert!(last.contains("raised"), "the reader was never raised: {last}");
+    assert_eq!(ours, 6 * N, "{last}");
+}
+
 /// Handshake latency starts at the first SYN, also when the listener drops
 /// it: with its accept queue full (backlog 0, one connection waiting), the
 /// listener drops the second client's SYN; the client retransmits it after

@@ -147,3 +147,38 @@ impl EventSlots {
         pass
     }
 }
+
+/// How far the reader is behind, for another thread to watch: the heads
+/// mapped again, read only.
+pub struct Backlog {
+    heads: Mapping,
+    cpus: usize,
+}
+
+// SAFETY: the mapping is shared memory, valid until this value drops it,
+// and only read through atomics.
+unsafe impl Send for Backlog {}
+
+impl Backlog {
+    pub fn new(heads: &impl MapCore) -> Result<Self> {
+        let cpus = heads.max_entries() as usize;
+        ensure!(
+            heads.value_size() as usize == std::mem::size_of::<conn_slots_head>(),
+            "the event slot heads are not conn_slots_head"
+        );
+        Ok(Self { heads: Mapping::new(heads, false, "event slot heads")?, cpus })
+    }
+
+    /// The most events waiting on one CPU, and the events read so far (all
+    /// CPUs).
+    pub fn now(&self) -> (u64, u64) {
+        let (mut behind, mut read) = (0, 0);
+        for cpu in 0..self.cpus {
+            let (reserved, consumed) = EventSlots::head(&self.heads, self.cpus, cpu);
+            let consumed = consumed.load(Ordering::Acquire);
+            behind = behind.max(reserved.load(Ordering::Acquire).saturating_sub(consumed));
+            read += consumed;
+        }
+        (behind, read)
+    }
+}

@@ -12,6 +12,7 @@ pub const KERNEL_BTF: &str = "/sys/kernel/btf/vmlinux";
 // Capability numbers from <linux/capability.h>.
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_SYS_NICE: u32 = 23;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
@@ -19,15 +20,20 @@ const CAP_BPF: u32 = 39;
 pub const PRIVILEGE_FIX: &str =
     "run as root (sudo) or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap cap_bpf,cap_net_admin,cap_perfmon+ep tcpscope)";
 
-/// Fails unless the effective capabilities allow loading and attaching.
-pub fn check_privileges() -> Result<()> {
+/// Whether this process has capability `cap` in its effective set.
+pub fn has_capability(cap: u32) -> bool {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let eff = status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
         .unwrap_or(0);
-    let has = |cap: u32| eff & (1u64 << cap) != 0;
+    eff & (1u64 << cap) != 0
+}
+
+/// Fails unless the effective capabilities allow loading and attaching.
+pub fn check_privileges() -> Result<()> {
+    let has = has_capability;
     let bpf_ok = has(CAP_BPF) || has(CAP_SYS_ADMIN);
     let perfmon_ok = has(CAP_PERFMON) || has(CAP_SYS_ADMIN);
     if bpf_ok && perfmon_ok && has(CAP_NET_ADMIN) {

@@ -9,10 +9,11 @@ use anyhow::Result;
 use libbpf_rs::MapCore;
 
 use crate::bpf::clock_ns;
-use crate::bpf::conn_slots::{EventSlots, SLOTS_PER_CPU};
+use crate::bpf::conn_slots::{Backlog, EventSlots, SLOTS_PER_CPU};
 use crate::bpf::lifecycle::AcceptVia;
 use crate::bpf::lifecycle::{self, types};
 use crate::cli::ConnsArgs;
+use crate::cmd::idle_reader::IdleReader;
 use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
 use crate::lifecycle::{has, ConnRecord};
 use crate::output::json;
@@ -40,6 +41,8 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         ("sk_rst_reason", "SK_RST_REASON_"),
     ]);
     report_unavailable(&lc);
+    let mut slots = EventSlots::new(&lc.skel.maps.conn_heads, &lc.skel.maps.conn_slots)?;
+    let mut idle_reader = IdleReader::start(Backlog::new(&lc.skel.maps.conn_heads)?);
     let accept_via = match lc.accept_via {
         Some(AcceptVia::Cgroup) => "; accepting process from the cgroup getpeername hooks",
         Some(AcceptVia::Syscall) => "; accepting process from the accept syscall tracepoints",
@@ -99,23 +102,35 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         }
     };
 
-    // Nothing wakes us for events: read the slots every POLL, and again at
-    // once while a pass finds an eighth of a CPU's slots, so that a burst
-    // is read at our own speed. Each CPU's events come in order; across
+    // Nothing wakes us for events: read the slots every POLL, or sooner at
+    // high rates, so that a pass finds about an eighth of a CPU's slots (the
+    // idle reader's watch raises it at half), and again at once while a pass
+    // finds more, so that a burst is read at our own speed. Each CPU's
+    // events come in order; across
     // CPUs they are put in time order (a socket's events may come from
     // several CPUs, and its join needs them in order) up to MARGIN before
     // the pass: an event is written within microseconds of its time, so
     // none older can still come, unless a CPU has a slot being written at
     // the pass (then the frontier waits).
     const POLL: Duration = Duration::from_millis(20);
+    const MIN_POLL: Duration = Duration::from_millis(1);
+    const PER_PASS: u64 = SLOTS_PER_CPU / 8;
     const MARGIN: u64 = 10_000_000;
-    let mut slots = EventSlots::new(&lc.skel.maps.conn_heads, &lc.skel.maps.conn_slots)?;
+    let mut raised = 0;
     let mut pending: Vec<types::conn_event> = Vec::new();
     let mut frontier = 0u64;
+    let mut last_pass = clock_ns(libc::CLOCK_MONOTONIC);
     loop {
         let last = stop.load(Ordering::SeqCst) || printed.get() >= limit || failed.get();
+        if last {
+            // The final drain at normal priority: a busy host must not hold
+            // up the exit.
+            raised = idle_reader.take().map_or(0, IdleReader::finish);
+        }
         let now = clock_ns(libc::CLOCK_MONOTONIC);
         let pass = slots.read(&mut pending);
+        let since_last = Duration::from_nanos(now.saturating_sub(last_pass));
+        last_pass = now;
         if last {
             frontier = u64::MAX;
         } else if !pass.waiting {
@@ -132,8 +147,10 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         if last {
             break;
         }
-        if pass.busiest < SLOTS_PER_CPU / 8 {
-            std::thread::sleep(POLL);
+        if pass.busiest < PER_PASS {
+            // The time the busiest CPU takes to write PER_PASS events.
+            let wait = since_last.mul_f64(PER_PASS as f64 / pass.busiest.max(1) as f64);
+            std::thread::sleep(wait.clamp(MIN_POLL, POLL));
         }
     }
     let lost: u64 = lc
@@ -148,6 +165,14 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         .map(|v| u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])))
         .sum::<u64>()
         + slots.given_up;
-    eprintln!("tcpscope: {} events printed, {lost} lost (event slots full)", printed.get());
+    let priority = if raised > 0 {
+        format!(
+            "; read at idle CPU priority, raised {raised} time{} to keep up",
+            if raised == 1 { "" } else { "s" }
+        )
+    } else {
+        String::new()
+    };
+    eprintln!("tcpscope: {} events printed, {lost} lost (event slots full){priority}", printed.get());
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod bench_rules;
 pub mod conns;
 pub mod demo;
 pub mod guard;
+pub mod idle_reader;
 pub mod latency;
 pub mod read;
 pub mod stats;
