@@ -133,28 +133,24 @@ fn close_reports_bytes_process_and_the_packet_key() {
 /// events come from both (a packet is processed on its sender's CPU), so
 /// the join sees them in order only if the merge is right: every line in
 /// time order, every connection's six events complete and joined.
-#[test]
-fn events_of_all_cpus_come_in_time_order_and_join() {
-    const PORT: u16 = 18093;
-    const N: usize = 300;
-    let hosts = TestHosts::new("lcorder").unwrap();
-    let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
-    let conns = start_conns(&["--port", &PORT.to_string()]);
-    let listener = listen_in_server(&hosts, PORT);
+/// `n` short connections from the client host to `port` on the server
+/// host, one after another: connect, a byte each way, close. `cpus`:
+/// (client's, server's) CPU.
+fn echo_connections(hosts: &TestHosts, port: u16, n: usize, cpus: Option<(usize, usize)>) {
+    let listener = listen_in_server(hosts, port);
     let server = std::thread::spawn(move || {
-        // CPU 1 if there is one: on one CPU the test still checks the order.
-        pin_to(Some(usize::from(std::thread::available_parallelism().map_or(1, |n| n.get()) > 1))).unwrap();
-        for _ in 0..N {
+        pin_to(cpus.map(|c| c.1)).unwrap();
+        for _ in 0..n {
             let (mut s, _) = listener.accept().unwrap();
             let mut b = [0u8; 1];
             s.read_exact(&mut b).unwrap();
             s.write_all(&b).unwrap();
         }
     });
-    TestHosts::run_in(&hosts.client_ns, || {
-        pin_to(Some(0)).unwrap();
-        for _ in 0..N {
-            let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+    TestHosts::run_in(&hosts.client_ns, move || {
+        pin_to(cpus.map(|c| c.0)).unwrap();
+        for _ in 0..n {
+            let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, port))).unwrap();
             s.write_all(b"x").unwrap();
             let mut b = [0u8; 1];
             s.read_exact(&mut b).unwrap();
@@ -164,6 +160,19 @@ fn events_of_all_cpus_come_in_time_order_and_join() {
     .unwrap()
     .unwrap();
     server.join().unwrap();
+}
+
+#[test]
+fn events_of_all_cpus_come_in_time_order_and_join() {
+    const PORT: u16 = 18093;
+    const N: usize = 300;
+    let hosts = TestHosts::new("lcorder").unwrap();
+    let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
+    let conns = start_conns(&["--port", &PORT.to_string()]);
+    // Server on CPU 1 if there is one: on one CPU the test still checks
+    // the order.
+    let server_cpu = usize::from(std::thread::available_parallelism().map_or(1, |n| n.get()) > 1);
+    echo_connections(&hosts, PORT, N, Some((0, server_cpu)));
     let evs = stop_and_collect(conns);
     let ts: Vec<u64> = evs.iter().map(|e| e["ts_ns"].as_u64().unwrap()).collect();
     assert!(ts.windows(2).all(|w| w[0] <= w[1]), "events out of time order");
@@ -215,27 +224,7 @@ fn reader_waits_for_idle_cpus_and_keeps_up_when_all_are_busy() {
             })
         })
         .collect();
-    let listener = listen_in_server(&hosts, PORT);
-    let server = std::thread::spawn(move || {
-        for _ in 0..N {
-            let (mut s, _) = listener.accept().unwrap();
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).unwrap();
-            s.write_all(&b).unwrap();
-        }
-    });
-    TestHosts::run_in(&hosts.client_ns, || {
-        for _ in 0..N {
-            let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
-            s.write_all(b"x").unwrap();
-            let mut b = [0u8; 1];
-            s.read_exact(&mut b).unwrap();
-        }
-    })
-    .join()
-    .unwrap()
-    .unwrap();
-    server.join().unwrap();
+    echo_connections(&hosts, PORT, N, None);
     // Long enough for the watch to see the reader starved (100 ms) while
     // the CPUs are still busy.
     std::thread::sleep(Duration::from_millis(500));
