@@ -106,12 +106,11 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     // high rates, so that a pass finds about an eighth of a CPU's slots (the
     // idle reader's watch raises it at half), and again at once while a pass
     // finds more, so that a burst is read at our own speed. Each CPU's
-    // events come in order; across
-    // CPUs they are put in time order (a socket's events may come from
-    // several CPUs, and its join needs them in order) up to MARGIN before
-    // the pass: an event is written within microseconds of its time, so
-    // none older can still come, unless a CPU has a slot being written at
-    // the pass (then the frontier waits).
+    // events come in order; across CPUs they are put in time order (a
+    // socket's events may come from several CPUs, and its join needs them
+    // in order) up to MARGIN before the pass: an event is written within
+    // microseconds of its time, so none older can still come, unless a CPU
+    // has a slot being written at the pass (then the frontier waits).
     const POLL: Duration = Duration::from_millis(20);
     const MIN_POLL: Duration = Duration::from_millis(1);
     const PER_PASS: u64 = SLOTS_PER_CPU / 8;
