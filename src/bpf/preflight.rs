@@ -20,20 +20,25 @@ const CAP_BPF: u32 = 39;
 pub const PRIVILEGE_FIX: &str =
     "run as root (sudo) or grant CAP_BPF, CAP_NET_ADMIN and CAP_PERFMON (setcap cap_bpf,cap_net_admin,cap_perfmon+ep tcpscope)";
 
-/// Whether this process has capability `cap` in its effective set.
-pub fn has_capability(cap: u32) -> bool {
+/// This process's effective capability set, as a bit mask.
+fn effective_capabilities() -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let eff = status
+    status
         .lines()
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .unwrap_or(0);
-    eff & (1u64 << cap) != 0
+        .unwrap_or(0)
+}
+
+/// Whether this process has capability `cap` in its effective set.
+pub fn has_capability(cap: u32) -> bool {
+    effective_capabilities() & (1u64 << cap) != 0
 }
 
 /// Fails unless the effective capabilities allow loading and attaching.
 pub fn check_privileges() -> Result<()> {
-    let has = has_capability;
+    let eff = effective_capabilities();
+    let has = |cap: u32| eff & (1u64 << cap) != 0;
     let bpf_ok = has(CAP_BPF) || has(CAP_SYS_ADMIN);
     let perfmon_ok = has(CAP_PERFMON) || has(CAP_SYS_ADMIN);
     if bpf_ok && perfmon_ok && has(CAP_NET_ADMIN) {

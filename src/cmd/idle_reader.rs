@@ -6,11 +6,10 @@
 //! idle reader came out ahead in 7 runs of 8: by 1-6% with client and
 //! server on two CPUs (one run 3% behind), by about 1% placed by the
 //! scheduler; with both on one CPU the reader has the other to itself
-//! either way. A watching thread at normal priority
-//! raises the reader back while it falls behind (slots half full on some
-//! CPU, or events waiting 100 ms with none read), so a saturated host makes
-//! events come later, not get lost, and lowers it again once it has kept up
-//! for 200 ms.
+//! either way. A watching thread at normal priority raises the reader back
+//! while it falls behind (slots half full on some CPU, or events waiting
+//! 100 ms with none read), so a saturated host makes events come later, not
+//! get lost, and lowers it again once it has kept up for 200 ms.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
