@@ -414,6 +414,11 @@ struct conn_event {
  */
 enum conn_slots_limits {
 	CONN_SLOTS_PER_CPU = 2048, /* a power of two: 20 ms of 100,000 events/s */
+	/* With this many of a CPU's events unread, the program that writes the
+	 * next rings the reader's doorbell (a ring buffer it waits on between
+	 * passes): a burst after a quiet spell, when it polls least often,
+	 * must not fill the slots before its next pass. */
+	CONN_SLOTS_DOORBELL = CONN_SLOTS_PER_CPU / 4,
 };
 
 /* One CPU's positions in its slots, counted from 0 and never wrapped. Each

@@ -195,6 +195,14 @@ struct {
 	__type(value, struct conn_slot);
 } conn_slots SEC(".maps");
 
+/* Rung when a CPU's unread events reach CONN_SLOTS_DOORBELL: `conns`'
+ * reader waits on it between passes (the record, the CPU's number, is not
+ * read). */
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 4096);
+} conn_doorbell SEC(".maps");
+
 /* The guard's connection-limit events: rare, and acted on at once, so they
  * wake their reader. */
 struct {
@@ -455,7 +463,8 @@ static __always_inline void submit(struct conn_event *e)
 		goto lost;
 	/* Full: the margin covers programs nested on this CPU that passed
 	 * this test at the same time. */
-	if (h->reserved - *(volatile __u64 *)&h->consumed >= CONN_SLOTS_PER_CPU - 8)
+	__u64 consumed = *(volatile __u64 *)&h->consumed;
+	if (h->reserved - consumed >= CONN_SLOTS_PER_CPU - 8)
 		goto lost;
 	__u64 pos = __sync_fetch_and_add(&h->reserved, 1);
 	__u32 idx = cpu * CONN_SLOTS_PER_CPU + (pos & (CONN_SLOTS_PER_CPU - 1));
@@ -465,6 +474,10 @@ static __always_inline void submit(struct conn_event *e)
 	__builtin_memcpy(&slot->e, e, sizeof(*e));
 	asm volatile("" ::: "memory");
 	*(volatile __u64 *)&slot->seq = pos + 1;
+	/* After the event is complete, so the woken reader finds it. Each
+	 * position is taken once: one ring per crossing, if any. */
+	if (pos - consumed == CONN_SLOTS_DOORBELL)
+		bpf_ringbuf_output(&conn_doorbell, &cpu, sizeof(cpu), BPF_RB_FORCE_WAKEUP);
 	return;
 lost:;
 	__u64 *lost = bpf_map_lookup_elem(&conn_events_lost, &zero);

@@ -50,6 +50,26 @@ fn machine_busy_ns() -> Result<u64> {
     Ok(busy * (1_000_000_000 / hz))
 }
 
+/// The events `conns` lost, from its exit line ("N events printed, M lost
+/// ..."), which its stderr reader may still be passing on.
+fn lost_events(stderr: &std::sync::Mutex<Vec<String>>) -> Result<u64> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let lines = stderr.lock().map_err(|_| anyhow::anyhow!("conns stderr reader panicked"))?;
+        if let Some(line) = lines.iter().find(|l| l.contains(" events printed, ")) {
+            return line
+                .split(" events printed, ")
+                .nth(1)
+                .and_then(|rest| rest.split(' ').next())
+                .and_then(|n| n.parse().ok())
+                .with_context(|| format!("conns' exit line has no lost count: {line}"));
+        }
+        drop(lines);
+        anyhow::ensure!(Instant::now() < deadline, "conns exited without its events printed/lost line");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// One round of the loop: connections per second, and busy CPU time of the
 /// machine per connection (ns).
 struct Round {
@@ -144,6 +164,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let mut rates = vec![Vec::new(); cases.len()];
     let mut cpu_costs = vec![Vec::new(); cases.len()];
     let mut syscalls = vec![Vec::new(); cases.len()];
+    let mut lost = vec![0u64; cases.len()];
     for round in 0..rounds {
         // The order rotates each round, so slow drift of this VM does not
         // always favour the same case.
@@ -154,7 +175,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                 Some(extra) => {
                     let mut cmd = Command::new(&exe);
                     cmd.args(["conns", "--json"]).args(extra).stdout(Stdio::null());
-                    let (mut conns, _) = ChildGuard::spawn_until_ready(
+                    let (mut conns, stderr) = ChildGuard::spawn_until_ready(
                         cmd,
                         "following TCP connections",
                         Duration::from_secs(30),
@@ -162,6 +183,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
                     let round = loop_round(&hosts.client_ns, client_cpu)?;
                     let syscall = syscall_ns();
                     conns.interrupt_and_wait(Duration::from_secs(20))?;
+                    lost[case] += lost_events(&stderr)?;
                     (round, syscall)
                 }
             };
@@ -188,7 +210,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
          case; median rate, the median (min-max) of each round's ratio to its own baseline, the \
          machine's busy CPU time per connection (median, and the median of each round's change from \
          its baseline: every CPU and process, tcpscope's reader included; time the hypervisor took \
-         is not counted), and the median cost of one getppid() syscall meanwhile",
+         is not counted), the median cost of one getppid() syscall meanwhile, and the events \
+         `conns` lost (all rounds)",
         ROUND.as_secs()
     ));
     for (case, (name, _)) in cases.iter().enumerate() {
@@ -201,9 +224,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let changes: Vec<f64> =
             cpu_costs[case].iter().zip(&cpu_costs[0]).map(|(t, b)| (t / b - 1.0) * 100.0).collect();
         let cpu_change = median(changes);
+        let lost = if case == 0 { String::new() } else { format!("   lost {}", lost[case]) };
         print_line(&format!(
             "{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3} ({lo:.2}-{hi:.2})   CPU {cpu_us:>5.1} us/conn \
-             ({cpu_change:+5.1}%)   getppid {syscall:>4.0} ns"
+             ({cpu_change:+5.1}%)   getppid {syscall:>4.0} ns{lost}"
         ));
     }
     Ok(())

@@ -9,11 +9,11 @@ use anyhow::Result;
 use libbpf_rs::MapCore;
 
 use crate::bpf::clock_ns;
-use crate::bpf::conn_slots::{Backlog, EventSlots, SLOTS_PER_CPU};
+use crate::bpf::conn_slots::{EventSlots, SLOTS_PER_CPU};
 use crate::bpf::lifecycle::AcceptVia;
 use crate::bpf::lifecycle::{self, types};
 use crate::cli::ConnsArgs;
-use crate::cmd::idle_reader::IdleReader;
+use crate::cmd::reader_watch::ReaderWatch;
 use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
 use crate::lifecycle::{has, ConnRecord};
 use crate::output::json;
@@ -42,7 +42,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     ]);
     report_unavailable(&lc);
     let mut slots = EventSlots::new(&lc.skel.maps.conn_heads, &lc.skel.maps.conn_slots)?;
-    let mut idle_reader = IdleReader::start(Backlog::new(&lc.skel.maps.conn_heads)?);
+    let mut reader_watch = Some(ReaderWatch::start(&lc.skel.maps.conn_heads, &lc.skel.maps.conn_doorbell)?);
     let accept_via = match lc.accept_via {
         Some(AcceptVia::Cgroup) => "; accepting process from the cgroup getpeername hooks",
         Some(AcceptVia::Syscall) => "; accepting process from the accept syscall tracepoints",
@@ -102,15 +102,16 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         }
     };
 
-    // Nothing wakes us for events: read the slots every POLL, or sooner at
-    // high rates, so that a pass finds about an eighth of a CPU's slots (the
-    // idle reader's watch raises it at half), and again at once while a pass
-    // finds more, so that a burst is read at our own speed. Each CPU's
-    // events come in order; across CPUs they are put in time order (a
-    // socket's events may come from several CPUs, and its join needs them
-    // in order) up to MARGIN before the pass: an event is written within
-    // microseconds of its time, so none older can still come, unless a CPU
-    // has a slot being written at the pass (then the frontier waits).
+    // Read the slots every POLL, or sooner at high rates, so that a pass
+    // finds about an eighth of a CPU's slots, and again at once while a pass
+    // finds more, so that a burst is read at our own speed. A CPU with a
+    // quarter of its slots unread rings the doorbell, and the watch ends the
+    // wait (reader_watch). Each CPU's events come in order; across CPUs they
+    // are put in time order (a socket's events may come from several CPUs,
+    // and its join needs them in order) up to MARGIN before the pass: an
+    // event is written within microseconds of its time, so none older can
+    // still come, unless a CPU has a slot being written at the pass (then
+    // the frontier waits).
     const POLL: Duration = Duration::from_millis(20);
     const MIN_POLL: Duration = Duration::from_millis(1);
     const PER_PASS: u64 = SLOTS_PER_CPU / 8;
@@ -118,18 +119,22 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     let mut raised = 0;
     let mut pending: Vec<types::conn_event> = Vec::new();
     let mut frontier = 0u64;
-    let mut last_pass = clock_ns(libc::CLOCK_MONOTONIC);
+    // The rate is taken over all passes since the last sleep began: a pass
+    // made at once after a full one covers too short a time to tell (one
+    // finding nothing 0.1 ms after another made the next sleep the longest,
+    // POLL, and at 96,000 events/s on one CPU its slots filled meanwhile).
+    let mut window_start = clock_ns(libc::CLOCK_MONOTONIC);
+    let mut window_events = 0u64;
     loop {
         let last = stop.load(Ordering::SeqCst) || printed.get() >= limit || failed.get();
         if last {
             // The final drain at normal priority: a busy host must not hold
             // up the exit.
-            raised = idle_reader.take().map_or(0, IdleReader::finish);
+            raised = reader_watch.take().map_or(0, ReaderWatch::finish);
         }
         let now = clock_ns(libc::CLOCK_MONOTONIC);
         let pass = slots.read(&mut pending);
-        let since_last = Duration::from_nanos(now.saturating_sub(last_pass));
-        last_pass = now;
+        window_events += pass.busiest;
         if last {
             frontier = u64::MAX;
         } else if !pass.waiting {
@@ -148,8 +153,11 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         }
         if pass.busiest < PER_PASS {
             // The time the busiest CPU takes to write PER_PASS events.
-            let wait = since_last.mul_f64(PER_PASS as f64 / pass.busiest.max(1) as f64);
-            std::thread::sleep(wait.clamp(MIN_POLL, POLL));
+            let window = Duration::from_nanos(now.saturating_sub(window_start));
+            let wait = window.mul_f64(PER_PASS as f64 / window_events.max(1) as f64);
+            std::thread::park_timeout(wait.clamp(MIN_POLL, POLL));
+            window_start = now;
+            window_events = 0;
         }
     }
     let lost: u64 = lc

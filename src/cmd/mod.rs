@@ -7,9 +7,9 @@ pub mod bench_rules;
 pub mod conns;
 pub mod demo;
 pub mod guard;
-pub mod idle_reader;
 pub mod latency;
 pub mod read;
+pub mod reader_watch;
 pub mod stats;
 pub mod watch;
 
