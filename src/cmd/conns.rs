@@ -9,7 +9,7 @@ use anyhow::Result;
 use libbpf_rs::MapCore;
 
 use crate::bpf::clock_ns;
-use crate::bpf::conn_slots::{EventSlots, SLOTS_PER_CPU};
+use crate::bpf::conn_slots::{EventSlots, TimeOrder, SLOTS_PER_CPU};
 use crate::bpf::lifecycle::AcceptVia;
 use crate::bpf::lifecycle::{self, types};
 use crate::cli::ConnsArgs;
@@ -106,9 +106,9 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     // finds about an eighth of a CPU's slots, and again at once while a pass
     // finds more, so that a burst is read at our own speed. A CPU with a
     // quarter of its slots unread rings the doorbell, and the watch ends the
-    // wait (reader_watch). Each CPU's events come in order; across CPUs they
-    // are put in time order (a socket's events may come from several CPUs,
-    // and its join needs them in order) up to MARGIN before the pass: an
+    // wait (reader_watch). Events are put in time order (a socket's events
+    // may come from several CPUs, and its join needs them in order) up to
+    // MARGIN before the pass: an
     // event is written within microseconds of its time, so none older can
     // still come, unless a CPU has a slot being written at the pass (then
     // the frontier waits).
@@ -117,7 +117,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     const PER_PASS: u64 = SLOTS_PER_CPU / 8;
     const MARGIN: u64 = 10_000_000;
     let mut raised = 0;
-    let mut pending: Vec<types::conn_event> = Vec::new();
+    let mut pending = TimeOrder::new(slots.cpus());
     let mut frontier = 0u64;
     // The rate is taken over all passes since the last sleep began: a pass
     // made at once after a full one covers too short a time to tell (one
@@ -140,13 +140,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         } else if !pass.waiting {
             frontier = now.saturating_sub(MARGIN);
         }
-        // Stable: events of one CPU with one time keep their order.
-        pending.sort_by_key(|e| e.ts_ns);
-        let ready = pending.partition_point(|e| e.ts_ns <= frontier);
-        for e in &mut pending[..ready] {
-            print(e);
-        }
-        pending.drain(..ready);
+        pending.take_until(frontier, &mut print);
         write_out();
         if last {
             break;
