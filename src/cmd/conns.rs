@@ -108,10 +108,9 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     // quarter of its slots unread rings the doorbell, and the watch ends the
     // wait (reader_watch). Events are put in time order (a socket's events
     // may come from several CPUs, and its join needs them in order) up to
-    // MARGIN before the pass: an
-    // event is written within microseconds of its time, so none older can
-    // still come, unless a CPU has a slot being written at the pass (then
-    // the frontier waits).
+    // MARGIN before the pass: an event is written within microseconds of
+    // its time, so none older can still come, unless a CPU has a slot being
+    // written at the pass (then the frontier waits).
     const POLL: Duration = Duration::from_millis(20);
     const MIN_POLL: Duration = Duration::from_millis(1);
     const PER_PASS: u64 = SLOTS_PER_CPU / 8;

@@ -74,24 +74,27 @@ impl ReaderWatch {
         let doorbell = builder.build().context("setting up the event doorbell")?;
         // SAFETY: gettid and sched_getscheduler have no preconditions.
         let tid = unsafe { libc::gettid() };
-        let may_idle =
-            has_capability(CAP_SYS_NICE) && unsafe { libc::sched_getscheduler(tid) } == libc::SCHED_OTHER;
-        // The watch first: a thread inherits its maker's policy.
+        let idle = has_capability(CAP_SYS_NICE)
+            && unsafe { libc::sched_getscheduler(tid) } == libc::SCHED_OTHER
+            && set_idle(tid, true);
         let done = Arc::new(AtomicBool::new(false));
         let done_watch = done.clone();
         let reader = thread::current();
-        let watch = thread::Builder::new()
-            .name("reader-watch".into())
-            .spawn(move || {
-                let idle = may_idle.then_some(tid);
-                watch(&backlog, &doorbell, &reader, idle, &done_watch)
-            })
-            .context("starting the reader's watch thread")?;
-        let started = Self { tid, done, watch: Some(watch) };
-        if may_idle {
-            set_idle(tid, true);
+        let watch = thread::Builder::new().name("reader-watch".into()).spawn(move || {
+            // Made by the reader, it starts at the reader's priority.
+            // SAFETY: gettid has no preconditions.
+            if idle && !set_idle(unsafe { libc::gettid() }, false) {
+                return 0; // cannot be: CAP_SYS_NICE let the reader go idle
+            }
+            watch(&backlog, &doorbell, &reader, idle.then_some(tid), &done_watch)
+        });
+        match watch {
+            Ok(watch) => Ok(Self { tid, done, watch: Some(watch) }),
+            Err(e) => {
+                set_idle(tid, false);
+                Err(e).context("starting the reader's watch thread")
+            }
         }
-        Ok(started)
     }
 
     /// Stops watching and puts the reader back to normal priority for good
