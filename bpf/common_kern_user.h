@@ -361,8 +361,9 @@ struct latency_hist {
 };
 
 /* Filter for lifecycle events, read-only data set before load. */
+/* No pid filter here: a socket's process is known only to `conns`' join in
+ * user space (events in softirq carry none), which applies --pid. */
 struct lifecycle_config {
-	__u32 pid;          /* only this process's sockets (0: all) */
 	__u32 conn_limit;   /* guard: report peers with more established incoming connections */
 	__u16 port;         /* only connections with this local or remote port (0: all) */
 	__u8 emit_states;   /* report every state change */
