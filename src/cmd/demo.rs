@@ -1,7 +1,7 @@
 //! `tcpscope demo`: a live demonstration on self-made test hosts. It creates
 //! two network namespaces joined by a veth pair, runs `tcpscope watch` on the
-//! server side, makes real IPv4 and IPv6 connections that send data, shows
-//! the stream, and removes everything again.
+//! server side and `tcpscope conns`, makes real IPv4 and IPv6 connections
+//! that send data, shows both streams, and removes everything again.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -36,6 +36,13 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         hosts.server_ns
     );
     let (mut watch, _stderr) = ChildGuard::spawn_until_ready(cmd, "watching", Duration::from_secs(20))?;
+    // The kernel's view of the same connections, from every namespace:
+    // their lines share the packet lines' connection key.
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args(["conns", "--port", &PORT.to_string()]);
+    eprintln!("demo: running `tcpscope conns --port {PORT}` (the sockets' side of the same connections)");
+    let (mut conns, _stderr) =
+        ChildGuard::spawn_until_ready(cmd, "following TCP connections", Duration::from_secs(20))?;
 
     // Server: echo one message per connection. One dual-stack listener on
     // [::] takes both the IPv4 and the IPv6 connections.
@@ -68,9 +75,11 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))???;
     std::thread::sleep(Duration::from_millis(300)); // let the last events print
     let status = watch.interrupt_and_wait(Duration::from_secs(10))?;
-    drop(watch);
+    let conns_status = conns.interrupt_and_wait(Duration::from_secs(10))?;
+    drop((watch, conns));
     drop(hosts);
-    eprintln!("demo: watch exited ({status}); test hosts removed");
+    eprintln!("demo: watch exited ({status}), conns exited ({conns_status}); test hosts removed");
     anyhow::ensure!(status.success(), "tcpscope watch failed: {status}");
+    anyhow::ensure!(conns_status.success(), "tcpscope conns failed: {conns_status}");
     Ok(())
 }
