@@ -63,7 +63,7 @@ pub enum Command {
     Allow(AllowArgs),
     /// Benchmarks: programs (ns/packet), read (vs tcpdump), conns (overhead), rules (vs xdp-filter).
     Bench(BenchArgs),
-    /// Build two test hosts (network namespaces + veth), watch real connections and their sockets, clean up.
+    /// Build two test hosts (netns + veth), watch real connections and their sockets, clean up.
     Demo(DemoArgs),
 }
 
