@@ -360,9 +360,9 @@ struct latency_hist {
 	__u64 max;
 };
 
-/* Filter for lifecycle events, read-only data set before load. */
-/* No pid filter here: a socket's process is known only to `conns`' join in
- * user space (events in softirq carry none), which applies --pid. */
+/* Filter for lifecycle events, read-only data set before load. No pid
+ * filter here: a socket's process is known only to `conns`' join in user
+ * space (events in softirq carry none), which applies --pid. */
 struct lifecycle_config {
 	__u32 conn_limit;   /* guard: report peers with more established incoming connections */
 	__u16 port;         /* only connections with this local or remote port (0: all) */
