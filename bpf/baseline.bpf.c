@@ -2,7 +2,9 @@
 /*
  * Reference programs that `tcpscope bench` measures the real ones against:
  * - empty programs: the floor (BPF_PROG_TEST_RUN overhead plus the hook's
- *   own cost);
+ *   own cost), at XDP and TC for `bench`, and at every hook `conns` attaches
+ *   for `bench conns`: what calling a program there costs this kernel before
+ *   the program does anything;
  * - two ways to match a source address against rules of any prefix length,
  *   one LPM trie or one exact-match hash lookup per prefix length in use,
  *   side by side on the same packet path, so the guard's choice of data
@@ -30,6 +32,31 @@ int baseline_tc_ok(struct __sk_buff *skb)
 {
 	return TC_ACT_OK;
 }
+
+/* conns' hooks (lifecycle.bpf.c), in its attach order; the two cgroup
+ * hooks must allow the call (1). */
+SEC("tp_btf/consume_skb")
+int baseline_consume_skb(void *ctx) { return 0; }
+SEC("tp_btf/inet_sock_set_state")
+int baseline_inet_sock_set_state(void *ctx) { return 0; }
+SEC("tp_btf/tcp_retransmit_skb")
+int baseline_tcp_retransmit_skb(void *ctx) { return 0; }
+SEC("tp_btf/tcp_retransmit_synack")
+int baseline_tcp_retransmit_synack(void *ctx) { return 0; }
+SEC("tp_btf/tcp_receive_reset")
+int baseline_tcp_receive_reset(void *ctx) { return 0; }
+SEC("tp_btf/tcp_send_reset")
+int baseline_tcp_send_reset(void *ctx) { return 0; }
+SEC("tp_btf/kfree_skb")
+int baseline_kfree_skb(void *ctx) { return 0; }
+SEC("tp_btf/tcp_probe")
+int baseline_tcp_probe(void *ctx) { return 0; }
+SEC("tp_btf/sock_rcvqueue_full")
+int baseline_sock_rcvqueue_full(void *ctx) { return 0; }
+SEC("cgroup/getpeername4")
+int baseline_getpeername4(struct bpf_sock_addr *ctx) { return 1; }
+SEC("cgroup/getpeername6")
+int baseline_getpeername6(struct bpf_sock_addr *ctx) { return 1; }
 
 #define REF_RULES_MAX 262144
 

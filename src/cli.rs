@@ -381,8 +381,9 @@ pub struct BenchArgs {
     #[arg(long, value_name = "FILE")]
     pub capture: Option<std::path::PathBuf>,
     /// `bench conns`: run the client and the server on CPU N (steadier figures, and every cost of
-    /// tracing lands on the loop's one CPU), or the client on N and the server on M (each packet
-    /// is then handled on its sender's CPU: a socket's cache lines move between the two).
+    /// tracing in the kernel lands on the loop's one CPU), or the client on N and the server on M
+    /// (each packet is then handled on its sender's CPU: a socket's cache lines move between the
+    /// two).
     #[arg(long, value_name = "N[,M]", value_delimiter = ',')]
     pub cpu: Vec<usize>,
 }

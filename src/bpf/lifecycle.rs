@@ -148,6 +148,39 @@ fn cgroup2_root() -> Result<std::path::PathBuf> {
         .context("no cgroup v2 hierarchy is mounted (mount it: `mount -t cgroup2 none /sys/fs/cgroup`)")
 }
 
+/// Attaches `progs` at the root cgroup, where they run for every process.
+fn attach_root_cgroup<const N: usize>(progs: [&libbpf_rs::ProgramMut<'_>; N]) -> Result<Vec<Link>> {
+    let root = cgroup2_root()?;
+    let dir = std::fs::File::open(&root).with_context(|| format!("opening {}", root.display()))?;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
+    progs.into_iter().map(|p| Ok(p.attach_cgroup(fd)?)).collect()
+}
+
+/// Attaches the empty programs of bpf/baseline.bpf.c (loaded with
+/// `load_baseline(true)`) at every hook `start` attaches for `conns` by
+/// default: what the kernel's calls into programs there cost, before any
+/// program does anything (`bench conns`' floor).
+pub fn attach_empty_programs(skel: &crate::bpf::BaselineSkel<'static>) -> Result<Vec<Link>> {
+    let p = &skel.progs;
+    let tracepoints = [
+        &p.baseline_consume_skb,
+        &p.baseline_inet_sock_set_state,
+        &p.baseline_tcp_retransmit_skb,
+        &p.baseline_tcp_retransmit_synack,
+        &p.baseline_tcp_receive_reset,
+        &p.baseline_tcp_send_reset,
+        &p.baseline_kfree_skb,
+        &p.baseline_tcp_probe,
+        &p.baseline_sock_rcvqueue_full,
+    ];
+    let mut links = tracepoints
+        .into_iter()
+        .map(|prog| prog.attach().with_context(|| format!("attaching {}", prog.name().to_string_lossy())))
+        .collect::<Result<Vec<_>>>()?;
+    links.extend(attach_root_cgroup([&p.baseline_getpeername4, &p.baseline_getpeername6])?);
+    Ok(links)
+}
+
 /// The accept view, by `via`; if the cgroup hooks cannot be attached, the
 /// syscall tracepoints instead, and why goes to `unavailable`. Returns the
 /// links and what was attached.
@@ -156,12 +189,7 @@ fn attach_accept(
     via: AcceptVia,
     unavailable: &mut Vec<(String, String)>,
 ) -> std::result::Result<(Vec<Link>, AcceptVia), String> {
-    let cgroup = || -> Result<Vec<Link>> {
-        let root = cgroup2_root()?;
-        let dir = std::fs::File::open(&root).with_context(|| format!("opening {}", root.display()))?;
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&dir);
-        Ok(vec![skel.progs.lc_getpeername4.attach_cgroup(fd)?, skel.progs.lc_getpeername6.attach_cgroup(fd)?])
-    };
+    let cgroup = || attach_root_cgroup([&skel.progs.lc_getpeername4, &skel.progs.lc_getpeername6]);
     let mut cgroup_failed = String::new();
     if via == AcceptVia::Cgroup {
         match cgroup() {

@@ -100,12 +100,22 @@ pub fn load_ingress(opts: &LoadOptions) -> Result<IngressSkel<'static>> {
     open.load().map_err(|e| preflight::explain(e, "loading the ingress programs"))
 }
 
-/// Loads the empty XDP_PASS / TC_ACT_OK programs that benchmarks compare with.
-pub fn load_baseline() -> Result<BaselineSkel<'static>> {
+/// Loads the empty programs that benchmarks compare with: XDP_PASS /
+/// TC_ACT_OK and the rule-matching references, and with `conns_hooks` also
+/// those at `conns`' tracepoints and cgroup hooks (left out otherwise: a
+/// kernel lacking one of those tracepoints refuses the whole object).
+pub fn load_baseline(conns_hooks: bool) -> Result<BaselineSkel<'static>> {
     let storage: &'static mut MaybeUninit<libbpf_rs::OpenObject> = Box::leak(Box::new(MaybeUninit::uninit()));
-    let open = baseline_skel::BaselineSkelBuilder::default()
+    let mut open = baseline_skel::BaselineSkelBuilder::default()
         .open(storage)
         .map_err(|e| preflight::explain(e, "opening the baseline BPF object"))?;
+    if !conns_hooks {
+        for mut prog in open.open_object_mut().progs_mut() {
+            if !matches!(prog.prog_type(), libbpf_rs::ProgramType::Xdp | libbpf_rs::ProgramType::SchedCls) {
+                prog.set_autoload(false);
+            }
+        }
+    }
     open.load().map_err(|e| preflight::explain(e, "loading the baseline programs"))
 }
 

@@ -56,7 +56,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         ("UDP (non-TCP)", testpkt::udp_v4()),
     ];
 
-    let baseline = bpf::load_baseline()?;
+    let baseline = bpf::load_baseline(false)?;
     // Events on, but a filter that matches none of the packets: parse, count,
     // filter, no ring buffer write. This is the figure the target refers to.
     let filtered_cfg = EventFilter { dports: vec![9], ..Default::default() }.to_kernel(true)?;

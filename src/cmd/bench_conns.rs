@@ -70,6 +70,15 @@ fn lost_events(stderr: &std::sync::Mutex<Vec<String>>) -> Result<u64> {
     }
 }
 
+/// What runs while a round of the loop does.
+enum Case {
+    Nothing,
+    /// bpf/baseline.bpf.c's empty programs at every hook `conns` attaches.
+    EmptyPrograms,
+    /// `tcpscope conns --json` with these extra arguments.
+    Conns(&'static [&'static str]),
+}
+
 /// One round of the loop: connections per second, and busy CPU time of the
 /// machine per connection (ns).
 struct Round {
@@ -149,16 +158,19 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         }
     });
     let exe = std::env::current_exe().context("locating the tcpscope binary")?;
-    // Each case's extra arguments to `tcpscope conns` (None: not running).
-    // With --port 1 every event is filtered out in the kernel: the
-    // tracepoint programs' own cost, without the ring buffer and output.
-    // The last case is the accept hook that makes every syscall on the
-    // host take the slow tracing path: its price, side by side.
-    let cases: [(&str, Option<&[&str]>); 4] = [
-        ("baseline", None),
-        ("`conns --json --port 1` (kernel only)", Some(&["--port", "1"])),
-        ("`conns --json` (all events printed)", Some(&[])),
-        ("`conns --json --accept-via syscall`", Some(&["--accept-via", "syscall"])),
+    // Empty programs at conns' hooks: the kernel's cost of calling a
+    // program at each, which no program of ours can go below. With --port
+    // 1 every event is filtered out in the kernel: the programs' own cost,
+    // without the event slots and output. The last case is the accept hook
+    // that makes every syscall on the host take the slow tracing path: its
+    // price, side by side.
+    let empty_programs = crate::bpf::load_baseline(true)?;
+    let cases: [(&str, Case); 5] = [
+        ("baseline", Case::Nothing),
+        ("empty programs at conns' hooks (the floor)", Case::EmptyPrograms),
+        ("`conns --json --port 1` (kernel only)", Case::Conns(&["--port", "1"])),
+        ("`conns --json` (all events printed)", Case::Conns(&[])),
+        ("`conns --json --accept-via syscall`", Case::Conns(&["--accept-via", "syscall"])),
     ];
     let rounds = args.rounds.max(1) as usize;
     let mut rates = vec![Vec::new(); cases.len()];
@@ -171,8 +183,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         for k in 0..cases.len() {
             let case = (round + k) % cases.len();
             let (round, syscall) = match cases[case].1 {
-                None => (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns()),
-                Some(extra) => {
+                Case::Nothing => (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns()),
+                Case::EmptyPrograms => {
+                    let _links = crate::bpf::lifecycle::attach_empty_programs(&empty_programs)?;
+                    (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns())
+                }
+                Case::Conns(extra) => {
                     let mut cmd = Command::new(&exe);
                     cmd.args(["conns", "--json"]).args(extra).stdout(Stdio::null());
                     let (mut conns, stderr) = ChildGuard::spawn_until_ready(
@@ -224,7 +240,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         let changes: Vec<f64> =
             cpu_costs[case].iter().zip(&cpu_costs[0]).map(|(t, b)| (t / b - 1.0) * 100.0).collect();
         let cpu_change = median(changes);
-        let lost = if case == 0 { String::new() } else { format!("   lost {}", lost[case]) };
+        let lost = match cases[case].1 {
+            Case::Conns(_) => format!("   lost {}", lost[case]),
+            _ => String::new(),
+        };
         print_line(&format!(
             "{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3} ({lo:.2}-{hi:.2})   CPU {cpu_us:>5.1} us/conn \
              ({cpu_change:+5.1}%)   getppid {syscall:>4.0} ns{lost}"

@@ -139,7 +139,7 @@ fn with_source(mut frame: Vec<u8>, src: std::net::IpAddr) -> Vec<u8> {
 /// Sources: covered by no rule (the hash tries every length in use), and
 /// covered by a /32 rule (the trie walks to its deepest level).
 fn bench_structures(args: &BenchArgs, repeat: u32) -> Result<()> {
-    let mut skel = bpf::load_baseline()?;
+    let mut skel = bpf::load_baseline(false)?;
     let hit32 = nth_rule(8); // i % 2 == 0, lens[(8 / 2) % 5] = 32
     let cases: [(&str, Vec<u8>); 3] = [
         ("pass v4", testpkt::syn_v4()),

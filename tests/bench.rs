@@ -1,0 +1,39 @@
+//! The benchmarks run end to end on real connections. Their figures are for
+//! people to read (README: Benchmarks), never asserted here; what is
+//! asserted is that every case ran, and that `conns` lost nothing.
+
+mod common;
+
+use std::process::Command;
+
+use common::tcpscope_bin;
+
+#[test]
+fn bench_conns_runs_every_case_and_conns_loses_no_event() {
+    let out = Command::new(tcpscope_bin())
+        .args(["bench", "conns", "--rounds", "1", "--cpu", "0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench conns failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    for case in [
+        "baseline",
+        "empty programs at conns' hooks",
+        "`conns --json --port 1`",
+        "`conns --json` (all events printed)",
+        "`conns --json --accept-via syscall`",
+    ] {
+        let line =
+            stdout.lines().find(|l| l.starts_with(case)).unwrap_or_else(|| panic!("no {case}: {stdout}"));
+        let rate: f64 = line
+            .split(" conn/s")
+            .next()
+            .and_then(|before| before.split_whitespace().last())
+            .and_then(|r| r.parse().ok())
+            .expect(line);
+        assert!(rate > 0.0, "{line}");
+        if case.starts_with('`') {
+            assert!(line.ends_with("lost 0"), "{line}");
+        }
+    }
+}
