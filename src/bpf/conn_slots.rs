@@ -284,6 +284,14 @@ impl Backlog {
         }
         (behind, read)
     }
+
+    /// Whether the reader has asked for a ring and sleeps until one comes
+    /// (`EventSlots::ask_for_ring`).
+    pub fn reader_asleep(&self) -> bool {
+        (0..self.cpus).any(|cpu| {
+            EventSlots::head(&self.heads, self.cpus, cpu).reader_asleep.load(Ordering::Relaxed) != 0
+        })
+    }
 }
 
 #[cfg(test)]

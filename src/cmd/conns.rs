@@ -119,8 +119,8 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     const MIN_POLL: Duration = Duration::from_millis(1);
     const PER_PASS: u64 = SLOTS_PER_CPU / 8;
     const MARGIN: u64 = 10_000_000;
-    // Ctrl-C unparks this thread (stop_flag, asked for above).
     const QUIET: Duration = Duration::from_secs(1);
+    crate::cmd::wake_on_stop(std::thread::current());
     let mut raised = 0;
     let mut pending = TimeOrder::new(slots.cpus());
     let mut frontier = 0u64;
@@ -150,8 +150,9 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         if last {
             break;
         }
-        let quiet = pass.busiest == 0 && !pass.waiting && pending.is_empty();
-        if quiet && reader_watch.as_ref().is_some_and(|w| w.sleep_until_rung(&slots, QUIET)) {
+        if pass.busiest == 0 && !pass.waiting && pending.is_empty() && slots.ask_for_ring() {
+            std::thread::park_timeout(QUIET);
+            slots.stop_asking();
             window_start = clock_ns(libc::CLOCK_MONOTONIC);
             window_events = 0;
         } else if pass.busiest < PER_PASS {

@@ -79,23 +79,21 @@ impl Session {
     }
 }
 
-/// The threads that asked for the stop flag: setting it unparks them.
+/// Threads parked for long that the stop signal unparks (`wake_on_stop`).
 static WAKE_ON_STOP: std::sync::Mutex<Vec<std::thread::Thread>> = std::sync::Mutex::new(Vec::new());
 
+/// Unparks `thread` when the stop flag is set: it may wait in
+/// `thread::park_timeout` longer than a user waits for Ctrl-C to work.
+pub fn wake_on_stop(thread: std::thread::Thread) {
+    if let Ok(mut threads) = WAKE_ON_STOP.lock() {
+        threads.push(thread);
+    }
+}
+
 /// Set by SIGINT, SIGTERM and SIGHUP; loops poll it and return normally, so
-/// that every link is dropped (detached) on the way out. Setting it also
-/// unparks each thread that asked for it: such a thread may wait in
-/// `thread::park_timeout` (or `sleep_unless_stopped`) for as long as it
-/// likes instead of waking every few ms to look (each wake-up of a thread
-/// costs CPU: 25-55 us on the development VM).
+/// that every link is dropped (detached) on the way out.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
-    if let Ok(mut threads) = WAKE_ON_STOP.lock() {
-        let me = std::thread::current();
-        if !threads.iter().any(|t| t.id() == me.id()) {
-            threads.push(me);
-        }
-    }
     if let Some(f) = FLAG.get() {
         return Ok(f.clone());
     }
@@ -112,16 +110,6 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     .map_err(|e| anyhow::anyhow!("installing the signal handler: {e}"))?;
     let _ = FLAG.set(flag.clone());
     Ok(flag)
-}
-
-/// Sleeps until `deadline`, or less if `stop` (from `stop_flag`, asked for
-/// on this thread) is set meanwhile.
-pub fn sleep_unless_stopped(stop: &AtomicBool, deadline: std::time::Instant) {
-    // park_timeout may also return early for no reason: look again.
-    while !stop.load(Ordering::SeqCst) {
-        let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { break };
-        std::thread::park_timeout(left);
-    }
 }
 
 /// Offset that turns CLOCK_MONOTONIC (bpf_ktime_get_ns) into wall-clock ns.

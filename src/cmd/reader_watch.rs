@@ -17,11 +17,8 @@
 //! 200 ms: a saturated host makes events come later, not get lost.
 //!
 //! While the reader sleeps after a quiet spell (it asked the next event
-//! to ring: `sleep_until_rung`), the watch waits for the ring too, up to
-//! QUIET instead of WATCH: a quiet host wakes neither thread. The watch,
-//! not the reader, ends that state when the ring comes: a reader woken at
-//! idle priority onto busy CPUs may not run for a while, and meanwhile the
-//! watch must look at it every WATCH.
+//! to ring), the watch waits for the ring too, up to QUIET instead of
+//! WATCH: a quiet host wakes neither thread.
 //!
 //! Behind means: a ring not answered within PROMPT (an idle reader woken
 //! onto a busy CPU waited there 20 ms, until the scheduler moved it, and
@@ -38,7 +35,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use libbpf_rs::{MapCore, RingBuffer};
 
-use crate::bpf::conn_slots::{Backlog, EventSlots, SLOTS_PER_CPU};
+use crate::bpf::conn_slots::{Backlog, SLOTS_PER_CPU};
 use crate::bpf::preflight::{has_capability, CAP_SYS_NICE};
 
 const WATCH: Duration = Duration::from_millis(20);
@@ -56,8 +53,6 @@ const KEPT_UP: u64 = SLOTS_PER_CPU / 4;
 pub struct ReaderWatch {
     tid: libc::pid_t,
     done: Arc<AtomicBool>,
-    /// The reader sleeps until a ring (or QUIET).
-    quiet: Arc<AtomicBool>,
     /// Written by `finish`, so that the watch stops waiting at once.
     stop: OwnedFd,
     watch: Option<thread::JoinHandle<u64>>,
@@ -145,8 +140,6 @@ impl ReaderWatch {
         let wait = Wait::new(&doorbell, &stop).context("setting up the event doorbell")?;
         let done = Arc::new(AtomicBool::new(false));
         let done_watch = done.clone();
-        let quiet = Arc::new(AtomicBool::new(false));
-        let quiet_watch = quiet.clone();
         let reader = thread::current();
         let watch = thread::Builder::new().name("reader-watch".into()).spawn(move || {
             // Made by the reader, it starts at the reader's priority.
@@ -154,30 +147,15 @@ impl ReaderWatch {
             if idle && !set_idle(unsafe { libc::gettid() }, false) {
                 return 0; // cannot be: CAP_SYS_NICE let the reader go idle
             }
-            watch(&backlog, &doorbell, &wait, &reader, idle.then_some(tid), &done_watch, &quiet_watch)
+            watch(&backlog, &doorbell, &wait, &reader, idle.then_some(tid), &done_watch)
         });
         match watch {
-            Ok(watch) => Ok(Self { tid, done, quiet, stop, watch: Some(watch) }),
+            Ok(watch) => Ok(Self { tid, done, stop, watch: Some(watch) }),
             Err(e) => {
                 set_idle(tid, false);
                 Err(e).context("starting the reader's watch thread")
             }
         }
-    }
-
-    /// After a pass over `slots` that found nothing, with nothing held
-    /// back: asks the next event of any CPU to ring, and sleeps until it
-    /// does (or `timeout`, or Ctrl-C). False, at once, if an event came
-    /// since the pass.
-    pub fn sleep_until_rung(&self, slots: &EventSlots, timeout: Duration) -> bool {
-        if !slots.ask_for_ring() {
-            return false;
-        }
-        self.quiet.store(true, Ordering::SeqCst);
-        thread::park_timeout(timeout);
-        self.quiet.store(false, Ordering::SeqCst);
-        slots.stop_asking();
-        true
     }
 
     /// Stops watching and puts the reader back to normal priority for good
@@ -204,7 +182,6 @@ fn watch(
     reader: &thread::Thread,
     idle: Option<libc::pid_t>,
     done: &AtomicBool,
-    quiet: &AtomicBool,
 ) -> u64 {
     let (mut is_idle, mut raised, mut starved, mut kept_up) = (idle.is_some(), 0, 0, 0);
     let (_, mut last_read) = backlog.now();
@@ -219,12 +196,11 @@ fn watch(
     while !done.load(Ordering::Relaxed) {
         // A positive count is a ring; after an error (not expected) the
         // timed watch goes on.
-        let rings = wait.wait(doorbell, if quiet.load(Ordering::SeqCst) { QUIET } else { WATCH });
+        let rings = wait.wait(doorbell, if backlog.reader_asleep() { QUIET } else { WATCH });
         if rings < 0 && rings != -libc::EINTR {
             thread::sleep(WATCH);
         } else if rings > 0 {
             let (_, read) = backlog.now();
-            quiet.store(false, Ordering::SeqCst);
             reader.unpark();
             thread::sleep(PROMPT);
             if backlog.now().1 == read {
