@@ -424,16 +424,12 @@ enum conn_slots_limits {
 
 /* One CPU's positions in its slots, counted from 0 and never wrapped. Each
  * on its own cache line: the programs write `reserved`, `conns` writes
- * `consumed` (and `reader_asleep`, which the programs read with it). */
+ * `consumed`. */
 struct conn_slots_head {
 	__u64 reserved;     /* slots taken by this CPU's programs */
 	__u64 _pad1[7];
 	__u64 consumed;     /* slots `conns` has read (and the programs may reuse) */
-	/* Set by `conns` before it sleeps after a quiet spell, with no timed
-	 * pass to come soon: the next event of this CPU clears it and rings
-	 * the doorbell. */
-	__u64 reader_asleep;
-	__u64 _pad2[6];
+	__u64 _pad2[7];
 };
 
 struct conn_slot {

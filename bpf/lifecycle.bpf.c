@@ -483,17 +483,8 @@ static __always_inline void submit(struct conn_event *e)
 	asm volatile("" ::: "memory");
 	*(volatile __u64 *)&slot->seq = pos + 1;
 	/* After the event is complete, so the woken reader finds it. Each
-	 * position is taken once: one ring per crossing, if any. A reader
-	 * asleep after a quiet spell is rung by the first event, once: the
-	 * flag is read after the atomic add above (a full barrier), and the
-	 * reader checks `reserved` after setting it, so one of the two sees
-	 * the other. */
-	bool wake = pos - consumed == CONN_SLOTS_DOORBELL;
-	if (*(volatile __u64 *)&h->reader_asleep) {
-		h->reader_asleep = 0;
-		wake = true;
-	}
-	if (wake)
+	 * position is taken once: one ring per crossing, if any. */
+	if (pos - consumed == CONN_SLOTS_DOORBELL)
 		bpf_ringbuf_output(&conn_doorbell, &cpu, sizeof(cpu), BPF_RB_FORCE_WAKEUP);
 	return;
 lost:;

@@ -277,58 +277,6 @@ fn events_at_full_rate_on_one_cpu_are_not_lost() {
     assert_eq!(ours, 6 * BURSTS * N, "{last}");
 }
 
-/// A quiet host is not polled: an idle `conns` sleeps until an event rings
-/// its doorbell (every wake-up of a thread costs CPU: 25-55 us on the
-/// development VM), and the first event after a quiet spell still comes
-/// out at once, not at the reader's next timed look (up to 1 s later).
-#[test]
-fn quiet_conns_sleeps_until_an_event_and_prints_it_at_once() {
-    const PORT: u16 = 18098;
-    let hosts = TestHosts::new("lcquiet").unwrap();
-    let out_path = std::env::temp_dir().join(format!("tcpscope-quiet-{}.ndjson", std::process::id()));
-    let mut cmd = Command::new(tcpscope_bin());
-    cmd.args(["conns", "--json", "--port", &PORT.to_string()])
-        .stdout(std::fs::File::create(&out_path).unwrap());
-    let (mut conns, _) =
-        ChildGuard::spawn_until_ready(cmd, "following TCP connections", Duration::from_secs(30)).unwrap();
-    let pid = conns.child.id();
-    // Times each of the process's threads was scheduled in (schedstat's
-    // third field).
-    let wakeups = || -> u64 {
-        std::fs::read_dir(format!("/proc/{pid}/task"))
-            .unwrap()
-            .filter_map(|t| std::fs::read_to_string(t.unwrap().path().join("schedstat")).ok())
-            .filter_map(|s| s.split_whitespace().nth(2).and_then(|n| n.parse::<u64>().ok()))
-            .sum()
-    };
-    std::thread::sleep(Duration::from_millis(500));
-    let before = wakeups();
-    std::thread::sleep(Duration::from_secs(3));
-    let quiet = wakeups() - before;
-    // Polling every 20 ms, the reader and its watch woke about 300 times.
-    assert!(quiet < 30, "{quiet} wake-ups in 3 quiet seconds");
-    // Each connection after a different quiet spell, so that a reader
-    // finding events only at its timed looks could not be in step with
-    // them: its delays would spread over 0-1 s (with the ring taken out of
-    // the kernel: 302, 550, 301 and 53 ms), where a ring gives about 30 ms
-    // (10 ms margin, then a 20 ms poll).
-    let lines = || std::fs::read_to_string(&out_path).unwrap().lines().count();
-    let mut delays = Vec::new();
-    for (round, quiet_ms) in [1200u64, 1450, 1700, 1950].into_iter().enumerate() {
-        std::thread::sleep(Duration::from_millis(quiet_ms));
-        let start = Instant::now();
-        echo_connections(&hosts, PORT, 1, None);
-        while lines() < 6 * (round + 1) && start.elapsed() < Duration::from_secs(3) {
-            std::thread::sleep(Duration::from_millis(2));
-        }
-        delays.push(start.elapsed());
-    }
-    assert_eq!(lines(), 6 * delays.len(), "every event printed");
-    assert!(delays.iter().all(|d| *d < Duration::from_millis(200)), "events came after {delays:?}");
-    assert!(conns.interrupt_and_wait(Duration::from_secs(5)).unwrap().success());
-    let _ = std::fs::remove_file(&out_path);
-}
-
 /// Handshake latency starts at the first SYN, also when the listener drops
 /// it: with its accept queue full (backlog 0, one connection waiting), the
 /// listener drops the second client's SYN; the client retransmits it after

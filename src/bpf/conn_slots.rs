@@ -64,13 +64,6 @@ pub struct Pass {
     pub waiting: bool,
 }
 
-/// One CPU's `conn_slots_head`, in the shared mapping.
-struct Head<'a> {
-    reserved: &'a AtomicU64,
-    consumed: &'a AtomicU64,
-    reader_asleep: &'a AtomicU64,
-}
-
 pub struct EventSlots {
     heads: Mapping,
     slots: Mapping,
@@ -109,45 +102,15 @@ impl EventSlots {
         self.cpus
     }
 
-    /// CPU `cpu`'s head: its positions and the reader's asleep flag.
-    fn head(heads: &Mapping, cpus: usize, cpu: usize) -> Head<'_> {
+    /// CPU `cpu`'s positions: (reserved, consumed).
+    fn head(heads: &Mapping, cpus: usize, cpu: usize) -> (&AtomicU64, &AtomicU64) {
         assert!(cpu < cpus);
         // SAFETY: the mapping holds `cpus` heads; their u64s are 8-aligned
         // (the mapping is page-aligned, the struct 128 bytes) and live as
         // long as it. The programs and we only ever access them whole.
         unsafe {
             let h = heads.ptr.cast::<conn_slots_head>().add(cpu);
-            Head {
-                reserved: &*addr_of!((*h).reserved).cast::<AtomicU64>(),
-                consumed: &*addr_of!((*h).consumed).cast::<AtomicU64>(),
-                reader_asleep: &*addr_of!((*h).reader_asleep).cast::<AtomicU64>(),
-            }
-        }
-    }
-
-    /// Before a sleep with no timed pass soon: asks every CPU's next event
-    /// to ring the doorbell (`conn_slots_head.reader_asleep`). False, and
-    /// nothing asked, if an event has come since the last pass: read it
-    /// first.
-    pub fn ask_for_ring(&self) -> bool {
-        for cpu in 0..self.cpus {
-            Self::head(&self.heads, self.cpus, cpu).reader_asleep.store(1, Ordering::SeqCst);
-        }
-        // After the flags (SeqCst stores: a full fence on x86), so that a
-        // program that took a slot before it could see them is seen here.
-        let came = (0..self.cpus).any(|cpu| {
-            Self::head(&self.heads, self.cpus, cpu).reserved.load(Ordering::SeqCst) != self.next[cpu]
-        });
-        if came {
-            self.stop_asking();
-        }
-        !came
-    }
-
-    /// Takes back `ask_for_ring` from the CPUs that have not rung.
-    pub fn stop_asking(&self) {
-        for cpu in 0..self.cpus {
-            Self::head(&self.heads, self.cpus, cpu).reader_asleep.store(0, Ordering::Relaxed);
+            (&*addr_of!((*h).reserved).cast::<AtomicU64>(), &*addr_of!((*h).consumed).cast::<AtomicU64>())
         }
     }
 
@@ -155,7 +118,7 @@ impl EventSlots {
     pub fn read(&mut self, out: &mut TimeOrder) -> Pass {
         let mut pass = Pass::default();
         for cpu in 0..self.cpus {
-            let Head { reserved, consumed, .. } = Self::head(&self.heads, self.cpus, cpu);
+            let (reserved, consumed) = Self::head(&self.heads, self.cpus, cpu);
             let end = reserved.load(Ordering::Acquire);
             let start = self.next[cpu];
             let mut pos = start;
@@ -224,10 +187,6 @@ impl TimeOrder {
         queue.insert(at, e);
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.queues.iter().all(VecDeque::is_empty)
-    }
-
     /// Passes each event up to time `until` (inclusive) to `take`, in time
     /// order, and forgets it.
     pub fn take_until(&mut self, until: u64, mut take: impl FnMut(&mut conn_event)) {
@@ -277,20 +236,12 @@ impl Backlog {
     pub fn now(&self) -> (u64, u64) {
         let (mut behind, mut read) = (0, 0);
         for cpu in 0..self.cpus {
-            let head = EventSlots::head(&self.heads, self.cpus, cpu);
-            let consumed = head.consumed.load(Ordering::Acquire);
-            behind = behind.max(head.reserved.load(Ordering::Acquire).saturating_sub(consumed));
+            let (reserved, consumed) = EventSlots::head(&self.heads, self.cpus, cpu);
+            let consumed = consumed.load(Ordering::Acquire);
+            behind = behind.max(reserved.load(Ordering::Acquire).saturating_sub(consumed));
             read += consumed;
         }
         (behind, read)
-    }
-
-    /// Whether the reader has asked for a ring and sleeps until one comes
-    /// (`EventSlots::ask_for_ring`).
-    pub fn reader_asleep(&self) -> bool {
-        (0..self.cpus).any(|cpu| {
-            EventSlots::head(&self.heads, self.cpus, cpu).reader_asleep.load(Ordering::Relaxed) != 0
-        })
     }
 }
 

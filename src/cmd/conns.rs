@@ -106,11 +106,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     // finds about an eighth of a CPU's slots, and again at once while a pass
     // finds more, so that a burst is read at our own speed. A CPU with a
     // quarter of its slots unread rings the doorbell, and the watch ends the
-    // wait (reader_watch). After a pass that finds nothing, with nothing
-    // held back, the next event rings instead, and the reader sleeps up to
-    // QUIET: a quiet host is not polled (each wake-up of a thread cost
-    // 25-55 us of CPU on the development VM; polling every POLL, an idle
-    // `conns` and its watch took 0.5% of a CPU). Events are put in time order (a socket's events
+    // wait (reader_watch). Events are put in time order (a socket's events
     // may come from several CPUs, and its join needs them in order) up to
     // MARGIN before the pass: an event is written within microseconds of
     // its time, so none older can still come, unless a CPU has a slot being
@@ -119,8 +115,6 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     const MIN_POLL: Duration = Duration::from_millis(1);
     const PER_PASS: u64 = SLOTS_PER_CPU / 8;
     const MARGIN: u64 = 10_000_000;
-    const QUIET: Duration = Duration::from_secs(1);
-    crate::cmd::wake_on_stop(std::thread::current());
     let mut raised = 0;
     let mut pending = TimeOrder::new(slots.cpus());
     let mut frontier = 0u64;
@@ -150,12 +144,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         if last {
             break;
         }
-        if pass.busiest == 0 && !pass.waiting && pending.is_empty() && slots.ask_for_ring() {
-            std::thread::park_timeout(QUIET);
-            slots.stop_asking();
-            window_start = clock_ns(libc::CLOCK_MONOTONIC);
-            window_events = 0;
-        } else if pass.busiest < PER_PASS {
+        if pass.busiest < PER_PASS {
             // The time the busiest CPU takes to write PER_PASS events.
             let window = Duration::from_nanos(now.saturating_sub(window_start));
             let wait = window.mul_f64(PER_PASS as f64 / window_events.max(1) as f64);

@@ -79,17 +79,6 @@ impl Session {
     }
 }
 
-/// Threads parked for long that the stop signal unparks (`wake_on_stop`).
-static WAKE_ON_STOP: std::sync::Mutex<Vec<std::thread::Thread>> = std::sync::Mutex::new(Vec::new());
-
-/// Unparks `thread` when the stop flag is set: it may wait in
-/// `thread::park_timeout` longer than a user waits for Ctrl-C to work.
-pub fn wake_on_stop(thread: std::thread::Thread) {
-    if let Ok(mut threads) = WAKE_ON_STOP.lock() {
-        threads.push(thread);
-    }
-}
-
 /// Set by SIGINT, SIGTERM and SIGHUP; loops poll it and return normally, so
 /// that every link is dropped (detached) on the way out.
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
@@ -99,15 +88,8 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     }
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
-    // ctrlc calls this on its own thread, not in the signal handler: the
-    // lock is allowed.
-    ctrlc::set_handler(move || {
-        f.store(true, Ordering::SeqCst);
-        for thread in WAKE_ON_STOP.lock().iter().flat_map(|threads| threads.iter()) {
-            thread.unpark();
-        }
-    })
-    .map_err(|e| anyhow::anyhow!("installing the signal handler: {e}"))?;
+    ctrlc::set_handler(move || f.store(true, Ordering::SeqCst))
+        .map_err(|e| anyhow::anyhow!("installing the signal handler: {e}"))?;
     let _ = FLAG.set(flag.clone());
     Ok(flag)
 }

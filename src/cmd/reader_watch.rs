@@ -16,17 +16,12 @@
 //! while it falls behind, and lowers it again once it has kept up for
 //! 200 ms: a saturated host makes events come later, not get lost.
 //!
-//! While the reader sleeps after a quiet spell (it asked the next event
-//! to ring), the watch waits for the ring too, up to QUIET instead of
-//! WATCH: a quiet host wakes neither thread.
-//!
 //! Behind means: a ring not answered within PROMPT (an idle reader woken
 //! onto a busy CPU waited there 20 ms, until the scheduler moved it, and
 //! the slots of a CPU writing 96,000 events/s filled meanwhile), half of
 //! some CPU's slots unread, or events waiting with none read for
 //! STARVED_WATCHES.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -39,7 +34,6 @@ use crate::bpf::conn_slots::{Backlog, SLOTS_PER_CPU};
 use crate::bpf::preflight::{has_capability, CAP_SYS_NICE};
 
 const WATCH: Duration = Duration::from_millis(20);
-const QUIET: Duration = Duration::from_secs(1);
 /// How soon a woken reader must have read something.
 const PROMPT: Duration = Duration::from_millis(1);
 /// Raise the reader at this many events waiting on one CPU...
@@ -53,56 +47,7 @@ const KEPT_UP: u64 = SLOTS_PER_CPU / 4;
 pub struct ReaderWatch {
     tid: libc::pid_t,
     done: Arc<AtomicBool>,
-    /// Written by `finish`, so that the watch stops waiting at once.
-    stop: OwnedFd,
     watch: Option<thread::JoinHandle<u64>>,
-}
-
-/// The watch's wait: the doorbell's ring or a write to `stop` (an eventfd),
-/// whichever comes first. libbpf's own poll of the doorbell waits on that
-/// alone; this epoll holds its epoll and the eventfd.
-struct Wait {
-    epoll: OwnedFd,
-}
-
-impl Wait {
-    const RING: u64 = 0;
-    const STOP: u64 = 1;
-
-    fn new(doorbell: &RingBuffer, stop: &OwnedFd) -> std::io::Result<Self> {
-        // SAFETY: epoll_create1 has no preconditions; a valid fd is owned.
-        let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-        if epoll < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: epoll is a new fd that nothing else owns.
-        let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-        for (fd, token) in [(doorbell.epoll_fd(), Self::RING), (stop.as_raw_fd(), Self::STOP)] {
-            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
-            // SAFETY: both fds are open (the doorbell's lives as long as
-            // the RingBuffer, which outlives this Wait); event is valid.
-            if unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) } < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-        }
-        Ok(Self { epoll })
-    }
-
-    /// Rings since the last wait (0 on timeout or stop; negative: an error).
-    fn wait(&self, doorbell: &RingBuffer, timeout: Duration) -> i32 {
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
-        let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: events has room for the 2 entries asked for.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, ms) };
-        if n < 0 {
-            return -std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO);
-        }
-        if events[..n as usize].iter().any(|e| e.u64 == Self::RING) {
-            doorbell.consume_raw()
-        } else {
-            0
-        }
-    }
 }
 
 /// Thread `tid` to SCHED_IDLE or back to SCHED_OTHER (its nice value is
@@ -132,12 +77,6 @@ impl ReaderWatch {
         let idle = has_capability(CAP_SYS_NICE)
             && unsafe { libc::sched_getscheduler(tid) } == libc::SCHED_OTHER
             && set_idle(tid, true);
-        // SAFETY: eventfd has no preconditions; a valid fd is owned.
-        let stop = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        anyhow::ensure!(stop >= 0, "making the reader's stop event: {}", std::io::Error::last_os_error());
-        // SAFETY: a new fd that nothing else owns.
-        let stop = unsafe { OwnedFd::from_raw_fd(stop) };
-        let wait = Wait::new(&doorbell, &stop).context("setting up the event doorbell")?;
         let done = Arc::new(AtomicBool::new(false));
         let done_watch = done.clone();
         let reader = thread::current();
@@ -147,10 +86,10 @@ impl ReaderWatch {
             if idle && !set_idle(unsafe { libc::gettid() }, false) {
                 return 0; // cannot be: CAP_SYS_NICE let the reader go idle
             }
-            watch(&backlog, &doorbell, &wait, &reader, idle.then_some(tid), &done_watch)
+            watch(&backlog, &doorbell, &reader, idle.then_some(tid), &done_watch)
         });
         match watch {
-            Ok(watch) => Ok(Self { tid, done, stop, watch: Some(watch) }),
+            Ok(watch) => Ok(Self { tid, done, watch: Some(watch) }),
             Err(e) => {
                 set_idle(tid, false);
                 Err(e).context("starting the reader's watch thread")
@@ -162,11 +101,6 @@ impl ReaderWatch {
     /// (the final drain); how many times it had to be raised.
     pub fn finish(mut self) -> u64 {
         self.done.store(true, Ordering::Relaxed);
-        let one = 1u64.to_ne_bytes();
-        // SAFETY: writes 8 bytes from a valid buffer to our eventfd. Cannot
-        // fail: the count is far from its maximum; were it to, the watch
-        // stops within QUIET.
-        let _ = unsafe { libc::write(self.stop.as_raw_fd(), one.as_ptr().cast(), one.len()) };
         let raised = self.watch.take().and_then(|w| w.join().ok()).unwrap_or(0);
         set_idle(self.tid, false);
         raised
@@ -178,7 +112,6 @@ impl ReaderWatch {
 fn watch(
     backlog: &Backlog,
     doorbell: &RingBuffer,
-    wait: &Wait,
     reader: &thread::Thread,
     idle: Option<libc::pid_t>,
     done: &AtomicBool,
@@ -196,7 +129,7 @@ fn watch(
     while !done.load(Ordering::Relaxed) {
         // A positive count is a ring; after an error (not expected) the
         // timed watch goes on.
-        let rings = wait.wait(doorbell, if backlog.reader_asleep() { QUIET } else { WATCH });
+        let rings = doorbell.poll_raw(WATCH);
         if rings < 0 && rings != -libc::EINTR {
             thread::sleep(WATCH);
         } else if rings > 0 {
