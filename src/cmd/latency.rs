@@ -71,10 +71,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
     );
     let mut reports = 0;
     while !stop.load(Ordering::SeqCst) && args.count.is_none_or(|c| reports < c) {
-        let deadline = Instant::now() + Duration::from_secs_f64(args.interval);
-        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::cmd::sleep_unless_stopped(&stop, Instant::now() + Duration::from_secs_f64(args.interval));
         reports += 1;
         for (k, h) in read_histograms(&lc) {
             if args.port.is_some_and(|p| p != k.port) || h.count == 0 {

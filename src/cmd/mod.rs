@@ -79,19 +79,49 @@ impl Session {
     }
 }
 
+/// The threads that asked for the stop flag: setting it unparks them.
+static WAKE_ON_STOP: std::sync::Mutex<Vec<std::thread::Thread>> = std::sync::Mutex::new(Vec::new());
+
 /// Set by SIGINT, SIGTERM and SIGHUP; loops poll it and return normally, so
-/// that every link is dropped (detached) on the way out.
+/// that every link is dropped (detached) on the way out. Setting it also
+/// unparks each thread that asked for it: such a thread may wait in
+/// `thread::park_timeout` (or `sleep_unless_stopped`) for as long as it
+/// likes instead of waking every few ms to look (each wake-up of a thread
+/// costs CPU: 25-55 us on the development VM).
 pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    if let Ok(mut threads) = WAKE_ON_STOP.lock() {
+        let me = std::thread::current();
+        if !threads.iter().any(|t| t.id() == me.id()) {
+            threads.push(me);
+        }
+    }
     if let Some(f) = FLAG.get() {
         return Ok(f.clone());
     }
     let flag = Arc::new(AtomicBool::new(false));
     let f = flag.clone();
-    ctrlc::set_handler(move || f.store(true, Ordering::SeqCst))
-        .map_err(|e| anyhow::anyhow!("installing the signal handler: {e}"))?;
+    // ctrlc calls this on its own thread, not in the signal handler: the
+    // lock is allowed.
+    ctrlc::set_handler(move || {
+        f.store(true, Ordering::SeqCst);
+        for thread in WAKE_ON_STOP.lock().iter().flat_map(|threads| threads.iter()) {
+            thread.unpark();
+        }
+    })
+    .map_err(|e| anyhow::anyhow!("installing the signal handler: {e}"))?;
     let _ = FLAG.set(flag.clone());
     Ok(flag)
+}
+
+/// Sleeps until `deadline`, or less if `stop` (from `stop_flag`, asked for
+/// on this thread) is set meanwhile.
+pub fn sleep_unless_stopped(stop: &AtomicBool, deadline: std::time::Instant) {
+    // park_timeout may also return early for no reason: look again.
+    while !stop.load(Ordering::SeqCst) {
+        let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { break };
+        std::thread::park_timeout(left);
+    }
 }
 
 /// Offset that turns CLOCK_MONOTONIC (bpf_ktime_get_ns) into wall-clock ns.

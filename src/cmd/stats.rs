@@ -28,11 +28,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
     let mut prev_t = Instant::now();
     let mut reports = 0u64;
     while !stop.load(Ordering::SeqCst) && args.count.is_none_or(|c| reports < c) {
-        // Sleep in small steps so that Ctrl-C is prompt.
-        let deadline = Instant::now() + interval;
-        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-            std::thread::sleep(Duration::from_millis(20).min(deadline - Instant::now()));
-        }
+        crate::cmd::sleep_unless_stopped(&stop, Instant::now() + interval);
         let now = bpf::read_counters(&session.skel)?;
         let t = Instant::now();
         let secs = t.duration_since(prev_t).as_secs_f64().max(1e-9);
