@@ -35,24 +35,19 @@ int baseline_tc_ok(struct __sk_buff *skb)
 
 /* conns' hooks (lifecycle.bpf.c), in its attach order; the two cgroup
  * hooks must allow the call (1). */
-SEC("tp_btf/consume_skb")
-int baseline_consume_skb(void *ctx) { return 0; }
-SEC("tp_btf/inet_sock_set_state")
-int baseline_inet_sock_set_state(void *ctx) { return 0; }
-SEC("tp_btf/tcp_retransmit_skb")
-int baseline_tcp_retransmit_skb(void *ctx) { return 0; }
-SEC("tp_btf/tcp_retransmit_synack")
-int baseline_tcp_retransmit_synack(void *ctx) { return 0; }
-SEC("tp_btf/tcp_receive_reset")
-int baseline_tcp_receive_reset(void *ctx) { return 0; }
-SEC("tp_btf/tcp_send_reset")
-int baseline_tcp_send_reset(void *ctx) { return 0; }
-SEC("tp_btf/kfree_skb")
-int baseline_kfree_skb(void *ctx) { return 0; }
-SEC("tp_btf/tcp_probe")
-int baseline_tcp_probe(void *ctx) { return 0; }
-SEC("tp_btf/sock_rcvqueue_full")
-int baseline_sock_rcvqueue_full(void *ctx) { return 0; }
+#define EMPTY_TP_BTF(tp) \
+	SEC("tp_btf/" #tp) \
+	int baseline_##tp(void *ctx) { return 0; }
+EMPTY_TP_BTF(consume_skb)
+EMPTY_TP_BTF(inet_sock_set_state)
+EMPTY_TP_BTF(tcp_retransmit_skb)
+EMPTY_TP_BTF(tcp_retransmit_synack)
+EMPTY_TP_BTF(tcp_receive_reset)
+EMPTY_TP_BTF(tcp_send_reset)
+EMPTY_TP_BTF(kfree_skb)
+EMPTY_TP_BTF(tcp_probe)
+EMPTY_TP_BTF(sock_rcvqueue_full)
+
 SEC("cgroup/getpeername4")
 int baseline_getpeername4(struct bpf_sock_addr *ctx) { return 1; }
 SEC("cgroup/getpeername6")
