@@ -115,9 +115,13 @@ pub fn run(args: &ReadArgs) -> Result<()> {
             }
             printed += 1;
         }
-        if closed || empty_tx.send(batch).is_err() {
+        if closed {
             break; // dropping the receivers stops the reader
         }
+        // The reader may have finished already (end of file): its batches
+        // still queued in `full_rx` must be printed, so a failed return of
+        // this empty batch is no reason to stop reading them.
+        let _ = empty_tx.send(batch);
     }
     drop(full_rx);
     drop(empty_tx);
