@@ -15,7 +15,6 @@
 #include <bpf/bpf_endian.h>
 #include "common_kern_user.h"
 
-#define TC_ACT_OK 0
 #define ETH_P_IP 0x0800
 #define ETH_P_IPV6 0x86DD
 
@@ -30,7 +29,7 @@ int baseline_xdp_pass(struct xdp_md *ctx)
 SEC("tc")
 int baseline_tc_ok(struct __sk_buff *skb)
 {
-	return TC_ACT_OK;
+	return TCX_NEXT; /* as the real TC program: the chain goes on */
 }
 
 /* conns' hooks (lifecycle.bpf.c), in its attach order; the two cgroup

@@ -2,9 +2,11 @@
 /*
  * Ingress hook family: one XDP and one TC program around one parser.
  *
- * Both fail open: whatever happens, the packet is passed (XDP_PASS /
- * TC_ACT_OK), unless `tcpscope guard` loaded them with its rules on and a
- * rule matches. Every early return that loses information bumps a counter.
+ * Both fail open: whatever happens, the packet is passed (XDP_PASS, or
+ * TCX_NEXT at TC, which lets every program attached after ours on the same
+ * tcx chain run: TC_ACT_OK would be TCX_PASS and end the chain), unless
+ * `tcpscope guard` loaded them with its rules on and a rule matches. Every
+ * early return that loses information bumps a counter.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -13,7 +15,6 @@
 #include "parse_kern.h"
 #include "ringbuf_kern.h"
 
-#define TC_ACT_OK 0
 #define TC_ACT_SHOT 2
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
@@ -635,5 +636,8 @@ int tcpscope_tc(struct __sk_buff *skb)
 
 	if (handle_packet(skb, data, data_end, len, ifindex, TCPSCOPE_HOOK_TC) == VERDICT_DROP)
 		return TC_ACT_SHOT;
-	return TC_ACT_OK;
+	/* Never the chain's end: the next program (another watch, another
+	 * tool's filter) sees the packet too. Outside tcx (a clsact filter)
+	 * this is TC_ACT_UNSPEC, which also continues. */
+	return TCX_NEXT;
 }

@@ -354,3 +354,43 @@ fn syn_to_handshake_ratio_flags_a_flood() {
     assert!(r["syn_per_s"].as_f64().unwrap() >= 500.0, "{r}");
     assert!(r["ratio"].as_f64().unwrap() < 0.1, "{r}");
 }
+
+/// Decoded `watch --json` records of a stopped watch: (dport, flags).
+fn watched(w: &mut ChildGuard) -> Vec<(u64, String)> {
+    assert!(w.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    w.stdout_text()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|v| (v["dport"].as_u64().unwrap(), v["flags"].to_string()))
+        .collect()
+}
+
+#[test]
+fn guard_at_tc_runs_first_and_observers_around_it_all_see_what_passes() {
+    const OPEN: u16 = 19010;
+    const BLOCKED: u16 = 19011;
+    let hosts = TestHosts::new("gchain").unwrap();
+    let ports = format!("{OPEN},{BLOCKED}");
+    let watch = ["watch", "-i", SERVER_IF, "--json", "--dport", &ports];
+    // A watch attached before the guard, the guard, a watch after it.
+    let mut first = start_tcpscope(&hosts.server_ns, &watch);
+    let mut g = Guard::on(hosts, OPEN, &["--hook", "tc"]);
+    let mut second = start_tcpscope(&g.hosts.server_ns, &watch);
+    for port in [OPEN, BLOCKED] {
+        let l = listen_in_server(&g.hosts, port);
+        std::thread::spawn(move || for _ in l.incoming() {});
+    }
+    g.ok(&["block", "add", "198.18.0.0/24", "--port", &BLOCKED.to_string()]);
+    assert!(g.connects(Duration::from_secs(2)), "the open port connects");
+    g.port = BLOCKED;
+    assert!(!g.connects(Duration::from_millis(500)), "the rule holds with a watch attached before the guard");
+    let list = String::from_utf8(g.cli(&["block", "list", "--json"]).stdout).unwrap();
+    let rule: serde_json::Value = serde_json::from_str(list.lines().next().unwrap()).unwrap();
+    assert!(rule["hits"].as_u64().unwrap() >= 1, "{rule}");
+    for (name, w) in [("first", &mut first), ("second", &mut second)] {
+        let seen = watched(w);
+        let syns = |port| seen.iter().filter(|(p, f)| *p == port && f.contains("SYN")).count();
+        assert!(syns(u64::from(OPEN)) >= 1, "the {name} watch sees the SYN that passed: {seen:?}");
+        assert_eq!(syns(u64::from(BLOCKED)), 0, "the {name} watch sees no dropped SYN: {seen:?}");
+    }
+}

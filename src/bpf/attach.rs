@@ -42,7 +42,7 @@ pub struct AttachedLink {
 }
 
 impl AttachedLink {
-    pub fn id(&self) -> Option<u32> {
+    fn info(&self) -> Option<libbpf_rs::libbpf_sys::bpf_link_info> {
         // SAFETY: bpf_link_info is plain old data; zero is a valid value.
         let mut info: libbpf_rs::libbpf_sys::bpf_link_info = unsafe { std::mem::zeroed() };
         let mut len = std::mem::size_of_val(&info) as u32;
@@ -51,7 +51,16 @@ impl AttachedLink {
         let r = unsafe {
             libbpf_rs::libbpf_sys::bpf_link_get_info_by_fd(self.fd.as_raw_fd(), &mut info, &mut len)
         };
-        (r == 0).then_some(info.id)
+        (r == 0).then_some(info)
+    }
+
+    pub fn id(&self) -> Option<u32> {
+        self.info().map(|i| i.id)
+    }
+
+    /// The id of the program this link attached.
+    pub fn prog_id(&self) -> Option<u32> {
+        self.info().map(|i| i.prog_id)
     }
 }
 
@@ -108,7 +117,7 @@ pub fn attach_xdp(prog: &Program<'_>, ifname: &str, mode: XdpMode) -> Result<Att
     let idx = ifindex(ifname)?;
     if let Some(id) = existing_xdp_prog(idx) {
         bail!(
-            "interface '{ifname}' already has an XDP program (id {id}): remove it (`ip link set dev {ifname} xdp off`, or stop its owner) or use --hook tc"
+            "interface '{ifname}' already has an XDP program (id {id}): stop its owner (see `bpftool net show dev {ifname}`) or use --hook tc"
         );
     }
     let flags = match mode {
@@ -121,7 +130,7 @@ pub fn attach_xdp(prog: &Program<'_>, ifname: &str, mode: XdpMode) -> Result<Att
                 "native XDP is not supported on '{ifname}' (its driver has no XDP support): use --xdp-mode generic or --hook tc"
             ),
             Some(libc::EBUSY) | Some(libc::EEXIST) => anyhow!(
-                "interface '{ifname}' already has an XDP program: remove it (`ip link set dev {ifname} xdp off`) or use --hook tc"
+                "interface '{ifname}' already has an XDP program: stop its owner (see `bpftool net show dev {ifname}`) or use --hook tc"
             ),
             Some(libc::EPERM) | Some(libc::EACCES) => anyhow!("attaching XDP to '{ifname}': permission denied: {PRIVILEGE_FIX}"),
             _ => anyhow!("attaching XDP to '{ifname}': {e}"),
@@ -134,10 +143,25 @@ pub fn attach_xdp(prog: &Program<'_>, ifname: &str, mode: XdpMode) -> Result<Att
     Ok(AttachedLink { fd, description: format!("xdp ({mode_name}) on {ifname}") })
 }
 
+/// Where a tcx link goes in the interface's chain of TC ingress programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcPlace {
+    /// After the programs already there (observers: they see what passes).
+    Last,
+    /// Before every program already there (`BPF_F_BEFORE` with no anchor):
+    /// a guard, so that no program attached earlier can pass a packet
+    /// before the rules see it.
+    First,
+}
+
 /// Attaches `prog` to TC ingress of `ifname` through tcx.
-pub fn attach_tc(prog: &Program<'_>, ifname: &str) -> Result<AttachedLink> {
+pub fn attach_tc(prog: &Program<'_>, ifname: &str, place: TcPlace) -> Result<AttachedLink> {
     let idx = ifindex(ifname)?;
-    let fd = link_create(prog, idx, libbpf_rs::libbpf_sys::BPF_TCX_INGRESS, 0).map_err(|e| {
+    let flags = match place {
+        TcPlace::Last => 0,
+        TcPlace::First => libbpf_rs::libbpf_sys::BPF_F_BEFORE,
+    };
+    let fd = link_create(prog, idx, libbpf_rs::libbpf_sys::BPF_TCX_INGRESS, flags).map_err(|e| {
         match e.raw_os_error() {
             Some(libc::EPERM) | Some(libc::EACCES) => anyhow!("attaching to TC ingress of '{ifname}': permission denied: {PRIVILEGE_FIX}"),
             Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => anyhow!(
@@ -147,4 +171,32 @@ pub fn attach_tc(prog: &Program<'_>, ifname: &str) -> Result<AttachedLink> {
         }
     })?;
     Ok(AttachedLink { fd, description: format!("tc ingress (tcx) on {ifname}") })
+}
+
+/// The ids of the programs on `ifindex`'s tcx ingress chain, in the order
+/// they run.
+pub fn tc_chain(ifindex: u32) -> Result<Vec<u32>> {
+    let mut ids = vec![0u32; 64];
+    let mut opts = libbpf_rs::libbpf_sys::bpf_prog_query_opts {
+        sz: std::mem::size_of::<libbpf_rs::libbpf_sys::bpf_prog_query_opts>() as _,
+        prog_ids: ids.as_mut_ptr(),
+        ..Default::default()
+    };
+    opts.__bindgen_anon_1.count = ids.len() as u32;
+    // SAFETY: opts is initialised with its size and points at `ids`, whose
+    // length it gives.
+    let r = unsafe {
+        libbpf_rs::libbpf_sys::bpf_prog_query_opts(
+            ifindex as i32,
+            libbpf_rs::libbpf_sys::BPF_TCX_INGRESS,
+            &mut opts,
+        )
+    };
+    if r != 0 {
+        bail!("listing the TC ingress programs: {}", std::io::Error::from_raw_os_error(-r));
+    }
+    // SAFETY: the kernel wrote the count field of the union.
+    let n = unsafe { opts.__bindgen_anon_1.count } as usize;
+    ids.truncate(n.min(ids.len()));
+    Ok(ids)
 }

@@ -94,6 +94,8 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     };
     // Announced last: tests and scripts take this line to mean "all live".
     session.announce(&format!("guarding with {} rules", rules.len()));
+    let mut position = ChainPosition::default();
+    position.check(&session);
 
     let my_netns = crate::cmd::watch::own_netns().unwrap_or(0);
     let last_alert =
@@ -177,6 +179,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         let _ = ring.poll(Duration::from_millis(100));
         let _ = ring.consume();
         let _ = maps.list();
+        position.check(&session);
         if let Some(lc) = &lc {
             if let Some(line) = ratio.check(&session, lc, my_netns, args) {
                 print_line(&line);
@@ -192,6 +195,34 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     );
     eprintln!("{}", c.summary());
     Ok(())
+}
+
+/// Whether the guard still runs first on its TC chain. It attaches at the
+/// head; a program attached later with BPF_F_BEFORE runs before it and can
+/// pass packets the rules would drop. Checked once a second; said once per
+/// change.
+#[derive(Default)]
+struct ChainPosition {
+    checked: Option<std::time::Instant>,
+    ahead: Vec<u32>,
+}
+
+impl ChainPosition {
+    fn check(&mut self, session: &Session) {
+        if self.checked.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        self.checked = Some(std::time::Instant::now());
+        let Ok(ahead) = session.tc_programs_ahead() else { return };
+        if ahead != self.ahead && !ahead.is_empty() {
+            let ids = ahead.iter().map(u32::to_string).collect::<Vec<_>>().join(", ");
+            eprintln!(
+                "tcpscope: warning: TC program(s) {ids} now run before the guard on {}: they can pass packets its rules would drop (see `bpftool net show dev {}`)",
+                session.ifname, session.ifname
+            );
+        }
+        self.ahead = ahead;
+    }
 }
 
 /// The global SYN-to-handshake ratio, checked once a second: many SYNs and

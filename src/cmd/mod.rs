@@ -28,6 +28,8 @@ pub struct Session {
     pub link: AttachedLink,
     pub skel: IngressSkel<'static>,
     pub ifname: String,
+    pub ifindex: u32,
+    pub hook: HookKind,
 }
 
 impl Session {
@@ -58,7 +60,7 @@ impl Session {
         if let Some(ns) = &args.netns {
             attach::enter_netns(ns)?;
         }
-        attach::ifindex(&args.iface)?;
+        let ifindex = attach::ifindex(&args.iface)?;
         let mut opts = LoadOptions::new(config);
         opts.ringbuf_bytes = ringbuf_bytes;
         opts.btf = args.btf.clone();
@@ -66,9 +68,27 @@ impl Session {
         let skel = bpf::load_ingress(&opts)?;
         let link = match hook {
             HookKind::Xdp => attach::attach_xdp(&skel.progs.tcpscope_xdp, &args.iface, args.xdp_mode)?,
-            HookKind::Tc => attach::attach_tc(&skel.progs.tcpscope_tc, &args.iface)?,
+            // A guard goes first: a program attached before it must not be
+            // able to pass a packet its rules drop.
+            HookKind::Tc => attach::attach_tc(
+                &skel.progs.tcpscope_tc,
+                &args.iface,
+                if config.policy != 0 { attach::TcPlace::First } else { attach::TcPlace::Last },
+            )?,
         };
-        Ok(Session { link, skel, ifname: args.iface.clone() })
+        Ok(Session { link, skel, ifname: args.iface.clone(), ifindex, hook })
+    }
+
+    /// The TC programs that run before this session's (a guard attached at
+    /// the chain's head and finds some when another program was later put
+    /// in front of it). Empty at XDP, which has no chain.
+    pub fn tc_programs_ahead(&self) -> Result<Vec<u32>> {
+        if self.hook != HookKind::Tc {
+            return Ok(Vec::new());
+        }
+        let ours = self.link.prog_id().ok_or_else(|| anyhow::anyhow!("reading our TC link's program id"))?;
+        let chain = attach::tc_chain(self.ifindex)?;
+        Ok(chain.iter().take_while(|id| **id != ours).copied().collect())
     }
 
     /// Tells the user (on stderr) what is attached where. Tests and scripts
