@@ -59,6 +59,30 @@ enum tcpscope_malformed {
 	MALFORMED_MAX,
 };
 
+/* Why the guard dropped a packet: tcpscope_counters.guard_dropped[]. Order is
+ * part of the counter layout and of the names in src/model.rs; append only.
+ * The rules' drops, then the drops that keep the rules from being dodged:
+ * packets the parser cannot follow to their TCP header would reach the
+ * kernel's own reassembly or extension-header walk, and a TCP port behind
+ * them would never be checked. */
+enum guard_drop_reason {
+	GUARD_DROP_NONE = 0,
+	GUARD_DROP_BLOCK_RULE,        /* source in the block list (a mitigation's rule included) */
+	GUARD_DROP_PORT_RULE,         /* destination-port rule */
+	GUARD_DROP_DETECTOR,          /* a detector blocked the source on this packet (--mitigate) */
+	GUARD_DROP_TINY_FRAGMENT,     /* first fragment too short for the fixed TCP header
+	                               * (RFC 1858, RFC 3128; IPv6: RFC 7112) */
+	GUARD_DROP_FRAGMENT_OFFSET_1, /* IPv4 TCP fragment at offset 8: would overwrite the
+	                               * first fragment's TCP header (RFC 1858) */
+	GUARD_DROP_EXT_CHAIN_TOO_LONG,/* IPv6: more extension headers than the parser follows
+	                               * (TCPSCOPE_MAX_IPV6_EXT; RFC 9098) */
+	GUARD_DROP_EXT_TRUNCATED,     /* IPv6: an extension header cut short (in a first
+	                               * fragment: the header chain is split, RFC 7112) */
+	GUARD_DROP_EXT_UNKNOWN,       /* IPv6: an extension header the parser does not walk
+	                               * (AH, Mobility, HIP, Shim6, experimental 253/254) */
+	GUARD_DROP_MAX,
+};
+
 /* Indexes into tcpscope_counters.flag[], in the order of the JSON flags list. */
 enum tcpscope_flag_index {
 	FLAG_IDX_FIN = 0,
@@ -116,9 +140,10 @@ struct tcpscope_counters {
 	__u64 sampled_out;        /* matched, but skipped by 1-in-N sampling */
 	__u64 events;             /* events written to the ring buffer */
 	__u64 events_lost;        /* events dropped: ring buffer full */
-	__u64 policy_dropped;     /* packets dropped by a block or port rule (guard) */
+	__u64 policy_dropped;     /* packets the guard dropped: the sum of guard_dropped[] */
 	__u64 policy_allowed;     /* packets from allow-listed sources */
 	__u64 sample_tick;        /* sampling state, not a statistic */
+	__u64 guard_dropped[GUARD_DROP_MAX]; /* by enum guard_drop_reason; [0] unused */
 };
 
 /* One address as the kernel stores it: IPv4 in the first 4 bytes. */
@@ -158,7 +183,12 @@ struct tcpscope_config {
 	 * (a SYN with data). Keeps the firewall path as short as a plain
 	 * filter's. */
 	__u8 lean;
-	__u8 _pad2[3];
+	/* guard: drop, and count by reason, IPv6 packets whose extension
+	 * headers the parser cannot follow to the transport header (too many,
+	 * cut short, or of a kind it does not walk). Observers always pass
+	 * them (fail open). */
+	__u8 drop_unparsable;
+	__u8 _pad2[2];
 };
 
 /*

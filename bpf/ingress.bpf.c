@@ -32,6 +32,7 @@ enum tcpscope_flag_index _flag_index = FLAG_IDX_FIN;
 enum tcpscope_limits _limits = TCPSCOPE_MAX_SNAPLEN;
 struct alert_event _alert_event = {};
 enum alert_kind _alert_kind = ALERT_PORT_SCAN;
+enum guard_drop_reason _guard_drop_reason = GUARD_DROP_NONE;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -466,6 +467,75 @@ static __always_inline int detect(const struct packet_event *ev)
 	return verdict;
 }
 
+/* A guard drop: counted in total and by reason. */
+static __always_inline int guard_drop(struct tcpscope_counters *c, __u8 reason)
+{
+	__u64 idx = reason;
+	asm volatile("" : "+r"(idx)); /* as in count_malformed */
+	if (idx >= GUARD_DROP_MAX)
+		idx = GUARD_DROP_NONE;
+	c->guard_dropped[idx]++;
+	c->policy_dropped++;
+	return VERDICT_DROP;
+}
+
+/* IPv6 extension headers (IANA's list) that parse_ipv6 does not walk:
+ * authentication, mobility, HIP, shim6 and the two experimental values.
+ * ESP is left out: what follows it is encrypted, and IPsec is configured on
+ * purpose. */
+static __always_inline bool ipv6_ext_unwalked(__u8 next)
+{
+	return next == 51 || next == 135 || next == 139 || next == 140 || next == 253 || next == 254;
+}
+
+/*
+ * Guard: a packet whose TCP header this program cannot check, although the
+ * kernel may still deliver a TCP segment from it. Returns the drop reason,
+ * or GUARD_DROP_NONE to go on.
+ *
+ * - A first fragment too short for the fixed TCP header, and an IPv4 TCP
+ *   fragment at offset 8 bytes, which would overwrite the first one's ports
+ *   and flags on reassembly (RFC 1858, RFC 3128): without the drop, a SYN
+ *   split after 8 bytes reaches a port that a rule blocks.
+ * - With drop_unparsable (the guard's default): IPv6 headers the parser
+ *   cannot follow to the transport header (RFC 7112, RFC 9098).
+ */
+static __always_inline __u8 unfollowable(const struct packet_event *ev, int res, const struct l3_info *l3)
+{
+	if (res == PARSE_MALFORMED) {
+		if (!cfg.drop_unparsable)
+			return GUARD_DROP_NONE;
+		if (ev->malformed == MALFORMED_IPV6_EXT_TOO_MANY)
+			return GUARD_DROP_EXT_CHAIN_TOO_LONG;
+		if (ev->malformed == MALFORMED_IPV6_EXT_TRUNCATED)
+			return GUARD_DROP_EXT_TRUNCATED;
+		return GUARD_DROP_NONE; /* broken IP: the kernel drops it itself */
+	}
+	if (res == PARSE_NON_TCP)
+		return cfg.drop_unparsable && ev->ip_version == 6 && ipv6_ext_unwalked(l3->proto)
+			       ? GUARD_DROP_EXT_UNKNOWN
+			       : GUARD_DROP_NONE;
+	if (res == PARSE_FRAGMENT)
+		return ev->ip_version == 4 && l3->frag_off == 1 ? GUARD_DROP_FRAGMENT_OFFSET_1
+							      : GUARD_DROP_NONE;
+	/* PARSE_TCP: a first fragment (more follow) must hold the fixed header. */
+	if ((ev->ip_flags & IPF_FRAG) && l3->ip_payload_len < TCP_MIN_HLEN)
+		return GUARD_DROP_TINY_FRAGMENT;
+	return GUARD_DROP_NONE;
+}
+
+/* Guard, for a TCP packet from a source no list decided: the port rules,
+ * then the detectors (which may block the source on this very packet). */
+static __always_inline int rules_and_detectors(struct tcpscope_counters *c, const struct packet_event *ev,
+					       const struct policy_used *used)
+{
+	if (port_verdict(ev, used) == VERDICT_DROP)
+		return guard_drop(c, GUARD_DROP_PORT_RULE);
+	if (dcfg.enabled && detect(ev) == VERDICT_DROP)
+		return guard_drop(c, GUARD_DROP_DETECTOR);
+	return VERDICT_PASS;
+}
+
 /* The whole per-packet path. data..data_end is the linear packet.
  * Returns VERDICT_DROP only for packets a guard rule drops. */
 static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
@@ -498,11 +568,10 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	else
 		res = PARSE_NON_TCP;
 
-	if (res == PARSE_MALFORMED) {
+	if (res == PARSE_MALFORMED)
 		count_malformed(c, ev.malformed);
-		return VERDICT_PASS; /* fail open */
-	}
-	/* Guard: source allow/block lists apply to every IP packet. */
+	/* Guard: source allow/block lists apply to every IP packet, each
+	 * fragment included; then what would let a packet dodge the rules. */
 	int verdict = VERDICT_PASS;
 	struct policy_used *used = NULL;
 	if (cfg.policy && ev.ip_version) {
@@ -510,13 +579,18 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 		if (!used)
 			return VERDICT_PASS; /* cannot happen: a 1-slot array */
 		verdict = source_verdict(&ev, used);
-		if (verdict == VERDICT_DROP) {
-			c->policy_dropped++;
-			return VERDICT_DROP;
-		}
-		if (verdict == VERDICT_ALLOW)
+		if (verdict == VERDICT_DROP)
+			return guard_drop(c, GUARD_DROP_BLOCK_RULE);
+		if (verdict == VERDICT_ALLOW) {
 			c->policy_allowed++;
+		} else {
+			__u8 why = unfollowable(&ev, res, &l3);
+			if (why)
+				return guard_drop(c, why);
+		}
 	}
+	if (res == PARSE_MALFORMED)
+		return VERDICT_PASS; /* fail open */
 	if (res == PARSE_NON_TCP) {
 		c->non_tcp++;
 		return VERDICT_PASS;
@@ -537,11 +611,8 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 		c->tcp_packets++;
 		if ((ev.flags_raw & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 			c->syn_no_ack++;
-		if (verdict == VERDICT_PASS && used &&
-		    (port_verdict(&ev, used) == VERDICT_DROP || (dcfg.enabled && detect(&ev) == VERDICT_DROP))) {
-			c->policy_dropped++;
-			return VERDICT_DROP;
-		}
+		if (verdict == VERDICT_PASS && used)
+			return rules_and_detectors(c, &ev, used);
 		return VERDICT_PASS;
 	}
 	if (!ev.malformed && !(ev.ip_flags & IPF_JUMBO)) {
@@ -558,13 +629,9 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	if (ev.malformed)
 		count_malformed(c, ev.malformed);
 
-	if (cfg.policy && used && verdict == VERDICT_PASS) {
-		if (port_verdict(&ev, used) == VERDICT_DROP ||
-		    (dcfg.enabled && detect(&ev) == VERDICT_DROP)) {
-			c->policy_dropped++;
-			return VERDICT_DROP;
-		}
-	}
+	if (cfg.policy && used && verdict == VERDICT_PASS &&
+	    rules_and_detectors(c, &ev, used) == VERDICT_DROP)
+		return VERDICT_DROP;
 
 	if (!cfg.events_enabled)
 		return VERDICT_PASS;

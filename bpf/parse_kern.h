@@ -66,6 +66,7 @@ struct hdr_cursor {
 
 struct l3_info {
 	__u32 ip_payload_len; /* bytes after the IP header(s), from the IP length */
+	__u16 frag_off;       /* fragment offset, in 8-byte units */
 	__u8 proto;
 };
 
@@ -181,6 +182,7 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 	__builtin_memcpy(ev->src, &iph->saddr, 4);
 	__builtin_memcpy(ev->dst, &iph->daddr, 4);
 	l3->proto = iph->protocol;
+	l3->frag_off = frag & IPV4_FRAG_OFFSET_MASK;
 	nh->pos += hlen;
 	if (iph->protocol != IPPROTO_TCP_NUM)
 		return PARSE_NON_TCP;
@@ -253,6 +255,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 				ev->ip_flags |= IPF_FRAG;
 			if (off & IPV6_FRAG_OFFSET_MASK) {
 				l3->proto = fh->nexthdr;
+				l3->frag_off = off >> 3;
 				return fh->nexthdr == IPPROTO_TCP_NUM ? PARSE_FRAGMENT
 								      : PARSE_NON_TCP;
 			}

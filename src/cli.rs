@@ -189,9 +189,16 @@ pub struct GuardArgs {
     /// packets that pass; by default the guard decides and stops.
     #[arg(long)]
     pub inspect: bool,
-    /// Turn the detectors off (port scan, SYN flood, flag anomalies).
+    /// Turn the detectors off (port scan, SYN flood, flag anomalies). The
+    /// rules, and the drops that keep fragments from dodging them, stay on.
     #[arg(long)]
     pub no_detect: bool,
+    /// IPv6 packets whose extension headers the guard cannot follow to the
+    /// transport header (more than 8, one cut short, or AH, Mobility, HIP,
+    /// Shim6, experimental): drop them (RFC 7112, RFC 9098), or pass them
+    /// unchecked. Tiny and overlapping fragments are always dropped.
+    #[arg(long, value_name = "WHAT", default_value = "drop")]
+    pub unparsable: Unparsable,
     /// Block a source that crosses the port-scan or SYN-flood threshold, for --mitigate-ttl.
     #[arg(long)]
     pub mitigate: bool,
@@ -225,6 +232,15 @@ pub struct GuardArgs {
     /// Print alerts as NDJSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// What the guard does with a packet it cannot follow to its TCP header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Unparsable {
+    /// Drop it, and count it by reason.
+    Drop,
+    /// Pass it without checking the rules (as observers do).
+    Pass,
 }
 
 /// Which running guard `block` and `allow` talk to.
@@ -275,6 +291,14 @@ pub enum BlockCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove every block rule (port rules included).
+    Flush,
+    /// Write every rule, allow rules too, as a rules file (with each rule's
+    /// remaining TTL) that `guard --rules` takes; - for standard output.
+    Save {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -288,7 +312,12 @@ pub struct AllowArgs {
 #[derive(Debug, Subcommand)]
 pub enum AllowCmd {
     /// Never block packets from CIDR.
-    Add { cidr: Cidr },
+    Add {
+        cidr: Cidr,
+        /// Remove the rule after this long: 500ms, 30s, 10m, 2h.
+        #[arg(long, value_name = "DURATION", value_parser = crate::policy::parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
     /// Remove an allow rule.
     Del { cidr: Cidr },
     /// List the rules with their hit counts.
@@ -296,6 +325,8 @@ pub enum AllowCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Remove every allow rule.
+    Flush,
 }
 
 #[derive(Debug, Args)]

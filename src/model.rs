@@ -35,6 +35,20 @@ pub const MALFORMED_NAMES: [&str; types::tcpscope_malformed::MALFORMED_MAX.0 as 
     "ip_len_exceeds_frame",
 ];
 
+/// The names of `enum guard_drop_reason`, in its order: counters, the
+/// guard's summary and its JSON use them.
+pub const GUARD_DROP_NAMES: [&str; types::guard_drop_reason::GUARD_DROP_MAX.0 as usize] = [
+    "none",
+    "block_rule",
+    "port_rule",
+    "detector",
+    "tiny_fragment",
+    "fragment_offset_1",
+    "ipv6_ext_chain_too_long",
+    "ipv6_ext_truncated",
+    "ipv6_ext_unknown",
+];
+
 /// Where a packet was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

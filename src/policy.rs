@@ -20,7 +20,16 @@ pub const PIN_ROOT: &str = "/sys/fs/bpf/tcpscope";
 /// Where guards record their pid, to tell a live guard from stale pins.
 pub const RUN_ROOT: &str = "/run/tcpscope";
 
-/// The maps a guard pins, by name.
+/// The maps that hold the rules. A guard pins them and leaves them pinned
+/// when it stops, however it stops (SIGTERM or `kill -9`): the next guard on
+/// the same interface takes them over with their hit counts and remaining
+/// TTLs. Only `block del`/`flush`, expiry, or the interface going away
+/// removes rules. (Pins live in bpffs, so a reboot clears them.)
+pub const RULE_MAPS: [&str; 7] =
+    ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "policy_used"];
+
+/// The maps a guard pins, by name: the rules, and its counters (this
+/// guard's own; a new guard starts them at zero).
 pub const MAPS: [&str; 8] =
     ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "policy_used", "counters"];
 
@@ -199,6 +208,13 @@ fn pid_file(iface: &str) -> PathBuf {
     Path::new(RUN_ROOT).join(format!("{iface}.pid"))
 }
 
+/// The rules the guard on `iface` last loaded from its rules file: on a
+/// restart or SIGHUP, a rule that left the file leaves the maps, and a rule
+/// still in it that expired or was deleted at runtime stays away.
+fn file_rules_state(iface: &str) -> PathBuf {
+    Path::new(RUN_ROOT).join(format!("{iface}.file-rules.toml"))
+}
+
 /// The pid of a live guard on `iface`, if any.
 pub fn running_guard(iface: &str) -> Option<u32> {
     let pid: u32 = fs::read_to_string(pid_file(iface)).ok()?.trim().parse().ok()?;
@@ -218,8 +234,9 @@ pub fn running_guards() -> Vec<String> {
     out
 }
 
-/// Claims `iface` for this guard: fails if another guard is live there;
-/// clears stale pins of a guard that died.
+/// Claims `iface` for this guard: fails if another guard is live there.
+/// The rule maps of an earlier guard stay for this one to take over; its
+/// counters go.
 pub fn claim(iface: &str) -> Result<PathBuf> {
     // Mounted if absent, as bpftool does.
     crate::bpf::preflight::ensure_mounted(c"/sys/fs/bpf", c"bpf", 0xcafe4a11, c"mode=0700")?;
@@ -227,9 +244,7 @@ pub fn claim(iface: &str) -> Result<PathBuf> {
         bail!("a tcpscope guard (pid {pid}) already runs on '{iface}': stop it first, or edit its rules with `tcpscope block ...`");
     }
     let dir = pin_dir(iface);
-    if dir.exists() {
-        fs::remove_dir_all(&dir).with_context(|| format!("removing stale pins in {}", dir.display()))?;
-    }
+    let _ = fs::remove_file(dir.join("counters"));
     // Root-only: the directories, and so the pinned maps in them.
     for d in [Path::new(PIN_ROOT), dir.as_path(), Path::new(RUN_ROOT)] {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(d).with_context(|| {
@@ -243,10 +258,50 @@ pub fn claim(iface: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Removes this guard's pins and pid file.
+/// The guard on `iface` stops: its pid file and counters go, its rules stay
+/// pinned for the next guard.
 pub fn release(iface: &str) {
+    let _ = fs::remove_file(pin_dir(iface).join("counters"));
+    let _ = fs::remove_file(pid_file(iface));
+}
+
+/// The interface went away: its rules go with it.
+pub fn release_all(iface: &str) {
     let _ = fs::remove_dir_all(pin_dir(iface));
     let _ = fs::remove_file(pid_file(iface));
+    let _ = fs::remove_file(file_rules_state(iface));
+}
+
+/// Every map entry of the pinned rule maps in `dir`: (map, key, value).
+/// Used to carry rules over to maps of another layout (a newer tcpscope).
+pub fn read_pinned(dir: &Path) -> Result<Vec<(String, Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for name in RULE_MAPS {
+        let Ok(m) = MapHandle::from_pinned_path(dir.join(name)) else { continue };
+        for key in m.keys() {
+            if let Ok(Some(v)) = m.lookup(&key, MapFlags::ANY) {
+                out.push((name.to_string(), key, v));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Rules as a rules file (TOML), each with its remaining time to live.
+pub fn to_rules_file(rules: &[RuleState]) -> String {
+    let mut out = String::new();
+    for r in rules {
+        let list = if r.rule.list == List::Allow { "allow" } else { "block" };
+        out.push_str(&format!("[[{list}]]\ncidr = \"{}/{}\"\n", r.rule.cidr.addr, r.rule.cidr.prefix));
+        if let Some(p) = r.rule.port {
+            out.push_str(&format!("port = {p}\n"));
+        }
+        if let Some(t) = r.expires_in {
+            out.push_str(&format!("ttl = \"{}ms\"\n", t.as_millis().max(1)));
+        }
+        out.push('\n');
+    }
+    out
 }
 
 impl PolicyMaps {
@@ -278,6 +333,67 @@ impl PolicyMaps {
             maps.push((name.to_string(), m));
         }
         Ok(PolicyMaps { dir, maps })
+    }
+
+    /// Writes map entries read by [`read_pinned`] (same key and value
+    /// layout); entries of maps this version lacks are skipped.
+    pub fn restore(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<()> {
+        for (name, key, value) in entries {
+            if let Some((_, m)) = self.maps.iter().find(|(n, _)| n == name) {
+                m.update(key, value, MapFlags::ANY)
+                    .map_err(|e| anyhow!("restoring a rule in {name}: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the maps hold exactly the rules of a rules file as far as the
+    /// file is concerned: rules the file held last time (`state`) and no
+    /// longer holds are deleted; rules new to it are added. A rule still in
+    /// the file but gone from the maps (expired, deleted) stays gone, and a
+    /// rule in both keeps its hits and TTL. Returns (added, removed).
+    pub fn sync_file_rules(&self, iface: &str, rules: &[Rule]) -> Result<(usize, usize)> {
+        let state = file_rules_state(iface);
+        let old = fs::read_to_string(&state)
+            .ok()
+            .and_then(|t| parse_rules(&t, &state.display().to_string()).ok())
+            .unwrap_or_default();
+        let keys = |rs: &[Rule]| rs.iter().map(rule_key).collect::<std::collections::HashSet<_>>();
+        let (old_keys, new_keys) = (keys(&old), keys(rules));
+        let mut removed = 0;
+        for r in old.iter().filter(|r| !new_keys.contains(&rule_key(r))) {
+            removed += usize::from(self.delete(r).is_ok());
+        }
+        let mut added = 0;
+        for r in rules.iter().filter(|r| !old_keys.contains(&rule_key(r))) {
+            self.add(r)?;
+            added += 1;
+        }
+        let text = to_rules_file(
+            &rules
+                .iter()
+                .map(|r| RuleState { rule: r.clone(), hits: 0, expires_in: r.ttl })
+                .collect::<Vec<_>>(),
+        );
+        fs::write(&state, text).with_context(|| format!("writing {}", state.display()))?;
+        Ok((added, removed))
+    }
+
+    /// Deletes every rule of `list`; returns how many.
+    pub fn flush(&self, list: List) -> Result<usize> {
+        let names: &[&str] = match list {
+            List::Allow => &["allow_v4", "allow_v6"],
+            List::Block => &["block_v4", "block_v6", "ports_v4", "ports_v6"],
+        };
+        let mut n = 0;
+        for name in names {
+            let m = self.map(name);
+            // Keys first: deleting while walking would skip some.
+            for key in m.keys().collect::<Vec<_>>() {
+                n += usize::from(m.delete(&key).is_ok());
+            }
+        }
+        Ok(n)
     }
 
     fn map(&self, name: &str) -> &MapHandle {

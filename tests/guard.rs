@@ -9,8 +9,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::raw;
 use common::*;
-use tcpscope::testhost::{ChildGuard, TestHosts, SERVER_IF, SERVER_V4};
+use tcpscope::testhost::{ChildGuard, TestHosts, CLIENT_IF, CLIENT_V4, SERVER_IF, SERVER_V4};
 
 struct Guard {
     guard: ChildGuard,
@@ -393,4 +394,324 @@ fn guard_at_tc_runs_first_and_observers_around_it_all_see_what_passes() {
         assert!(syns(u64::from(OPEN)) >= 1, "the {name} watch sees the SYN that passed: {seen:?}");
         assert_eq!(syns(u64::from(BLOCKED)), 0, "the {name} watch sees no dropped SYN: {seen:?}");
     }
+}
+
+/// How many packets the stopped guard's summary says it dropped for `reason`.
+fn dropped_for(summary: &str, reason: &str) -> u64 {
+    let line = summary.lines().find(|l| l.contains("guard stopped:")).unwrap_or_else(|| panic!("{summary}"));
+    line.split(&format!("{reason} "))
+        .nth(1)
+        .and_then(|r| r.split([',', ')']).next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A listener that accepts on `addr` in the server namespace for as long
+/// as the test runs.
+fn serve(hosts: &TestHosts, addr: std::net::SocketAddr) {
+    let l = TestHosts::run_in(&hosts.server_ns, move || std::net::TcpListener::bind(addr).unwrap())
+        .join()
+        .unwrap()
+        .unwrap();
+    std::thread::spawn(move || for _ in l.incoming() {});
+}
+
+fn raw_link(hosts: &TestHosts) -> raw::RawLink {
+    raw::RawLink::open(&hosts.client_ns, CLIENT_IF, raw::mac_of(&hosts.server_ns, SERVER_IF))
+}
+
+#[test]
+fn ipv4_fragments_cannot_dodge_port_rules() {
+    const BLOCKED: u16 = 19012;
+    const OPEN: u16 = 19013;
+    let hosts = TestHosts::new("gfrag").unwrap();
+    for p in [BLOCKED, OPEN] {
+        serve(&hosts, SocketAddr::from((SERVER_V4, p)));
+    }
+    let link = raw_link(&hosts);
+    let (c, s) = (CLIENT_V4.octets(), SERVER_V4.octets());
+    let send_syn = |sport: u16, dport: u16, cuts: &[usize]| {
+        let seg = raw::syn_segment(&c, &s, sport, dport, 1000);
+        for f in raw::ipv4_fragments(c, s, sport, &seg, cuts) {
+            link.send(raw::ETH_P_IP, &f);
+        }
+    };
+    let wait = Duration::from_millis(1500);
+    // Control: with no guard the kernel reassembles a SYN whose first
+    // fragment holds 8 bytes of TCP header, and answers it.
+    send_syn(40001, BLOCKED, &[8]);
+    assert!(link.syn_ack_seen(Duration::from_secs(5), BLOCKED, 40001), "control: the kernel answers it");
+
+    let mut g = Guard::on(hosts, BLOCKED, &["--json", "--no-detect"]);
+    g.ok(&["block", "add", "198.18.0.0/24", "--port", &BLOCKED.to_string()]);
+    for (sport, cut) in [(40010, 8), (40011, 16)] {
+        send_syn(sport, BLOCKED, &[cut]);
+        assert!(
+            !link.syn_ack_seen(wait, BLOCKED, sport),
+            "a SYN cut after {cut} bytes reached a blocked port"
+        );
+    }
+    // Tiny first fragments are refused whatever their port.
+    send_syn(40012, OPEN, &[8]);
+    assert!(!link.syn_ack_seen(wait, OPEN, 40012), "a tiny first fragment passed");
+    // A first fragment with the whole fixed header: the port rule sees it,
+    // and a fragmented SYN to an open port still connects.
+    send_syn(40013, BLOCKED, &[24]);
+    assert!(!link.syn_ack_seen(wait, BLOCKED, 40013), "the port rule holds for fragmented SYNs");
+    send_syn(40014, OPEN, &[24]);
+    assert!(link.syn_ack_seen(Duration::from_secs(5), OPEN, 40014), "legitimate fragments pass");
+    // A fragment at offset 8 bytes would overwrite the TCP header.
+    let seg = raw::syn_segment(&c, &s, 40015, OPEN, 1);
+    link.send(raw::ETH_P_IP, &raw::ipv4_fragment(c, s, 77, 8, &seg[8..], false));
+    // A blocked source loses every fragment, not only the first: none
+    // reaches the kernel's reassembly.
+    g.ok(&["block", "add", "198.18.0.1"]);
+    let before = raw::ip_counter(&g.hosts.server_ns, "Ip", "ReasmReqds");
+    send_syn(40016, OPEN, &[8, 24]);
+    assert!(!link.syn_ack_seen(wait, OPEN, 40016));
+    assert_eq!(
+        raw::ip_counter(&g.hosts.server_ns, "Ip", "ReasmReqds"),
+        before,
+        "a fragment reached reassembly"
+    );
+
+    let (_, summary) = g.stop();
+    assert_eq!(dropped_for(&summary, "tiny_fragment"), 3, "{summary}");
+    assert_eq!(dropped_for(&summary, "port_rule"), 1, "{summary}");
+    // The explicit one, and the second fragments of the two SYNs cut after
+    // 8 bytes (they start at offset 8 too).
+    assert_eq!(dropped_for(&summary, "fragment_offset_1"), 3, "{summary}");
+    assert!(dropped_for(&summary, "block_rule") >= 3, "{summary}");
+}
+
+/// `nmap -sS -f` from the client against `port`: its grepable line.
+fn nmap_fragmented(hosts: &TestHosts, port: u16) -> String {
+    let out = TestHosts::command_in(&hosts.client_ns, "nmap")
+        .args(["-sS", "-f", "-p", &port.to_string(), "-n", "-Pn", "--max-retries", "1"])
+        .args(["--host-timeout", "30s", "-oG", "-", "198.18.0.2"])
+        .output()
+        .expect("nmap (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "nmap: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains("Ports:")).collect()
+}
+
+#[test]
+fn nmap_fragmented_syn_scan_finds_nothing_behind_the_guard() {
+    const PORT: u16 = 19014;
+    let hosts = TestHosts::new("gnmapf").unwrap();
+    serve(&hosts, SocketAddr::from((SERVER_V4, PORT)));
+    let open = format!("{PORT}/open/");
+    assert!(nmap_fragmented(&hosts, PORT).contains(&open), "control: nmap -f finds the port open");
+    // --no-detect: these drops enforce the rules; they are no detector.
+    let mut g = Guard::on(hosts, PORT, &["--json", "--no-detect"]);
+    let line = nmap_fragmented(&g.hosts, PORT);
+    assert!(!line.contains(&open), "nmap -f through the guard: {line}");
+    let (_, summary) = g.stop();
+    assert!(dropped_for(&summary, "tiny_fragment") >= 1, "{summary}");
+}
+
+#[test]
+fn ipv6_headers_the_guard_cannot_follow_are_dropped() {
+    const PORT: u16 = 19015;
+    let hosts = TestHosts::new("gext6").unwrap();
+    serve(&hosts, SocketAddr::from((tcpscope::testhost::SERVER_V6, PORT)));
+    let link = raw_link(&hosts);
+    let (c, s) = (tcpscope::testhost::CLIENT_V6.octets(), tcpscope::testhost::SERVER_V6.octets());
+    let seg = |sport: u16| raw::syn_segment(&c, &s, sport, PORT, 1);
+    let dst_opts = |n: usize| (0..n).map(|_| (60u8, raw::ipv6_options_header(1))).collect::<Vec<_>>();
+    // A SYN behind 9 destination-options headers: one more than the parser follows.
+    let deep = |sport| raw::ipv6_packet(c, s, &dst_opts(9), 6, &seg(sport));
+    // A SYN in two fragments, the first with 8 bytes of its TCP header.
+    let split = |sport: u16| {
+        let t = seg(sport);
+        let id = u32::from(sport);
+        [
+            raw::ipv6_packet(c, s, &[(44, raw::ipv6_fragment_header(0, true, id))], 6, &t[..8]),
+            raw::ipv6_packet(c, s, &[(44, raw::ipv6_fragment_header(8, false, id))], 6, &t[8..]),
+        ]
+    };
+    let long = Duration::from_secs(5);
+    // Control: the kernel accepts the deep chain. (A first fragment without
+    // the whole TCP header this kernel drops itself, as RFC 7112 asks; the
+    // guard drops it anyway, for kernels that do not.)
+    link.send(raw::ETH_P_IPV6, &deep(41001));
+    assert!(link.syn_ack_seen(long, PORT, 41001), "control: 9 destination options");
+
+    let mut g = Guard::on(hosts, PORT, &["--json", "--no-detect"]);
+    g.ok(&["block", "add", "2001:db8::/32", "--port", &PORT.to_string()]);
+    let wait = Duration::from_millis(1500);
+    link.send(raw::ETH_P_IPV6, &deep(41003));
+    assert!(!link.syn_ack_seen(wait, PORT, 41003), "9 destination options dodge the port rule");
+    // 12 hop-by-hop and destination headers, mixed.
+    let mixed: Vec<_> =
+        (0..12).map(|i| (if i % 2 == 0 { 0u8 } else { 60 }, raw::ipv6_options_header(1))).collect();
+    link.send(raw::ETH_P_IPV6, &raw::ipv6_packet(c, s, &mixed, 6, &seg(41004)));
+    for f in split(41005) {
+        link.send(raw::ETH_P_IPV6, &f);
+    }
+    assert!(!link.syn_ack_seen(wait, PORT, 41005), "a cut first fragment dodges the port rule");
+    // An options header longer than the packet says it holds.
+    let mut cut = raw::ipv6_packet(c, s, &[(60, raw::ipv6_options_header(3))], 6, &seg(41006));
+    cut[4..6].copy_from_slice(&16u16.to_be_bytes());
+    link.send(raw::ETH_P_IPV6, &cut);
+    // An experimental extension header (253) the parser does not walk.
+    link.send(
+        raw::ETH_P_IPV6,
+        &raw::ipv6_packet(c, s, &[(253, raw::ipv6_options_header(1))], 6, &seg(41007)),
+    );
+    assert!(!link.syn_ack_seen(wait, PORT, 41007));
+
+    let (_, summary) = g.stop();
+    assert_eq!(dropped_for(&summary, "ipv6_ext_chain_too_long"), 2, "{summary}");
+    assert_eq!(dropped_for(&summary, "tiny_fragment"), 1, "{summary}");
+    assert_eq!(dropped_for(&summary, "ipv6_ext_truncated"), 1, "{summary}");
+    assert_eq!(dropped_for(&summary, "ipv6_ext_unknown"), 1, "{summary}");
+}
+
+#[test]
+fn unparsable_pass_lets_an_unfollowable_chain_through() {
+    const PORT: u16 = 19016;
+    let hosts = TestHosts::new("gext6p").unwrap();
+    serve(&hosts, SocketAddr::from((tcpscope::testhost::SERVER_V6, PORT)));
+    let link = raw_link(&hosts);
+    let (c, s) = (tcpscope::testhost::CLIENT_V6.octets(), tcpscope::testhost::SERVER_V6.octets());
+    let g = Guard::on(hosts, PORT, &["--unparsable", "pass"]);
+    let chain: Vec<_> = (0..9).map(|_| (60u8, raw::ipv6_options_header(1))).collect();
+    let syn = raw::syn_segment(&c, &s, 41010, PORT, 1);
+    link.send(raw::ETH_P_IPV6, &raw::ipv6_packet(c, s, &chain, 6, &syn));
+    assert!(link.syn_ack_seen(Duration::from_secs(5), PORT, 41010), "passed as configured");
+    drop(g);
+}
+
+/// Waits up to 20 s for a guard to end by itself; its exit status and stderr.
+fn ends_by_itself(g: &mut Guard) -> (std::process::ExitStatus, String) {
+    let st = g.guard.wait_timeout(Duration::from_secs(20)).expect("the guard notices and exits");
+    std::thread::sleep(Duration::from_millis(100)); // the stderr reader's last lines
+    (st, g.stderr.lock().unwrap().join("\n"))
+}
+
+#[test]
+fn guard_ends_when_its_interface_or_namespace_goes() {
+    let mut g = Guard::start("ggone", 19017, &[]);
+    g.ok(&["block", "add", "198.18.0.9"]);
+    let pins = format!("/sys/fs/bpf/tcpscope/{SERVER_IF}@{}", g.hosts.server_ns);
+    assert!(std::path::Path::new(&pins).exists());
+    tcpscope::testhost::ip(&["-n", &g.hosts.server_ns, "link", "del", SERVER_IF]).unwrap();
+    let (st, err) = ends_by_itself(&mut g);
+    assert!(!st.success(), "exits non-zero");
+    let last = err.lines().last().unwrap();
+    assert!(last.starts_with("tcpscope: error: interface 'tsc-server' went away"), "{err}");
+    assert!(!std::path::Path::new(&pins).exists(), "pins removed with the interface");
+    let out = g.cli(&["block", "list"]);
+    assert!(!out.status.success(), "block on a gone guard fails");
+
+    // The same name again, in the same namespace: a new guard is accepted.
+    let (c, s) = (&g.hosts.client_ns, &g.hosts.server_ns);
+    // (The client end went with its peer: the pair is made anew.)
+    tcpscope::testhost::ip(&[
+        "link", "add", CLIENT_IF, "netns", c, "type", "veth", "peer", "name", SERVER_IF, "netns", s,
+    ])
+    .unwrap();
+    let mut again = Command::new(tcpscope_bin());
+    again.args(["guard", "--netns", s, "-i", SERVER_IF]).stdout(Stdio::piped());
+    let (mut second, _) = ChildGuard::spawn_until_ready(again, "(link id ", Duration::from_secs(30)).unwrap();
+    let list = g.cli(&["block", "list"]);
+    assert!(list.status.success() && list.stdout.is_empty(), "a new interface starts with no rules");
+
+    // Its network namespace deleted: the guard must not keep it alive.
+    tcpscope::testhost::ip(&["netns", "del", s]).unwrap();
+    let st = second.wait_timeout(Duration::from_secs(20)).expect("the guard notices the namespace is gone");
+    assert!(!st.success());
+}
+
+#[test]
+fn watch_and_stats_end_when_their_interface_goes() {
+    let hosts = TestHosts::new("wgone").unwrap();
+    let mut w = start_tcpscope(&hosts.server_ns, &["watch", "-i", SERVER_IF]);
+    let mut s = start_tcpscope(&hosts.server_ns, &["stats", "-i", SERVER_IF, "--interval", "5"]);
+    tcpscope::testhost::ip(&["-n", &hosts.server_ns, "link", "del", SERVER_IF]).unwrap();
+    for (name, child) in [("watch", &mut w), ("stats", &mut s)] {
+        let st = child.wait_timeout(Duration::from_secs(20)).unwrap_or_else(|_| panic!("{name} notices"));
+        assert!(!st.success(), "{name} exits non-zero");
+    }
+}
+
+#[test]
+fn rules_survive_kill_9_and_sigterm_and_sighup_reloads_the_file() {
+    const PORT: u16 = 19018;
+    let file = std::env::temp_dir().join(format!("tcpscope-hup-{}.toml", std::process::id()));
+    std::fs::write(&file, "[[block]]\ncidr = \"198.18.0.0/24\"\nport = 1\n").unwrap();
+    let rules = file.to_str().unwrap().to_string();
+    let mut g = Guard::start("grestart", PORT, &["--rules", &rules]);
+    g.ok(&["block", "add", "198.18.0.1", "--ttl", "1h"]);
+    assert!(!g.connects(Duration::from_millis(300)));
+    let listed = |g: &Guard| -> Vec<serde_json::Value> {
+        let out = g.cli(&["block", "list", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let before = listed(&g);
+    let runtime = |rules: &[serde_json::Value]| rules.iter().find(|r| r["cidr"] == "198.18.0.1/32").cloned();
+    let hits = runtime(&before).unwrap()["hits"].as_u64().unwrap();
+    assert!(hits >= 1);
+
+    // kill -9, then a new guard: the rule is there with its hits and TTL.
+    g.guard.child.kill().unwrap();
+    g.guard.child.wait().unwrap();
+    let ns = g.hosts.server_ns.clone();
+    let start = |extra: &[&str]| {
+        let mut cmd = Command::new(tcpscope_bin());
+        cmd.args(["guard", "--netns", &ns, "-i", SERVER_IF, "--rules", &rules])
+            .args(extra)
+            .stdout(Stdio::piped());
+        ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap()
+    };
+    let (child, lines) = start(&[]);
+    g.guard = child;
+    g.stderr = lines;
+    assert!(g.stderr.lock().unwrap().iter().any(|l| l.contains("guarding with 2 rules")));
+    let after = listed(&g);
+    let r = runtime(&after).expect("the runtime rule survived kill -9");
+    assert!(r["hits"].as_u64().unwrap() >= hits, "hits kept: {r}");
+    let ttl = r["expires_in_ms"].as_u64().unwrap();
+    assert!(ttl > 3_000_000 && ttl < 3_600_000, "TTL kept, still running: {r}");
+    assert!(!g.connects(Duration::from_millis(300)), "and it still drops");
+
+    // SIGHUP: the file again (its rule changed), the runtime rule kept.
+    std::fs::write(&file, "[[block]]\ncidr = \"198.18.0.0/24\"\nport = 2\n").unwrap();
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(g.guard.child.id() as i32, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ports =
+        |rules: &[serde_json::Value]| rules.iter().filter_map(|r| r["port"].as_u64()).collect::<Vec<_>>();
+    while ports(&listed(&g)) != [2] && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let reloaded = listed(&g);
+    assert_eq!(ports(&reloaded), [2], "the file's new rule replaced its old one: {reloaded:?}");
+    assert!(runtime(&reloaded).is_some(), "the runtime rule stays");
+    assert!(g.guard.child.try_wait().unwrap().is_none(), "SIGHUP does not stop the guard");
+
+    // `block save` writes what a guard loads.
+    let saved = std::env::temp_dir().join(format!("tcpscope-saved-{}.toml", std::process::id()));
+    g.ok(&["block", "save", saved.to_str().unwrap()]);
+    let text = std::fs::read_to_string(&saved).unwrap();
+    assert!(
+        text.contains("cidr = \"198.18.0.1/32\"") && text.contains("ttl = \"") && text.contains("port = 2"),
+        "{text}"
+    );
+    assert_eq!(tcpscope::policy::parse_rules(&text, "saved").unwrap().len(), 2);
+
+    // SIGTERM, then a guard without the file: runtime and file rules stay.
+    let (_, _) = g.stop();
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["guard", "--netns", &ns, "-i", SERVER_IF]).stdout(Stdio::piped());
+    let (child, lines) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+    g.guard = child;
+    g.stderr = lines;
+    assert_eq!(listed(&g).len(), 2, "rules survive SIGTERM");
+    g.ok(&["block", "flush"]);
+    assert!(listed(&g).is_empty(), "block flush empties the lists");
+    assert!(g.connects(Duration::from_secs(2)));
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&saved);
 }

@@ -14,7 +14,8 @@ use tcpscope::model::{PacketRecord, TcpOptions};
 use tcpscope::testpkt::{self, MAC_A, MAC_B, V4_DST, V4_SRC};
 
 const XDP_PASS: u32 = 2;
-const TC_ACT_OK: u32 = 0;
+/// TCX_NEXT (-1): pass, and let the next program on the tcx chain run.
+const TCX_NEXT: u32 = -1i32 as u32;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Hook {
@@ -55,7 +56,7 @@ impl Harness {
             Hook::Tc => &self.skel.progs.tcpscope_tc,
         };
         let out = prog.test_run(ProgramInput { data_in: Some(frame), repeat: 1, ..Default::default() })?;
-        let want = if hook == Hook::Xdp { XDP_PASS } else { TC_ACT_OK };
+        let want = if hook == Hook::Xdp { XDP_PASS } else { TCX_NEXT };
         assert_eq!(out.return_value, want, "{hook:?} must fail open and pass every packet");
         let mut events = Vec::new();
         {

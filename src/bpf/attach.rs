@@ -200,3 +200,61 @@ pub fn tc_chain(ifindex: u32) -> Result<Vec<u32>> {
     ids.truncate(n.min(ids.len()));
     Ok(ids)
 }
+
+/// Tells when the interface a program is attached to goes away: deleted, or
+/// moved, or its named network namespace deleted. A program attached through
+/// a link to a deleted interface is detached by the kernel, but the process
+/// holding it would keep running (and, being in it, keep a deleted network
+/// namespace alive): each command's loop asks [`Presence::gone`] and ends.
+#[derive(Debug)]
+pub struct Presence {
+    ifname: String,
+    ifindex: u32,
+    /// The `ip netns` name of this thread's network namespace, with the
+    /// namespace's identity (device, inode), if it has one.
+    netns: Option<(std::path::PathBuf, (u64, u64))>,
+}
+
+/// (device, inode) of a namespace file.
+fn ns_identity(path: &std::path::Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Where `ip netns` keeps its names.
+const NETNS_DIR: &str = "/var/run/netns";
+
+impl Presence {
+    /// For `ifname` (index `ifindex`) as seen from this thread now.
+    pub fn new(ifname: &str, ifindex: u32) -> Self {
+        let own = ns_identity(std::path::Path::new("/proc/thread-self/ns/net"));
+        // Entered with --netns, or started by `ip netns exec`: either way,
+        // a name in /var/run/netns points at this namespace.
+        let netns = own.and_then(|own| {
+            std::fs::read_dir(NETNS_DIR)
+                .ok()?
+                .flatten()
+                .map(|e| e.path())
+                .find(|p| ns_identity(p) == Some(own))
+                .map(|p| (p, own))
+        });
+        Presence { ifname: ifname.to_string(), ifindex, netns }
+    }
+
+    /// Why the interface is gone, or None while it is there.
+    pub fn gone(&self) -> Option<String> {
+        if let Some((path, id)) = &self.netns {
+            if ns_identity(path) != Some(*id) {
+                return Some(format!(
+                    "the network namespace of '{}' ({}) was deleted",
+                    self.ifname,
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ));
+            }
+        }
+        let c = CString::new(self.ifname.as_str()).ok()?;
+        // SAFETY: c is a valid NUL-terminated string.
+        let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        (idx != self.ifindex).then(|| format!("interface '{}' went away (deleted or renamed)", self.ifname))
+    }
+}

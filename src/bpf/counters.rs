@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Map, Value};
 
 use crate::bpf::types::tcpscope_counters;
-use crate::model::{FLAG_NAMES, MALFORMED_NAMES};
+use crate::model::{FLAG_NAMES, GUARD_DROP_NAMES, MALFORMED_NAMES};
 
 /// Totals of `struct tcpscope_counters` over all CPUs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,6 +43,12 @@ impl Counters {
             .collect()
     }
 
+    /// (name, count) of every reason the guard dropped packets for, every
+    /// reason listed (a zero is news to whoever asks why nothing dropped).
+    pub fn guard_dropped_by_reason(&self) -> Vec<(&'static str, u64)> {
+        GUARD_DROP_NAMES.iter().copied().zip(self.0.guard_dropped).skip(1).collect()
+    }
+
     /// Every counter as a JSON object with stable keys.
     pub fn to_json(&self) -> Value {
         let c = &self.0;
@@ -59,6 +65,8 @@ impl Counters {
             "filtered_out": c.filtered_out, "sampled_out": c.sampled_out,
             "events": c.events, "events_lost": c.events_lost,
             "policy_dropped": c.policy_dropped, "policy_allowed": c.policy_allowed,
+            "guard_dropped": self.guard_dropped_by_reason().into_iter()
+                .map(|(n, v)| (n.to_string(), json!(v))).collect::<Map<String, Value>>(),
         })
     }
 

@@ -58,11 +58,20 @@ pub struct LoadOptions {
     pub btf: Option<PathBuf>,
     /// Detector thresholds (guard); all zero: detectors off.
     pub detect: types::detect_config,
+    /// Guard: a directory of pinned rule maps to take over (those of
+    /// `reuse` found there), so that rules outlive the process.
+    pub reuse_pins: Option<(PathBuf, &'static [&'static str])>,
 }
 
 impl LoadOptions {
     pub fn new(config: types::tcpscope_config) -> Self {
-        LoadOptions { config, ringbuf_bytes: 4 << 20, btf: None, detect: Default::default() }
+        LoadOptions {
+            config,
+            ringbuf_bytes: 4 << 20,
+            btf: None,
+            detect: Default::default(),
+            reuse_pins: None,
+        }
     }
 }
 
@@ -97,11 +106,22 @@ pub fn load_ingress(opts: &LoadOptions) -> Result<IngressSkel<'static>> {
     rodata.cfg = opts.config;
     rodata.dcfg = opts.detect;
     open.maps.events.set_max_entries(opts.ringbuf_bytes).context("setting the ring buffer size")?;
+    if let Some((dir, names)) = &opts.reuse_pins {
+        use libbpf_rs::skel::OpenSkel as _;
+        for mut m in open.open_object_mut().maps_mut() {
+            let name = m.name().to_string_lossy().into_owned();
+            let path = dir.join(&name);
+            if names.contains(&name.as_str()) && path.exists() {
+                m.reuse_pinned_map(&path)
+                    .with_context(|| format!("reusing the pinned map {}", path.display()))?;
+            }
+        }
+    }
     open.load().map_err(|e| preflight::explain(e, "loading the ingress programs"))
 }
 
 /// Loads the empty programs that benchmarks compare with: XDP_PASS /
-/// TC_ACT_OK and the rule-matching references, and with `conns_hooks` also
+/// TCX_NEXT and the rule-matching references, and with `conns_hooks` also
 /// those at `conns`' tracepoints and cgroup hooks (left out otherwise: a
 /// kernel lacking one of those tracepoints refuses the whole object).
 pub fn load_baseline(conns_hooks: bool) -> Result<BaselineSkel<'static>> {

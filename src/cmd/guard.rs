@@ -14,22 +14,40 @@ use crate::filter::EventFilter;
 use crate::output::print_line;
 use crate::policy::{self, List, PolicyMaps, Rule};
 
-/// Removes the guard's pins and pid file however the guard ends.
-struct Claim(String);
+/// Releases the guard's claim however it ends: the pid file and counters
+/// go; the rules stay pinned for the next guard, unless the interface went
+/// away (then they go too).
+struct Claim {
+    id: String,
+    interface_gone: std::cell::Cell<bool>,
+}
 impl Drop for Claim {
     fn drop(&mut self) {
-        policy::release(&self.0);
+        if self.interface_gone.get() {
+            policy::release_all(&self.id);
+        } else {
+            policy::release(&self.id);
+        }
     }
+}
+
+/// Set by SIGHUP: reload the rules file.
+static RELOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_sighup(_: libc::c_int) {
+    RELOAD.store(true, Ordering::SeqCst); // async-signal-safe: one atomic store
+}
+
+/// The rules of a rules file, read and checked.
+fn read_rules_file(f: &std::path::Path) -> Result<Vec<Rule>> {
+    let text = std::fs::read_to_string(f).with_context(|| format!("cannot read '{}'", f.display()))?;
+    policy::parse_rules(&text, &f.display().to_string())
 }
 
 pub fn run(args: &GuardArgs) -> Result<()> {
     // Everything that can be wrong with the input fails before attaching.
     let rules = match &args.rules {
-        Some(f) => {
-            let text =
-                std::fs::read_to_string(f).with_context(|| format!("cannot read '{}'", f.display()))?;
-            policy::parse_rules(&text, &f.display().to_string())?
-        }
+        Some(f) => read_rules_file(f)?,
         None => Vec::new(),
     };
     preflight::check_privileges()?;
@@ -38,13 +56,18 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     }
     crate::bpf::attach::ifindex(&args.attach.iface)?;
     let stop = stop_flag()?;
+    // SIGHUP reloads the rules file instead of stopping the guard (this
+    // replaces the stop handler for SIGHUP alone).
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGHUP, on_sighup as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     let iface = policy::guard_id(&args.attach.iface, args.attach.netns.as_deref());
     let dir = policy::claim(&iface)?;
-    let _claim = Claim(iface.clone());
+    let claim = Claim { id: iface.clone(), interface_gone: std::cell::Cell::new(false) };
 
     let mut config = EventFilter::default().to_kernel(false)?;
     config.policy = 1;
     config.lean = u8::from(!args.inspect);
+    config.drop_unparsable = u8::from(args.unparsable == crate::cli::Unparsable::Drop);
     // XDP by default here: dropping before an skb exists is the point.
     let hook = args.attach.hook.unwrap_or(HookKind::Xdp);
     let detect = crate::bpf::types::detect_config {
@@ -57,21 +80,48 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         mitigate_ttl_ns: if args.mitigate { args.mitigate_ttl.as_nanos() as u64 } else { 0 },
         ..Default::default()
     };
-    let mut session = Session::start_with(&args.attach, hook, config, 4096, detect)?;
+    let opts = bpf::LoadOptions {
+        ringbuf_bytes: 4096,
+        detect,
+        reuse_pins: Some((dir.clone(), &policy::RULE_MAPS[..])),
+        ..bpf::LoadOptions::new(config)
+    };
+    // The rules of the guard before this one, taken over as they are; or,
+    // if its maps do not fit this version's, copied into new ones.
+    let (mut session, carried) = match Session::start_with(&args.attach, hook, opts.clone()) {
+        Ok(s) => (s, Vec::new()),
+        Err(e) if policy::RULE_MAPS.iter().any(|m| dir.join(m).exists()) => {
+            let saved = policy::read_pinned(&dir)?;
+            for m in policy::RULE_MAPS {
+                let _ = std::fs::remove_file(dir.join(m));
+            }
+            let fresh = bpf::LoadOptions { reuse_pins: None, ..opts };
+            let s =
+                Session::start_with(&args.attach, hook, fresh).map_err(|e2| e2.context(format!("{e:#}")))?;
+            eprintln!(
+                "tcpscope: {} rules carried over from the earlier guard's maps into new ones",
+                saved.len()
+            );
+            (s, saved)
+        }
+        Err(e) => return Err(e),
+    };
     {
         use libbpf_rs::skel::Skel;
         use libbpf_rs::MapCore;
         for mut m in session.skel.object_mut().maps_mut() {
             let name = m.name().to_string_lossy().into_owned();
-            if policy::MAPS.contains(&name.as_str()) {
+            if policy::MAPS.contains(&name.as_str()) && !dir.join(&name).exists() {
                 m.pin(dir.join(&name)).with_context(|| format!("pinning map {name} in {}", dir.display()))?;
             }
         }
     }
     let maps = PolicyMaps::open(Some(&iface))?;
-    for r in &rules {
-        maps.add(r)?;
+    maps.restore(&carried)?;
+    if args.rules.is_some() {
+        maps.sync_file_rules(&iface, &rules)?;
     }
+    let kept = maps.list().map_or(0, |(r, _)| r.len());
     // Connection limit: counted in the kernel by the lifecycle tracepoints,
     // which report only peers over the limit; alerts are rate-limited here.
     let lc = if args.conn_limit > 0 && !args.no_detect {
@@ -93,7 +143,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         None
     };
     // Announced last: tests and scripts take this line to mean "all live".
-    session.announce(&format!("guarding with {} rules", rules.len()));
+    session.announce(&format!("guarding with {kept} rules"));
     let mut position = ChainPosition::default();
     position.check(&session);
 
@@ -180,6 +230,13 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         let _ = ring.consume();
         let _ = maps.list();
         position.check(&session);
+        if let Err(e) = session.check_present() {
+            claim.interface_gone.set(true);
+            return Err(e);
+        }
+        if RELOAD.swap(false, Ordering::SeqCst) {
+            eprintln!("{}", reload(args, &maps, &iface));
+        }
         if let Some(lc) = &lc {
             if let Some(line) = ratio.check(&session, lc, my_netns, args) {
                 print_line(&line);
@@ -189,12 +246,31 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     drop(ring);
     let c = bpf::read_counters(&session.skel)?;
     drop(session);
+    let reasons: Vec<String> =
+        c.guard_dropped_by_reason().iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
     eprintln!(
-        "tcpscope: guard stopped: {} packets dropped by rules, {} from allow-listed sources",
-        c.0.policy_dropped, c.0.policy_allowed
+        "tcpscope: guard stopped: {} packets dropped{}, {} from allow-listed sources",
+        c.0.policy_dropped,
+        if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
+        c.0.policy_allowed
     );
     eprintln!("{}", c.summary());
     Ok(())
+}
+
+/// SIGHUP: the rules file again, runtime rules untouched. One line to say
+/// what changed, or why nothing did.
+fn reload(args: &GuardArgs, maps: &PolicyMaps, iface: &str) -> String {
+    let Some(f) = &args.rules else {
+        return "tcpscope: SIGHUP: no --rules file to reload; runtime rules unchanged".into();
+    };
+    match read_rules_file(f).and_then(|rules| maps.sync_file_rules(iface, &rules)) {
+        Ok((added, removed)) => format!(
+            "tcpscope: reloaded {}: {added} rules added, {removed} removed; runtime rules unchanged",
+            f.display()
+        ),
+        Err(e) => format!("tcpscope: reloading {} failed, rules unchanged: {e:#}", f.display()),
+    }
 }
 
 /// Whether the guard still runs first on its TC chain. It attaches at the
@@ -367,16 +443,42 @@ pub fn block(args: &BlockArgs) -> Result<()> {
             maps.delete(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: None })
         }
         BlockCmd::List { json } => list(&maps, List::Block, *json),
+        BlockCmd::Flush => {
+            let n = maps.flush(List::Block)?;
+            eprintln!("tcpscope: {n} block rules removed");
+            Ok(())
+        }
+        BlockCmd::Save { file } => {
+            let (mut rules, _) = maps.list()?;
+            rules.sort_by_key(|r| {
+                (r.rule.list == List::Allow, r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port)
+            });
+            let text = policy::to_rules_file(&rules);
+            if file.as_os_str() == "-" {
+                print_line(text.trim_end());
+            } else {
+                std::fs::write(file, text).with_context(|| format!("cannot write '{}'", file.display()))?;
+                eprintln!("tcpscope: {} rules saved to {}", rules.len(), file.display());
+            }
+            Ok(())
+        }
     }
 }
 
 pub fn allow(args: &AllowArgs) -> Result<()> {
     let maps = PolicyMaps::open(args.guard.id().as_deref())?;
     match &args.cmd {
-        AllowCmd::Add { cidr } => maps.add(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None }),
+        AllowCmd::Add { cidr, ttl } => {
+            maps.add(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: *ttl })
+        }
         AllowCmd::Del { cidr } => {
             maps.delete(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None })
         }
         AllowCmd::List { json } => list(&maps, List::Allow, *json),
+        AllowCmd::Flush => {
+            let n = maps.flush(List::Allow)?;
+            eprintln!("tcpscope: {n} allow rules removed");
+            Ok(())
+        }
     }
 }

@@ -30,6 +30,7 @@ pub struct Session {
     pub ifname: String,
     pub ifindex: u32,
     pub hook: HookKind,
+    pub presence: attach::Presence,
 }
 
 impl Session {
@@ -45,26 +46,19 @@ impl Session {
         config: types::tcpscope_config,
         ringbuf_bytes: u32,
     ) -> Result<Self> {
-        Self::start_with(args, hook, config, ringbuf_bytes, Default::default())
+        let opts = LoadOptions { ringbuf_bytes, ..LoadOptions::new(config) };
+        Self::start_with(args, hook, opts)
     }
 
-    /// As `start_on`, with detector thresholds (guard).
-    pub fn start_with(
-        args: &AttachArgs,
-        hook: HookKind,
-        config: types::tcpscope_config,
-        ringbuf_bytes: u32,
-        detect: types::detect_config,
-    ) -> Result<Self> {
+    /// As `start_on`, with every load option (guard: detectors, pins).
+    pub fn start_with(args: &AttachArgs, hook: HookKind, mut opts: LoadOptions) -> Result<Self> {
+        let config = opts.config;
         bpf::preflight::check_privileges()?;
         if let Some(ns) = &args.netns {
             attach::enter_netns(ns)?;
         }
         let ifindex = attach::ifindex(&args.iface)?;
-        let mut opts = LoadOptions::new(config);
-        opts.ringbuf_bytes = ringbuf_bytes;
         opts.btf = args.btf.clone();
-        opts.detect = detect;
         let skel = bpf::load_ingress(&opts)?;
         let link = match hook {
             HookKind::Xdp => attach::attach_xdp(&skel.progs.tcpscope_xdp, &args.iface, args.xdp_mode)?,
@@ -76,7 +70,17 @@ impl Session {
                 if config.policy != 0 { attach::TcPlace::First } else { attach::TcPlace::Last },
             )?,
         };
-        Ok(Session { link, skel, ifname: args.iface.clone(), ifindex, hook })
+        let presence = attach::Presence::new(&args.iface, ifindex);
+        Ok(Session { link, skel, ifname: args.iface.clone(), ifindex, hook, presence })
+    }
+
+    /// An error once the interface (or its network namespace) is gone: the
+    /// kernel has detached the program, and there is nothing left to do.
+    pub fn check_present(&self) -> Result<()> {
+        match self.presence.gone() {
+            Some(why) => Err(anyhow::anyhow!("{why}: stopped; start again once it is back")),
+            None => Ok(()),
+        }
     }
 
     /// The TC programs that run before this session's (a guard attached at
@@ -141,6 +145,20 @@ pub fn sleep_unless_stopped(stop: &AtomicBool, deadline: std::time::Instant) {
     while !stop.load(Ordering::SeqCst) {
         let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { break };
         std::thread::park_timeout(left);
+    }
+}
+
+/// As `sleep_unless_stopped`, waking every 500 ms to ask `session` whether
+/// its interface is still there: an error as soon as it is gone.
+pub fn sleep_while_present(stop: &AtomicBool, deadline: std::time::Instant, session: &Session) -> Result<()> {
+    let step = std::time::Duration::from_millis(500);
+    loop {
+        session.check_present()?;
+        let now = std::time::Instant::now();
+        if now >= deadline || stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        sleep_unless_stopped(stop, deadline.min(now + step));
     }
 }
 

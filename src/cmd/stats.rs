@@ -28,7 +28,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
     let mut prev_t = Instant::now();
     let mut reports = 0u64;
     while !stop.load(Ordering::SeqCst) && args.count.is_none_or(|c| reports < c) {
-        crate::cmd::sleep_unless_stopped(&stop, Instant::now() + interval);
+        crate::cmd::sleep_while_present(&stop, Instant::now() + interval, &session)?;
         let now = bpf::read_counters(&session.skel)?;
         let t = Instant::now();
         let secs = t.duration_since(prev_t).as_secs_f64().max(1e-9);

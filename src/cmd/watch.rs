@@ -138,6 +138,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             Err(e) => return Err(e).context("reading the ring buffer"),
         }
         let _ = out.borrow_mut().flush();
+        session.check_present()?;
     }
     let _ = ring.consume(); // what arrived since the last poll
     let _ = out.borrow_mut().flush();

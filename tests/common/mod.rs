@@ -2,6 +2,8 @@
 //! the independent decoder, and a TCP exchange between the test hosts.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod raw;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
