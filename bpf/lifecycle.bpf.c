@@ -430,11 +430,27 @@ static __always_inline bool port_wanted(const struct conn_event *e)
 	return !cfg.port || e->sport == cfg.port || e->dport == cfg.port;
 }
 
-static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_event *e)
+/*
+ * The kernel's byte counters follow sequence numbers, and a SYN and a FIN
+ * each take one: bytes_received counts the peer's FIN once it is in,
+ * bytes_acked our FIN once acked (and, on an active open, our SYN: user
+ * space takes that off, knowing which sockets connected). Users compare
+ * these with what their application sent, so the events carry payload.
+ * - The peer's FIN is in once tcp_fin() set SOCK_DONE (a reset does not).
+ * - Our FIN takes write_seq's last number: it was sent in the FIN states
+ *   and is acked once snd_una reaches write_seq. At a close the socket's
+ *   state is already TCP_CLOSE, so the caller passes the state it left.
+ */
+static __always_inline void fill_tcp_stats_in(const struct sock *sk, struct conn_event *e, __u8 state)
 {
 	const struct tcp_sock *tp = bpf_core_cast(sk, struct tcp_sock);
-	e->bytes_received = tp->bytes_received;
-	e->bytes_acked = tp->bytes_acked;
+	bool fin_in = sk->__sk_common.skc_flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE));
+	bool fin_sent = state == TCP_FIN_WAIT1 || state == TCP_FIN_WAIT2 || state == TCP_CLOSING ||
+			state == TCP_LAST_ACK || state == TCP_TIME_WAIT;
+	bool fin_acked = fin_sent && tp->snd_una == tp->write_seq;
+	__u64 rx = tp->bytes_received, acked = tp->bytes_acked;
+	e->bytes_received = fin_in && rx ? rx - 1 : rx;
+	e->bytes_acked = fin_acked && acked ? acked - 1 : acked;
 	e->segs_in = tp->segs_in;
 	e->segs_out = tp->segs_out;
 	e->total_retrans = tp->total_retrans;
@@ -443,6 +459,12 @@ static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_ev
 	e->snd_cwnd = tp->snd_cwnd;
 	e->snd_wnd = tp->snd_wnd;
 	e->rcv_wnd = tp->rcv_wnd;
+}
+
+/* As fill_tcp_stats_in, for a socket in the state it is in now. */
+static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_event *e)
+{
+	fill_tcp_stats_in(sk, e, sk->__sk_common.skc_state);
 }
 
 /* The guard's events go to its ring buffer, waking the reader; the others
@@ -689,7 +711,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 		if (!port_wanted(&e))
 			return 0;
 		e.kind = CONN_CLOSE;
-		fill_tcp_stats(sk, &e);
+		fill_tcp_stats_in(sk, &e, oldstate);
 		submit(&e);
 		return 0;
 	}

@@ -180,6 +180,13 @@ impl SocketJoin {
         let closed = kind == K::CONN_CLOSE.0;
         let known =
             if closed { self.by_cookie.remove(&e.cookie) } else { self.by_cookie.get(&e.cookie).copied() };
+        // An active open's bytes_acked counts its SYN (the kernel's events
+        // already leave out FINs): payload bytes only. A socket not followed
+        // from its connect cannot be told apart, and keeps the count as is.
+        let active = kind == K::CONN_ESTABLISHED_OUT.0 || known.is_some_and(|f| !f.passive);
+        if active && (closed || kind == K::CONN_ESTABLISHED_OUT.0) {
+            e.bytes_acked = e.bytes_acked.saturating_sub(1);
+        }
         if let Some(f) = known {
             (e.pid, e.comm) = (f.pid, f.comm);
             let since_start = e.ts_ns.saturating_sub(f.start_ns);

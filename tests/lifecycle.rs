@@ -95,13 +95,12 @@ fn close_reports_bytes_process_and_the_packet_key() {
     );
     assert_eq!(est_out[0]["pid"], me);
 
-    // Close, hand-checked: bytes_received counts data plus the peer's FIN;
-    // the passive side's bytes_acked counts data plus its FIN, the active
-    // side's also its SYN.
+    // Close, hand-checked: payload bytes only, as the application sent
+    // them (the kernel's counters also count the SYN and the FINs).
     let sclose = find(&evs, "close", sns);
     assert_eq!(sclose.len(), 1);
     let s = &sclose[0]["stats"];
-    assert_eq!((s["bytes_received"].as_u64(), s["bytes_acked"].as_u64()), (Some(3001), Some(501)), "{s}");
+    assert_eq!((s["bytes_received"].as_u64(), s["bytes_acked"].as_u64()), (Some(3000), Some(500)), "{s}");
     assert_eq!(sclose[0]["pid"], me);
     assert!(sclose[0]["duration_ns"].as_u64().unwrap() > 0);
     let cclose = find(&evs, "close", cns);
@@ -113,7 +112,7 @@ fn close_reports_bytes_process_and_the_packet_key() {
         "{client_ns} vs {client_wall:?}"
     );
     let c = &cclose[0]["stats"];
-    assert_eq!((c["bytes_received"].as_u64(), c["bytes_acked"].as_u64()), (Some(501), Some(3002)), "{c}");
+    assert_eq!((c["bytes_received"].as_u64(), c["bytes_acked"].as_u64()), (Some(500), Some(3000)), "{c}");
     assert!(s["segs_in"].as_u64().unwrap() >= 4);
 
     // Correlation: every packet the server received carries the key of
@@ -807,4 +806,68 @@ fn accept_hook_falls_back_without_cgroup_v2() {
         "{stderr}"
     );
     assert!(stderr.contains("accepting process from the accept syscall tracepoints"), "{stderr}");
+}
+
+/// One connection carrying exactly `up` bytes to the server and `down`
+/// back; it ends with FINs, or with a reset from the client (SO_LINGER 0)
+/// once everything was read. Returns conns' close events: (server, client).
+fn close_stats(tag: &str, port: u16, up: usize, down: usize, reset: bool) -> (Value, Value) {
+    let hosts = TestHosts::new(tag).unwrap();
+    let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
+    let conns = start_conns(&["--port", &port.to_string()]);
+    let listener = listen_in_server(&hosts, port);
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; up];
+        s.read_exact(&mut buf).unwrap();
+        s.write_all(&vec![7u8; down]).unwrap();
+        // Until the client's FIN or reset.
+        let _ = s.read(&mut [0u8; 1]);
+    });
+    TestHosts::run_in(&hosts.client_ns, move || {
+        let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, port))).unwrap();
+        s.write_all(&vec![1u8; up]).unwrap();
+        let mut back = vec![0u8; down];
+        s.read_exact(&mut back).unwrap();
+        if reset {
+            use std::os::fd::AsRawFd;
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: setsockopt on our own socket with a valid linger struct.
+            let r = unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    &linger as *const _ as *const libc::c_void,
+                    std::mem::size_of_val(&linger) as u32,
+                )
+            };
+            assert_eq!(r, 0);
+        } else {
+            s.shutdown(Shutdown::Write).unwrap();
+            let _ = s.read(&mut [0u8; 1]); // the server's FIN
+        }
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    server.join().unwrap();
+    let evs = stop_and_collect(conns);
+    let one = |ns| {
+        let c = find(&evs, "close", ns);
+        assert_eq!(c.len(), 1, "{evs:#?}");
+        c[0]["stats"].clone()
+    };
+    (one(sns), one(cns))
+}
+
+#[test]
+fn byte_counts_are_payload_after_close_and_reset() {
+    let pair = |v: &Value| (v["bytes_received"].as_u64().unwrap(), v["bytes_acked"].as_u64().unwrap());
+    let (server, client) = close_stats("lcexact", 19101, 100_000, 40_000, false);
+    assert_eq!(pair(&server), (100_000, 40_000), "server, FINs: {server}");
+    assert_eq!(pair(&client), (40_000, 100_000), "client, FINs: {client}");
+    let (server, client) = close_stats("lcexactr", 19102, 100_000, 40_000, true);
+    assert_eq!(pair(&server), (100_000, 40_000), "server, reset: {server}");
+    assert_eq!(pair(&client), (40_000, 100_000), "client, reset: {client}");
 }
