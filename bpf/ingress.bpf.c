@@ -561,10 +561,11 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 		return VERDICT_PASS;
 	}
 	__u32 l3_off = nh.pos - data;
+	__u32 l3_len = frame_len > l3_off ? frame_len - l3_off : 0;
 	if (proto == ETH_P_IP)
-		res = parse_ipv4(&nh, data_end, &ev, &l3);
+		res = parse_ipv4(&nh, data_end, &ev, &l3, l3_len);
 	else if (proto == ETH_P_IPV6)
-		res = parse_ipv6(&nh, data_end, &ev, &l3);
+		res = parse_ipv6(&nh, data_end, &ev, &l3, l3_len);
 	else
 		res = PARSE_NON_TCP;
 

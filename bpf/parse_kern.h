@@ -133,9 +133,11 @@ static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end,
 }
 
 /* Returns PARSE_TCP when the next header is TCP, else another parse_result;
- * on PARSE_MALFORMED ev->malformed holds the reason. */
+ * on PARSE_MALFORMED ev->malformed holds the reason. l3_len is the packet's
+ * length from the IP header on, from the whole frame: at TC, data_end ends
+ * the linear part only, and a GSO/BIG TCP packet (IP length 0) is longer. */
 static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
-				      struct packet_event *ev, struct l3_info *l3)
+				      struct packet_event *ev, struct l3_info *l3, __u32 l3_len)
 {
 	struct iphdr *iph = nh->pos;
 	if ((void *)(iph + 1) > data_end) {
@@ -159,7 +161,7 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 	if (tot_len == 0) {
 		/* TSO/GSO super-packets carry 0: the frame gives the length. */
 		ev->ip_flags |= IPF_JUMBO;
-		l3->ip_payload_len = (__u32)(data_end - nh->pos) - hlen;
+		l3->ip_payload_len = l3_len > hlen ? l3_len - hlen : 0;
 	} else if (tot_len < hlen) {
 		ev->malformed = MALFORMED_IPV4_BAD_TOTAL_LEN;
 		return PARSE_MALFORMED;
@@ -192,7 +194,7 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 }
 
 static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
-				      struct packet_event *ev, struct l3_info *l3)
+				      struct packet_event *ev, struct l3_info *l3, __u32 l3_len)
 {
 	struct ipv6hdr *ip6 = nh->pos;
 	if ((void *)(ip6 + 1) > data_end) {
@@ -219,7 +221,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 	if (plen == 0) {
 		/* Jumbogram (RFC 2675) or BIG TCP: length from the frame. */
 		ev->ip_flags |= IPF_JUMBO;
-		remaining = data_end - nh->pos;
+		remaining = l3_len > sizeof(*ip6) ? l3_len - sizeof(*ip6) : 0;
 	} else {
 		remaining = plen;
 	}

@@ -70,14 +70,14 @@ pub enum Command {
 /// Where and how to attach.
 #[derive(Debug, Args, Clone)]
 pub struct AttachArgs {
-    /// Interface to watch (incoming traffic only).
+    /// Interface to attach to (its incoming traffic only).
     #[arg(short = 'i', long = "interface", value_name = "IFACE")]
     pub iface: String,
     #[arg(long, value_enum, help = HOOK_HELP)]
     pub hook: Option<HookKind>,
-    /// XDP attach mode (with --hook xdp).
-    #[arg(long, value_enum, default_value = "native")]
-    pub xdp_mode: XdpMode,
+    /// XDP attach mode, with --hook xdp (or guard's default hook) [default: native].
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpMode>,
     /// BTF file to use instead of /sys/kernel/btf/vmlinux (kernels without CONFIG_DEBUG_INFO_BTF).
     #[arg(long, value_name = "FILE")]
     pub btf: Option<PathBuf>,
@@ -146,7 +146,7 @@ pub struct WatchArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Exit after COUNT packets.
-    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Print NDJSON, one object per packet (schema: docs/json-schema.md).
     #[arg(long)]
@@ -171,14 +171,19 @@ pub struct ReadArgs {
     #[command(flatten)]
     pub filter: FilterArgs,
     /// Stop after COUNT packets printed.
-    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Print NDJSON, one object per packet (schema: docs/json-schema.md).
     #[arg(long)]
     pub json: bool,
 }
 
+const GUARD_HOOK_HELP: &str = "Ingress hook [default: xdp]. \
+The guard drops at XDP by default: before an skb exists, the cheapest place to drop. \
+tc (tcx ingress, TC_ACT_SHOT) works on every interface and goes at the head of the tcx chain.";
+
 #[derive(Debug, Args)]
+#[command(mut_arg("hook", |a| a.help(GUARD_HOOK_HELP)))]
 pub struct GuardArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
@@ -341,7 +346,7 @@ pub struct ConnsArgs {
     #[arg(long)]
     pub states: bool,
     /// Exit after COUNT events.
-    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Print NDJSON, one object per event.
     #[arg(long)]
@@ -360,7 +365,7 @@ pub struct LatencyArgs {
     #[arg(long, value_name = "S", default_value_t = 5.0)]
     pub interval: f64,
     /// Exit after COUNT reports.
-    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Print each report as JSON.
     #[arg(long)]
@@ -375,7 +380,7 @@ pub struct StatsArgs {
     #[arg(long, value_name = "S", default_value_t = 1.0)]
     pub interval: f64,
     /// Exit after COUNT reports.
-    #[arg(short = 'c', long = "count", value_name = "COUNT")]
+    #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Print each report as one JSON object.
     #[arg(long)]

@@ -110,3 +110,12 @@ fn bad_arguments() {
     let line = one_line_error(&run(&["watch", "-i", "lo", "--ringbuf-mib", "3"]));
     assert!(line.contains("power of two"), "{line}");
 }
+
+#[test]
+fn contradictory_flags_are_refused() {
+    let out =
+        Command::new(tcpscope_bin()).args(["watch", "-i", "lo", "--xdp-mode", "generic"]).output().unwrap();
+    assert!(one_line_error(&out).contains("--xdp-mode applies to the XDP hook only"));
+    let out = Command::new(tcpscope_bin()).args(["watch", "-i", "lo", "-c", "0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
+}

@@ -313,3 +313,28 @@ fn netns_option_watches_an_interface_in_another_namespace() {
         .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("network namespace 'no-such-ns' not found"));
 }
+
+#[test]
+fn watch_piped_into_head_exits_after_the_first_line() {
+    let hosts = TestHosts::new("head").unwrap();
+    let mut cmd = TestHosts::command_in(&hosts.server_ns, "sh");
+    // One matching packet only: nothing more is ever written that would
+    // fail on the closed pipe, so watch must notice the pipe by itself.
+    cmd.args(["-c", &format!("{} watch -i {SERVER_IF} --flags SYN,!ACK | head -1", tcpscope_bin())])
+        .stdout(std::process::Stdio::piped());
+    let (mut pipeline, _) =
+        tcpscope::testhost::ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+    let listener = listen_in_server(&hosts, 18090);
+    let addr = std::net::SocketAddr::from((tcpscope::testhost::SERVER_V4, 18090));
+    TestHosts::run_in(&hosts.client_ns, move || {
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    drop(listener);
+    let st = pipeline.wait_timeout(Duration::from_secs(20)).expect("watch | head -1 ends");
+    assert!(st.success());
+    assert_eq!(pipeline.stdout_text().lines().count(), 1);
+}

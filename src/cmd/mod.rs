@@ -53,6 +53,10 @@ impl Session {
     /// As `start_on`, with every load option (guard: detectors, pins).
     pub fn start_with(args: &AttachArgs, hook: HookKind, mut opts: LoadOptions) -> Result<Self> {
         let config = opts.config;
+        anyhow::ensure!(
+            args.xdp_mode.is_none() || hook == HookKind::Xdp,
+            "--xdp-mode applies to the XDP hook only: add --hook xdp, or drop --xdp-mode"
+        );
         bpf::preflight::check_privileges()?;
         if let Some(ns) = &args.netns {
             attach::enter_netns(ns)?;
@@ -61,7 +65,11 @@ impl Session {
         opts.btf = args.btf.clone();
         let skel = bpf::load_ingress(&opts)?;
         let link = match hook {
-            HookKind::Xdp => attach::attach_xdp(&skel.progs.tcpscope_xdp, &args.iface, args.xdp_mode)?,
+            HookKind::Xdp => attach::attach_xdp(
+                &skel.progs.tcpscope_xdp,
+                &args.iface,
+                args.xdp_mode.unwrap_or(attach::XdpMode::Native),
+            )?,
             // A guard goes first: a program attached before it must not be
             // able to pass a packet its rules drop.
             HookKind::Tc => attach::attach_tc(
@@ -160,6 +168,16 @@ pub fn sleep_while_present(stop: &AtomicBool, deadline: std::time::Instant, sess
         }
         sleep_unless_stopped(stop, deadline.min(now + step));
     }
+}
+
+/// Whether whoever read our standard output has gone (`| head -1` exited):
+/// a pipe whose reader closed polls as an error at once, so a command that
+/// waits for something to print learns it without writing.
+pub fn stdout_closed() -> bool {
+    let mut pfd = libc::pollfd { fd: 1, events: 0, revents: 0 };
+    // SAFETY: one valid pollfd, no wait.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
 
 /// Offset that turns CLOCK_MONOTONIC (bpf_ktime_get_ns) into wall-clock ns.

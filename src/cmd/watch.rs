@@ -139,6 +139,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         }
         let _ = out.borrow_mut().flush();
         session.check_present()?;
+        if print && crate::cmd::stdout_closed() {
+            break; // `| head -1` has what it wanted
+        }
     }
     let _ = ring.consume(); // what arrived since the last poll
     let _ = out.borrow_mut().flush();
