@@ -287,6 +287,28 @@ struct policy_used {
 	__u8 ports_v6;
 };
 
+/* The rule maps, for the expiry index below. */
+enum policy_list {
+	POLICY_ALLOW_V4 = 0,
+	POLICY_ALLOW_V6,
+	POLICY_BLOCK_V4,
+	POLICY_BLOCK_V6,
+	POLICY_PORTS_V4,
+	POLICY_PORTS_V6,
+	POLICY_LISTS,
+};
+
+/* A rule with an expiry, in the index of such rules (map `expiring`): which
+ * list, and its key there (the first bytes of key[]). User space sweeps the
+ * index, not every rule: a guard holding a million rules without TTLs has
+ * nothing to sweep. Written by whoever adds a rule with a TTL (user space,
+ * and the detectors' mitigation). */
+struct expiring_key {
+	__u8 list;     /* enum policy_list */
+	__u8 _pad[3];
+	__u8 key[24];  /* struct policy_key_* or port_key_*, zero-padded */
+};
+
 /* One rule: its own hit counter and expiry. */
 struct policy_value {
 	__u64 hits;       /* packets it matched */

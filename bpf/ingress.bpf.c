@@ -33,6 +33,8 @@ enum tcpscope_limits _limits = TCPSCOPE_MAX_SNAPLEN;
 struct alert_event _alert_event = {};
 enum alert_kind _alert_kind = ALERT_PORT_SCAN;
 enum guard_drop_reason _guard_drop_reason = GUARD_DROP_NONE;
+enum policy_list _policy_list = POLICY_ALLOW_V4;
+struct expiring_key _expiring_key = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -42,7 +44,7 @@ struct {
 } counters SEC(".maps");
 
 /* Policy (guard). Pinned by user space, which edits them at runtime. */
-#define POLICY_MAX_RULES 262144
+#define POLICY_MAX_RULES (1 << 20) /* per list; tries allocate per rule (NO_PREALLOC) */
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
@@ -82,6 +84,15 @@ struct {
 	__type(key, struct port_key_v6);
 	__type(value, struct policy_value);
 } ports_v6 SEC(".maps");
+
+/* The rules with an expiry (struct expiring_key). */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, POLICY_MAX_RULES);
+	__type(key, struct expiring_key);
+	__type(value, __u64); /* expires_ns, as in the rule */
+} expiring SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -360,15 +371,21 @@ static __always_inline void mitigate(struct src_state *st, const struct src_key 
 				     const struct packet_event *ev, __u64 now)
 {
 	struct policy_value v = { .expires_ns = now + dcfg.mitigate_ttl_ns };
+	struct expiring_key ek = {};
 	if (ev->ip_version == 4) {
 		struct policy_key_v4 pk = { .prefixlen = 32 };
 		__builtin_memcpy(pk.addr, k->addr, 4);
 		bpf_map_update_elem(&block_v4, &pk, &v, BPF_ANY);
+		ek.list = POLICY_BLOCK_V4;
+		__builtin_memcpy(ek.key, &pk, sizeof(pk));
 	} else {
 		struct policy_key_v6 pk = { .prefixlen = 64 };
 		__builtin_memcpy(pk.addr, k->addr, 16);
 		bpf_map_update_elem(&block_v6, &pk, &v, BPF_ANY);
+		ek.list = POLICY_BLOCK_V6;
+		__builtin_memcpy(ek.key, &pk, sizeof(pk));
 	}
+	bpf_map_update_elem(&expiring, &ek, &v.expires_ns, BPF_ANY);
 	alert(st, k, ev, ALERT_MITIGATION, dcfg.mitigate_ttl_ns / 1000000000ULL, now);
 }
 

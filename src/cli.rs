@@ -278,7 +278,10 @@ pub struct BlockArgs {
 pub enum BlockCmd {
     /// Drop packets from CIDR (to port P only, with --port).
     Add {
-        cidr: Cidr,
+        /// One or more CIDRs, or - to read one per line from standard input
+        /// (blank lines and # comments skipped); written in batches.
+        #[arg(value_name = "CIDR", required = true)]
+        cidrs: Vec<String>,
         #[arg(long, value_name = "P")]
         port: Option<u16>,
         /// Remove the rule after this long: 500ms, 30s, 10m, 2h.
@@ -318,7 +321,9 @@ pub struct AllowArgs {
 pub enum AllowCmd {
     /// Never block packets from CIDR.
     Add {
-        cidr: Cidr,
+        /// One or more CIDRs, or - to read one per line from standard input.
+        #[arg(value_name = "CIDR", required = true)]
+        cidrs: Vec<String>,
         /// Remove the rule after this long: 500ms, 30s, 10m, 2h.
         #[arg(long, value_name = "DURATION", value_parser = crate::policy::parse_duration)]
         ttl: Option<std::time::Duration>,

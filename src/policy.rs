@@ -25,13 +25,72 @@ pub const RUN_ROOT: &str = "/run/tcpscope";
 /// the same interface takes them over with their hit counts and remaining
 /// TTLs. Only `block del`/`flush`, expiry, or the interface going away
 /// removes rules. (Pins live in bpffs, so a reboot clears them.)
-pub const RULE_MAPS: [&str; 7] =
-    ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "policy_used"];
+pub const RULE_MAPS: [&str; 8] =
+    ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "policy_used", "expiring"];
 
 /// The maps a guard pins, by name: the rules, and its counters (this
 /// guard's own; a new guard starts them at zero).
-pub const MAPS: [&str; 8] =
-    ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "policy_used", "counters"];
+pub const MAPS: [&str; 9] = [
+    "allow_v4",
+    "allow_v6",
+    "block_v4",
+    "block_v6",
+    "ports_v4",
+    "ports_v6",
+    "policy_used",
+    "expiring",
+    "counters",
+];
+
+/// The rule map of each `enum policy_list` value.
+fn list_map(list: u8) -> Option<&'static str> {
+    use types::policy_list as L;
+    Some(match u32::from(list) {
+        x if x == L::POLICY_ALLOW_V4.0 => "allow_v4",
+        x if x == L::POLICY_ALLOW_V6.0 => "allow_v6",
+        x if x == L::POLICY_BLOCK_V4.0 => "block_v4",
+        x if x == L::POLICY_BLOCK_V6.0 => "block_v6",
+        x if x == L::POLICY_PORTS_V4.0 => "ports_v4",
+        x if x == L::POLICY_PORTS_V6.0 => "ports_v6",
+        _ => return None,
+    })
+}
+
+/// The `enum policy_list` value of a rule map.
+fn map_list(name: &str) -> Option<u8> {
+    (0..types::policy_list::POLICY_LISTS.0 as u8).find(|l| list_map(*l) == Some(name))
+}
+
+/// The key of a rule in the expiry index.
+fn expiring_key(name: &str, key: &[u8]) -> Option<types::expiring_key> {
+    let mut k = types::expiring_key { list: map_list(name)?, ..Default::default() };
+    k.key.get_mut(..key.len())?.copy_from_slice(key);
+    Some(k)
+}
+
+/// Largest rules file read: a million rules take about 50 MiB.
+pub const MAX_RULES_FILE: u64 = 256 << 20;
+
+/// Reads a rules file, refusing one past MAX_RULES_FILE (or endless, like
+/// /dev/zero) with a line that says so.
+pub fn read_rules_text(path: &Path) -> Result<String> {
+    use std::io::Read;
+    let f = fs::File::open(path).with_context(|| format!("cannot read '{}'", path.display()))?;
+    let mut buf = Vec::new();
+    f.take(MAX_RULES_FILE + 1)
+        .read_to_end(&mut buf)
+        .with_context(|| format!("cannot read '{}'", path.display()))?;
+    if buf.len() as u64 > MAX_RULES_FILE {
+        bail!(
+            "'{}' is larger than {} MiB: split the rules over several files, or add them with `tcpscope block add -`",
+            path.display(),
+            MAX_RULES_FILE >> 20
+        );
+    }
+    String::from_utf8(buf).map_err(|e| {
+        anyhow!("'{}' is not UTF-8 text (byte {})", path.display(), e.utf8_error().valid_up_to())
+    })
+}
 
 /// Which list a rule belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,21 +146,46 @@ struct FileRule {
     ttl: Option<String>,
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
+/// Line numbers of byte offsets: the offsets of each line's start, found
+/// once, then a binary search per offset (counting newlines from the start
+/// for every rule made a 40,000-rule file take 13 s).
+struct Lines(Vec<usize>);
+
+impl Lines {
+    fn new(text: &str) -> Self {
+        Lines(std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect())
+    }
+
+    /// The 1-based line of byte `offset`.
+    fn of(&self, offset: usize) -> usize {
+        self.0.partition_point(|start| *start <= offset)
+    }
 }
 
 /// Parses a rules file; every error names its line.
 pub fn parse_rules(text: &str, file: &str) -> Result<Vec<Rule>> {
-    let parsed: RulesFile = toml::from_str(text).map_err(|e| {
-        let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(0);
-        anyhow!("{file}:{line}: {}", e.message())
-    })?;
-    let mut rules = Vec::new();
-    for (list, items) in [(List::Block, parsed.block), (List::Allow, parsed.allow)] {
-        for item in items {
-            let line = line_of(text, item.span().start);
-            let r = item.into_inner();
+    let items = match plain_tables(text) {
+        Some(items) => items,
+        None => {
+            let lines = Lines::new(text);
+            let parsed: RulesFile = toml::from_str(text).map_err(|e| {
+                let line = e.span().map(|s| lines.of(s.start)).unwrap_or(0);
+                anyhow!("{file}:{line}: {}", e.message())
+            })?;
+            let spanned = |list, items: Vec<toml::Spanned<FileRule>>| {
+                items
+                    .into_iter()
+                    .map(|i| (list, lines.of(i.span().start), i.into_inner()))
+                    .collect::<Vec<_>>()
+            };
+            let mut all = spanned(List::Block, parsed.block);
+            all.extend(spanned(List::Allow, parsed.allow));
+            all
+        }
+    };
+    let mut rules = Vec::with_capacity(items.len());
+    {
+        for (list, line, r) in items {
             let cidr: Cidr = r.cidr.parse().map_err(|e| anyhow!("{file}:{line}: {e}"))?;
             if list == List::Allow && r.port.is_some() {
                 bail!("{file}:{line}: allow rules take no port (an allow-listed source is never blocked)");
@@ -116,6 +200,64 @@ pub fn parse_rules(text: &str, file: &str) -> Result<Vec<Rule>> {
         }
     }
     Ok(rules)
+}
+
+/// The rules of a file in the plain form that `block save` writes and most
+/// rule lists take: `[[block]]`/`[[allow]]` headers, then `cidr = "..."`,
+/// `port = N`, `ttl = "..."` lines, blank lines and whole-line comments.
+/// None for anything else (the TOML parser then reads it, and names the line
+/// of any error). Each item: (list, line of its header, fields).
+///
+/// Why by hand: the `toml` crate took 4.5 s and 1.4 GB to read a rules file
+/// of 1,000,000 rules (40 MB) on the development VM; this takes about 0.3 s
+/// and keeps only the rules. `plain_form_reads_as_toml_does` checks the two
+/// agree.
+fn plain_tables(text: &str) -> Option<Vec<(List, usize, FileRule)>> {
+    let (mut blocks, mut allows) = (Vec::new(), Vec::new());
+    let mut current: Option<(List, usize, Option<String>, Option<u16>, Option<String>)> = None;
+    let mut close = |c: Option<(List, usize, Option<String>, Option<u16>, Option<String>)>| -> Option<()> {
+        if let Some((list, line, cidr, port, ttl)) = c {
+            let item = (list, line, FileRule { cidr: cidr?, port, ttl });
+            if list == List::Block {
+                blocks.push(item)
+            } else {
+                allows.push(item)
+            }
+        }
+        Some(())
+    };
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let list = match line {
+            "[[block]]" => Some(List::Block),
+            "[[allow]]" => Some(List::Allow),
+            _ => None,
+        };
+        if let Some(list) = list {
+            close(current.take())?;
+            current = Some((list, i + 1, None, None, None));
+            continue;
+        }
+        let (key, value) = line.split_once('=')?;
+        let (key, value) = (key.trim(), value.trim());
+        let string = || {
+            let v = value.strip_prefix('"')?.strip_suffix('"')?;
+            (!v.contains(['"', '\\'])).then(|| v.to_string())
+        };
+        let c = current.as_mut()?;
+        match key {
+            "cidr" if c.2.is_none() => c.2 = Some(string()?),
+            "port" if c.3.is_none() => c.3 = Some(value.parse().ok()?),
+            "ttl" if c.4.is_none() => c.4 = Some(string()?),
+            _ => return None,
+        }
+    }
+    close(current.take())?;
+    blocks.extend(allows);
+    Some(blocks)
 }
 
 /// The pinned maps of the guard on one interface.
@@ -364,11 +506,9 @@ impl PolicyMaps {
         for r in old.iter().filter(|r| !new_keys.contains(&rule_key(r))) {
             removed += usize::from(self.delete(r).is_ok());
         }
-        let mut added = 0;
-        for r in rules.iter().filter(|r| !old_keys.contains(&rule_key(r))) {
-            self.add(r)?;
-            added += 1;
-        }
+        let fresh: Vec<Rule> = rules.iter().filter(|r| !old_keys.contains(&rule_key(r))).cloned().collect();
+        self.add_many(&fresh)?;
+        let added = fresh.len();
         let text = to_rules_file(
             &rules
                 .iter()
@@ -377,6 +517,11 @@ impl PolicyMaps {
         );
         fs::write(&state, text).with_context(|| format!("writing {}", state.display()))?;
         Ok((added, removed))
+    }
+
+    /// How many rules the lists hold (their keys walked, no values read).
+    pub fn count(&self) -> usize {
+        self.maps.iter().filter(|(n, _)| map_list(n).is_some()).map(|(_, m)| m.keys().count()).sum()
     }
 
     /// Deletes every rule of `list`; returns how many.
@@ -391,6 +536,7 @@ impl PolicyMaps {
             // Keys first: deleting while walking would skip some.
             for key in m.keys().collect::<Vec<_>>() {
                 n += usize::from(m.delete(&key).is_ok());
+                self.index_expiry(name, &key, 0)?;
             }
         }
         Ok(n)
@@ -402,17 +548,120 @@ impl PolicyMaps {
 
     /// Adds or replaces a rule (its hit count restarts).
     pub fn add(&self, r: &Rule) -> Result<()> {
-        let (name, key) = rule_key(r);
-        let value = types::policy_value {
-            expires_ns: r
-                .ttl
-                .map_or(0, |t| crate::bpf::clock_ns(libc::CLOCK_MONOTONIC) + t.as_nanos() as u64),
-            ..Default::default()
-        };
-        // SAFETY: policy_value is plain old data (two u64).
-        let bytes = unsafe { plain::as_bytes(&value) };
-        self.map(name).update(&key, bytes, MapFlags::ANY).map_err(|e| anyhow!("adding the rule: {e}"))?;
-        self.mark_used(name)
+        self.add_many(std::slice::from_ref(r))
+    }
+
+    /// Adds or replaces rules, in batches of up to 4096 per map and call.
+    pub fn add_many(&self, rules: &[Rule]) -> Result<()> {
+        const BATCH: usize = 4096;
+        let now = crate::bpf::clock_ns(libc::CLOCK_MONOTONIC);
+        // A rule without a TTL must leave the expiry index (it may have had
+        // one before): with an empty index, that is nothing to do, which
+        // spares a syscall per rule when loading a large file.
+        let index_empty = self.map("expiring").keys().next().is_none();
+        let mut by_map: std::collections::BTreeMap<&str, (Vec<u8>, Vec<u8>, u32)> = Default::default();
+        for r in rules {
+            let (name, key) = rule_key(r);
+            let value = types::policy_value {
+                expires_ns: r.ttl.map_or(0, |t| now.saturating_add(t.as_nanos() as u64)),
+                ..Default::default()
+            };
+            if value.expires_ns != 0 || !index_empty {
+                self.index_expiry(name, &key, value.expires_ns)?;
+            }
+            let (keys, values, n) = by_map.entry(name).or_default();
+            keys.extend_from_slice(&key);
+            // SAFETY: policy_value is plain old data (two u64).
+            values.extend_from_slice(unsafe { plain::as_bytes(&value) });
+            *n += 1;
+            if *n as usize == BATCH {
+                let (k, v, n) = std::mem::take(by_map.get_mut(name).expect("just used"));
+                self.write_batch(name, &k, &v, n)?;
+            }
+        }
+        for (name, (k, v, n)) in by_map {
+            if n > 0 {
+                self.write_batch(name, &k, &v, n)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn write_batch(&self, name: &str, keys: &[u8], values: &[u8], n: u32) -> Result<()> {
+        self.mark_used(name)?;
+        let map = self.map(name);
+        map.update_batch(keys, values, n, MapFlags::ANY, MapFlags::ANY).map_err(|e| {
+            if e.kind() == libbpf_rs::ErrorKind::OutOfMemory || e.to_string().contains("No space") {
+                anyhow!("adding rules to {name}: the list is full ({} rules at most)", map.max_entries())
+            } else {
+                anyhow!("adding rules to {name}: {e}")
+            }
+        })
+    }
+
+    /// Records (or, with no expiry, forgets) a rule in the expiry index.
+    fn index_expiry(&self, name: &str, key: &[u8], expires_ns: u64) -> Result<()> {
+        let Some(k) = expiring_key(name, key) else { return Ok(()) };
+        // SAFETY: expiring_key is plain old data.
+        let kb = unsafe { plain::as_bytes(&k) };
+        let index = self.map("expiring");
+        if expires_ns == 0 {
+            let _ = index.delete(kb); // absent unless it had a TTL before
+            return Ok(());
+        }
+        index
+            .update(kb, &expires_ns.to_ne_bytes(), MapFlags::ANY)
+            .map_err(|e| anyhow!("indexing the rule's TTL: {e}"))
+    }
+
+    /// Deletes the rules whose time is up, found through the expiry index
+    /// (the kernel already ignores them); returns how many.
+    pub fn sweep(&self) -> Result<usize> {
+        let now = crate::bpf::clock_ns(libc::CLOCK_MONOTONIC);
+        let index = self.map("expiring");
+        let mut gone = Vec::new();
+        for kb in index.keys() {
+            let Ok(Some(v)) = index.lookup(&kb, MapFlags::ANY) else { continue };
+            let expires = u64::from_ne_bytes(v.get(..8).and_then(|b| b.try_into().ok()).unwrap_or([0; 8]));
+            if expires <= now {
+                gone.push(kb);
+            }
+        }
+        for kb in &gone {
+            let mut k = types::expiring_key::default();
+            if plain::copy_from_bytes(&mut k, kb).is_ok() {
+                if let Some(name) = list_map(k.list) {
+                    let map = self.map(name);
+                    let len = map.key_size() as usize;
+                    // Only if the rule still expires: it may have been
+                    // added again since, without a TTL.
+                    let still = map.lookup(&k.key[..len], MapFlags::ANY).ok().flatten().is_some_and(|v| {
+                        let mut value = types::policy_value::default();
+                        plain::copy_from_bytes(&mut value, &v).is_ok()
+                            && value.expires_ns != 0
+                            && value.expires_ns <= now
+                    });
+                    if still {
+                        let _ = map.delete(&k.key[..len]);
+                    }
+                }
+            }
+            let _ = index.delete(kb);
+        }
+        Ok(gone.len())
+    }
+
+    /// Whether an allow rule covers `addr`: one longest-prefix lookup.
+    pub fn allowed(&self, addr: IpAddr) -> bool {
+        let (name, prefix) = if addr.is_ipv4() { ("allow_v4", 32) } else { ("allow_v6", 128) };
+        let mut key = u32::to_ne_bytes(prefix).to_vec();
+        key.extend_from_slice(&addr_bytes(addr));
+        let now = crate::bpf::clock_ns(libc::CLOCK_MONOTONIC);
+        self.map(name).lookup(&key, MapFlags::ANY).ok().flatten().is_some_and(|v| {
+            let mut value = types::policy_value::default();
+            plain::copy_from_bytes(&mut value, &v).is_ok()
+                && (value.expires_ns == 0 || value.expires_ns > now)
+        })
     }
 
     /// Tells the kernel that list `name` has rules (see struct policy_used).
@@ -432,7 +681,8 @@ impl PolicyMaps {
     /// Deletes a rule; an error if there is no such rule.
     pub fn delete(&self, r: &Rule) -> Result<()> {
         let (name, key) = rule_key(r);
-        self.map(name).delete(&key).map_err(|_| anyhow!("no such rule: {}", describe(r)))
+        self.map(name).delete(&key).map_err(|_| anyhow!("no such rule: {}", describe(r)))?;
+        self.index_expiry(name, &key, 0)
     }
 
     /// Every rule with its hits, and expired ones removed (returns how many).
@@ -441,7 +691,7 @@ impl PolicyMaps {
         let mut out = Vec::new();
         let mut expired = 0;
         for (name, map) in &self.maps {
-            if name == "counters" || name == "policy_used" {
+            if name == "counters" || name == "policy_used" || name == "expiring" {
                 continue;
             }
             for key in map.keys() {
@@ -469,6 +719,8 @@ impl PolicyMaps {
 
 // SAFETY: two u64, no padding.
 unsafe impl plain::Plain for types::policy_value {}
+// SAFETY: bytes only, explicit padding.
+unsafe impl plain::Plain for types::expiring_key {}
 
 /// A rule in the words of the CLI.
 pub fn describe(r: &Rule) -> String {
@@ -499,6 +751,47 @@ mod tests {
         let bad_ttl = "[[block]]\ncidr = \"198.18.0.1\"\nttl = \"soon\"\n";
         assert!(parse_rules(bad_ttl, "r.toml").unwrap_err().to_string().contains("r.toml:1: bad duration"));
         assert!(parse_rules("[[allow]]\ncidr = \"198.18.0.1\"\nport = 1\n", "r").is_err());
+    }
+
+    #[test]
+    fn plain_form_reads_as_toml_does() {
+        let text = "# rules\n[[allow]]\ncidr = \"2001:db8::1\"\nttl = \"1h\"\n\n[[block]]\n  cidr = \"198.18.0.0/24\"\nport = 22\n\
+                    ttl = \"10m\"\n[[block]]\ncidr=\"198.18.1.7\"\n";
+        let plain = plain_tables(text).expect("the plain form");
+        let parsed: RulesFile = toml::from_str(text).unwrap();
+        let lines = Lines::new(text);
+        let mut via_toml: Vec<_> = parsed.block.into_iter().map(|i| (List::Block, i)).collect();
+        via_toml.extend(parsed.allow.into_iter().map(|i| (List::Allow, i)));
+        assert_eq!(plain.len(), via_toml.len());
+        for ((l1, line1, a), (l2, b)) in plain.iter().zip(&via_toml) {
+            assert_eq!((l1, *line1), (l2, lines.of(b.span().start)));
+            let b = b.get_ref();
+            assert_eq!((&a.cidr, a.port, &a.ttl), (&b.cidr, b.port, &b.ttl));
+        }
+        // Anything else goes to the TOML parser.
+        for other in [
+            "[[block]]\ncidr = 'single quoted'\n",
+            "[[block]]\ncidr = \"198.18.0.1\" # trailing comment\n",
+            "[[block]]\nport = 22\n",
+            "cidr = \"198.18.0.1\"\n",
+            "[[block]]\ncidr = \"a\"\ncidr = \"b\"\n",
+            "[block]\ncidr = \"198.18.0.1\"\n",
+        ] {
+            assert!(plain_tables(other).is_none(), "{other:?}");
+        }
+        // And `block save` writes the plain form.
+        let saved = to_rules_file(&[RuleState {
+            rule: Rule {
+                list: List::Block,
+                cidr: "198.18.0.0/24".parse().unwrap(),
+                port: Some(80),
+                ttl: None,
+            },
+            hits: 3,
+            expires_in: Some(Duration::from_millis(1500)),
+        }]);
+        assert!(plain_tables(&saved).is_some(), "{saved}");
+        assert_eq!(parse_rules(&saved, "s").unwrap()[0].ttl, Some(Duration::from_millis(1500)));
     }
 
     #[test]

@@ -40,8 +40,7 @@ extern "C" fn on_sighup(_: libc::c_int) {
 
 /// The rules of a rules file, read and checked.
 fn read_rules_file(f: &std::path::Path) -> Result<Vec<Rule>> {
-    let text = std::fs::read_to_string(f).with_context(|| format!("cannot read '{}'", f.display()))?;
-    policy::parse_rules(&text, &f.display().to_string())
+    policy::parse_rules(&policy::read_rules_text(f)?, &f.display().to_string())
 }
 
 pub fn run(args: &GuardArgs) -> Result<()> {
@@ -121,7 +120,8 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     if args.rules.is_some() {
         maps.sync_file_rules(&iface, &rules)?;
     }
-    let kept = maps.list().map_or(0, |(r, _)| r.len());
+    drop(rules);
+    let kept = maps.count();
     // Connection limit: counted in the kernel by the lifecycle tracepoints,
     // which report only peers over the limit; alerts are rate-limited here.
     let lc = if args.conn_limit > 0 && !args.no_detect {
@@ -196,13 +196,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
                     ttl: Some(args.mitigate_ttl),
                 };
                 // Allow-listed sources are never blocked.
-                let allowed = maps
-                    .list()
-                    .map(|(rules, _)| {
-                        rules.iter().any(|r| r.rule.list == List::Allow && r.rule.cidr.contains(rec.peer))
-                    })
-                    .unwrap_or(false);
-                if !allowed && maps.add(&rule).is_ok() {
+                if !maps.allowed(rec.peer) && maps.add(&rule).is_ok() {
                     let m = serde_json::json!({"alert": "mitigation", "src": rec.peer.to_string(),
                         "blocked_for_s": args.mitigate_ttl.as_secs(), "ts_ns": rec.ts_ns});
                     print_line(&if args.json {
@@ -221,14 +215,19 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         .context("setting up the connection-limit ring buffer")?;
     }
     let ring = b.build().context("setting up the alert ring buffer")?;
-    // Expired rules match nothing in the kernel already; sweeping them out
-    // keeps the tries small and `block list` honest.
     let mut ratio = RatioWatch::default();
+    let mut last_sweep = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
         // consume() too: poll() reads only the rings that woke it.
         let _ = ring.poll(Duration::from_millis(100));
         let _ = ring.consume();
-        let _ = maps.list();
+        // Expired rules match nothing in the kernel already; sweeping them
+        // out keeps the tries small and `block list` honest. Through the
+        // index of rules with a TTL, at most once a second.
+        if last_sweep.elapsed() >= Duration::from_secs(1) {
+            let _ = maps.sweep();
+            last_sweep = std::time::Instant::now();
+        }
         position.check(&session);
         if let Err(e) = session.check_present() {
             claim.interface_gone.set(true);
@@ -433,11 +432,36 @@ fn list(maps: &PolicyMaps, which: List, json: bool) -> Result<()> {
     Ok(())
 }
 
+/// The CIDRs of `block add` / `allow add`: as given, with `-` standing for
+/// standard input's lines (blank lines and # comments skipped). Every CIDR
+/// is checked before any rule is written.
+fn read_cidrs(args: &[String]) -> Result<Vec<crate::filter::Cidr>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a != "-" {
+            out.push(a.parse().map_err(|e| anyhow::anyhow!("{e}"))?);
+            continue;
+        }
+        for (i, line) in std::io::stdin().lines().enumerate() {
+            let line = line.context("reading CIDRs from standard input")?;
+            let t = line.split('#').next().unwrap_or("").trim();
+            if !t.is_empty() {
+                out.push(t.parse().map_err(|e| anyhow::anyhow!("standard input line {}: {e}", i + 1))?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 pub fn block(args: &BlockArgs) -> Result<()> {
     let maps = PolicyMaps::open(args.guard.id().as_deref())?;
     match &args.cmd {
-        BlockCmd::Add { cidr, port, ttl } => {
-            maps.add(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: *ttl })
+        BlockCmd::Add { cidrs, port, ttl } => {
+            let rules: Vec<Rule> = read_cidrs(cidrs)?
+                .into_iter()
+                .map(|cidr| Rule { list: List::Block, cidr, port: *port, ttl: *ttl })
+                .collect();
+            maps.add_many(&rules)
         }
         BlockCmd::Del { cidr, port } => {
             maps.delete(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: None })
@@ -468,8 +492,12 @@ pub fn block(args: &BlockArgs) -> Result<()> {
 pub fn allow(args: &AllowArgs) -> Result<()> {
     let maps = PolicyMaps::open(args.guard.id().as_deref())?;
     match &args.cmd {
-        AllowCmd::Add { cidr, ttl } => {
-            maps.add(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: *ttl })
+        AllowCmd::Add { cidrs, ttl } => {
+            let rules: Vec<Rule> = read_cidrs(cidrs)?
+                .into_iter()
+                .map(|cidr| Rule { list: List::Allow, cidr, port: None, ttl: *ttl })
+                .collect();
+            maps.add_many(&rules)
         }
         AllowCmd::Del { cidr } => {
             maps.delete(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None })
