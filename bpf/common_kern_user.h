@@ -80,6 +80,8 @@ enum guard_drop_reason {
 	                               * fragment: the header chain is split, RFC 7112) */
 	GUARD_DROP_EXT_UNKNOWN,       /* IPv6: an extension header the parser does not walk
 	                               * (AH, Mobility, HIP, Shim6, experimental 253/254) */
+	GUARD_DROP_CONN_LIMIT,        /* a SYN from a source that holds conn_limit established
+	                               * connections (--enforce) */
 	GUARD_DROP_MAX,
 };
 
@@ -325,8 +327,19 @@ struct detect_config {
 	__u32 scan_ports;        /* distinct destination ports in the window that make a scan */
 	__u32 syn_rate;          /* SYNs per second a source may send (token refill rate) */
 	__u32 syn_burst;         /* token bucket size */
+	__u32 conn_limit;        /* with enforce_conn_limit: established connections a source may hold */
+	__u32 netns;             /* the guard's network namespace (inode): peer_conns' key */
 	__u8 enabled;
-	__u8 _pad[3];
+	__u8 enforce_conn_limit; /* drop SYNs from a source at conn_limit (a rule: on with enabled 0 too) */
+	__u8 _pad[2];
+};
+
+/* Established incoming connections per peer address and network namespace:
+ * counted by the lifecycle tracepoints (guard's connection limit), read by
+ * the ingress programs to enforce it. One map, shared by both objects. */
+struct peer_key {
+	__u8 addr[16];
+	__u32 netns;
 };
 
 enum alert_kind {
@@ -339,6 +352,8 @@ enum alert_kind {
 	ALERT_FIN_NO_ACK,    /* FIN scan */
 	ALERT_SYN_DATA,      /* SYN with payload and no Fast Open option */
 	ALERT_MITIGATION,    /* the source is now blocked for mitigate_ttl_ns */
+	ALERT_CONN_LIMIT,    /* a SYN refused: the source holds conn_limit connections
+	                      * (--enforce); value = connections held */
 	ALERT_KIND_MAX,
 };
 

@@ -85,6 +85,17 @@ struct {
 	__type(value, struct policy_value);
 } ports_v6 SEC(".maps");
 
+/* Established incoming connections per source (struct peer_key): the
+ * lifecycle object counts them in this very map (the guard makes it reuse
+ * this one), and the guard's --enforce reads them. Same definition as
+ * lifecycle.bpf.c's. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct peer_key);
+	__type(value, __u32);
+} peer_conns SEC(".maps");
+
 /* The rules with an expiry (struct expiring_key). */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -389,6 +400,46 @@ static __always_inline void mitigate(struct src_state *st, const struct src_key 
 	alert(st, k, ev, ALERT_MITIGATION, dcfg.mitigate_ttl_ns / 1000000000ULL, now);
 }
 
+/* The detectors' state of the packet's source (IPv6: its /64), made on
+ * first sight; k is filled in. NULL only if the LRU map refuses. */
+static __always_inline struct src_state *source_state(const struct packet_event *ev, struct src_key *k, __u64 now)
+{
+	if (ev->ip_version == 4)
+		__builtin_memcpy(k->addr, ev->src, 4);
+	else
+		__builtin_memcpy(k->addr, ev->src, 8); /* the /64 */
+	struct src_state *st = bpf_map_lookup_elem(&sources, k);
+	if (st)
+		return st;
+	/* From a zero value in read-only data: the state is too big for a
+	 * stack that already holds the packet event. */
+	static const struct src_state zero = {};
+	bpf_map_update_elem(&sources, k, &zero, BPF_NOEXIST);
+	st = bpf_map_lookup_elem(&sources, k);
+	if (!st)
+		return NULL;
+	st->window_start = now;
+	st->refilled_ns = now;
+	st->tokens_milli = (__u64)dcfg.syn_burst * 1000;
+	return st;
+}
+
+/* --enforce refused a SYN: an alert (with the detectors on), and with
+ * --mitigate the source is blocked for a while, as for a scan or flood. */
+static __always_inline void conn_limit_refused(const struct packet_event *ev, __u32 held)
+{
+	if (!dcfg.enabled)
+		return;
+	struct src_key k = {};
+	__u64 now = bpf_ktime_get_ns();
+	struct src_state *st = source_state(ev, &k, now);
+	if (!st)
+		return;
+	alert(st, &k, ev, ALERT_CONN_LIMIT, held, now);
+	if (dcfg.mitigate_ttl_ns)
+		mitigate(st, &k, ev, now);
+}
+
 #define F_SCAN_MASK (TCPF_FIN | TCPF_SYN | TCPF_RST | TCPF_PSH | TCPF_ACK | TCPF_URG)
 
 /* Flag anomalies, port scans and SYN floods. Returns VERDICT_DROP when the
@@ -417,24 +468,10 @@ static __always_inline int detect(const struct packet_event *ev)
 		return VERDICT_PASS;
 
 	struct src_key k = {};
-	if (ev->ip_version == 4)
-		__builtin_memcpy(k.addr, ev->src, 4);
-	else
-		__builtin_memcpy(k.addr, ev->src, 8); /* the /64 */
-	struct src_state *st = bpf_map_lookup_elem(&sources, &k);
 	__u64 now = bpf_ktime_get_ns();
-	if (!st) {
-		/* From a zero value in read-only data: the state is too big for a
-		 * stack that already holds the packet event. */
-		static const struct src_state zero = {};
-		bpf_map_update_elem(&sources, &k, &zero, BPF_NOEXIST);
-		st = bpf_map_lookup_elem(&sources, &k);
-		if (!st)
-			return VERDICT_PASS;
-		st->window_start = now;
-		st->refilled_ns = now;
-		st->tokens_milli = (__u64)dcfg.syn_burst * 1000;
-	}
+	struct src_state *st = source_state(ev, &k, now);
+	if (!st)
+		return VERDICT_PASS;
 	if (anomaly)
 		alert(st, &k, ev, anomaly, 0, now);
 
@@ -548,6 +585,15 @@ static __always_inline int rules_and_detectors(struct tcpscope_counters *c, cons
 {
 	if (port_verdict(ev, used) == VERDICT_DROP)
 		return guard_drop(c, GUARD_DROP_PORT_RULE);
+	if (dcfg.enforce_conn_limit && (ev->flags_raw & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN) {
+		struct peer_key pk = { .netns = dcfg.netns };
+		__builtin_memcpy(pk.addr, ev->src, 16);
+		__u32 *held = bpf_map_lookup_elem(&peer_conns, &pk);
+		if (held && *held >= dcfg.conn_limit) {
+			conn_limit_refused(ev, *held);
+			return guard_drop(c, GUARD_DROP_CONN_LIMIT);
+		}
+	}
 	if (dcfg.enabled && detect(ev) == VERDICT_DROP)
 		return guard_drop(c, GUARD_DROP_DETECTOR);
 	return VERDICT_PASS;

@@ -151,12 +151,8 @@ static __always_inline struct syn_slot *syn_slot_of(__u64 hash)
 }
 
 /* Established incoming connections per peer address and netns (guard's
- * connection limit). */
-struct peer_key {
-	__u8 addr[16];
-	__u32 netns;
-};
-
+ * connection limit; struct peer_key). The guard hands the ingress object's
+ * map over before load, so that the ingress programs read these counts. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 65536);

@@ -225,6 +225,11 @@ pub struct GuardArgs {
     /// Connection limit: established incoming connections one source may hold (0: off).
     #[arg(long, value_name = "N", default_value_t = 256)]
     pub conn_limit: u32,
+    /// Enforce --conn-limit: drop new SYNs from a source that holds that
+    /// many established connections, until it holds fewer (--mitigate
+    /// implies it). Without it the limit only alerts.
+    #[arg(long)]
+    pub enforce: bool,
     /// SYN-to-handshake ratio: alert when fewer than this share of incoming SYNs...
     #[arg(long, value_name = "RATIO", default_value_t = 0.1)]
     pub syn_ratio: f64,

@@ -47,6 +47,7 @@ pub const GUARD_DROP_NAMES: [&str; types::guard_drop_reason::GUARD_DROP_MAX.0 as
     "ipv6_ext_chain_too_long",
     "ipv6_ext_truncated",
     "ipv6_ext_unknown",
+    "conn_limit",
 ];
 
 /// Where a packet was seen.

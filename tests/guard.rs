@@ -320,28 +320,52 @@ fn tc_hook_drops_with_tc_act_shot() {
 fn connection_limit_alerts_and_mitigates() {
     const PORT: u16 = 19008;
     let hosts = TestHosts::new("gclimit").unwrap();
+    // --mitigate implies --enforce: five connections, then none.
     let mut g =
         Guard::on(hosts, PORT, &["--json", "--mitigate", "--conn-limit", "5", "--mitigate-ttl", "30s"]);
     let l = listen_in_server(&g.hosts, PORT);
-    let held = std::thread::spawn(move || l.incoming().take(6).map(|s| s.unwrap()).collect::<Vec<_>>());
-    // Six concurrent connections from one source; the limit is five.
-    let addr = SocketAddr::from((SERVER_V4, PORT));
-    let clients = TestHosts::run_in(&g.hosts.client_ns, move || {
-        (0..6).map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).unwrap()).collect::<Vec<_>>()
-    })
-    .join()
-    .unwrap()
-    .unwrap();
-    let server_side = held.join().unwrap();
+    std::thread::spawn(move || l.incoming().flatten().collect::<Vec<_>>());
+    let wait = Duration::from_secs(1);
+    let held: Vec<TcpStream> = (0..5)
+        .map(|i| connect_from(&g, CLIENT_V4, PORT, wait).unwrap_or_else(|| panic!("connection {i}")))
+        .collect();
+    assert!(connect_from(&g, CLIENT_V4, PORT, wait).is_none(), "the 6th is refused");
+    // Mitigation blocked the source: even below the limit it gets nothing.
+    drop(held);
     std::thread::sleep(Duration::from_millis(300));
-    // Mitigation blocked the source: a seventh connection fails.
-    assert!(!g.connects(Duration::from_millis(300)), "source over the limit is blocked");
-    let (alerts, _) = g.stop();
+    assert!(!g.connects(Duration::from_millis(500)), "source over the limit is blocked");
+    let (alerts, summary) = g.stop();
     let limit = alerts.iter().find(|a| a["alert"] == "conn_limit").unwrap_or_else(|| panic!("{alerts:#?}"));
     assert_eq!(limit["src"], "198.18.0.1");
-    assert_eq!((limit["connections"].as_u64(), limit["limit"].as_u64()), (Some(6), Some(5)));
+    assert_eq!((limit["connections"].as_u64(), limit["limit"].as_u64()), (Some(5), Some(5)), "{limit}");
     assert!(alerts.iter().any(|a| a["alert"] == "mitigation" && a["src"] == "198.18.0.1"));
-    drop((clients, server_side));
+    assert!(dropped_for(&summary, "conn_limit") >= 1, "{summary}");
+}
+
+#[test]
+fn connection_limit_without_enforce_only_alerts() {
+    const PORT: u16 = 19023;
+    let hosts = TestHosts::new("gclimita").unwrap();
+    let mut g = Guard::on(hosts, PORT, &["--json", "--conn-limit", "2"]);
+    let l = listen_in_server(&g.hosts, PORT);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for s in l.incoming().flatten() {
+            kept.push(s);
+            let _ = tx.send(kept.len());
+        }
+    });
+    let held: Vec<TcpStream> = (0..3)
+        .map(|i| connect_from(&g, CLIENT_V4, PORT, Duration::from_secs(2)).unwrap_or_else(|| panic!("{i}")))
+        .collect();
+    // Accepted: the server's sockets are established, and so counted.
+    while rx.recv_timeout(Duration::from_secs(10)).expect("the server accepts") < 3 {}
+    let (alerts, summary) = g.stop();
+    drop(held);
+    let limit = alerts.iter().find(|a| a["alert"] == "conn_limit").unwrap_or_else(|| panic!("{alerts:#?}"));
+    assert_eq!((limit["connections"].as_u64(), limit["limit"].as_u64()), (Some(3), Some(2)), "{limit}");
+    assert_eq!(dropped_for(&summary, "conn_limit"), 0, "{summary}");
 }
 
 #[test]
@@ -833,4 +857,77 @@ fn mitigation_rules_expire_and_are_swept() {
     }
     assert!(flood.wait().unwrap().success());
     assert!(g.connects(Duration::from_secs(2)), "released");
+}
+
+/// A TCP connection from `src` (an address of the client host) to the
+/// server's `port`, made in the client namespace; None if it fails within
+/// `wait`.
+fn connect_from(g: &Guard, src: std::net::Ipv4Addr, port: u16, wait: Duration) -> Option<TcpStream> {
+    TestHosts::run_in(&g.hosts.client_ns, move || {
+        use std::os::fd::FromRawFd;
+        // SAFETY: a new socket, owned by the TcpStream below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+        assert!(fd >= 0);
+        let stream = unsafe { TcpStream::from_raw_fd(fd) };
+        let sin = |a: std::net::Ipv4Addr, p: u16| libc::sockaddr_in {
+            sin_family: libc::AF_INET as u16,
+            sin_port: p.to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from(a).to_be() },
+            sin_zero: [0; 8],
+        };
+        let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+        let local = sin(src, 0);
+        // SAFETY: valid sockaddr_in of the given length.
+        assert_eq!(unsafe { libc::bind(fd, &local as *const _ as *const libc::sockaddr, len) }, 0);
+        let tv = libc::timeval { tv_sec: wait.as_secs() as i64, tv_usec: wait.subsec_micros() as i64 };
+        // SAFETY: SO_SNDTIMEO bounds connect(); valid timeval.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_SNDTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                16,
+            )
+        };
+        let peer = sin(SERVER_V4, port);
+        // SAFETY: as above.
+        let r = unsafe { libc::connect(fd, &peer as *const _ as *const libc::sockaddr, len) };
+        (r == 0).then_some(stream)
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+}
+
+#[test]
+fn conn_limit_enforce_refuses_the_next_connection_from_that_source_only() {
+    const PORT: u16 = 19022;
+    let hosts = TestHosts::new("genforce").unwrap();
+    let other = std::net::Ipv4Addr::new(198, 18, 0, 3);
+    tcpscope::testhost::ip(&["-n", &hosts.client_ns, "addr", "add", "198.18.0.3/24", "dev", CLIENT_IF])
+        .unwrap();
+    let mut g = Guard::on(hosts, PORT, &["--conn-limit", "3", "--enforce", "--no-detect"]);
+    let l = listen_in_server(&g.hosts, PORT);
+    // The server holds each connection until its client closes it.
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || std::io::Read::read_to_end(&mut s, &mut Vec::new()));
+        }
+    });
+    let wait = Duration::from_secs(1);
+    let mut held: Vec<TcpStream> = (0..3)
+        .map(|i| connect_from(&g, CLIENT_V4, PORT, wait).unwrap_or_else(|| panic!("connection {i}")))
+        .collect();
+    assert!(connect_from(&g, CLIENT_V4, PORT, wait).is_none(), "a 4th connection from the same source");
+    assert!(connect_from(&g, other, PORT, wait).is_some(), "another source still connects");
+    // One closed: the source holds 2, and may connect again.
+    held.pop();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect_from(&g, CLIENT_V4, PORT, wait).is_none() {
+        assert!(Instant::now() < deadline, "the source is let in again below the limit");
+    }
+    let (alerts, summary) = g.stop();
+    assert!(alerts.is_empty(), "--no-detect: no alerts: {alerts:?}");
+    assert!(dropped_for(&summary, "conn_limit") >= 1, "{summary}");
 }

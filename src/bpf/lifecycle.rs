@@ -77,6 +77,7 @@ pub fn start(
     config: types::lifecycle_config,
     tracepoints: Option<&[&str]>,
     accept: Option<AcceptVia>,
+    peer_conns: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<Lifecycle> {
     preflight::check_privileges()?;
     preflight::check_btf(None)?;
@@ -91,6 +92,10 @@ pub fn start(
         let slots = types::conn_slots_limits::CONN_SLOTS_PER_CPU.0;
         open.maps.conn_heads.set_max_entries(cpus).context("sizing the event slots")?;
         open.maps.conn_slots.set_max_entries(cpus * slots).context("sizing the event slots")?;
+    }
+    if let Some(fd) = peer_conns {
+        // The guard's ingress programs read the counts these programs keep.
+        open.maps.peer_conns.reuse_fd(fd).context("sharing the connection counts with the guard")?;
     }
     let skel = open.load().map_err(|e| preflight::explain(e, "loading the lifecycle programs"))?;
     let progs = [

@@ -34,7 +34,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         events: 1,
         ..Default::default()
     };
-    let lc = lifecycle::start(config, None, Some(args.accept_via))?;
+    let lc = lifecycle::start(config, None, Some(args.accept_via), None)?;
     // Before the ready line below: scripts start measuring at it.
     let [drop_names, rst_names] = lifecycle::kernel_enum_names([
         ("skb_drop_reason", "SKB_DROP_REASON_"),

@@ -69,6 +69,9 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     config.drop_unparsable = u8::from(args.unparsable == crate::cli::Unparsable::Drop);
     // XDP by default here: dropping before an skb exists is the point.
     let hook = args.attach.hook.unwrap_or(HookKind::Xdp);
+    // --mitigate implies --enforce: a source over the connection limit
+    // gets no new connection, besides being blocked for a while.
+    let enforce = (args.enforce || args.mitigate) && args.conn_limit > 0;
     let detect = crate::bpf::types::detect_config {
         enabled: u8::from(!args.no_detect),
         scan_ports: args.scan_ports,
@@ -77,6 +80,9 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         syn_burst: args.syn_burst.max(1),
         alert_interval_ns: args.alert_interval.as_nanos() as u64,
         mitigate_ttl_ns: if args.mitigate { args.mitigate_ttl.as_nanos() as u64 } else { 0 },
+        conn_limit: args.conn_limit,
+        netns: crate::cmd::watch::own_netns().unwrap_or(0),
+        enforce_conn_limit: u8::from(enforce),
         ..Default::default()
     };
     let opts = bpf::LoadOptions {
@@ -124,7 +130,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     let kept = maps.count();
     // Connection limit: counted in the kernel by the lifecycle tracepoints,
     // which report only peers over the limit; alerts are rate-limited here.
-    let lc = if args.conn_limit > 0 && !args.no_detect {
+    let lc = if args.conn_limit > 0 && (!args.no_detect || enforce) {
         let cfg = crate::bpf::lifecycle::types::lifecycle_config {
             conn_limit: args.conn_limit,
             count_handshakes: 1,
@@ -132,7 +138,14 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         };
         // Without the lifecycle tracepoints the guard still guards: these
         // two detectors are the only casualties, and the user is told.
-        match crate::bpf::lifecycle::start(cfg, Some(crate::bpf::lifecycle::GUARD_TRACEPOINTS), None) {
+        use std::os::fd::AsFd;
+        let shared = session.skel.maps.peer_conns.as_fd();
+        match crate::bpf::lifecycle::start(
+            cfg,
+            Some(crate::bpf::lifecycle::GUARD_TRACEPOINTS),
+            None,
+            Some(shared),
+        ) {
             Ok(lc) => Some(lc),
             Err(e) => {
                 eprintln!("tcpscope: connection limit and SYN-to-handshake ratio unavailable: {e:#}");
@@ -165,7 +178,8 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         b.add(&lc.skel.maps.limit_events, |d: &[u8]| {
             let mut e = crate::bpf::lifecycle::types::conn_event::default();
             let n = d.len().min(std::mem::size_of_val(&e));
-            if plain::copy_from_bytes(&mut e, &d[..n]).is_err() || e.netns != my_netns {
+            // With --no-detect (kept for --enforce), the limit drops but says nothing.
+            if plain::copy_from_bytes(&mut e, &d[..n]).is_err() || e.netns != my_netns || args.no_detect {
                 return 0;
             }
             let rec = crate::lifecycle::ConnRecord::from_event(&e, e.ts_ns + offset, &|_, _| String::new());
@@ -242,6 +256,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
             }
         }
     }
+    let _ = ring.consume(); // what arrived since the last poll
     drop(ring);
     let c = bpf::read_counters(&session.skel)?;
     drop(session);
@@ -370,6 +385,7 @@ fn alert_name(kind: u8) -> &'static str {
         k if k == A::ALERT_FIN_NO_ACK.0 => "fin_without_ack",
         k if k == A::ALERT_SYN_DATA.0 => "syn_with_data",
         k if k == A::ALERT_MITIGATION.0 => "mitigation",
+        k if k == A::ALERT_CONN_LIMIT.0 => "conn_limit",
         _ => "unknown",
     }
 }
@@ -391,6 +407,11 @@ fn alert_line(a: &crate::bpf::types::alert_event, offset: u64, args: &GuardArgs)
         }
         k if k == A::ALERT_SYN_FLOOD.0 => v["syn_rate_limit"] = a.value.into(),
         k if k == A::ALERT_MITIGATION.0 => v["blocked_for_s"] = a.value.into(),
+        k if k == A::ALERT_CONN_LIMIT.0 => {
+            v["connections"] = a.value.into();
+            v["limit"] = args.conn_limit.into();
+            v["refused"] = true.into();
+        }
         _ => {
             v["dport"] = a.dport.into();
             v["flags"] = crate::model::flag_names(a.flags_raw).into();
@@ -403,6 +424,9 @@ fn alert_line(a: &crate::bpf::types::alert_event, offset: u64, args: &GuardArgs)
         "port_scan" => format!("{} distinct ports within {:?}", a.value, args.scan_window),
         "syn_flood" => format!("more than {} SYN/s", a.value),
         "mitigation" => format!("blocked for {}s", a.value),
+        "conn_limit" => {
+            format!("holds {} established connections (limit {}): new ones refused", a.value, args.conn_limit)
+        }
         _ => format!("to port {} flags [{}]", a.dport, crate::output::tcpdump_flags(a.flags_raw)),
     };
     format!("tcpscope: ALERT {kind} from {src}: {detail}")

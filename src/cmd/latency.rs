@@ -63,6 +63,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
         types::lifecycle_config { port: args.port.unwrap_or(0), histograms: 1, ..Default::default() },
         Some(lifecycle::LATENCY_TRACEPOINTS),
         None,
+        None,
     )?;
     report_unavailable(&lc);
     eprintln!(
