@@ -925,7 +925,12 @@ fn conn_limit_enforce_refuses_the_next_connection_from_that_source_only() {
     held.pop();
     let deadline = Instant::now() + Duration::from_secs(10);
     while connect_from(&g, CLIENT_V4, PORT, wait).is_none() {
-        assert!(Instant::now() < deadline, "the source is let in again below the limit");
+        let dump = Command::new("bpftool").args(["map", "dump", "name", "peer_conns"]).output().unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "the source is let in again below the limit: {}",
+            String::from_utf8_lossy(&dump.stdout)
+        );
     }
     let (alerts, summary) = g.stop();
     assert!(alerts.is_empty(), "--no-detect: no alerts: {alerts:?}");

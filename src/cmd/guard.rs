@@ -478,15 +478,17 @@ fn read_cidrs(args: &[String]) -> Result<Vec<crate::filter::Cidr>> {
 }
 
 pub fn block(args: &BlockArgs) -> Result<()> {
+    // The input is checked before any guard is looked for.
+    let adding = match &args.cmd {
+        BlockCmd::Add { cidrs, port, ttl } => read_cidrs(cidrs)?
+            .into_iter()
+            .map(|cidr| Rule { list: List::Block, cidr, port: *port, ttl: *ttl })
+            .collect(),
+        _ => Vec::new(),
+    };
     let maps = PolicyMaps::open(args.guard.id().as_deref())?;
     match &args.cmd {
-        BlockCmd::Add { cidrs, port, ttl } => {
-            let rules: Vec<Rule> = read_cidrs(cidrs)?
-                .into_iter()
-                .map(|cidr| Rule { list: List::Block, cidr, port: *port, ttl: *ttl })
-                .collect();
-            maps.add_many(&rules)
-        }
+        BlockCmd::Add { .. } => maps.add_many(&adding),
         BlockCmd::Del { cidr, port } => {
             maps.delete(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: None })
         }
@@ -514,15 +516,16 @@ pub fn block(args: &BlockArgs) -> Result<()> {
 }
 
 pub fn allow(args: &AllowArgs) -> Result<()> {
+    let adding = match &args.cmd {
+        AllowCmd::Add { cidrs, ttl } => read_cidrs(cidrs)?
+            .into_iter()
+            .map(|cidr| Rule { list: List::Allow, cidr, port: None, ttl: *ttl })
+            .collect(),
+        _ => Vec::new(),
+    };
     let maps = PolicyMaps::open(args.guard.id().as_deref())?;
     match &args.cmd {
-        AllowCmd::Add { cidrs, ttl } => {
-            let rules: Vec<Rule> = read_cidrs(cidrs)?
-                .into_iter()
-                .map(|cidr| Rule { list: List::Allow, cidr, port: None, ttl: *ttl })
-                .collect();
-            maps.add_many(&rules)
-        }
+        AllowCmd::Add { .. } => maps.add_many(&adding),
         AllowCmd::Del { cidr } => {
             maps.delete(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None })
         }
