@@ -901,8 +901,7 @@ static __always_inline int skb_event(const struct sk_buff *skb, const struct soc
 	return 0;
 }
 
-SEC("tp_btf/tcp_send_reset")
-int BPF_PROG(lc_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)
+static __always_inline int reset_sent(const struct sock *sk, const struct sk_buff *skb, __u32 reason)
 {
 	if (sk)
 		return sock_event(sk, CONN_RESET_TX, reason);
@@ -910,9 +909,21 @@ int BPF_PROG(lc_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb
 	return skb_event(skb, NULL, CONN_RESET_TX, reason);
 }
 
-SEC("tp_btf/kfree_skb")
-int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason,
-	     struct sock *rx_sk)
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(lc_tcp_send_reset, const struct sock *sk, const struct sk_buff *skb, enum sk_rst_reason reason)
+{
+	return reset_sent(sk, skb, reason);
+}
+
+/* The same on kernels whose tcp_send_reset passes no reason (before 6.10):
+ * user space loads whichever this kernel's argument list takes. */
+SEC("tp_btf/tcp_send_reset")
+int BPF_PROG(lc_tcp_send_reset_v1, const struct sock *sk, const struct sk_buff *skb)
+{
+	return reset_sent(sk, skb, 0);
+}
+
+static __always_inline int dropped(struct sk_buff *skb, enum skb_drop_reason reason, struct sock *sk)
 {
 	if (reason <= SKB_CONSUMED)
 		return 0;
@@ -923,7 +934,22 @@ int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_re
 	if (bpf_core_enum_value_exists(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) &&
 	    reason == bpf_core_enum_value(enum skb_drop_reason, SKB_DROP_REASON_QUEUE_PURGE) && skb->len == 0)
 		return 0;
-	return skb_event(skb, rx_sk ? rx_sk : skb->sk, CONN_DROP, reason);
+	return skb_event(skb, sk, CONN_DROP, reason);
+}
+
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(lc_kfree_skb, struct sk_buff *skb, void *location, enum skb_drop_reason reason,
+	     struct sock *rx_sk)
+{
+	return dropped(skb, reason, rx_sk ? rx_sk : skb->sk);
+}
+
+/* The same on kernels whose kfree_skb passes no receiving socket (before
+ * 6.11: the 6.6 and 6.1 LTS kernels). */
+SEC("tp_btf/kfree_skb")
+int BPF_PROG(lc_kfree_skb_v1, struct sk_buff *skb, void *location, enum skb_drop_reason reason)
+{
+	return dropped(skb, reason, skb->sk);
 }
 
 /* Every segment received on an established connection, on every socket of

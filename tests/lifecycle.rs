@@ -871,3 +871,52 @@ fn byte_counts_are_payload_after_close_and_reset() {
     assert_eq!(pair(&server), (100_000, 40_000), "server, reset: {server}");
     assert_eq!(pair(&client), (40_000, 100_000), "client, reset: {client}");
 }
+
+/// `conns` as on an older kernel: one tracepoint missing (tcp_probe) and
+/// two with the older argument lists (kfree_skb without rx_sk, the 6.6 LTS
+/// layout; tcp_send_reset without a reason). The missing view is reported,
+/// the older variants are loaded, and every other view works.
+#[test]
+fn a_missing_or_older_tracepoint_costs_its_view_only() {
+    const PORT: u16 = 18095;
+    let hosts = TestHosts::new("lcold").unwrap();
+    let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["conns", "--json", "--port", &PORT.to_string()])
+        .env("TCPSCOPE_TEST_HIDE_TRACEPOINTS", "tcp_probe")
+        .env("TCPSCOPE_TEST_TRACEPOINT_ARGS", "kfree_skb:3,tcp_send_reset:2")
+        .stdout(Stdio::piped());
+    let (conns, lines) =
+        ChildGuard::spawn_until_ready(cmd, "following TCP connections", Duration::from_secs(30)).unwrap();
+    let said = lines.lock().unwrap().join("\n");
+    assert!(
+        said.contains("RTT and zero window unavailable: this kernel has no tracepoint tcp_probe"),
+        "{said}"
+    );
+    assert_eq!(said.matches("unavailable").count(), 1, "only that view: {said}");
+    // A connection, then one to a closed port.
+    let listener = listen_in_server(&hosts, PORT);
+    TestHosts::run_in(&hosts.client_ns, || {
+        let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+        s.write_all(b"x").unwrap();
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    drop(listener.accept().unwrap());
+    drop(listener);
+    let refused =
+        TestHosts::run_in(&hosts.client_ns, || TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))))
+            .join()
+            .unwrap()
+            .unwrap();
+    assert!(refused.is_err());
+    let evs = stop_and_collect(conns);
+    assert_eq!(find(&evs, "established_in", sns).len(), 1, "{evs:#?}");
+    assert_eq!(find(&evs, "close", sns).len(), 1, "{evs:#?}");
+    assert_eq!(find(&evs, "established_out", cns).len(), 1, "{evs:#?}");
+    // The older variants: a reset sent without its reason, the drop's
+    // socket from the packet.
+    assert!(!find(&evs, "reset_sent", sns).is_empty(), "{evs:#?}");
+    assert!(find(&evs, "drop", sns).iter().any(|d| d["reason"] == "NO_SOCKET"), "{evs:#?}");
+}

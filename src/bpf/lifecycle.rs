@@ -41,6 +41,55 @@ pub const VIEWS: [(&str, &str); 9] = [
     ("receive queue full", "sock_rcvqueue_full"),
 ];
 
+/// Every tracepoint program: (program, tracepoint, arguments it reads).
+/// A tracepoint's arguments change between kernels (kfree_skb gained
+/// `rx_sk` in 6.11, tcp_send_reset its `reason` in 6.10), and a `tp_btf`
+/// program that reads an argument the kernel does not pass is refused at
+/// load, with every other program of the object. So each program's
+/// tracepoint is looked up in the kernel's BTF first, and of a view's
+/// programs (newest argument list first) the first whose arguments the
+/// kernel passes is loaded; the others, and the views not asked for, are
+/// not loaded at all.
+const PROGRAMS: [(&str, &str, usize); 11] = [
+    ("lc_consume_skb", "consume_skb", 2),
+    ("lc_inet_sock_set_state", "inet_sock_set_state", 3),
+    ("lc_tcp_retransmit_skb", "tcp_retransmit_skb", 3),
+    ("lc_tcp_retransmit_synack", "tcp_retransmit_synack", 2),
+    ("lc_tcp_receive_reset", "tcp_receive_reset", 1),
+    ("lc_tcp_send_reset", "tcp_send_reset", 3),
+    ("lc_tcp_send_reset_v1", "tcp_send_reset", 2),
+    ("lc_kfree_skb", "kfree_skb", 4),
+    ("lc_kfree_skb_v1", "kfree_skb", 3),
+    ("lc_tcp_probe", "tcp_probe", 2),
+    ("lc_sock_rcvqueue_full", "sock_rcvqueue_full", 2),
+];
+
+/// How many arguments tracepoint `tp` passes to `tp_btf` programs on this
+/// kernel (its `btf_trace_<tp>` prototype, less the context), or None if
+/// the kernel has no such tracepoint.
+///
+/// Test-only switches, to try the fallbacks on a kernel that needs none:
+/// TCPSCOPE_TEST_HIDE_TRACEPOINTS=tp,tp hides tracepoints;
+/// TCPSCOPE_TEST_TRACEPOINT_ARGS=tp:n,tp:n pretends they pass n arguments.
+fn tracepoint_args(btf: Option<&libbpf_rs::btf::Btf<'_>>, tp: &str) -> Option<usize> {
+    let listed = |var: &str| std::env::var(var).unwrap_or_default();
+    if listed("TCPSCOPE_TEST_HIDE_TRACEPOINTS").split(',').any(|t| t == tp) {
+        return None;
+    }
+    if let Some(n) = listed("TCPSCOPE_TEST_TRACEPOINT_ARGS")
+        .split(',')
+        .find_map(|e| e.strip_prefix(tp)?.strip_prefix(':')?.parse().ok())
+    {
+        return Some(n);
+    }
+    // No BTF to read (it was checked before): trust the newest layout.
+    let Some(btf) = btf else { return Some(usize::MAX) };
+    let t: libbpf_rs::btf::BtfType<'_> = btf.type_by_name(&format!("btf_trace_{tp}"))?;
+    let proto = t.next_type()?.next_type()?; // typedef -> pointer -> prototype
+    let proto = libbpf_rs::btf::types::FuncProto::try_from(proto).ok()?;
+    Some(proto.len().saturating_sub(1))
+}
+
 /// Where `conns` learns which process accepted a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AcceptVia {
@@ -97,27 +146,49 @@ pub fn start(
         // The guard's ingress programs read the counts these programs keep.
         open.maps.peer_conns.reuse_fd(fd).context("sharing the connection counts with the guard")?;
     }
-    let skel = open.load().map_err(|e| preflight::explain(e, "loading the lifecycle programs"))?;
-    let progs = [
-        &skel.progs.lc_consume_skb,
-        &skel.progs.lc_inet_sock_set_state,
-        &skel.progs.lc_tcp_retransmit_skb,
-        &skel.progs.lc_tcp_retransmit_synack,
-        &skel.progs.lc_tcp_receive_reset,
-        &skel.progs.lc_tcp_send_reset,
-        &skel.progs.lc_kfree_skb,
-        &skel.progs.lc_tcp_probe,
-        &skel.progs.lc_sock_rcvqueue_full,
-    ];
-    let mut links = Vec::new();
+    // Which program serves each wanted view on this kernel, if any.
+    let btf = libbpf_rs::btf::Btf::from_vmlinux().ok();
+    let mut chosen: Vec<&str> = Vec::new();
     let mut unavailable = Vec::new();
-    for (prog, (view, tp)) in progs.into_iter().zip(VIEWS) {
+    for (view, tp) in VIEWS {
         if tracepoints.is_some_and(|wanted| !wanted.contains(&tp)) {
             continue;
         }
-        match prog.attach() {
-            Ok(l) => links.push(l),
-            Err(e) => unavailable.push((view.to_string(), format!("tracepoint {tp} refused: {e}"))),
+        let candidates = PROGRAMS.iter().filter(|(_, t, _)| *t == tp);
+        match tracepoint_args(btf.as_ref(), tp) {
+            None => unavailable.push((view.to_string(), format!("this kernel has no tracepoint {tp}"))),
+            Some(n) => match candidates.clone().find(|(_, _, reads)| *reads <= n) {
+                Some((prog, _, _)) => chosen.push(prog),
+                None => unavailable.push((
+                    view.to_string(),
+                    format!("this kernel's tracepoint {tp} passes {n} arguments, fewer than tcpscope reads"),
+                )),
+            },
+        }
+    }
+    for mut prog in open.open_object_mut().progs_mut() {
+        let name = prog.name().to_string_lossy().into_owned();
+        if PROGRAMS.iter().any(|(p, _, _)| *p == name) && !chosen.contains(&name.as_str()) {
+            prog.set_autoload(false);
+        }
+    }
+    let mut skel = open.load().map_err(|e| preflight::explain(e, "loading the lifecycle programs"))?;
+    let mut links = Vec::new();
+    {
+        use libbpf_rs::skel::Skel as _;
+        for prog in skel.object_mut().progs_mut() {
+            let name = prog.name().to_string_lossy().into_owned();
+            let Some((_, tp, _)) = PROGRAMS.iter().find(|(p, _, _)| *p == name) else { continue };
+            if !chosen.contains(&name.as_str()) {
+                continue;
+            }
+            match prog.attach() {
+                Ok(l) => links.push(l),
+                Err(e) => {
+                    let view = VIEWS.iter().find(|(_, t)| t == tp).map_or(*tp, |(v, _)| *v);
+                    unavailable.push((view.to_string(), format!("tracepoint {tp} refused: {e}")))
+                }
+            }
         }
     }
     let mut accept_via = None;
