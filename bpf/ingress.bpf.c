@@ -602,7 +602,7 @@ static __always_inline int rules_and_detectors(struct tcpscope_counters *c, cons
 /* The whole per-packet path. data..data_end is the linear packet.
  * Returns VERDICT_DROP only for packets a guard rule drops. */
 static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
-					 __u32 frame_len, __u32 ifindex, __u8 hook)
+					 __u32 frame_len, __u32 ifindex, __u8 hook, __u32 hw_vlan)
 {
 	__u32 zero = 0;
 	struct tcpscope_counters *c = bpf_map_lookup_elem(&counters, &zero);
@@ -622,6 +622,15 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	if (proto < 0) {
 		count_malformed(c, -proto);
 		return VERDICT_PASS;
+	}
+	if (hw_vlan) {
+		/* TC: the kernel took the outer tag out of the frame before tc
+		 * ran (skb->vlan_tci): it goes first. Past TCPSCOPE_MAX_VLAN tags
+		 * the innermost is not kept. */
+		ev.vlan[1] = ev.vlan[0];
+		ev.vlan[0] = hw_vlan & VLAN_VID_MASK;
+		if (ev.vlan_count < TCPSCOPE_MAX_VLAN)
+			ev.vlan_count++;
 	}
 	__u32 l3_off = nh.pos - data;
 	__u32 l3_len = frame_len > l3_off ? frame_len - l3_off : 0;
@@ -728,7 +737,7 @@ int tcpscope_xdp(struct xdp_md *ctx)
 
 	/* Only a guard rule drops; everything else, errors included, passes. */
 	if (handle_packet(ctx, data, data_end, (__u32)(data_end - data), ctx->ingress_ifindex,
-			  TCPSCOPE_HOOK_XDP) == VERDICT_DROP)
+			  TCPSCOPE_HOOK_XDP, 0) == VERDICT_DROP)
 		return XDP_DROP;
 	return XDP_PASS;
 }
@@ -765,7 +774,9 @@ int tcpscope_tc(struct __sk_buff *skb)
 	void *data = (void *)(long)SKB_LOAD(skb, data);
 	void *data_end = (void *)(long)SKB_LOAD(skb, data_end);
 
-	if (handle_packet(skb, data, data_end, len, ifindex, TCPSCOPE_HOOK_TC) == VERDICT_DROP)
+	/* A tag the kernel moved out of the frame: present flag and TCI. */
+	__u32 hw_vlan = SKB_LOAD(skb, vlan_present) ? (SKB_LOAD(skb, vlan_tci) | 0x10000) : 0;
+	if (handle_packet(skb, data, data_end, len, ifindex, TCPSCOPE_HOOK_TC, hw_vlan) == VERDICT_DROP)
 		return TC_ACT_SHOT;
 	/* Never the chain's end: the next program (another watch, another
 	 * tool's filter) sees the packet too. Outside tcx (a clsact filter)

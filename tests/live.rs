@@ -338,3 +338,38 @@ fn watch_piped_into_head_exits_after_the_first_line() {
     assert!(st.success());
     assert_eq!(pipeline.stdout_text().lines().count(), 1);
 }
+
+/// 802.1Q and QinQ frames, crafted and sent into the server's veth: both
+/// hooks report every tag, outermost first. At TC the kernel has already
+/// moved the outer tag out of the frame (skb->vlan_tci).
+#[test]
+fn vlan_tags_reach_events_at_both_hooks() {
+    use common::raw;
+    const PORT: u16 = 18091;
+    let hosts = TestHosts::new("vlan").unwrap();
+    let link = raw::RawLink::open(
+        &hosts.client_ns,
+        tcpscope::testhost::CLIENT_IF,
+        raw::mac_of(&hosts.server_ns, SERVER_IF),
+    );
+    let (c, s) = (tcpscope::testhost::CLIENT_V4.octets(), tcpscope::testhost::SERVER_V4.octets());
+    let ip = raw::ipv4_fragments(c, s, 1, &raw::syn_segment(&c, &s, 40000, PORT, 1), &[]).remove(0);
+    let tag = |tci: u16, next: u16| [tci.to_be_bytes(), next.to_be_bytes()].concat();
+    let single = [tag(100, raw::ETH_P_IP), ip.clone()].concat();
+    let qinq = [tag(10, 0x8100), tag(20, raw::ETH_P_IP), ip].concat();
+    for hook in ["tc", "xdp"] {
+        let port = PORT.to_string();
+        let mut w = start_tcpscope(
+            &hosts.server_ns,
+            &["watch", "-i", SERVER_IF, "--hook", hook, "--json", "--dport", &port, "-c", "2"],
+        );
+        link.send(0x8100, &single);
+        link.send(0x88a8, &qinq);
+        assert!(w.wait_timeout(Duration::from_secs(20)).unwrap().success(), "{hook}");
+        let vlans: Vec<Value> = stdout_of(&mut w)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap()["vlan"].clone())
+            .collect();
+        assert_eq!(vlans, [serde_json::json!([100]), serde_json::json!([10, 20])], "{hook}");
+    }
+}
