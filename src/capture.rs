@@ -121,6 +121,19 @@ fn to_ns(raw: u64, units_per_sec: u64) -> u64 {
 
 /// Reads exactly `buf.len()` bytes; Ok(false) on a clean end of input
 /// before the first byte.
+/// Reads all of `buf`, which `what` names: the end of the input anywhere
+/// inside it is a truncated file, said as such.
+fn read_all<R: Read>(input: &mut R, buf: &mut [u8], what: &str) -> Result<()> {
+    match read_full(input, buf) {
+        Ok(true) => Ok(()),
+        Ok(false) => bail!("the capture is cut short: {what} is missing (truncated file?)"),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
+            bail!("the capture is cut short inside {what} (truncated file?)")
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {what}")),
+    }
+}
+
 fn read_full<R: Read>(input: &mut R, buf: &mut [u8]) -> io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
@@ -152,7 +165,7 @@ impl<R: Read> Capture<R> {
                 let endian = if head[0] == 0xa1 { Endian::Big } else { Endian::Little };
                 let nanos = head == [0x4d, 0x3c, 0xb2, 0xa1] || head == [0xa1, 0xb2, 0x3c, 0x4d];
                 let mut rest = [0u8; 20];
-                read_full(&mut input, &mut rest).context("reading the pcap header")?;
+                read_all(&mut input, &mut rest, "the pcap file header")?;
                 // Lower 16 bits: the link type; upper bits: FCS information.
                 let link = LinkType::from_linktype(endian.u32(&rest, 16) & 0xffff);
                 Format::Pcap { endian, link, nanos }
@@ -181,7 +194,7 @@ impl<R: Read> Capture<R> {
     /// Reads the rest of a section header block whose type was just read.
     fn read_section_header(&mut self, _type: u32) -> Result<()> {
         let mut lens = [0u8; 8];
-        read_full(&mut self.input, &mut lens).context("reading a pcapng section header")?;
+        read_all(&mut self.input, &mut lens, "a pcapng section header")?;
         let endian = match u32::from_le_bytes([lens[4], lens[5], lens[6], lens[7]]) {
             PCAPNG_BOM => Endian::Little,
             bom if bom.swap_bytes() == PCAPNG_BOM => Endian::Big,
@@ -192,7 +205,7 @@ impl<R: Read> Capture<R> {
             bail!("corrupt pcapng section header: block length {total}");
         }
         self.buf.resize(total - 12, 0);
-        read_full(&mut self.input, &mut self.buf).context("reading a pcapng section header")?;
+        read_all(&mut self.input, &mut self.buf, "a pcapng section header")?;
         self.format = Format::PcapNg { endian, interfaces: Vec::new() };
         Ok(())
     }
@@ -231,7 +244,7 @@ impl<R: Read> Capture<R> {
             bail!("corrupt pcap record: {incl} captured bytes");
         }
         self.buf.resize(incl, 0);
-        read_full(&mut self.input, &mut self.buf)?;
+        read_all(&mut self.input, &mut self.buf, "a packet's bytes")?;
         let ts =
             u64::from(sec) * 1_000_000_000 + if nanos { u64::from(frac) } else { u64::from(frac) * 1000 };
         self.meta = Meta { ts_ns: ts, orig_len: orig.max(incl as u32), iface: 0, link };
@@ -256,7 +269,7 @@ impl<R: Read> Capture<R> {
                 bail!("corrupt pcapng block: length {total}");
             }
             self.buf.resize(total - 8, 0);
-            read_full(&mut self.input, &mut self.buf)?;
+            read_all(&mut self.input, &mut self.buf, "a pcapng block")?;
             let body_len = total - 12;
             let Format::PcapNg { interfaces, .. } = &mut self.format else { unreachable!() };
             let b = &self.buf[..body_len];

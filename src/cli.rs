@@ -244,6 +244,23 @@ pub struct GuardArgs {
     pub json: bool,
 }
 
+/// A misuse of the command line found after parsing (a contradiction, a
+/// value out of range): exits 2, as clap's own usage errors do; failures
+/// at run time exit 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// As `anyhow::ensure!`, failing with a [`UsageError`] (exit 2).
+#[macro_export]
+macro_rules! ensure_usage {
+    ($cond:expr, $($arg:tt)+) => {
+        if !$cond {
+            return Err($crate::cli::UsageError(format!($($arg)+)).into());
+        }
+    };
+}
+
 /// What the guard does with a packet it cannot follow to its TCP header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Unparsable {

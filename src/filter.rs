@@ -35,6 +35,10 @@ pub enum FilterError {
     PrefixTooLong(String, u32, u32),
     #[error("unknown TCP flag '{0}': use FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, AE, optionally prefixed with ! for 'not set'")]
     BadFlag(String),
+    #[error("flag {0} is asked to be both set and clear: no packet matches; drop one of them")]
+    FlagBothWays(String),
+    #[error("CIDR '{0}' has host bits set: write the network, {1}, or the host, {2}")]
+    HostBits(String, String, String),
     #[error("too many {what}: at most {max} are supported")]
     TooMany { what: &'static str, max: usize },
     #[error("--snaplen {0} is too large: at most {max} payload bytes per event", max = MAX_SNAPLEN)]
@@ -56,19 +60,58 @@ impl FromStr for Cidr {
             None => (s, None),
         };
         let addr: IpAddr = addr_s.trim().parse().map_err(|_| FilterError::BadCidr(s.into()))?;
+        // An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 address,
+        // as packets carry it: a rule on it must match them.
+        let (addr, mapped) = match addr {
+            IpAddr::V6(a) => match a.to_ipv4_mapped() {
+                Some(v4) => (IpAddr::V4(v4), 96),
+                None => (addr, 0),
+            },
+            v4 => (v4, 0),
+        };
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix_s {
             None => max,
-            Some(p) => p.trim().parse::<u32>().map_err(|_| FilterError::BadCidr(s.into()))?,
+            Some(p) => {
+                let p = p.trim().parse::<u32>().map_err(|_| FilterError::BadCidr(s.into()))?;
+                if mapped > 0 && p < mapped {
+                    return Err(FilterError::BadCidr(s.into()));
+                }
+                p - mapped
+            }
         };
         if prefix > max {
-            return Err(FilterError::PrefixTooLong(s.into(), prefix, max));
+            return Err(FilterError::PrefixTooLong(s.into(), prefix + mapped, max + mapped));
         }
-        Ok(Cidr { addr, prefix })
+        let cidr = Cidr { addr, prefix };
+        let network = cidr.network();
+        // As tcpdump: 198.18.0.7/24 is a typo for one of two things.
+        if network != addr {
+            return Err(FilterError::HostBits(
+                s.into(),
+                format!("{network}/{prefix}"),
+                format!("{addr}/{max}"),
+            ));
+        }
+        Ok(cidr)
     }
 }
 
 impl Cidr {
+    /// The address with the bits past the prefix cleared.
+    pub fn network(&self) -> IpAddr {
+        match self.addr {
+            IpAddr::V4(a) => {
+                let mask = if self.prefix == 0 { 0 } else { u32::MAX << (32 - self.prefix) };
+                IpAddr::V4((u32::from(a) & mask).into())
+            }
+            IpAddr::V6(a) => {
+                let mask = if self.prefix == 0 { 0 } else { u128::MAX << (128 - self.prefix) };
+                IpAddr::V6((u128::from(a) & mask).into())
+            }
+        }
+    }
+
     /// Network and mask bytes as the kernel compares them (IPv4 in bytes 0..4).
     fn to_kernel(self) -> types::tcpscope_cidr {
         let mut out = types::tcpscope_cidr::default();
@@ -121,6 +164,9 @@ impl FromStr for FlagMatch {
                 m.clear |= 1 << bit;
             } else {
                 m.set |= 1 << bit;
+            }
+            if m.set & m.clear & (1 << bit) != 0 {
+                return Err(FilterError::FlagBothWays(FLAG_NAMES[bit].into()));
             }
         }
         Ok(m)
@@ -215,7 +261,10 @@ mod tests {
 
     #[test]
     fn cidr_parses_and_masks() {
-        let c: Cidr = "198.18.7.9/15".parse().unwrap();
+        // Host bits set: refused, naming both readings (as tcpdump does).
+        let e = "198.18.7.9/15".parse::<Cidr>().unwrap_err().to_string();
+        assert!(e.contains("198.18.0.0/15") && e.contains("198.18.7.9/32"), "{e}");
+        let c = Cidr { addr: "198.18.7.9".parse().unwrap(), prefix: 15 };
         let k = c.to_kernel();
         assert_eq!(&k.addr[..4], &[198, 18, 0, 0]);
         assert_eq!(&k.mask[..4], &[255, 254, 0, 0]);
@@ -234,6 +283,17 @@ mod tests {
         let host: Cidr = "2001:db8::1".parse().unwrap();
         assert_eq!(host.prefix, 128);
         assert_eq!("0.0.0.0/0".parse::<Cidr>().unwrap().to_kernel().mask, [0; 16]);
+    }
+
+    #[test]
+    fn mapped_ipv4_is_ipv4_and_flags_cannot_contradict() {
+        let c: Cidr = "::ffff:198.18.0.1".parse().unwrap();
+        assert_eq!((c.addr, c.prefix), ("198.18.0.1".parse().unwrap(), 32));
+        let c: Cidr = "::ffff:198.18.0.0/120".parse().unwrap();
+        assert_eq!((c.addr, c.prefix), ("198.18.0.0".parse().unwrap(), 24));
+        assert!("::ffff:198.18.0.0/90".parse::<Cidr>().is_err());
+        assert!(matches!("SYN,!SYN".parse::<FlagMatch>(), Err(FilterError::FlagBothWays(_))));
+        assert!("SYN,!ACK".parse::<FlagMatch>().is_ok());
     }
 
     #[test]

@@ -26,7 +26,16 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tcpscope: error: {e:#}");
-            ExitCode::FAILURE
+            // A misuse of the command line exits 2, as clap's own errors do;
+            // a failure at run time exits 1.
+            let usage = e
+                .chain()
+                .any(|c| c.is::<tcpscope::cli::UsageError>() || c.is::<tcpscope::filter::FilterError>());
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

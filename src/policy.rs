@@ -110,21 +110,25 @@ pub struct Rule {
     pub ttl: Option<Duration>,
 }
 
-/// "500ms", "30s", "5m", "2h", "1d"; a bare number is seconds.
+/// "500ms", "30s", "5m", "2h", "1d": a number and its unit.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
     let n: f64 = num.parse().map_err(|_| format!("bad duration '{s}': use e.g. 500ms, 30s, 5m, 2h"))?;
     let secs = match unit {
+        "" => return Err(format!("bad duration '{s}': give a unit, e.g. {s}s or {s}m")),
         "ms" => n / 1000.0,
-        "" | "s" => n,
+        "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
         _ => return Err(format!("bad duration '{s}': unit must be ms, s, m, h or d")),
     };
-    if !(secs > 0.0 && secs < 1e9) {
+    if !(secs > 0.0) {
         return Err(format!("bad duration '{s}': must be positive"));
+    }
+    if secs >= 1e9 {
+        return Err(format!("bad duration '{s}': too long (at most about 31 years)"));
     }
     Ok(Duration::from_secs_f64(secs))
 }
@@ -337,7 +341,13 @@ pub struct RuleState {
 /// namespace when it was given (several namespaces may have an "eth0").
 pub fn guard_id(iface: &str, netns: Option<&str>) -> String {
     match netns {
-        Some(ns) => format!("{iface}@{ns}"),
+        // A path to an `ip netns` name goes by that name; any other path
+        // by itself, its slashes made safe for a file name.
+        Some(ns) => {
+            let name =
+                ns.strip_prefix("/var/run/netns/").or_else(|| ns.strip_prefix("/run/netns/")).unwrap_or(ns);
+            format!("{iface}@{}", name.replace('/', "_"))
+        }
         None => iface.to_string(),
     }
 }
@@ -450,6 +460,9 @@ impl PolicyMaps {
     /// Opens the pinned maps of the live guard on `iface` (or of the only
     /// live guard when `iface` is None).
     pub fn open(iface: Option<&str>) -> Result<Self> {
+        // Without privileges the pid files and pins cannot be read: say
+        // that, not that no guard runs.
+        crate::bpf::preflight::check_privileges()?;
         let iface = match iface {
             Some(i) => i.to_string(),
             None => {
@@ -796,15 +809,24 @@ mod tests {
 
     #[test]
     fn keys_round_trip_and_mask() {
-        let r =
-            Rule { list: List::Block, cidr: "198.18.7.9/24".parse().unwrap(), port: Some(443), ttl: None };
+        let r = Rule {
+            list: List::Block,
+            cidr: Cidr { addr: "198.18.7.9".parse().unwrap(), prefix: 24 },
+            port: Some(443),
+            ttl: None,
+        };
         let (name, k) = rule_key(&r);
         assert_eq!(name, "ports_v4");
         assert_eq!(k.len(), 12);
         let back = key_rule(name, &k).unwrap();
         assert_eq!(back.cidr.addr.to_string(), "198.18.7.0");
         assert_eq!((back.cidr.prefix, back.port), (24, Some(443)));
-        let r6 = Rule { list: List::Allow, cidr: "2001:db8::1/64".parse().unwrap(), port: None, ttl: None };
+        let r6 = Rule {
+            list: List::Allow,
+            cidr: Cidr { addr: "2001:db8::1".parse().unwrap(), prefix: 64 },
+            port: None,
+            ttl: None,
+        };
         let (name, k) = rule_key(&r6);
         assert_eq!((name, k.len()), ("allow_v6", 20));
         assert_eq!(key_rule(name, &k).unwrap().cidr.addr.to_string(), "2001:db8::");
@@ -814,7 +836,8 @@ mod tests {
     fn durations() {
         assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
         assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
-        assert_eq!(parse_duration("3").unwrap(), Duration::from_secs(3));
+        assert!(parse_duration("3").unwrap_err().contains("give a unit"));
+        assert!(parse_duration("99999999999d").unwrap_err().contains("too long"));
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("5 weeks").is_err());
     }

@@ -197,8 +197,12 @@ impl ChildGuard {
     /// All of a piped stdout, once the child has closed it (normally by
     /// exiting). Panics if stdout was not piped or was already taken.
     pub fn stdout_text(&mut self) -> String {
-        let bytes = self.stdout.take().expect("stdout piped").join().expect("stdout reader");
-        String::from_utf8(bytes).expect("stdout is UTF-8")
+        String::from_utf8(self.stdout_text_bytes()).expect("stdout is UTF-8")
+    }
+
+    /// As `stdout_text`, the bytes as they are.
+    pub fn stdout_text_bytes(&mut self) -> Vec<u8> {
+        self.stdout.take().expect("stdout piped").join().expect("stdout reader")
     }
 
     /// Sends SIGINT (a user's Ctrl-C) and waits for the exit status.

@@ -116,6 +116,83 @@ fn contradictory_flags_are_refused() {
     let out =
         Command::new(tcpscope_bin()).args(["watch", "-i", "lo", "--xdp-mode", "generic"]).output().unwrap();
     assert!(one_line_error(&out).contains("--xdp-mode applies to the XDP hook only"));
+    assert_eq!(out.status.code(), Some(2), "a usage error exits 2");
     let out = Command::new(tcpscope_bin()).args(["watch", "-i", "lo", "-c", "0"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error: {out:?}");
+    for (args, says) in [
+        (&["watch", "-i", "lo", "--flags", "SYN,!SYN"][..], "both set and clear"),
+        (&["watch", "-i", "lo", "--src", "198.18.0.7/24"][..], "host bits set"),
+        (&["block", "add", "198.18.0.7/24"][..], "host bits set"),
+        (&["block", "add", "198.18.0.7", "--ttl", "30"][..], "give a unit"),
+        (&["block", "add", "198.18.0.7", "--ttl", "99999999999d"][..], "too long"),
+        (&["stats", "-i", "lo", "--interval", "0"][..], "--interval"),
+    ] {
+        let out = Command::new(tcpscope_bin()).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(says), "{args:?}: {out:?}");
+    }
+    // A failure at run time exits 1.
+    let out = Command::new(tcpscope_bin()).args(["watch", "-i", "nosuch0"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn bad_input_files_get_one_line() {
+    // --btf that is no BTF.
+    let out =
+        Command::new(tcpscope_bin()).args(["watch", "-i", "lo", "--btf", "/etc/passwd"]).output().unwrap();
+    assert!(one_line_error(&out).contains("/etc/passwd is not a BTF file"));
+    // Captures cut inside their headers (a header-only pcap is a valid,
+    // empty capture, as for tcpdump and tshark).
+    let dir = std::env::temp_dir();
+    let pcap4 = dir.join(format!("tcpscope-p4-{}.pcap", std::process::id()));
+    std::fs::write(&pcap4, [0xd4, 0xc3, 0xb2, 0xa1]).unwrap();
+    let ng12 = dir.join(format!("tcpscope-n12-{}.pcapng", std::process::id()));
+    std::fs::write(&ng12, [0x0a, 0x0d, 0x0d, 0x0a, 0x1c, 0, 0, 0, 0x4d, 0x3c, 0x2b, 0x1a]).unwrap();
+    for f in [&pcap4, &ng12] {
+        let out = Command::new(tcpscope_bin()).arg("read").arg(f).output().unwrap();
+        assert!(one_line_error(&out).contains("cut short"), "{f:?}");
+        let _ = std::fs::remove_file(f);
+    }
+    // -w with --json but no --print; -w - with --print.
+    let out = Command::new(tcpscope_bin())
+        .args(["watch", "-i", "lo", "-w", "x.pcapng", "--json"])
+        .output()
+        .unwrap();
+    assert!(one_line_error(&out).contains("add --print"));
+    let out =
+        Command::new(tcpscope_bin()).args(["watch", "-i", "lo", "-w", "-", "--print"]).output().unwrap();
+    assert!(one_line_error(&out).contains("drop --print"));
+    assert!(!std::path::Path::new("x.pcapng").exists());
+}
+
+#[test]
+fn block_without_privileges_names_them() {
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(tcpscope_bin())
+        .args(["block", "list"])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert!(one_line_error(&out).contains("missing privileges"));
+}
+
+#[test]
+fn demo_cleans_up_on_sigterm() {
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["demo", "--connections", "100000"]).stdout(std::process::Stdio::null());
+    let (mut demo, _) = tcpscope::testhost::ChildGuard::spawn_until_ready(
+        cmd,
+        "the sockets' side of the same connections",
+        Duration::from_secs(30),
+    )
+    .unwrap();
+    let pid = demo.child.id();
+    // SAFETY: kill on our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let st = demo.wait_timeout(Duration::from_secs(20)).expect("the demo stops at once");
+    assert!(st.success(), "{st}");
+    let left = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let left = String::from_utf8_lossy(&left.stdout);
+    assert!(!left.contains(&format!("tsc-demo-{pid}-")), "namespaces left behind: {left}");
 }

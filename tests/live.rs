@@ -373,3 +373,30 @@ fn vlan_tags_reach_events_at_both_hooks() {
         assert_eq!(vlans, [serde_json::json!([100]), serde_json::json!([10, 20])], "{hook}");
     }
 }
+
+#[test]
+fn watch_writes_pcapng_to_stdout_with_dash() {
+    const PORT: u16 = 18092;
+    let hosts = TestHosts::new("wdash").unwrap();
+    let port = PORT.to_string();
+    let mut w =
+        start_tcpscope(&hosts.server_ns, &["watch", "-i", SERVER_IF, "-w", "-", "-c", "2", "--dport", &port]);
+    let listener = listen_in_server(&hosts, PORT);
+    TestHosts::run_in(&hosts.client_ns, move || {
+        let mut s = std::net::TcpStream::connect((tcpscope::testhost::SERVER_V4, PORT)).unwrap();
+        std::io::Write::write_all(&mut s, b"hello").unwrap();
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    drop(listener);
+    assert!(w.wait_timeout(Duration::from_secs(20)).unwrap().success());
+    // Standard output is the capture: tshark reads it (and no file named "-" appears).
+    let file = std::env::temp_dir().join(format!("tcpscope-dash-{}.pcapng", std::process::id()));
+    std::fs::write(&file, w.stdout_text_bytes()).unwrap();
+    let rows = read_pcap_fields(&file, &["tcp.dstport"]);
+    let _ = std::fs::remove_file(&file);
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert!(rows.iter().all(|r| r[0] == port));
+    assert!(!std::path::Path::new("-").exists());
+}

@@ -66,7 +66,9 @@ impl AttachedLink {
 
 /// Moves this thread into network namespace `name` (from `ip netns`).
 pub fn enter_netns(name: &str) -> Result<()> {
-    let path = format!("/var/run/netns/{name}");
+    // A name from `ip netns`, or a path to a namespace file (as `ip netns
+    // exec` and `nsenter` take: /var/run/netns/x, /proc/PID/ns/net).
+    let path = if name.contains('/') { name.to_string() } else { format!("/var/run/netns/{name}") };
     let f = std::fs::File::open(&path)
         .map_err(|e| anyhow!("network namespace '{name}' not found ({path}: {e}): see `ip netns list`"))?;
     // SAFETY: setns on a namespace fd we own; affects this thread only.

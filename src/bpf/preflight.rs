@@ -61,6 +61,15 @@ pub fn check_privileges() -> Result<()> {
 pub fn check_btf(custom: Option<&Path>) -> Result<()> {
     let path = custom.unwrap_or_else(|| Path::new(KERNEL_BTF));
     match std::fs::metadata(path) {
+        // A file given by hand must be BTF: libbpf would fail on anything
+        // else with a bare errno ("Unknown error 4001").
+        Ok(m) if m.len() > 0 && custom.is_some() => match libbpf_rs::btf::Btf::from_path(path) {
+            Ok(_) => Ok(()),
+            Err(_) => Err(anyhow!(
+                "{} is not a BTF file: pass --btf with this kernel's BTF (/sys/kernel/btf/vmlinux, or one from BTFHub)",
+                path.display()
+            )),
+        },
         Ok(m) if m.len() > 0 => Ok(()),
         _ if custom.is_some() => Err(anyhow!(
             "BTF file {} not found: pass --btf with an existing BTF file for this kernel (e.g. from BTFHub)",

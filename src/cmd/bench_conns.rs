@@ -119,7 +119,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     for &c in &args.cpu {
-        anyhow::ensure!(c < n, "--cpu {c}: no such CPU (this machine has {n}: 0-{})", n - 1);
+        crate::ensure_usage!(c < n, "--cpu {c}: no such CPU (this machine has {n}: 0-{})", n - 1);
     }
     let hosts = TestHosts::new("bconns")?;
     // Hundreds of thousands of connections from one address to one port:

@@ -18,6 +18,9 @@ const PORT: u16 = 8080;
 
 pub fn run(args: &DemoArgs) -> Result<()> {
     preflight::check_privileges()?;
+    // Ctrl-C, SIGTERM (`timeout`) and SIGHUP stop the demo between two
+    // connections; the test hosts and the children are removed either way.
+    let stop = crate::cmd::stop_flag()?;
     let hook = match args.hook.unwrap_or(HookKind::Tc) {
         HookKind::Tc => "tc",
         HookKind::Xdp => "xdp",
@@ -47,21 +50,38 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     // Server: echo one message per connection. One dual-stack listener on
     // [::] takes both the IPv4 and the IPv6 connections.
     let n = args.connections;
-    let server = TestHosts::run_in(&hosts.server_ns, move || -> Result<()> {
-        let listener = TcpListener::bind(("::", PORT))?;
-        for _ in 0..2 * n {
-            let (mut s, _) = listener.accept()?;
+    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind(("::", PORT)))
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))???;
+    listener.set_nonblocking(true)?;
+    let server_stop = stop.clone();
+    let server = std::thread::spawn(move || -> Result<()> {
+        let mut served = 0;
+        while served < 2 * n && !server_stop.load(std::sync::atomic::Ordering::SeqCst) {
+            let mut s = match listener.accept() {
+                Ok((s, _)) => s,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(5));
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            };
+            s.set_nonblocking(false)?;
             s.set_read_timeout(Some(Duration::from_secs(5)))?;
             let mut buf = [0u8; 64];
             let got = s.read(&mut buf)?;
             s.write_all(&buf[..got])?;
+            served += 1;
         }
         Ok(())
     });
-    std::thread::sleep(Duration::from_millis(200)); // listeners up
+    let client_stop = stop.clone();
     let client = TestHosts::run_in(&hosts.client_ns, move || -> Result<()> {
         for v6 in [false, true] {
             for i in 0..n {
+                if client_stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    return Ok(());
+                }
                 let addr = SocketAddr::new(TestHosts::server_addr(v6), PORT);
                 let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
                 s.write_all(format!("hello {i}\n").as_bytes())?;
@@ -72,7 +92,12 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         Ok(())
     });
     client.join().map_err(|_| anyhow::anyhow!("client thread panicked"))???;
-    server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))???;
+    server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    if stop.load(std::sync::atomic::Ordering::SeqCst) {
+        drop((watch, conns, hosts)); // killed, reaped, and the namespaces deleted
+        eprintln!("demo: stopped; test hosts removed");
+        return Ok(());
+    }
     std::thread::sleep(Duration::from_millis(300)); // let the last events print
     let status = watch.interrupt_and_wait(Duration::from_secs(10))?;
     let conns_status = conns.interrupt_and_wait(Duration::from_secs(10))?;

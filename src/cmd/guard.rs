@@ -463,14 +463,17 @@ fn read_cidrs(args: &[String]) -> Result<Vec<crate::filter::Cidr>> {
     let mut out = Vec::new();
     for a in args {
         if a != "-" {
-            out.push(a.parse().map_err(|e| anyhow::anyhow!("{e}"))?);
+            out.push(a.parse().map_err(|e| crate::cli::UsageError(format!("{e}")))?);
             continue;
         }
         for (i, line) in std::io::stdin().lines().enumerate() {
             let line = line.context("reading CIDRs from standard input")?;
             let t = line.split('#').next().unwrap_or("").trim();
             if !t.is_empty() {
-                out.push(t.parse().map_err(|e| anyhow::anyhow!("standard input line {}: {e}", i + 1))?);
+                out.push(
+                    t.parse()
+                        .map_err(|e| crate::cli::UsageError(format!("standard input line {}: {e}", i + 1)))?,
+                );
             }
         }
     }

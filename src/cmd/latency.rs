@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 use libbpf_rs::MapCore;
 
 use crate::bpf::lifecycle::{self, types};
@@ -53,7 +53,7 @@ pub fn read_histograms(lc: &lifecycle::Lifecycle) -> Vec<(types::latency_key, ty
 }
 
 pub fn run(args: &LatencyArgs) -> Result<()> {
-    ensure!(
+    crate::ensure_usage!(
         args.interval.is_finite() && args.interval >= 0.1,
         "--interval {}: use at least 0.1 seconds",
         args.interval

@@ -53,7 +53,7 @@ impl Session {
     /// As `start_on`, with every load option (guard: detectors, pins).
     pub fn start_with(args: &AttachArgs, hook: HookKind, mut opts: LoadOptions) -> Result<Self> {
         let config = opts.config;
-        anyhow::ensure!(
+        crate::ensure_usage!(
             args.xdp_mode.is_none() || hook == HookKind::Xdp,
             "--xdp-mode applies to the XDP hook only: add --hook xdp, or drop --xdp-mode"
         );

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Result};
+use anyhow::Result;
 
 use crate::bpf::{self, counters::Counters};
 use crate::cli::StatsArgs;
@@ -12,7 +12,7 @@ use crate::filter::EventFilter;
 use crate::output::print_line;
 
 pub fn run(args: &StatsArgs) -> Result<()> {
-    ensure!(
+    crate::ensure_usage!(
         args.interval.is_finite() && args.interval >= 0.05,
         "--interval {}: use a number of seconds of at least 0.05",
         args.interval

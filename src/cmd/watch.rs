@@ -78,11 +78,26 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     filter.copy_headers = args.write.is_some();
     let snaplen = filter.snaplen;
     // Open the output file before attaching: a bad path fails early.
+    let to_stdout = args.write.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    crate::ensure_usage!(
+        !(to_stdout && args.print),
+        "-w - writes the capture to standard output, where --print would print too: drop --print, or write to a file"
+    );
+    crate::ensure_usage!(
+        !(args.json && args.write.is_some() && !args.print),
+        "--json formats printed packets, and -w prints none: add --print, or drop --json"
+    );
     let export = match &args.write {
+        // `-w -`, as tcpdump: the capture goes to standard output.
+        Some(_) if to_stdout => {
+            let out: Box<dyn std::io::Write> = Box::new(BufWriter::new(io::stdout()));
+            Some(RefCell::new(PcapNgExport::new(out, &args.attach.iface)?))
+        }
         Some(path) => {
             let file =
                 std::fs::File::create(path).with_context(|| format!("cannot create '{}'", path.display()))?;
-            Some(RefCell::new(PcapNgExport::new(BufWriter::new(file), &args.attach.iface)?))
+            let out: Box<dyn std::io::Write> = Box::new(BufWriter::new(file));
+            Some(RefCell::new(PcapNgExport::new(out, &args.attach.iface)?))
         }
         None => None,
     };
@@ -90,7 +105,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let export_failed = RefCell::new(None::<anyhow::Error>);
     let config = filter.to_kernel(true)?;
     let ringbuf_mib = args.ringbuf_mib;
-    anyhow::ensure!(
+    crate::ensure_usage!(
         ringbuf_mib.is_power_of_two() && ringbuf_mib <= 1024,
         "--ringbuf-mib {ringbuf_mib}: use a power of two from 1 to 1024"
     );
@@ -138,8 +153,11 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             Err(e) => return Err(e).context("reading the ring buffer"),
         }
         let _ = out.borrow_mut().flush();
+        if let (true, Some(x)) = (to_stdout, &export) {
+            let _ = x.borrow_mut().flush(); // a reader on the pipe sees packets as they come
+        }
         session.check_present()?;
-        if print && crate::cmd::stdout_closed() {
+        if (print || to_stdout) && crate::cmd::stdout_closed() {
             break; // `| head -1` has what it wanted
         }
     }
