@@ -470,7 +470,10 @@ static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_ev
  * A position that is taken is written (the lookup below cannot fail; were
  * it to, the reader gives up on the hole after a second and counts it
  * lost). The reader knows an event is complete by its seq, stored last
- * (x86 keeps stores in order; vmlinux.h is x86_64's). */
+ * (x86 keeps stores in order; build.rs refuses other architectures). */
+extern void bpf_preempt_disable(void) __ksym __weak;
+extern void bpf_preempt_enable(void) __ksym __weak;
+
 static __always_inline void submit(struct conn_event *e)
 {
 	__u32 zero = 0;
@@ -492,14 +495,26 @@ static __always_inline void submit(struct conn_event *e)
 	__u64 consumed = *(volatile __u64 *)&h->consumed;
 	if (h->reserved - consumed >= CONN_SLOTS_PER_CPU - 8)
 		goto lost;
+	/* From taking a slot to marking it written, this task must not be
+	 * preempted: the programs in process context (accept hooks) could
+	 * otherwise leave a hole that later slots of this CPU wait behind,
+	 * and the reader gives up on it after a second, counting it lost.
+	 * bpf_preempt_disable() exists from Linux 6.10; before, that window
+	 * stays (short, and only where a task is preempted inside it). */
+	if (bpf_preempt_disable)
+		bpf_preempt_disable();
 	__u64 pos = __sync_fetch_and_add(&h->reserved, 1);
 	__u32 idx = cpu * CONN_SLOTS_PER_CPU + (pos & (CONN_SLOTS_PER_CPU - 1));
 	struct conn_slot *slot = bpf_map_lookup_elem(&conn_slots, &idx);
-	if (!slot) /* cannot happen: user space sized the map for every CPU */
+	if (slot) { /* always: user space sized the map for every CPU */
+		__builtin_memcpy(&slot->e, e, sizeof(*e));
+		asm volatile("" ::: "memory");
+		*(volatile __u64 *)&slot->seq = pos + 1;
+	}
+	if (bpf_preempt_enable)
+		bpf_preempt_enable();
+	if (!slot)
 		goto lost;
-	__builtin_memcpy(&slot->e, e, sizeof(*e));
-	asm volatile("" ::: "memory");
-	*(volatile __u64 *)&slot->seq = pos + 1;
 	/* After the event is complete, so the woken reader finds it. Each
 	 * position is taken once: one ring per crossing, if any. */
 	if (pos - consumed == CONN_SLOTS_DOORBELL)
