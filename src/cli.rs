@@ -397,6 +397,10 @@ pub struct LatencyArgs {
     /// Print each report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Each report covers only its interval, not everything since the
+    /// start (max is then the upper bound of the highest bucket used).
+    #[arg(long)]
+    pub reset: bool,
 }
 
 #[derive(Debug, Args)]

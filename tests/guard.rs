@@ -340,6 +340,7 @@ fn connection_limit_alerts_and_mitigates() {
     assert_eq!((limit["connections"].as_u64(), limit["limit"].as_u64()), (Some(5), Some(5)), "{limit}");
     assert!(alerts.iter().any(|a| a["alert"] == "mitigation" && a["src"] == "198.18.0.1"));
     assert!(dropped_for(&summary, "conn_limit") >= 1, "{summary}");
+    assert_summary_adds_up(&summary);
 }
 
 #[test]
@@ -424,6 +425,23 @@ fn guard_at_tc_runs_first_and_observers_around_it_all_see_what_passes() {
         assert!(syns(u64::from(OPEN)) >= 1, "the {name} watch sees the SYN that passed: {seen:?}");
         assert_eq!(syns(u64::from(BLOCKED)), 0, "the {name} watch sees no dropped SYN: {seen:?}");
     }
+}
+
+/// The lean guard's summary adds up: every packet seen is dropped or
+/// passed, and what passed is TCP, non-TCP, a fragment or unparsed.
+fn assert_summary_adds_up(summary: &str) {
+    let line = summary.lines().find(|l| l.starts_with("packets ")).unwrap_or_else(|| panic!("{summary}"));
+    let num = |key: &str| -> u64 {
+        line.split(key)
+            .nth(1)
+            .and_then(|r| r.trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {line}"))
+    };
+    let (seen, dropped, passed) = (num("packets "), num("dropped "), num("passed "));
+    assert_eq!(seen, dropped + passed, "{line}");
+    let parts = num("(tcp ") + num("non-tcp ") + num("fragments ") + num("unparsed ");
+    assert_eq!(passed, parts, "{line}");
+    assert!(dropped > 0, "{line}");
 }
 
 /// How many packets the stopped guard's summary says it dropped for `reason`.
@@ -511,6 +529,7 @@ fn ipv4_fragments_cannot_dodge_port_rules() {
     // 8 bytes (they start at offset 8 too).
     assert_eq!(dropped_for(&summary, "fragment_offset_1"), 3, "{summary}");
     assert!(dropped_for(&summary, "block_rule") >= 3, "{summary}");
+    assert_summary_adds_up(&summary);
 }
 
 /// `nmap -sS -f` from the client against `port`: its grepable line.

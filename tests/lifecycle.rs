@@ -920,3 +920,47 @@ fn a_missing_or_older_tracepoint_costs_its_view_only() {
     assert!(!find(&evs, "reset_sent", sns).is_empty(), "{evs:#?}");
     assert!(find(&evs, "drop", sns).iter().any(|d| d["reason"] == "NO_SOCKET"), "{evs:#?}");
 }
+
+/// `latency --reset`: each report counts its own interval's handshakes, so
+/// over all reports they add up to the connections made once; without it
+/// every report repeats the total.
+#[test]
+fn latency_reset_reports_each_interval_alone() {
+    const PORT: u16 = 18096;
+    let hosts = TestHosts::new("lcreset").unwrap();
+    let listener = listen_in_server(&hosts, PORT);
+    let server = std::thread::spawn(move || (0..3).map(|_| listener.accept().unwrap().0).collect::<Vec<_>>());
+    let mut runs = Vec::new();
+    for extra in [&["--reset"][..], &[][..]] {
+        let mut cmd = Command::new(tcpscope_bin());
+        cmd.args(["latency", "--json", "--port", &PORT.to_string(), "--interval", "0.3", "-c", "5"])
+            .args(extra)
+            .stdout(Stdio::piped());
+        runs.push(ChildGuard::spawn_until_ready(cmd, "collecting", Duration::from_secs(30)).unwrap().0);
+    }
+    TestHosts::run_in(&hosts.client_ns, || {
+        (0..3).map(|_| TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap()).collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    let held = server.join().unwrap();
+    let counts: Vec<Vec<u64>> = runs
+        .iter_mut()
+        .map(|r| {
+            assert!(r.wait_timeout(Duration::from_secs(20)).unwrap().success());
+            stdout_of(r)
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .filter(|v| v["kind"] == "handshake" && v["port"] == PORT)
+                .map(|v| v["count"].as_u64().unwrap())
+                .collect()
+        })
+        .collect();
+    assert_eq!(counts[0].iter().sum::<u64>(), 3, "--reset: {counts:?}");
+    assert!(
+        counts[1].len() >= 2 && counts[1].iter().all(|c| *c <= 3) && counts[1].last() == Some(&3),
+        "{counts:?}"
+    );
+    drop(held);
+}

@@ -70,6 +70,26 @@ impl Counters {
         })
     }
 
+    /// A lean guard's summary: every packet it saw, once: dropped (by
+    /// reason, on the line before), or passed as TCP, non-TCP, a non-first
+    /// fragment, or unparsed (malformed below TCP).
+    pub fn guard_summary(&self) -> String {
+        use crate::bpf::types::guard_drop_reason as R;
+        let c = &self.0;
+        // These drops come after a packet was counted as TCP.
+        let tcp_dropped: u64 = [R::GUARD_DROP_PORT_RULE, R::GUARD_DROP_DETECTOR, R::GUARD_DROP_CONN_LIMIT]
+            .iter()
+            .map(|r| c.guard_dropped[r.0 as usize])
+            .sum();
+        let passed = c.packets.saturating_sub(c.policy_dropped);
+        let tcp = c.tcp_packets.saturating_sub(tcp_dropped);
+        let unparsed = passed.saturating_sub(tcp + c.non_tcp + c.ip_fragments);
+        format!(
+            "packets {} ({} bytes): dropped {}, passed {} (tcp {}, non-tcp {}, non-first ip fragments {}, unparsed {}); SYN without ACK {}",
+            c.packets, c.bytes, c.policy_dropped, passed, tcp, c.non_tcp, c.ip_fragments, unparsed, c.syn_no_ack
+        )
+    }
+
     /// The multi-line summary printed when a command ends.
     pub fn summary(&self) -> String {
         let c = &self.0;

@@ -11,6 +11,7 @@ use crate::bpf::{self, preflight};
 use crate::cli::{AllowArgs, AllowCmd, BlockArgs, BlockCmd, GuardArgs};
 use crate::cmd::{stop_flag, Session};
 use crate::filter::EventFilter;
+use crate::output::alert::{Alert, Detail};
 use crate::output::print_line;
 use crate::policy::{self, List, PolicyMaps, Rule};
 
@@ -169,7 +170,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         let mut a = crate::bpf::types::alert_event::default();
         let n = d.len().min(std::mem::size_of_val(&a));
         if plain::copy_from_bytes(&mut a, &d[..n]).is_ok() {
-            print_line(&alert_line(&a, offset, args));
+            emit(&kernel_alert(&a, offset, args), args.json);
         }
         0
     })
@@ -189,18 +190,14 @@ pub fn run(args: &GuardArgs) -> Result<()> {
                 return 0;
             }
             last.insert(rec.peer, now);
-            let v = serde_json::json!({
-                "alert": "conn_limit", "src": rec.peer.to_string(), "connections": e.reason,
-                "limit": args.conn_limit, "ts_ns": rec.ts_ns,
-            });
-            print_line(&if args.json {
-                v.to_string()
-            } else {
-                format!(
-                    "tcpscope: ALERT conn_limit from {}: {} established connections (limit {})",
-                    rec.peer, e.reason, args.conn_limit
-                )
-            });
+            let alert = |kind, detail| Alert { alert: kind, src: Some(rec.peer), ts_ns: rec.ts_ns, detail };
+            emit(
+                &alert(
+                    "conn_limit",
+                    Detail::ConnLimit { connections: e.reason, limit: args.conn_limit, refused: false },
+                ),
+                args.json,
+            );
             if args.mitigate {
                 let prefix = if rec.peer.is_ipv4() { 32 } else { 128 };
                 let rule = Rule {
@@ -211,17 +208,8 @@ pub fn run(args: &GuardArgs) -> Result<()> {
                 };
                 // Allow-listed sources are never blocked.
                 if !maps.allowed(rec.peer) && maps.add(&rule).is_ok() {
-                    let m = serde_json::json!({"alert": "mitigation", "src": rec.peer.to_string(),
-                        "blocked_for_s": args.mitigate_ttl.as_secs(), "ts_ns": rec.ts_ns});
-                    print_line(&if args.json {
-                        m.to_string()
-                    } else {
-                        format!(
-                            "tcpscope: ALERT mitigation from {}: blocked for {}s",
-                            rec.peer,
-                            args.mitigate_ttl.as_secs()
-                        )
-                    });
+                    let blocked = Detail::Mitigation { blocked_for_s: args.mitigate_ttl.as_secs() };
+                    emit(&alert("mitigation", blocked), args.json);
                 }
             }
             0
@@ -248,11 +236,12 @@ pub fn run(args: &GuardArgs) -> Result<()> {
             return Err(e);
         }
         if RELOAD.swap(false, Ordering::SeqCst) {
-            eprintln!("{}", reload(args, &maps, &iface));
+            let now = crate::output::time_of_day(crate::bpf::clock_ns(libc::CLOCK_REALTIME));
+            eprintln!("{now} {}", reload(args, &maps, &iface));
         }
         if let Some(lc) = &lc {
-            if let Some(line) = ratio.check(&session, lc, my_netns, args) {
-                print_line(&line);
+            if let Some(alert) = ratio.check(&session, lc, my_netns, args) {
+                emit(&alert, args.json);
             }
         }
     }
@@ -268,7 +257,9 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
         c.0.policy_allowed
     );
-    eprintln!("{}", c.summary());
+    // The lean guard counts only what it needs: its own summary, whose
+    // parts add up to the packets seen; --inspect keeps every counter.
+    eprintln!("{}", if args.inspect { c.summary() } else { c.guard_summary() });
     Ok(())
 }
 
@@ -330,7 +321,7 @@ impl RatioWatch {
         lc: &crate::bpf::lifecycle::Lifecycle,
         netns: u32,
         args: &GuardArgs,
-    ) -> Option<String> {
+    ) -> Option<Alert> {
         use libbpf_rs::MapCore;
         let now = std::time::Instant::now();
         if self.last.is_some_and(|(t, _, _)| now.duration_since(t) < Duration::from_secs(1)) {
@@ -357,18 +348,16 @@ impl RatioWatch {
             return None;
         }
         self.alerted = Some(now);
-        let v = serde_json::json!({"alert": "syn_ratio", "syn_per_s": rate.round(), "handshakes_per_s": (dd as f64 / dt).round(),
-            "ratio": share, "threshold": args.syn_ratio});
-        Some(if args.json {
-            v.to_string()
-        } else {
-            format!(
-                "tcpscope: ALERT syn_ratio: {:.0} SYN/s, {:.0} handshakes/s completed ({:.3} < {})",
-                rate,
-                dd as f64 / dt,
-                share,
-                args.syn_ratio
-            )
+        Some(Alert {
+            alert: "syn_ratio",
+            src: None,
+            ts_ns: crate::bpf::clock_ns(libc::CLOCK_REALTIME),
+            detail: Detail::SynRatio {
+                syn_per_s: rate.round(),
+                handshakes_per_s: (dd as f64 / dt).round(),
+                ratio: share,
+                threshold: args.syn_ratio,
+            },
         })
     }
 }
@@ -390,52 +379,41 @@ fn alert_name(kind: u8) -> &'static str {
     }
 }
 
-/// One alert as a line of text or JSON.
-fn alert_line(a: &crate::bpf::types::alert_event, offset: u64, args: &GuardArgs) -> String {
+/// An alert of the kernel's detectors, typed.
+fn kernel_alert(a: &crate::bpf::types::alert_event, offset: u64, args: &GuardArgs) -> Alert {
     use crate::bpf::types::alert_kind as A;
     let src = if a.ip_version == 4 {
         std::net::IpAddr::from([a.src[0], a.src[1], a.src[2], a.src[3]])
     } else {
         std::net::IpAddr::from(a.src)
     };
-    let kind = alert_name(a.kind);
-    let mut v = serde_json::json!({"alert": kind, "src": src.to_string(), "ts_ns": a.ts_ns + offset});
-    match u32::from(a.kind) {
+    let detail = match u32::from(a.kind) {
         k if k == A::ALERT_PORT_SCAN.0 => {
-            v["ports_seen"] = a.value.into();
-            v["window_s"] = args.scan_window.as_secs_f64().into();
+            Detail::PortScan { ports_seen: a.value, window_s: args.scan_window.as_secs_f64() }
         }
-        k if k == A::ALERT_SYN_FLOOD.0 => v["syn_rate_limit"] = a.value.into(),
-        k if k == A::ALERT_MITIGATION.0 => v["blocked_for_s"] = a.value.into(),
+        k if k == A::ALERT_SYN_FLOOD.0 => Detail::SynFlood { syn_rate_limit: a.value },
+        k if k == A::ALERT_MITIGATION.0 => Detail::Mitigation { blocked_for_s: u64::from(a.value) },
         k if k == A::ALERT_CONN_LIMIT.0 => {
-            v["connections"] = a.value.into();
-            v["limit"] = args.conn_limit.into();
-            v["refused"] = true.into();
+            Detail::ConnLimit { connections: a.value, limit: args.conn_limit, refused: true }
         }
-        _ => {
-            v["dport"] = a.dport.into();
-            v["flags"] = crate::model::flag_names(a.flags_raw).into();
-        }
-    }
-    if args.json {
-        return v.to_string();
-    }
-    let detail = match kind {
-        "port_scan" => format!("{} distinct ports within {:?}", a.value, args.scan_window),
-        "syn_flood" => format!("more than {} SYN/s", a.value),
-        "mitigation" => format!("blocked for {}s", a.value),
-        "conn_limit" => {
-            format!("holds {} established connections (limit {}): new ones refused", a.value, args.conn_limit)
-        }
-        _ => format!("to port {} flags [{}]", a.dport, crate::output::tcpdump_flags(a.flags_raw)),
+        _ => Detail::Flags { dport: a.dport, flags: crate::model::flag_names(a.flags_raw) },
     };
-    format!("tcpscope: ALERT {kind} from {src}: {detail}")
+    Alert { alert: alert_name(a.kind), src: Some(src), ts_ns: a.ts_ns + offset, detail }
+}
+
+/// An alert on standard output, as NDJSON or a text line.
+fn emit(alert: &Alert, json: bool) {
+    print_line(&if json { alert.json() } else { alert.text() });
 }
 
 fn list(maps: &PolicyMaps, which: List, json: bool) -> Result<()> {
     let (mut rules, _) = maps.list()?;
     rules.retain(|r| r.rule.list == which);
     rules.sort_by_key(|r| (r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port));
+    if rules.is_empty() {
+        // On stderr: standard output stays empty for scripts.
+        eprintln!("tcpscope: no {} rules", if which == List::Allow { "allow" } else { "block" });
+    }
     for r in rules {
         let line = if json {
             serde_json::json!({

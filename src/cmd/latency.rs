@@ -71,10 +71,36 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
         args.interval
     );
     let mut reports = 0;
+    let mut before: std::collections::HashMap<(u8, u16), types::latency_hist> = Default::default();
+    let started = Instant::now();
     while !stop.load(Ordering::SeqCst) && args.count.is_none_or(|c| reports < c) {
         crate::cmd::sleep_unless_stopped(&stop, Instant::now() + Duration::from_secs_f64(args.interval));
         reports += 1;
-        for (k, h) in read_histograms(&lc) {
+        let now = crate::output::time_of_day(crate::bpf::clock_ns(libc::CLOCK_REALTIME));
+        if !args.json {
+            let over = if args.reset {
+                format!("the last {}s", args.interval)
+            } else {
+                format!("{:.0}s since start", started.elapsed().as_secs_f64())
+            };
+            if !print_line(&format!("{now} latency over {over} (report every {}s)", args.interval)) {
+                return Ok(());
+            }
+        }
+        for (k, mut h) in read_histograms(&lc) {
+            if args.reset {
+                // This interval only: the kernel's totals less the last ones.
+                let total = h;
+                if let Some(b) = before.get(&(k.kind, k.port)) {
+                    for (s, p) in h.slots.iter_mut().zip(b.slots) {
+                        *s -= p.min(*s);
+                    }
+                    h.count -= b.count.min(h.count);
+                    h.sum -= b.sum.min(h.sum);
+                }
+                h.max = h.slots.iter().rposition(|n| *n > 0).map_or(0, |s| slot_bounds(s).1);
+                before.insert((k.kind, k.port), total);
+            }
             if args.port.is_some_and(|p| p != k.port) || h.count == 0 {
                 continue;
             }
@@ -93,6 +119,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
                     })
                     .collect();
                 let v = serde_json::json!({
+                    "ts_ns": crate::bpf::clock_ns(libc::CLOCK_REALTIME), "interval_only": args.reset,
                     "kind": kind_name(k.kind), "port": k.port, "count": h.count,
                     "p50_ns": q(0.5), "p90_ns": q(0.9), "p99_ns": q(0.99), "max_ns": h.max * unit,
                     "mean_ns": h.sum * unit / h.count.max(1), "buckets": buckets,

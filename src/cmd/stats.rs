@@ -36,6 +36,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
         let (c, p) = (&now.0, &prev.0);
         if args.json {
             let mut v = now.to_json();
+            v["ts_ns"] = serde_json::json!(crate::bpf::clock_ns(libc::CLOCK_REALTIME));
             v["interval_s"] = serde_json::json!(secs);
             v["packets_per_s"] = serde_json::json!(rate(c.packets, p.packets));
             v["bytes_per_s"] = serde_json::json!(rate(c.bytes, p.bytes));
@@ -45,19 +46,22 @@ pub fn run(args: &StatsArgs) -> Result<()> {
                 break;
             }
         } else {
+            use crate::output::{human_bytes, human_count};
+            let rst = crate::bpf::types::tcpscope_flag_index::FLAG_IDX_RST.0 as usize;
             let line = format!(
-                "{:.1} pkt/s ({:.0} B/s), tcp {:.1}/s, SYN {:.1}/s, RST {:.1}/s, malformed {:.1}/s | totals: packets {}, tcp {}, non-tcp {}, fragments {}, malformed {}",
-                rate(c.packets, p.packets),
-                rate(c.bytes, p.bytes),
-                rate(c.tcp_packets, p.tcp_packets),
-                rate(c.syn_no_ack, p.syn_no_ack),
-                rate(c.flag[2], p.flag[2]),
-                rate(now.malformed_total(), prev.malformed_total()),
-                c.packets,
-                c.tcp_packets,
-                c.non_tcp,
-                c.ip_fragments,
-                now.malformed_total(),
+                "{} {} pkt/s ({}/s), tcp {}/s, SYN {}/s, RST {}/s, malformed {}/s | totals: packets {}, tcp {}, non-tcp {}, fragments {}, malformed {}",
+                crate::output::time_of_day(crate::bpf::clock_ns(libc::CLOCK_REALTIME)),
+                human_count(rate(c.packets, p.packets)),
+                human_bytes(rate(c.bytes, p.bytes)),
+                human_count(rate(c.tcp_packets, p.tcp_packets)),
+                human_count(rate(c.syn_no_ack, p.syn_no_ack)),
+                human_count(rate(c.flag[rst], p.flag[rst])),
+                human_count(rate(now.malformed_total(), prev.malformed_total())),
+                human_count(c.packets as f64),
+                human_count(c.tcp_packets as f64),
+                human_count(c.non_tcp as f64),
+                human_count(c.ip_fragments as f64),
+                human_count(now.malformed_total() as f64),
             );
             if !print_line(&line) {
                 break;

@@ -1,13 +1,14 @@
 //! Presentation of packet records: tcpdump-like text or NDJSON. The format
 //! is chosen once, at the edge; nothing below this module prints.
 
+pub mod alert;
 pub mod json;
 pub mod pcapng;
 mod text;
 
 use std::io::{self, Write};
 
-pub use text::{format_text, tcpdump_flags};
+pub use text::{format_text, human_bytes, human_count, tcpdump_flags, time_of_day};
 
 use crate::bpf::types::packet_event;
 use crate::model::PacketRecord;

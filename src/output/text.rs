@@ -23,8 +23,29 @@ pub fn tcpdump_flags(flags_raw: u16) -> String {
     }
 }
 
+/// A count or rate for people: 950, 12.3k, 4.56M, 7.89G.
+pub fn human_count(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2}G", n / 1e9),
+        n if n >= 1e6 => format!("{:.2}M", n / 1e6),
+        n if n >= 1e3 => format!("{:.1}k", n / 1e3),
+        n if n == n.trunc() => format!("{n:.0}"),
+        n => format!("{n:.1}"),
+    }
+}
+
+/// Bytes for people, in powers of 1000 as network rates are: 512 B, 1.5 kB, 12.3 MB.
+pub fn human_bytes(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.2} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
+        n => format!("{n:.0} B"),
+    }
+}
+
 /// UTC wall-clock time of day, microseconds: "13:05:09.123456".
-fn time_of_day(ts_ns: u64) -> String {
+pub fn time_of_day(ts_ns: u64) -> String {
     let secs = ts_ns / 1_000_000_000;
     let micros = (ts_ns % 1_000_000_000) / 1_000;
     let day = secs % 86_400;
