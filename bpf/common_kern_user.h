@@ -432,7 +432,10 @@ struct latency_hist {
  * space (events in softirq carry none), which applies --pid. */
 struct lifecycle_config {
 	__u32 conn_limit;   /* guard: report peers with more established incoming connections */
-	__u16 port;         /* only connections with this local or remote port (0: all) */
+	__u16 ports[TCPSCOPE_MAX_FILTER_PORTS]; /* only connections with one of these local or
+	                                         * remote ports (n_ports 0: all) */
+	__u8 n_ports;
+	__u8 _pad0;
 	__u8 emit_states;   /* report every state change */
 	__u8 events;        /* `conns` reads the event slots (else only CONN_LIMIT events go out) */
 	__u8 count_handshakes; /* guard: count completed incoming handshakes per netns */

@@ -423,7 +423,16 @@ static __always_inline __u64 sock_cookie(const struct sock *sk)
 
 static __always_inline bool port_wanted(const struct conn_event *e)
 {
-	return !cfg.port || e->sport == cfg.port || e->dport == cfg.port;
+	if (!cfg.n_ports)
+		return true;
+#pragma unroll
+	for (int i = 0; i < TCPSCOPE_MAX_FILTER_PORTS; i++) {
+		if (i >= cfg.n_ports)
+			break;
+		if (e->sport == cfg.ports[i] || e->dport == cfg.ports[i])
+			return true;
+	}
+	return false;
 }
 
 /*

@@ -363,9 +363,10 @@ pub enum AllowCmd {
 
 #[derive(Debug, Args)]
 pub struct ConnsArgs {
-    /// Only connections with this local or remote port.
-    #[arg(long, value_name = "P")]
-    pub port: Option<u16>,
+    /// Only connections with one of these local or remote ports (repeat or
+    /// comma-separate, up to 8).
+    #[arg(long = "port", value_name = "P", value_delimiter = ',')]
+    pub ports: Vec<u16>,
     /// Only sockets of this process (known from connect() or accept()).
     #[arg(long, value_name = "PID")]
     pub pid: Option<u32>,

@@ -964,3 +964,27 @@ fn latency_reset_reports_each_interval_alone() {
     );
     drop(held);
 }
+
+#[test]
+fn conns_takes_a_list_of_ports() {
+    const PORTS: [u16; 3] = [18097, 18098, 18099];
+    let hosts = TestHosts::new("lcports").unwrap();
+    let sns = netns_inode(&hosts.server_ns);
+    let conns = start_conns(&["--port", &format!("{},{}", PORTS[0], PORTS[1])]);
+    for port in PORTS {
+        let listener = listen_in_server(&hosts, port);
+        TestHosts::run_in(&hosts.client_ns, move || {
+            TcpStream::connect(SocketAddr::from((SERVER_V4, port))).unwrap()
+        })
+        .join()
+        .unwrap()
+        .unwrap();
+        drop(listener.accept().unwrap());
+    }
+    let evs = stop_and_collect(conns);
+    let ports: std::collections::BTreeSet<u64> =
+        find(&evs, "established_in", sns).iter().map(|e| e["lport"].as_u64().unwrap()).collect();
+    assert_eq!(ports, [18097, 18098].into_iter().collect(), "{evs:#?}");
+    let out = Command::new(tcpscope_bin()).args(["conns", "--port", "1,2,3,4,5,6,7,8,9"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

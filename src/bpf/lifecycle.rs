@@ -90,6 +90,21 @@ fn tracepoint_args(btf: Option<&libbpf_rs::btf::Btf<'_>>, tp: &str) -> Option<us
     Some(proto.len().saturating_sub(1))
 }
 
+/// A lifecycle configuration that follows only connections with one of
+/// `ports` as local or remote port (none: all).
+pub fn config_for_ports(ports: &[u16]) -> Result<types::lifecycle_config> {
+    let mut cfg = types::lifecycle_config::default();
+    crate::ensure_usage!(
+        ports.len() <= cfg.ports.len(),
+        "--port: at most {} ports, {} given",
+        cfg.ports.len(),
+        ports.len()
+    );
+    cfg.ports[..ports.len()].copy_from_slice(ports);
+    cfg.n_ports = ports.len() as u8;
+    Ok(cfg)
+}
+
 /// Where `conns` learns which process accepted a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum AcceptVia {

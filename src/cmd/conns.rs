@@ -29,10 +29,9 @@ pub fn report_unavailable(lc: &lifecycle::Lifecycle) {
 pub fn run(args: &ConnsArgs) -> Result<()> {
     let stop = stop_flag()?;
     let config = types::lifecycle_config {
-        port: args.port.unwrap_or(0),
         emit_states: u8::from(args.states),
         events: 1,
-        ..Default::default()
+        ..lifecycle::config_for_ports(&args.ports)?
     };
     let lc = lifecycle::start(config, None, Some(args.accept_via), None)?;
     // Before the ready line below: scripts start measuring at it.

@@ -60,7 +60,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
     );
     let stop = stop_flag()?;
     let lc = lifecycle::start(
-        types::lifecycle_config { port: args.port.unwrap_or(0), histograms: 1, ..Default::default() },
+        types::lifecycle_config { histograms: 1, ..lifecycle::config_for_ports(args.port.as_slice())? },
         Some(lifecycle::LATENCY_TRACEPOINTS),
         None,
         None,
