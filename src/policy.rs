@@ -509,6 +509,16 @@ impl PolicyMaps {
     /// rule in both keeps its hits and TTL. Returns (added, removed).
     pub fn sync_file_rules(&self, iface: &str, rules: &[Rule]) -> Result<(usize, usize)> {
         let state = file_rules_state(iface);
+        let text = to_rules_file(
+            &rules
+                .iter()
+                .map(|r| RuleState { rule: r.clone(), hits: 0, expires_in: r.ttl })
+                .collect::<Vec<_>>(),
+        );
+        // The same file as last time (a restart): nothing to do.
+        if fs::read(&state).is_ok_and(|old| old == text.as_bytes()) {
+            return Ok((0, 0));
+        }
         let old = fs::read_to_string(&state)
             .ok()
             .and_then(|t| parse_rules(&t, &state.display().to_string()).ok())
@@ -522,19 +532,27 @@ impl PolicyMaps {
         let fresh: Vec<Rule> = rules.iter().filter(|r| !old_keys.contains(&rule_key(r))).cloned().collect();
         self.add_many(&fresh)?;
         let added = fresh.len();
-        let text = to_rules_file(
-            &rules
-                .iter()
-                .map(|r| RuleState { rule: r.clone(), hits: 0, expires_in: r.ttl })
-                .collect::<Vec<_>>(),
-        );
         fs::write(&state, text).with_context(|| format!("writing {}", state.display()))?;
         Ok((added, removed))
     }
 
     /// How many rules the lists hold (their keys walked, no values read).
     pub fn count(&self) -> usize {
-        self.maps.iter().filter(|(n, _)| map_list(n).is_some()).map(|(_, m)| m.keys().count()).sum()
+        self.maps
+            .iter()
+            .filter(|(n, _)| map_list(n).is_some())
+            .map(|(_, m)| {
+                // In batches where the kernel can (a million rules took 0.8 s
+                // key by key); key by key where it cannot.
+                let batched = m.lookup_batch(1 << 16, MapFlags::ANY, MapFlags::ANY).map_or(0, |b| b.count());
+                // A kernel without batch lookups for tries yields nothing.
+                if batched == 0 && m.keys().next().is_some() {
+                    m.keys().count()
+                } else {
+                    batched
+                }
+            })
+            .sum()
     }
 
     /// Deletes every rule of `list`; returns how many.

@@ -63,6 +63,7 @@ impl Session {
         }
         let ifindex = attach::ifindex(&args.iface)?;
         opts.btf = args.btf.clone();
+        opts.only = Some(hook);
         let skel = bpf::load_ingress(&opts)?;
         let link = match hook {
             HookKind::Xdp => attach::attach_xdp(
