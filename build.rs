@@ -13,8 +13,13 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
     ("bpf/lifecycle.bpf.c", "lifecycle.skel.rs", &["-mcpu=v3"]),
 ];
 /// Headers every program includes; a change to any rebuilds all.
-const HEADERS: &[&str] =
-    &["bpf/common_kern_user.h", "bpf/parse_kern.h", "bpf/ringbuf_kern.h", "bpf/vmlinux.h"];
+const HEADERS: &[&str] = &[
+    "bpf/common_kern_user.h",
+    "bpf/parse_kern.h",
+    "bpf/peer_conns_kern.h",
+    "bpf/ringbuf_kern.h",
+    "bpf/vmlinux.h",
+];
 
 fn main() {
     let out = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR must be set by cargo"));

@@ -14,6 +14,7 @@
 #include "common_kern_user.h"
 #include "parse_kern.h"
 #include "ringbuf_kern.h"
+#include "peer_conns_kern.h"
 
 #define TC_ACT_SHOT 2
 
@@ -84,17 +85,6 @@ struct {
 	__type(key, struct port_key_v6);
 	__type(value, struct policy_value);
 } ports_v6 SEC(".maps");
-
-/* Established incoming connections per source (struct peer_key): the
- * lifecycle object counts them in this very map (the guard makes it reuse
- * this one), and the guard's --enforce reads them. Same definition as
- * lifecycle.bpf.c's. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct peer_key);
-	__type(value, __u32);
-} peer_conns SEC(".maps");
 
 /* The rules with an expiry (struct expiring_key). */
 struct {

@@ -28,6 +28,7 @@
 #include <bpf/bpf_tracing.h>
 #include <bpf/bpf_core_read.h>
 #include "common_kern_user.h"
+#include "peer_conns_kern.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -149,16 +150,6 @@ static __always_inline struct syn_slot *syn_slot_of(__u64 hash)
 	__u32 idx = hash & (SYN_SLOTS - 1);
 	return bpf_map_lookup_elem(&syn_seen, &idx);
 }
-
-/* Established incoming connections per peer address and netns (guard's
- * connection limit; struct peer_key). The guard hands the ingress object's
- * map over before load, so that the ingress programs read these counts. */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct peer_key);
-	__type(value, __u32);
-} peer_conns SEC(".maps");
 
 /* Completed incoming handshakes per network namespace (the guard's
  * SYN-to-handshake ratio). */

@@ -467,6 +467,15 @@ fn raw_link(hosts: &TestHosts) -> raw::RawLink {
     raw::RawLink::open(&hosts.client_ns, CLIENT_IF, raw::mac_of(&hosts.server_ns, SERVER_IF))
 }
 
+/// Test hosts with an IPv6 listener on `port`, a raw link from the client,
+/// and the client's and server's IPv6 addresses.
+fn v6_raw_hosts(tag: &str, port: u16) -> (TestHosts, raw::RawLink, [u8; 16], [u8; 16]) {
+    let hosts = TestHosts::new(tag).unwrap();
+    serve(&hosts, SocketAddr::from((tcpscope::testhost::SERVER_V6, port)));
+    let link = raw_link(&hosts);
+    (hosts, link, tcpscope::testhost::CLIENT_V6.octets(), tcpscope::testhost::SERVER_V6.octets())
+}
+
 #[test]
 fn ipv4_fragments_cannot_dodge_port_rules() {
     const BLOCKED: u16 = 19012;
@@ -561,10 +570,7 @@ fn nmap_fragmented_syn_scan_finds_nothing_behind_the_guard() {
 #[test]
 fn ipv6_headers_the_guard_cannot_follow_are_dropped() {
     const PORT: u16 = 19015;
-    let hosts = TestHosts::new("gext6").unwrap();
-    serve(&hosts, SocketAddr::from((tcpscope::testhost::SERVER_V6, PORT)));
-    let link = raw_link(&hosts);
-    let (c, s) = (tcpscope::testhost::CLIENT_V6.octets(), tcpscope::testhost::SERVER_V6.octets());
+    let (hosts, link, c, s) = v6_raw_hosts("gext6", PORT);
     let seg = |sport: u16| raw::syn_segment(&c, &s, sport, PORT, 1);
     let dst_opts = |n: usize| (0..n).map(|_| (60u8, raw::ipv6_options_header(1))).collect::<Vec<_>>();
     // A SYN behind 9 destination-options headers: one more than the parser follows.
@@ -619,10 +625,7 @@ fn ipv6_headers_the_guard_cannot_follow_are_dropped() {
 #[test]
 fn unparsable_pass_lets_an_unfollowable_chain_through() {
     const PORT: u16 = 19016;
-    let hosts = TestHosts::new("gext6p").unwrap();
-    serve(&hosts, SocketAddr::from((tcpscope::testhost::SERVER_V6, PORT)));
-    let link = raw_link(&hosts);
-    let (c, s) = (tcpscope::testhost::CLIENT_V6.octets(), tcpscope::testhost::SERVER_V6.octets());
+    let (hosts, link, c, s) = v6_raw_hosts("gext6p", PORT);
     let g = Guard::on(hosts, PORT, &["--unparsable", "pass"]);
     let chain: Vec<_> = (0..9).map(|_| (60u8, raw::ipv6_options_header(1))).collect();
     let syn = raw::syn_segment(&c, &s, 41010, PORT, 1);

@@ -248,7 +248,7 @@ fn reader_waits_for_idle_cpus_and_keeps_up_when_all_are_busy() {
 /// 1 of 16 runs of this test, and in 4 of 7 runs of `bench conns --cpu 0`.
 #[test]
 fn events_at_full_rate_on_one_cpu_are_not_lost() {
-    const PORT: u16 = 18095;
+    const PORT: u16 = 18110;
     const BURSTS: usize = 2;
     const N: usize = 25000;
     let hosts = TestHosts::new("lcburst").unwrap();
@@ -878,7 +878,7 @@ fn byte_counts_are_payload_after_close_and_reset() {
 /// the older variants are loaded, and every other view works.
 #[test]
 fn a_missing_or_older_tracepoint_costs_its_view_only() {
-    const PORT: u16 = 18095;
+    const PORT: u16 = 18105;
     let hosts = TestHosts::new("lcold").unwrap();
     let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
     let mut cmd = Command::new(tcpscope_bin());
@@ -926,7 +926,7 @@ fn a_missing_or_older_tracepoint_costs_its_view_only() {
 /// every report repeats the total.
 #[test]
 fn latency_reset_reports_each_interval_alone() {
-    const PORT: u16 = 18096;
+    const PORT: u16 = 18109;
     let hosts = TestHosts::new("lcreset").unwrap();
     let listener = listen_in_server(&hosts, PORT);
     let server = std::thread::spawn(move || (0..3).map(|_| listener.accept().unwrap().0).collect::<Vec<_>>());
@@ -967,7 +967,7 @@ fn latency_reset_reports_each_interval_alone() {
 
 #[test]
 fn conns_takes_a_list_of_ports() {
-    const PORTS: [u16; 3] = [18097, 18098, 18099];
+    const PORTS: [u16; 3] = [18106, 18107, 18108];
     let hosts = TestHosts::new("lcports").unwrap();
     let sns = netns_inode(&hosts.server_ns);
     let conns = start_conns(&["--port", &format!("{},{}", PORTS[0], PORTS[1])]);
@@ -984,7 +984,7 @@ fn conns_takes_a_list_of_ports() {
     let evs = stop_and_collect(conns);
     let ports: std::collections::BTreeSet<u64> =
         find(&evs, "established_in", sns).iter().map(|e| e["lport"].as_u64().unwrap()).collect();
-    assert_eq!(ports, [18097, 18098].into_iter().collect(), "{evs:#?}");
+    assert_eq!(ports, [18106, 18107].into_iter().collect(), "{evs:#?}");
     let out = Command::new(tcpscope_bin()).args(["conns", "--port", "1,2,3,4,5,6,7,8,9"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
