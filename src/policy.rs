@@ -523,15 +523,23 @@ impl PolicyMaps {
             .ok()
             .and_then(|t| parse_rules(&t, &state.display().to_string()).ok())
             .unwrap_or_default();
-        let keys = |rs: &[Rule]| rs.iter().map(rule_key).collect::<std::collections::HashSet<_>>();
-        let (old_keys, new_keys) = (keys(&old), keys(rules));
-        let mut removed = 0;
-        for r in old.iter().filter(|r| !new_keys.contains(&rule_key(r))) {
-            removed += usize::from(self.delete(r).is_ok());
-        }
-        let fresh: Vec<Rule> = rules.iter().filter(|r| !old_keys.contains(&rule_key(r))).cloned().collect();
-        self.add_many(&fresh)?;
-        let added = fresh.len();
+        let (added, removed) = if old.is_empty() {
+            // No file before (a first start): every rule is new, and a
+            // million need no key sets.
+            self.add_many(rules)?;
+            (rules.len(), 0)
+        } else {
+            let keys = |rs: &[Rule]| rs.iter().map(rule_key).collect::<std::collections::HashSet<_>>();
+            let (old_keys, new_keys) = (keys(&old), keys(rules));
+            let mut removed = 0;
+            for r in old.iter().filter(|r| !new_keys.contains(&rule_key(r))) {
+                removed += usize::from(self.delete(r).is_ok());
+            }
+            let fresh: Vec<Rule> =
+                rules.iter().filter(|r| !old_keys.contains(&rule_key(r))).cloned().collect();
+            self.add_many(&fresh)?;
+            (fresh.len(), removed)
+        };
         fs::write(&state, text).with_context(|| format!("writing {}", state.display()))?;
         Ok((added, removed))
     }
