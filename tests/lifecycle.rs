@@ -14,6 +14,21 @@ use common::*;
 use serde_json::Value;
 use tcpscope::testhost::{pin_to, ChildGuard, TestHosts, SERVER_IF, SERVER_V4};
 
+/// The tests that load the machine on purpose (a CPU saturated with
+/// connections, every CPU busy, 15,000 connections through the first-SYN
+/// table) run alone: what they assert is that the
+/// reader keeps up with that load, not with the other tests' as well. The
+/// others run side by side.
+static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LOAD.write().unwrap_or_else(|e| e.into_inner())
+}
+
+fn side_by_side() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read().unwrap_or_else(|e| e.into_inner())
+}
+
 fn netns_inode(ns: &str) -> u64 {
     std::fs::metadata(format!("/var/run/netns/{ns}")).unwrap().ino()
 }
@@ -36,6 +51,7 @@ fn find<'a>(evs: &'a [Value], event: &str, netns: u64) -> Vec<&'a Value> {
 
 #[test]
 fn close_reports_bytes_process_and_the_packet_key() {
+    let _load = side_by_side();
     const PORT: u16 = 18081;
     let hosts = TestHosts::new("lcbytes").unwrap();
     let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
@@ -163,6 +179,7 @@ fn echo_connections(hosts: &TestHosts, port: u16, n: usize, cpus: Option<(usize,
 
 #[test]
 fn events_of_all_cpus_come_in_time_order_and_join() {
+    let _load = side_by_side();
     const PORT: u16 = 18093;
     const N: usize = 300;
     let hosts = TestHosts::new("lcorder").unwrap();
@@ -194,6 +211,7 @@ fn events_of_all_cpus_come_in_time_order_and_join() {
 /// lost, none is missing.
 #[test]
 fn reader_waits_for_idle_cpus_and_keeps_up_when_all_are_busy() {
+    let _load = alone();
     use std::sync::atomic::{AtomicBool, Ordering};
     const PORT: u16 = 18094;
     const N: usize = 2000;
@@ -248,6 +266,7 @@ fn reader_waits_for_idle_cpus_and_keeps_up_when_all_are_busy() {
 /// 1 of 16 runs of this test, and in 4 of 7 runs of `bench conns --cpu 0`.
 #[test]
 fn events_at_full_rate_on_one_cpu_are_not_lost() {
+    let _load = alone();
     const PORT: u16 = 18110;
     const BURSTS: usize = 2;
     const N: usize = 25000;
@@ -287,6 +306,7 @@ fn events_at_full_rate_on_one_cpu_are_not_lost() {
 /// 4).
 #[test]
 fn handshake_latency_counts_from_a_syn_dropped_at_listen_overflow() {
+    let _load = alone();
     use std::os::fd::AsRawFd;
     const PORT: u16 = 18097;
     let hosts = TestHosts::new("lcovf").unwrap();
@@ -333,6 +353,7 @@ fn handshake_latency_counts_from_a_syn_dropped_at_listen_overflow() {
 /// however often the peer is asked for) and the accept syscall tracepoints.
 #[test]
 fn accept_is_attributed_by_cgroup_hook_and_by_syscall() {
+    let _load = side_by_side();
     use tcpscope::testhost::{CLIENT_V4, CLIENT_V6, SERVER_V6};
     let me = u64::from(std::process::id());
     for (via, port, hook) in
@@ -404,6 +425,7 @@ fn accept_is_attributed_by_cgroup_hook_and_by_syscall() {
 
 #[test]
 fn closed_port_gives_reset_and_no_socket_drop() {
+    let _load = side_by_side();
     const PORT: u16 = 18082;
     let hosts = TestHosts::new("lcrst").unwrap();
     let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
@@ -429,6 +451,7 @@ fn closed_port_gives_reset_and_no_socket_drop() {
 
 #[test]
 fn retransmits_under_injected_loss() {
+    let _load = side_by_side();
     const PORT: u16 = 18083;
     let hosts = TestHosts::new("lcloss").unwrap();
     let cns = netns_inode(&hosts.client_ns);
@@ -480,6 +503,7 @@ fn retransmits_under_injected_loss() {
 
 #[test]
 fn zero_window_and_reopen() {
+    let _load = side_by_side();
     const PORT: u16 = 18084;
     let hosts = TestHosts::new("lczw").unwrap();
     let cns = netns_inode(&hosts.client_ns);
@@ -621,6 +645,8 @@ fn delayed_handshakes(port: u16, n: u16, delay: Duration) {
 
 #[test]
 fn unacknowledged_syn_ack_is_retransmitted() {
+    // Alone: its 1.3 s against the kernel's 1 s timer is a timing test.
+    let _load = alone();
     const PORT: u16 = 18086;
     let hosts = TestHosts::new("lcsynack").unwrap();
     let sns = netns_inode(&hosts.server_ns);
@@ -634,8 +660,11 @@ fn unacknowledged_syn_ack_is_retransmitted() {
         .unwrap();
     let evs = stop_and_collect(conns);
     let rtx = find(&evs, "retransmit_synack", sns);
-    assert_eq!(rtx.len(), 1, "{evs:#?}");
-    assert_eq!((rtx[0]["lport"].as_u64(), rtx[0]["pport"].as_u64()), (Some(u64::from(PORT)), Some(41000)));
+    // One after 1 s; a second only if the ACK came more than 3 s late.
+    assert!(!rtx.is_empty() && rtx.len() <= 2, "{evs:#?}");
+    for r in &rtx {
+        assert_eq!((r["lport"].as_u64(), r["pport"].as_u64()), (Some(u64::from(PORT)), Some(41000)));
+    }
     drop(listener);
 }
 
@@ -659,6 +688,7 @@ fn nft(ns: &str, rules: &str) {
 
 #[test]
 fn handshake_latency_matches_a_delayed_final_ack() {
+    let _load = side_by_side();
     const PORT: u16 = 18085;
     const N: u16 = 10;
     let delay = Duration::from_millis(50);
@@ -692,6 +722,7 @@ fn handshake_latency_matches_a_delayed_final_ack() {
 
 #[test]
 fn pid_filter_keeps_one_process() {
+    let _load = side_by_side();
     const PORT: u16 = 18087;
     let hosts = TestHosts::new("lcpid").unwrap();
     let me = std::process::id();
@@ -729,6 +760,7 @@ fn pid_filter_keeps_one_process() {
 
 #[test]
 fn rtt_histogram_is_keyed_by_the_service_port() {
+    let _load = side_by_side();
     const PORT: u16 = 18089;
     const N: usize = 4;
     let hosts = TestHosts::new("lcrtt").unwrap();
@@ -787,6 +819,7 @@ fn rtt_histogram_is_keyed_by_the_service_port() {
 /// tracepoints instead.
 #[test]
 fn accept_hook_falls_back_without_cgroup_v2() {
+    let _load = side_by_side();
     let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     let cgroup2: Vec<&str> = info
         .lines()
@@ -863,6 +896,7 @@ fn close_stats(tag: &str, port: u16, up: usize, down: usize, reset: bool) -> (Va
 
 #[test]
 fn byte_counts_are_payload_after_close_and_reset() {
+    let _load = side_by_side();
     let pair = |v: &Value| (v["bytes_received"].as_u64().unwrap(), v["bytes_acked"].as_u64().unwrap());
     let (server, client) = close_stats("lcexact", 19101, 100_000, 40_000, false);
     assert_eq!(pair(&server), (100_000, 40_000), "server, FINs: {server}");
@@ -878,6 +912,7 @@ fn byte_counts_are_payload_after_close_and_reset() {
 /// the older variants are loaded, and every other view works.
 #[test]
 fn a_missing_or_older_tracepoint_costs_its_view_only() {
+    let _load = side_by_side();
     const PORT: u16 = 18105;
     let hosts = TestHosts::new("lcold").unwrap();
     let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
@@ -926,6 +961,7 @@ fn a_missing_or_older_tracepoint_costs_its_view_only() {
 /// every report repeats the total.
 #[test]
 fn latency_reset_reports_each_interval_alone() {
+    let _load = side_by_side();
     const PORT: u16 = 18109;
     let hosts = TestHosts::new("lcreset").unwrap();
     let listener = listen_in_server(&hosts, PORT);
@@ -967,6 +1003,7 @@ fn latency_reset_reports_each_interval_alone() {
 
 #[test]
 fn conns_takes_a_list_of_ports() {
+    let _load = side_by_side();
     const PORTS: [u16; 3] = [18106, 18107, 18108];
     let hosts = TestHosts::new("lcports").unwrap();
     let sns = netns_inode(&hosts.server_ns);
