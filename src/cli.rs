@@ -57,9 +57,9 @@ pub enum Command {
         Rules file (TOML):\n  [[block]]\n  cidr = \"198.18.0.0/24\"\n  port = 22      # optional: only this destination port\n  \
         ttl = \"10m\"    # optional\n  [[allow]]\n  cidr = \"198.18.1.5\"   # never blocked")]
     Guard(GuardArgs),
-    /// Add, remove or list block rules of the running guard (live, no reload).
+    /// Add, remove, list, flush or save the running guard's block rules (live, no reload).
     Block(BlockArgs),
-    /// Add, remove or list allow rules of the running guard.
+    /// Add, remove, list or flush the running guard's allow rules.
     Allow(AllowArgs),
     /// Benchmarks: programs (ns/packet), read (vs tcpdump), conns (overhead), rules (vs xdp-filter).
     Bench(BenchArgs),
@@ -298,7 +298,7 @@ pub struct BlockArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BlockCmd {
-    /// Drop packets from CIDR (to port P only, with --port).
+    /// Drop packets from each CIDR (to port P only, with --port).
     Add {
         /// One or more CIDRs, or - to read one per line from standard input
         /// (blank lines and # comments skipped); written in batches.
@@ -341,7 +341,7 @@ pub struct AllowArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum AllowCmd {
-    /// Never block packets from CIDR.
+    /// Never block packets from each CIDR.
     Add {
         /// One or more CIDRs, or - to read one per line from standard input.
         #[arg(value_name = "CIDR", required = true)]

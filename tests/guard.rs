@@ -13,19 +13,6 @@ use common::raw;
 use common::*;
 use tcpscope::testhost::{ChildGuard, TestHosts, CLIENT_IF, CLIENT_V4, SERVER_IF, SERVER_V4};
 
-/// The tests that load the machine on purpose (a million rules, whose maps
-/// the kernel frees for seconds after) run alone: the others time their
-/// connections in seconds and must not share the CPUs with them.
-static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
-    LOAD.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn side_by_side() -> std::sync::RwLockReadGuard<'static, ()> {
-    LOAD.read().unwrap_or_else(|e| e.into_inner())
-}
-
 struct Guard {
     guard: ChildGuard,
     /// The guard's stdout (alerts), read when it stops.

@@ -14,21 +14,6 @@ use common::*;
 use serde_json::Value;
 use tcpscope::testhost::{pin_to, ChildGuard, TestHosts, SERVER_IF, SERVER_V4};
 
-/// The tests that load the machine on purpose (a CPU saturated with
-/// connections, every CPU busy, 15,000 connections through the first-SYN
-/// table) run alone: what they assert is that the
-/// reader keeps up with that load, not with the other tests' as well. The
-/// others run side by side.
-static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
-
-fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
-    LOAD.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn side_by_side() -> std::sync::RwLockReadGuard<'static, ()> {
-    LOAD.read().unwrap_or_else(|e| e.into_inner())
-}
-
 fn netns_inode(ns: &str) -> u64 {
     std::fs::metadata(format!("/var/run/netns/{ns}")).unwrap().ino()
 }

@@ -4,6 +4,22 @@
 
 pub mod raw;
 
+/// Tests that load the machine on purpose (a CPU saturated with
+/// connections, every CPU busy, a million rules whose maps the kernel frees
+/// for seconds after) take `alone()`: what they assert must not depend on
+/// the other tests' load, nor theirs on it. Every other test takes
+/// `side_by_side()` and runs in parallel with the rest. One lock per test
+/// binary.
+static LOAD: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+pub fn alone() -> std::sync::RwLockWriteGuard<'static, ()> {
+    LOAD.write().unwrap_or_else(|e| e.into_inner())
+}
+
+pub fn side_by_side() -> std::sync::RwLockReadGuard<'static, ()> {
+    LOAD.read().unwrap_or_else(|e| e.into_inner())
+}
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
