@@ -386,17 +386,35 @@ pub fn running_guards() -> Vec<String> {
     out
 }
 
+/// What `claim` found.
+pub struct Claimed {
+    /// The pin directory of the guard's maps.
+    pub dir: PathBuf,
+    /// The pins live in a bpffs this process mounted in a mount namespace
+    /// of its own (as under `ip netns exec`): they end with it, and no
+    /// other process can reach them.
+    pub private_pins: bool,
+}
+
 /// Claims `iface` for this guard: fails if another guard is live there.
 /// The rule maps of an earlier guard stay for this one to take over; its
 /// counters go.
-pub fn claim(iface: &str) -> Result<PathBuf> {
+pub fn claim(iface: &str) -> Result<Claimed> {
     // Mounted if absent, as bpftool does.
-    crate::bpf::preflight::ensure_mounted(c"/sys/fs/bpf", c"bpf", 0xcafe4a11, c"mode=0700")?;
+    let mounted = crate::bpf::preflight::ensure_mounted(c"/sys/fs/bpf", c"bpf", 0xcafe4a11, c"mode=0700")?;
+    let private_pins =
+        mounted && fs::read_link("/proc/self/ns/mnt").ok() != fs::read_link("/proc/1/ns/mnt").ok();
     if let Some(pid) = running_guard(iface) {
         bail!("a tcpscope guard (pid {pid}) already runs on '{iface}': stop it first, or edit its rules with `tcpscope block ...`");
     }
     let dir = pin_dir(iface);
     let _ = fs::remove_file(dir.join("counters"));
+    // The rules-file state describes the pinned maps: without them (a
+    // reboot, pins removed, or pins that ended with a private mount) it
+    // describes nothing, and every rule of the file must be loaded again.
+    if !RULE_MAPS.iter().all(|m| dir.join(m).exists()) {
+        let _ = fs::remove_file(file_rules_state(iface));
+    }
     // Root-only: the directories, and so the pinned maps in them.
     for d in [Path::new(PIN_ROOT), dir.as_path(), Path::new(RUN_ROOT)] {
         fs::DirBuilder::new().recursive(true).mode(0o700).create(d).with_context(|| {
@@ -407,7 +425,7 @@ pub fn claim(iface: &str) -> Result<PathBuf> {
         })?;
     }
     fs::write(pid_file(iface), std::process::id().to_string()).context("writing the guard's pid file")?;
-    Ok(dir)
+    Ok(Claimed { dir, private_pins })
 }
 
 /// The guard on `iface` stops: its pid file and counters go, its rules stay
@@ -477,13 +495,22 @@ impl PolicyMaps {
             }
         };
         if running_guard(&iface).is_none() {
-            bail!("no tcpscope guard is running on '{iface}': start one with `tcpscope guard -i {iface}`");
+            let how = match iface.split_once('@') {
+                Some((i, ns)) => format!("-i {i} --netns {ns}"),
+                None => format!("-i {iface}"),
+            };
+            bail!("no tcpscope guard is running on '{iface}': start one with `tcpscope guard {how}`");
         }
         let dir = pin_dir(&iface);
         let mut maps = Vec::new();
         for name in MAPS {
-            let m = MapHandle::from_pinned_path(dir.join(name)).map_err(|e| {
-                anyhow!("opening the guard's map {}: {e} (run as root)", dir.join(name).display())
+            let path = dir.join(name);
+            let m = MapHandle::from_pinned_path(&path).map_err(|e| match e.kind() {
+                libbpf_rs::ErrorKind::NotFound => anyhow!(
+                    "the guard on '{iface}' has no map at {}: it pinned its maps where this process cannot see them (a guard started under `ip netns exec` mounts a bpffs of its own); restart it as `tcpscope guard --netns NAME -i IFACE`",
+                    path.display()
+                ),
+                _ => anyhow!("opening the guard's map {}: {e} (run as root)", path.display()),
             })?;
             maps.push((name.to_string(), m));
         }

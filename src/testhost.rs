@@ -5,7 +5,7 @@
 
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
@@ -31,6 +31,58 @@ pub fn ip(args: &[&str]) -> Result<()> {
         bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
+}
+
+/// Netlink attributes of a link that iproute2 6.1 cannot set.
+pub const IFLA_GSO_IPV4_MAX_SIZE: u16 = 63;
+pub const IFLA_GRO_IPV4_MAX_SIZE: u16 = 64;
+
+/// Sets one u32 attribute of link `ifname` in namespace `ns` with an
+/// RTM_NEWLINK request (what `ip link set` does), failing with the kernel's
+/// answer.
+pub fn set_link_u32(ns: &str, ifname: &str, attr: u16, value: u32) -> Result<()> {
+    let ifname = std::ffi::CString::new(ifname)?;
+    TestHosts::run_in(ns, move || -> Result<()> {
+        // SAFETY: plain libc calls on a socket this function owns.
+        unsafe {
+            let index = libc::if_nametoindex(ifname.as_ptr());
+            if index == 0 {
+                bail!("no link {ifname:?}");
+            }
+            let mut msg = Vec::with_capacity(40);
+            msg.extend_from_slice(&40u32.to_ne_bytes());
+            msg.extend_from_slice(&libc::RTM_NEWLINK.to_ne_bytes());
+            msg.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+            msg.extend_from_slice(&[0; 8]); // seq, port id
+            msg.extend_from_slice(&[libc::AF_UNSPEC as u8, 0, 0, 0]); // ifinfomsg: family, pad, type
+            msg.extend_from_slice(&(index as i32).to_ne_bytes());
+            msg.extend_from_slice(&[0; 8]); // flags, change
+            msg.extend_from_slice(&8u16.to_ne_bytes());
+            msg.extend_from_slice(&attr.to_ne_bytes());
+            msg.extend_from_slice(&value.to_ne_bytes());
+            let fd = libc::socket(libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_CLOEXEC, libc::NETLINK_ROUTE);
+            if fd < 0 {
+                bail!("netlink socket: {}", std::io::Error::last_os_error());
+            }
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            if libc::send(fd.as_raw_fd(), msg.as_ptr().cast(), msg.len(), 0) < 0 {
+                bail!("netlink send: {}", std::io::Error::last_os_error());
+            }
+            let mut ack = [0u8; 1024];
+            let n = libc::recv(fd.as_raw_fd(), ack.as_mut_ptr().cast(), ack.len(), 0);
+            if n < 20 {
+                bail!("netlink answer: {}", std::io::Error::last_os_error());
+            }
+            // nlmsgerr after the 16-byte header: 0 or a negative errno.
+            let err = i32::from_ne_bytes(ack[16..20].try_into().unwrap());
+            if err != 0 {
+                bail!("setting link attribute {attr}: {}", std::io::Error::from_raw_os_error(-err));
+            }
+            Ok(())
+        }
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("netlink thread panicked"))??
 }
 
 /// Keeps the calling thread on `cpu` (if given).

@@ -786,6 +786,60 @@ fn rules_survive_kill_9_and_sigterm_and_sighup_reloads_the_file() {
     let _ = std::fs::remove_file(&saved);
 }
 
+/// The rules-file state (in /run) and the pinned maps (in bpffs) can part:
+/// pins removed, or pins that ended with a guard's private mount. A guard
+/// started again with the same file then loads every rule of it, rather
+/// than trusting a state that describes maps that are gone. Under
+/// `ip netns exec`, where the guard must mount a bpffs of its own, it says
+/// so; and `block` from outside names the way out.
+#[test]
+fn rules_file_loads_again_when_the_pins_are_gone() {
+    let _load = side_by_side();
+    let port = 19024;
+    let mut g = Guard::start("gpins", port, &[]);
+    g.stop();
+    let file = std::env::temp_dir().join(format!("tcpscope-pins-{}.toml", std::process::id()));
+    std::fs::write(&file, "[[block]]\ncidr = \"198.18.0.1\"\n").unwrap();
+    let rules = file.to_str().unwrap().to_string();
+    let start = |hosts: &TestHosts| {
+        let mut cmd = Command::new(tcpscope_bin());
+        cmd.args(["guard", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--rules", &rules])
+            .stdout(Stdio::piped());
+        ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap()
+    };
+    (g.guard, g.stderr) = start(&g.hosts);
+    assert!(!g.connects(Duration::from_millis(300)));
+    g.stop();
+    let pins = format!("/sys/fs/bpf/tcpscope/{SERVER_IF}@{}", g.hosts.server_ns);
+    std::fs::remove_dir_all(&pins).unwrap();
+    (g.guard, g.stderr) = start(&g.hosts);
+    assert!(
+        g.stderr.lock().unwrap().iter().any(|l| l.contains("guarding with 1 rules")),
+        "the file's rule again"
+    );
+    assert!(!g.connects(Duration::from_millis(300)), "and it drops");
+    g.stop();
+
+    // Under `ip netns exec`: a private bpffs, said at start; still guarding.
+    let mut cmd = TestHosts::command_in(&g.hosts.server_ns, tcpscope_bin());
+    cmd.args(["guard", "-i", SERVER_IF, "--rules", &rules]).stdout(Stdio::piped());
+    let (child, lines) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+    (g.guard, g.stderr) = (child, lines);
+    let said = g.stderr.lock().unwrap().join("\n");
+    assert!(
+        said.contains("guarding with 1 rules") && said.contains("run `tcpscope guard --netns NAME`"),
+        "{said}"
+    );
+    assert!(!g.connects(Duration::from_millis(300)));
+    let out = Command::new("ip")
+        .args(["netns", "exec", &g.hosts.server_ns, tcpscope_bin(), "block", "list", "-i", SERVER_IF])
+        .output()
+        .unwrap();
+    let e = one_line_error(&out);
+    assert!(e.contains("tcpscope guard --netns NAME"), "{e}");
+    let _ = std::fs::remove_file(&file);
+}
+
 /// A rules file of `n` rules: every /32 of 198.18.0.0/15 (the test hosts'
 /// range, so the client is among them), then IPv6 /128s of 2001:db8::/32.
 fn many_rules(n: u32, file: &std::path::Path) {

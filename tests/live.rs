@@ -400,3 +400,86 @@ fn watch_writes_pcapng_to_stdout_with_dash() {
     assert!(rows.iter().all(|r| r[0] == port));
     assert!(!std::path::Path::new("-").exists());
 }
+
+/// BIG TCP: the client's veth may build GSO packets of up to 185,000
+/// bytes, and the server's veth passes them up whole, so tc sees packets
+/// whose IP length field is 0 and whose data mostly sits outside the
+/// linear part. The payload length comes from the frame's length, not from
+/// the linear data (IPv4 has nothing else to go by; IPv6 may also carry a
+/// jumbo option): the payload lengths add up to exactly the bytes the
+/// application sent, over each family.
+#[test]
+fn big_tcp_packets_report_their_whole_payload_at_tc() {
+    use std::io::{Read, Write};
+    use tcpscope::testhost::{set_link_u32, CLIENT_IF, IFLA_GRO_IPV4_MAX_SIZE, IFLA_GSO_IPV4_MAX_SIZE};
+    const PORT: u16 = 18110;
+    const SENT: usize = 50_000_000;
+    let hosts = TestHosts::new("bigtcp").unwrap();
+    let big = "this kernel allows BIG TCP (IPv6 from Linux 5.19, IPv4 from 6.3)";
+    tcpscope::testhost::ip(&["-n", &hosts.client_ns, "link", "set", CLIENT_IF, "gso_max_size", "185000"])
+        .expect(big);
+    tcpscope::testhost::ip(&["-n", &hosts.server_ns, "link", "set", SERVER_IF, "gro_max_size", "185000"])
+        .expect(big);
+    set_link_u32(&hosts.client_ns, CLIENT_IF, IFLA_GSO_IPV4_MAX_SIZE, 185_000).expect(big);
+    set_link_u32(&hosts.server_ns, SERVER_IF, IFLA_GRO_IPV4_MAX_SIZE, 185_000).expect(big);
+    let port = PORT.to_string();
+    let mut w = start_tcpscope(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--json", "--dport", &port]);
+    let listener = TestHosts::run_in(&hosts.server_ns, || std::net::TcpListener::bind(("::", PORT)).unwrap())
+        .join()
+        .unwrap()
+        .unwrap();
+    let server = std::thread::spawn(move || {
+        let mut counts = Vec::new();
+        for _ in 0..2 {
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+            let mut n = 0;
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                match s.read(&mut buf).unwrap() {
+                    0 => break,
+                    k => n += k,
+                }
+            }
+            counts.push(n);
+        }
+        counts
+    });
+    TestHosts::run_in(&hosts.client_ns, move || {
+        for v6 in [false, true] {
+            let addr = std::net::SocketAddr::new(TestHosts::server_addr(v6), PORT);
+            let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(10)).unwrap();
+            s.write_all(&vec![b'x'; SENT]).unwrap();
+        }
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert_eq!(server.join().unwrap(), [SENT, SENT]);
+    // The server read each FIN, so every packet has passed tc, and its
+    // event is in the ring buffer, which watch drains before it exits.
+    assert!(w.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    let events: Vec<Value> = stdout_of(&mut w).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for family in [4, 6] {
+        let events: Vec<&Value> = events.iter().filter(|e| e["ip_version"] == family).collect();
+        let big: Vec<&&Value> = events.iter().filter(|e| e["ip_len"] == 0).collect();
+        assert!(
+            !big.is_empty(),
+            "IPv{family}: no BIG TCP packet (IP length 0) reached tc: nothing was tested"
+        );
+        for e in &big {
+            assert!(
+                e["payload_len"].as_u64().unwrap() > 65535,
+                "IPv{family}: a BIG TCP packet's payload: {e}"
+            );
+        }
+        let total: u64 = events.iter().map(|e| e["payload_len"].as_u64().unwrap()).sum();
+        assert_eq!(
+            total,
+            SENT as u64,
+            "IPv{family}: payload of {} events ({} BIG TCP)",
+            events.len(),
+            big.len()
+        );
+    }
+}

@@ -311,7 +311,7 @@ fn attach_accept(
 /// absent.
 fn attach_accept_syscalls(skel: &LifecycleSkel<'static>) -> std::result::Result<Vec<Link>, String> {
     let per_syscall = || -> Result<Vec<Link>> {
-        preflight::ensure_mounted(c"/sys/kernel/tracing", c"tracefs", 0x74726163, c"")?;
+        let _ = preflight::ensure_mounted(c"/sys/kernel/tracing", c"tracefs", 0x74726163, c"")?;
         Ok(vec![
             skel.progs
                 .lc_sys_exit_accept4

@@ -97,12 +97,12 @@ pub fn explain(e: libbpf_rs::Error, doing: &str) -> anyhow::Error {
 }
 
 /// Mounts a kernel pseudo file system at `path` unless one of that kind
-/// (`magic`, as statfs reports it) is already there.
-pub fn ensure_mounted(path: &CStr, fstype: &CStr, magic: i64, opts: &CStr) -> Result<()> {
+/// (`magic`, as statfs reports it) is already there. True if it mounted.
+pub fn ensure_mounted(path: &CStr, fstype: &CStr, magic: i64, opts: &CStr) -> Result<bool> {
     // SAFETY: statfs into a zeroed struct; path is NUL-terminated.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statfs(path.as_ptr(), &mut st) } == 0 && st.f_type as i64 == magic {
-        return Ok(());
+        return Ok(false);
     }
     // SAFETY: all pointers are NUL-terminated strings that outlive the call.
     if unsafe { libc::mount(fstype.as_ptr(), path.as_ptr(), fstype.as_ptr(), 0, opts.as_ptr().cast()) } != 0 {
@@ -112,5 +112,5 @@ pub fn ensure_mounted(path: &CStr, fstype: &CStr, magic: i64, opts: &CStr) -> Re
             std::io::Error::last_os_error()
         ));
     }
-    Ok(())
+    Ok(true)
 }

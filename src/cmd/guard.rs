@@ -61,7 +61,13 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     // SAFETY: the handler only stores to an atomic.
     unsafe { libc::signal(libc::SIGHUP, on_sighup as extern "C" fn(libc::c_int) as libc::sighandler_t) };
     let iface = policy::guard_id(&args.attach.iface, args.attach.netns.as_deref());
-    let dir = policy::claim(&iface)?;
+    let claimed = policy::claim(&iface)?;
+    if claimed.private_pins {
+        eprintln!(
+            "tcpscope: warning: /sys/fs/bpf was not mounted in this mount namespace (as under `ip netns exec`), so the guard mounted its own: its rules end when it stops, and `tcpscope block` elsewhere cannot reach them; run `tcpscope guard --netns NAME` instead"
+        );
+    }
+    let dir = claimed.dir;
     let claim = Claim { id: iface.clone(), interface_gone: std::cell::Cell::new(false) };
 
     let mut config = EventFilter::default().to_kernel(false)?;
@@ -92,6 +98,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
         reuse_pins: Some((dir.clone(), &policy::RULE_MAPS[..])),
         ..bpf::LoadOptions::new(config)
     };
+    let fresh_maps = !policy::RULE_MAPS.iter().any(|m| dir.join(m).exists());
     // The rules of the guard before this one, taken over as they are; or,
     // if its maps do not fit this version's, copied into new ones.
     let (mut session, carried) = match Session::start_with(&args.attach, hook, opts.clone()) {
@@ -124,11 +131,11 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     }
     let maps = PolicyMaps::open(Some(&iface))?;
     maps.restore(&carried)?;
-    if args.rules.is_some() {
-        maps.sync_file_rules(&iface, &rules)?;
-    }
+    let added = if args.rules.is_some() { maps.sync_file_rules(&iface, &rules)?.0 } else { 0 };
     drop(rules);
-    let kept = maps.count();
+    // Maps made new hold what was just written, every write checked: no
+    // need to walk a million rules again (1 s) to count them.
+    let kept = if fresh_maps && carried.is_empty() { added } else { maps.count() };
     // Connection limit: counted in the kernel by the lifecycle tracepoints,
     // which report only peers over the limit; alerts are rate-limited here.
     let lc = if args.conn_limit > 0 && (!args.no_detect || enforce) {
