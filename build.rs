@@ -15,6 +15,7 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
 /// Headers every program includes; a change to any rebuilds all.
 const HEADERS: &[&str] = &[
     "bpf/common_kern_user.h",
+    "bpf/net_defs_kern.h",
     "bpf/parse_kern.h",
     "bpf/peer_conns_kern.h",
     "bpf/ringbuf_kern.h",

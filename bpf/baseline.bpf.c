@@ -14,9 +14,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "common_kern_user.h"
-
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
+#include "net_defs_kern.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 

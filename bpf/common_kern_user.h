@@ -99,32 +99,40 @@ enum tcpscope_flag_index {
 	FLAG_IDX_MAX,
 };
 
-/* TCP flag bits as they sit in flags_raw (byte 12 low nibble << 8 | byte 13). */
-#define TCPF_FIN 0x001
-#define TCPF_SYN 0x002
-#define TCPF_RST 0x004
-#define TCPF_PSH 0x008
-#define TCPF_ACK 0x010
-#define TCPF_URG 0x020
-#define TCPF_ECE 0x040
-#define TCPF_CWR 0x080
-#define TCPF_AE 0x100
+/* TCP flag bits as they sit in flags_raw (byte 12 low nibble << 8 | byte 13).
+ * Enums, not #defines: enums reach BTF, so the skeleton gives Rust the same
+ * values (src/model.rs, src/names.rs) and nothing is copied by hand. */
+enum tcp_flag_bits {
+	TCPF_FIN = 0x001,
+	TCPF_SYN = 0x002,
+	TCPF_RST = 0x004,
+	TCPF_PSH = 0x008,
+	TCPF_ACK = 0x010,
+	TCPF_URG = 0x020,
+	TCPF_ECE = 0x040,
+	TCPF_CWR = 0x080,
+	TCPF_AE = 0x100,
+};
 
 /* packet_event.ip_flags bits */
-#define IPF_HAS_ID 0x01  /* ip_id is meaningful (IPv4, or IPv6 fragment header) */
-#define IPF_DF 0x02      /* IPv4 don't-fragment */
-#define IPF_FRAG 0x04    /* first fragment of a fragmented datagram */
-#define IPF_JUMBO 0x08   /* IP length field was 0: length taken from the frame */
+enum ip_flag_bits {
+	IPF_HAS_ID = 0x01, /* ip_id is meaningful (IPv4, or IPv6 fragment header) */
+	IPF_DF = 0x02,     /* IPv4 don't-fragment */
+	IPF_FRAG = 0x04,   /* first fragment of a fragmented datagram */
+	IPF_JUMBO = 0x08,  /* IP length field was 0: length taken from the frame */
+};
 
 /* packet_event.opt_present bits */
-#define OPT_MSS 0x01
-#define OPT_WSCALE 0x02
-#define OPT_SACK_PERM 0x04
-#define OPT_SACK 0x08
-#define OPT_TS 0x10
-#define OPT_OTHER 0x20 /* other_kinds has at least one bit set */
-#define OPT_MPTCP 0x40 /* mptcp_subtype is set */
-#define OPT_TFO 0x80   /* tfo_cookie_len is set (kind 34, or 254 with magic 0xF989) */
+enum tcp_opt_bits {
+	OPT_MSS = 0x01,
+	OPT_WSCALE = 0x02,
+	OPT_SACK_PERM = 0x04,
+	OPT_SACK = 0x08,
+	OPT_TS = 0x10,
+	OPT_OTHER = 0x20, /* other_kinds has at least one bit set */
+	OPT_MPTCP = 0x40, /* mptcp_subtype is set */
+	OPT_TFO = 0x80,   /* tfo_cookie_len is set (kind 34, or 254 with magic 0xF989) */
+};
 
 /* Per-CPU counters: one array slot, summed over CPUs by user space. */
 struct tcpscope_counters {

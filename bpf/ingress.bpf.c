@@ -35,6 +35,9 @@ struct alert_event _alert_event = {};
 enum alert_kind _alert_kind = ALERT_PORT_SCAN;
 enum guard_drop_reason _guard_drop_reason = GUARD_DROP_NONE;
 enum policy_list _policy_list = POLICY_ALLOW_V4;
+enum tcp_flag_bits _tcp_flag_bits = TCPF_FIN;
+enum ip_flag_bits _ip_flag_bits = IPF_HAS_ID;
+enum tcp_opt_bits _tcp_opt_bits = OPT_MSS;
 struct expiring_key _expiring_key = {};
 
 struct {

@@ -29,15 +29,10 @@
 #include <bpf/bpf_core_read.h>
 #include "common_kern_user.h"
 #include "peer_conns_kern.h"
+#include "net_defs_kern.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
-#define AF_INET 2
-#define AF_INET6 10
-#define IPPROTO_TCP_NUM 6
-#define SOCK_STREAM_NUM 1
-#define ETH_P_IP 0x0800
-#define ETH_P_IPV6 0x86DD
 /* x86_64 syscall numbers (vmlinux.h is x86_64). */
 #define NR_ACCEPT 43
 #define NR_ACCEPT4 288

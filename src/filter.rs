@@ -7,7 +7,7 @@ use std::str::FromStr;
 use thiserror::Error;
 
 use crate::bpf::types;
-use crate::model::FLAG_NAMES;
+use crate::names::FLAG_NAMES;
 
 /// Limits that the kernel's config struct imposes.
 pub const MAX_PORTS: usize = types_len::PORTS;
@@ -115,28 +115,21 @@ impl Cidr {
     /// Network and mask bytes as the kernel compares them (IPv4 in bytes 0..4).
     fn to_kernel(self) -> types::tcpscope_cidr {
         let mut out = types::tcpscope_cidr::default();
-        let (bytes, family): (Vec<u8>, u8) = match self.addr {
+        let (net, family): (Vec<u8>, u8) = match self.network() {
             IpAddr::V4(a) => (a.octets().to_vec(), 4),
             IpAddr::V6(a) => (a.octets().to_vec(), 6),
         };
-        for (i, byte) in bytes.iter().enumerate() {
+        for (i, byte) in net.iter().enumerate() {
             let bits = self.prefix.saturating_sub(i as u32 * 8).min(8);
-            let mask = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
-            out.mask[i] = mask;
-            out.addr[i] = byte & mask;
+            out.mask[i] = if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
+            out.addr[i] = *byte;
         }
         out.family = family;
         out
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        let k = self.to_kernel();
-        let bytes: Vec<u8> = match ip {
-            IpAddr::V4(a) if k.family == 4 => a.octets().to_vec(),
-            IpAddr::V6(a) if k.family == 6 => a.octets().to_vec(),
-            _ => return false,
-        };
-        bytes.iter().enumerate().all(|(i, b)| b & k.mask[i] == k.addr[i])
+        ip.is_ipv4() == self.addr.is_ipv4() && Cidr { addr: ip, prefix: self.prefix }.network() == self.network()
     }
 }
 

@@ -8,48 +8,6 @@ use serde::Serialize;
 
 use crate::bpf::lifecycle::types::{self, conn_event, latency_hist};
 
-/// TCP states (include/net/tcp_states.h, stable UAPI numbering).
-pub fn state_name(s: u8) -> &'static str {
-    match s {
-        1 => "ESTABLISHED",
-        2 => "SYN_SENT",
-        3 => "SYN_RECV",
-        4 => "FIN_WAIT1",
-        5 => "FIN_WAIT2",
-        6 => "TIME_WAIT",
-        7 => "CLOSE",
-        8 => "CLOSE_WAIT",
-        9 => "LAST_ACK",
-        10 => "LISTEN",
-        11 => "CLOSING",
-        12 => "NEW_SYN_RECV",
-        _ => "UNKNOWN",
-    }
-}
-
-/// The event kind's name, as in JSON `event`.
-pub fn kind_name(k: u8) -> &'static str {
-    use types::conn_event_kind as K;
-    match u32::from(k) {
-        x if x == K::CONN_CONNECT.0 => "connect",
-        x if x == K::CONN_ESTABLISHED_OUT.0 => "established_out",
-        x if x == K::CONN_ESTABLISHED_IN.0 => "established_in",
-        x if x == K::CONN_ACCEPT.0 => "accept",
-        x if x == K::CONN_STATE.0 => "state",
-        x if x == K::CONN_CLOSE.0 => "close",
-        x if x == K::CONN_RETRANSMIT.0 => "retransmit",
-        x if x == K::CONN_RESET_RX.0 => "reset_received",
-        x if x == K::CONN_RESET_TX.0 => "reset_sent",
-        x if x == K::CONN_DROP.0 => "drop",
-        x if x == K::CONN_ZERO_WINDOW.0 => "zero_window",
-        x if x == K::CONN_WINDOW_REOPEN.0 => "window_reopen",
-        x if x == K::CONN_RCVQ_FULL.0 => "rcvqueue_full",
-        x if x == K::CONN_RETRANSMIT_SYNACK.0 => "retransmit_synack",
-        x if x == K::CONN_LIMIT.0 => "conn_limit",
-        _ => "unknown",
-    }
-}
-
 /// The address as a user sees it: a dual-stack socket's IPv4-mapped
 /// address (::ffff:a.b.c.d) is shown, and keyed, as the IPv4 address the
 /// packets carry.
@@ -307,7 +265,7 @@ impl ConnRecord {
         let peer = addr(e.family, &e.daddr);
         ConnRecord {
             ts_ns,
-            event: kind_name(e.kind),
+            event: crate::names::conn_kind_name(e.kind),
             conn: conn_key(e.netns, local, e.sport, peer, e.dport),
             netns: e.netns,
             cookie: e.cookie,
@@ -319,8 +277,8 @@ impl ConnRecord {
             pport: e.dport,
             pid: has::owner(e).then_some(e.pid),
             comm: has::owner(e).then(|| comm(e).into_owned()),
-            state: has::state(e).then(|| state_name(e.newstate)),
-            old_state: has::old_state(e).then(|| state_name(e.oldstate)),
+            state: has::state(e).then(|| crate::names::state_name(e.newstate)),
+            old_state: has::old_state(e).then(|| crate::names::state_name(e.oldstate)),
             latency_ns: has::latency(e).then_some(e.latency_ns),
             duration_ns: has::duration(e).then_some(e.duration_ns),
             stats: has::stats(e).then_some(ConnStats {
@@ -341,14 +299,9 @@ impl ConnRecord {
 
     /// One line of text.
     pub fn text(&self) -> String {
-        let secs = self.ts_ns / 1_000_000_000;
-        let day = secs % 86_400;
         let mut s = format!(
-            "{:02}:{:02}:{:02}.{:06} {:<15} {} {}:{} <-> {}:{}",
-            day / 3600,
-            (day / 60) % 60,
-            day % 60,
-            (self.ts_ns % 1_000_000_000) / 1000,
+            "{} {:<15} {} {}:{} <-> {}:{}",
+            crate::output::time_of_day(self.ts_ns),
             self.event,
             self.state.unwrap_or("-"),
             self.local,

@@ -6,49 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use serde::Serialize;
 
 use crate::bpf::types;
-
-/// Names of the TCP flags, in the order of `flags_raw` bits 0..8 and of the
-/// JSON `flags` list.
-pub const FLAG_NAMES: [&str; 9] = ["FIN", "SYN", "RST", "PSH", "ACK", "URG", "ECE", "CWR", "AE"];
-
-/// User-facing names of `enum tcpscope_malformed`, indexed by its value.
-pub const MALFORMED_NAMES: [&str; types::tcpscope_malformed::MALFORMED_MAX.0 as usize] = [
-    "none",
-    "eth_truncated",
-    "vlan_truncated",
-    "vlan_too_deep",
-    "ipv4_truncated",
-    "ipv4_bad_version",
-    "ipv4_bad_ihl",
-    "ipv4_bad_total_len",
-    "ipv6_truncated",
-    "ipv6_bad_version",
-    "ipv6_ext_truncated",
-    "ipv6_ext_too_many",
-    "tcp_truncated",
-    "tcp_bad_doff",
-    "tcp_hdr_truncated",
-    "tcp_bad_ip_len",
-    "tcp_opt_bad_len",
-    "tcp_opt_overrun",
-    "tcp_opt_bad_size",
-    "ip_len_exceeds_frame",
-];
-
-/// The names of `enum guard_drop_reason`, in its order: counters, the
-/// guard's summary and its JSON use them.
-pub const GUARD_DROP_NAMES: [&str; types::guard_drop_reason::GUARD_DROP_MAX.0 as usize] = [
-    "none",
-    "block_rule",
-    "port_rule",
-    "detector",
-    "tiny_fragment",
-    "fragment_offset_1",
-    "ipv6_ext_chain_too_long",
-    "ipv6_ext_truncated",
-    "ipv6_ext_unknown",
-    "conn_limit",
-];
+use crate::names::{flag_names, malformed_name};
 
 /// Where a packet was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -138,23 +96,10 @@ pub struct PacketRecord {
     pub conn: Option<String>,
 }
 
-/// The names of the flags set in `flags_raw`, in schema order.
-pub fn flag_names(flags_raw: u16) -> Vec<&'static str> {
-    FLAG_NAMES
-        .iter()
-        .enumerate()
-        .filter(|(bit, _)| flags_raw & (1 << bit) != 0)
-        .map(|(_, name)| *name)
-        .collect()
-}
-
-/// The name of a malformed reason; unknown values (a newer kernel object)
-/// are reported rather than hidden.
-pub fn malformed_name(reason: u8) -> &'static str {
-    MALFORMED_NAMES.get(reason as usize).copied().unwrap_or("unknown")
-}
-
-fn address(ip_version: u8, raw: &[u8; 16]) -> IpAddr {
+/// A packet's address as the kernel event carries it: IPv4 in the first 4
+/// of 16 bytes. (Sockets' addresses: `lifecycle::addr`, which also unmaps
+/// IPv4-mapped IPv6.)
+pub fn address(ip_version: u8, raw: &[u8; 16]) -> IpAddr {
     if ip_version == 4 {
         IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
     } else {
@@ -237,45 +182,28 @@ impl PacketRecord {
     }
 }
 
-// Bit values from bpf/common_kern_user.h. #defines do not reach BTF, so the
-// skeleton cannot generate them; tests/prog_test_run.rs checks each one
-// against the kernel program's output.
-pub const IPF_HAS_ID: u32 = 0x01;
-pub const IPF_DF: u32 = 0x02;
-pub const IPF_FRAG: u32 = 0x04;
-pub const IPF_JUMBO: u32 = 0x08;
-pub const OPT_MSS: u32 = 0x01;
-pub const OPT_WSCALE: u32 = 0x02;
-pub const OPT_SACK_PERM: u32 = 0x04;
-pub const OPT_SACK: u32 = 0x08;
-pub const OPT_TS: u32 = 0x10;
-pub const OPT_OTHER: u32 = 0x20;
-pub const OPT_MPTCP: u32 = 0x40;
-pub const OPT_TFO: u32 = 0x80;
+// Bit values of bpf/common_kern_user.h's enums, through the skeleton.
+use types::{ip_flag_bits as ipf, tcp_flag_bits as tcpf, tcp_opt_bits as opt};
+pub const IPF_HAS_ID: u32 = ipf::IPF_HAS_ID.0;
+pub const IPF_DF: u32 = ipf::IPF_DF.0;
+pub const IPF_FRAG: u32 = ipf::IPF_FRAG.0;
+pub const IPF_JUMBO: u32 = ipf::IPF_JUMBO.0;
+pub const OPT_MSS: u32 = opt::OPT_MSS.0;
+pub const OPT_WSCALE: u32 = opt::OPT_WSCALE.0;
+pub const OPT_SACK_PERM: u32 = opt::OPT_SACK_PERM.0;
+pub const OPT_SACK: u32 = opt::OPT_SACK.0;
+pub const OPT_TS: u32 = opt::OPT_TS.0;
+pub const OPT_OTHER: u32 = opt::OPT_OTHER.0;
+pub const OPT_MPTCP: u32 = opt::OPT_MPTCP.0;
+pub const OPT_TFO: u32 = opt::OPT_TFO.0;
+/// TCP flag bits of `flags_raw`.
+pub const TCPF_SYN: u16 = tcpf::TCPF_SYN.0 as u16;
+pub const TCPF_ACK: u16 = tcpf::TCPF_ACK.0 as u16;
+pub const TCPF_URG: u16 = tcpf::TCPF_URG.0 as u16;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flag_names_follow_schema_order() {
-        assert_eq!(flag_names(0x012), vec!["SYN", "ACK"]);
-        assert_eq!(flag_names(0x1ff), FLAG_NAMES.to_vec());
-        assert_eq!(flag_names(0x0c2), vec!["SYN", "ECE", "CWR"]);
-        assert!(flag_names(0).is_empty());
-        // Reserved bits (0xe00) are in flags_raw but have no name.
-        assert!(flag_names(0xe00).is_empty());
-    }
-
-    #[test]
-    fn every_malformed_reason_has_a_distinct_name() {
-        let mut names = MALFORMED_NAMES.to_vec();
-        names.sort_unstable();
-        names.dedup();
-        assert_eq!(names.len(), MALFORMED_NAMES.len());
-        assert_eq!(malformed_name(200), "unknown");
-        assert_eq!(malformed_name(types::tcpscope_malformed::MALFORMED_TCP_BAD_DOFF.0 as u8), "tcp_bad_doff");
-    }
 
     #[test]
     fn event_converts_to_record() {

@@ -4,7 +4,9 @@
 //! verdict — TCP, not TCP, fragment, or malformed for the same reason — and
 //! for TCP the same event, field for field.
 
+use std::cell::RefCell;
 use std::path::Path;
+use std::rc::Rc;
 
 use libbpf_rs::{ProgramInput, RingBufferBuilder};
 use tcpscope::bpf::{self, types::packet_event, IngressSkel, LoadOptions};
@@ -26,6 +28,10 @@ enum Verdict {
 struct Kernel {
     skel: IngressSkel<'static>,
     last: tcpscope::bpf::counters::Counters,
+    /// Built once: building a ring buffer per packet (an mmap, an epoll)
+    /// took most of this file's time.
+    ring: libbpf_rs::RingBuffer<'static>,
+    events: Rc<RefCell<Vec<packet_event>>>,
 }
 
 impl Kernel {
@@ -33,7 +39,19 @@ impl Kernel {
         let cfg = EventFilter::default().to_kernel(true).unwrap();
         let skel = bpf::load_ingress(&LoadOptions::new(cfg)).unwrap();
         let last = bpf::read_counters(&skel).unwrap();
-        Kernel { skel, last }
+        let events = Rc::new(RefCell::new(Vec::new()));
+        let handle = libbpf_rs::MapHandle::try_from(&skel.maps.events).unwrap();
+        let mut b = RingBufferBuilder::new();
+        let sink = events.clone();
+        b.add(&handle, move |d: &[u8]| {
+            let mut ev = packet_event::default();
+            plain::copy_from_bytes(&mut ev, &d[..std::mem::size_of::<packet_event>()]).unwrap();
+            sink.borrow_mut().push(ev);
+            0
+        })
+        .unwrap();
+        let ring = b.build().unwrap();
+        Kernel { skel, last, ring, events }
     }
 
     fn verdict(&mut self, frame: &[u8]) -> Verdict {
@@ -42,18 +60,8 @@ impl Kernel {
             .tcpscope_xdp
             .test_run(ProgramInput { data_in: Some(frame), repeat: 1, ..Default::default() })
             .expect("test run");
-        let mut events = Vec::new();
-        {
-            let mut b = RingBufferBuilder::new();
-            b.add(&self.skel.maps.events, |d: &[u8]| {
-                let mut ev = packet_event::default();
-                plain::copy_from_bytes(&mut ev, &d[..std::mem::size_of::<packet_event>()]).unwrap();
-                events.push(ev);
-                0
-            })
-            .unwrap();
-            b.build().unwrap().consume().unwrap();
-        }
+        self.ring.consume().unwrap();
+        let mut events = std::mem::take(&mut *self.events.borrow_mut());
         let now = bpf::read_counters(&self.skel).unwrap();
         let (a, b) = (&now.0, &self.last.0);
         let v = if now.0.tcp_packets > self.last.0.tcp_packets {
@@ -95,7 +103,7 @@ impl std::fmt::Debug for Verdict {
             Verdict::NotTcp => write!(f, "NotTcp"),
             Verdict::Fragment => write!(f, "Fragment"),
             Verdict::Malformed(r) => {
-                write!(f, "Malformed({})", tcpscope::model::malformed_name(*r))
+                write!(f, "Malformed({})", tcpscope::names::malformed_name(*r))
             }
         }
     }

@@ -8,10 +8,10 @@ use std::net::IpAddr;
 use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement};
 use libbpf_rs::{ProgramInput, RingBufferBuilder};
 use tcpscope::bpf::{self, counters::Counters, IngressSkel, LoadOptions};
-use tcpscope::cmd::watch::decode_record;
 use tcpscope::filter::EventFilter;
 use tcpscope::model::{PacketRecord, TcpOptions};
 use tcpscope::testpkt::{self, MAC_A, MAC_B, V4_DST, V4_SRC};
+use tcpscope::view::ingress::decode_record;
 
 const XDP_PASS: u32 = 2;
 /// TCX_NEXT (-1): pass, and let the next program on the tcx chain run.
@@ -26,6 +26,9 @@ enum Hook {
 struct Harness {
     skel: IngressSkel<'static>,
     snaplen: u32,
+    /// Built once per harness, not per packet: the events' raw bytes.
+    ring: libbpf_rs::RingBuffer<'static>,
+    raw: std::rc::Rc<std::cell::RefCell<Vec<Vec<u8>>>>,
 }
 
 struct RunResult {
@@ -36,10 +39,18 @@ struct RunResult {
 impl Harness {
     fn new(filter: EventFilter) -> Self {
         let cfg = filter.to_kernel(true).expect("valid filter");
-        Harness {
-            skel: bpf::load_ingress(&LoadOptions::new(cfg)).expect("load ingress programs"),
-            snaplen: filter.snaplen,
-        }
+        let skel = bpf::load_ingress(&LoadOptions::new(cfg)).expect("load ingress programs");
+        let raw = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let handle = libbpf_rs::MapHandle::try_from(&skel.maps.events).unwrap();
+        let mut b = RingBufferBuilder::new();
+        let sink = raw.clone();
+        b.add(&handle, move |d: &[u8]| {
+            sink.borrow_mut().push(d.to_vec());
+            0
+        })
+        .unwrap();
+        let ring = b.build().unwrap();
+        Harness { skel, snaplen: filter.snaplen, ring, raw }
     }
 
     /// Runs `frame` once through `hook`; returns the new events and the
@@ -58,18 +69,11 @@ impl Harness {
         let out = prog.test_run(ProgramInput { data_in: Some(frame), repeat: 1, ..Default::default() })?;
         let want = if hook == Hook::Xdp { XDP_PASS } else { TCX_NEXT };
         assert_eq!(out.return_value, want, "{hook:?} must fail open and pass every packet");
-        let mut events = Vec::new();
-        {
-            let mut b = RingBufferBuilder::new();
-            b.add(&self.skel.maps.events, |d: &[u8]| {
-                events.push(
-                    decode_record(d, 0, self.snaplen).expect("decodable event").packet("test").record(),
-                );
-                0
-            })
-            .unwrap();
-            b.build().unwrap().consume().unwrap();
-        }
+        self.ring.consume().unwrap();
+        let events = std::mem::take(&mut *self.raw.borrow_mut())
+            .iter()
+            .map(|d| decode_record(d, 0, self.snaplen).expect("decodable event").packet("test").record())
+            .collect();
         let after = bpf::read_counters(&self.skel).unwrap();
         Ok(RunResult { events, counters: delta(&after, &before) })
     }
@@ -565,7 +569,7 @@ fn counters_count_flags_and_non_tcp() {
     all[14 + 20 + 13] = 0xff;
     let r = h.run(Hook::Tc, &all);
     assert_eq!(r.counters.0.flag, [1; 9]);
-    assert_eq!(r.events[0].flags, tcpscope::model::FLAG_NAMES.to_vec());
+    assert_eq!(r.events[0].flags, tcpscope::names::FLAG_NAMES.to_vec());
     assert_eq!(r.events[0].flags_raw, 0x1ff);
 }
 

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde_json::{json, Map, Value};
 
 use crate::bpf::types::tcpscope_counters;
-use crate::model::{FLAG_NAMES, GUARD_DROP_NAMES, MALFORMED_NAMES};
+use crate::names::{FLAG_NAMES, GUARD_DROP_NAMES, MALFORMED_NAMES};
 
 /// Totals of `struct tcpscope_counters` over all CPUs.
 #[derive(Debug, Clone, Copy, Default)]

@@ -17,7 +17,7 @@ mod lifecycle_skel {
 }
 
 pub use lifecycle_skel::types;
-pub use lifecycle_skel::LifecycleSkel;
+pub use lifecycle_skel::{LifecycleSkel, LifecycleSkelBuilder};
 
 // SAFETY: #[repr(C)] structs of integers and arrays of integers generated
 // from BTF, with explicit padding; every bit pattern is valid.

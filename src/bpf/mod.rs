@@ -9,6 +9,7 @@ pub mod conn_slots;
 pub mod counters;
 pub mod lifecycle;
 pub mod preflight;
+pub mod reader_watch;
 
 use std::mem::MaybeUninit;
 use std::path::PathBuf;
@@ -28,7 +29,7 @@ mod baseline_skel {
 
 pub use baseline_skel::BaselineSkel;
 pub use ingress_skel::types;
-pub use ingress_skel::IngressSkel;
+pub use ingress_skel::{IngressSkel, IngressSkelBuilder};
 
 /// Now on `clock`, in ns. CLOCK_MONOTONIC is the kernel programs' clock
 /// (bpf_ktime_get_ns): their event times and rule expiries are on it.

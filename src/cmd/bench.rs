@@ -39,12 +39,6 @@ macro_rules! emit {
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
-    match args.what {
-        crate::cli::BenchWhat::Read => return crate::cmd::bench_read::run(args),
-        crate::cli::BenchWhat::Conns => return crate::cmd::bench_conns::run(args),
-        crate::cli::BenchWhat::Rules => return crate::cmd::bench_rules::run(args),
-        crate::cli::BenchWhat::Programs => {}
-    }
     preflight::check_privileges()?;
     let rounds = args.rounds.max(1);
     let packets: [(&str, Vec<u8>); 6] = [

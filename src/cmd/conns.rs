@@ -12,19 +12,11 @@ use crate::bpf::clock_ns;
 use crate::bpf::conn_slots::{EventSlots, TimeOrder, SLOTS_PER_CPU};
 use crate::bpf::lifecycle::AcceptVia;
 use crate::bpf::lifecycle::{self, types};
+use crate::bpf::reader_watch::ReaderWatch;
 use crate::cli::ConnsArgs;
-use crate::cmd::reader_watch::ReaderWatch;
-use crate::cmd::{monotonic_to_realtime_offset, stop_flag};
+use crate::cmd::{monotonic_to_realtime_offset, report_unavailable, stop_flag};
 use crate::lifecycle::{has, ConnRecord};
 use crate::output::json;
-
-/// Prints which views the kernel refused, so nobody mistakes silence for
-/// "nothing happened".
-pub fn report_unavailable(lc: &lifecycle::Lifecycle) {
-    for (view, why) in &lc.unavailable {
-        eprintln!("tcpscope: {view} unavailable: {why}");
-    }
-}
 
 pub fn run(args: &ConnsArgs) -> Result<()> {
     let stop = stop_flag()?;

@@ -9,17 +9,10 @@ use libbpf_rs::MapCore;
 
 use crate::bpf::lifecycle::{self, types};
 use crate::cli::LatencyArgs;
-use crate::cmd::{conns::report_unavailable, stop_flag};
+use crate::cmd::{report_unavailable, stop_flag};
 use crate::lifecycle::{human_ns, quantile, slot_bounds};
+use crate::names::latency_kind_name;
 use crate::output::print_line;
-
-fn kind_name(k: u8) -> &'static str {
-    match u32::from(k) {
-        x if x == types::latency_kind::LAT_HANDSHAKE.0 => "handshake",
-        x if x == types::latency_kind::LAT_CONNECT.0 => "connect",
-        _ => "rtt",
-    }
-}
 
 /// All histograms in the map, sorted by kind and port.
 pub fn read_histograms(lc: &lifecycle::Lifecycle) -> Vec<(types::latency_key, types::latency_hist)> {
@@ -120,7 +113,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
                     .collect();
                 let v = serde_json::json!({
                     "ts_ns": crate::bpf::clock_ns(libc::CLOCK_REALTIME), "interval_only": args.reset,
-                    "kind": kind_name(k.kind), "port": k.port, "count": h.count,
+                    "kind": latency_kind_name(k.kind), "port": k.port, "count": h.count,
                     "p50_ns": q(0.5), "p90_ns": q(0.9), "p99_ns": q(0.99), "max_ns": h.max * unit,
                     "mean_ns": h.sum * unit / h.count.max(1), "buckets": buckets,
                 });
@@ -131,7 +124,7 @@ pub fn run(args: &LatencyArgs) -> Result<()> {
             }
             let mut text = format!(
                 "{} :{} n={} p50 {} p90 {} p99 {} max {}",
-                kind_name(k.kind),
+                latency_kind_name(k.kind),
                 k.port,
                 h.count,
                 human_ns(q(0.5)),

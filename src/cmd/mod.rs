@@ -9,7 +9,7 @@ pub mod demo;
 pub mod guard;
 pub mod latency;
 pub mod read;
-pub mod reader_watch;
+pub mod rules;
 pub mod stats;
 pub mod watch;
 
@@ -18,97 +18,20 @@ use std::sync::Arc;
 
 use anyhow::Result;
 
-use crate::bpf::attach::{self, AttachedLink, HookKind};
-use crate::bpf::{self, types, IngressSkel, LoadOptions};
-use crate::cli::AttachArgs;
+pub use crate::view::ingress::Session;
 
-/// Loaded ingress programs plus the link that keeps one attached. Dropping
-/// it detaches (the link first, then the programs).
-pub struct Session {
-    pub link: AttachedLink,
-    pub skel: IngressSkel<'static>,
-    pub ifname: String,
-    pub ifindex: u32,
-    pub hook: HookKind,
-    pub presence: attach::Presence,
+/// Tells the user (on stderr) what is attached where. Tests and scripts
+/// wait for this line: it is printed once the hook is live.
+pub fn announce(session: &Session, doing: &str) {
+    let id = session.link.id().map_or("?".into(), |i| i.to_string());
+    eprintln!("tcpscope: {doing} on {} (link id {id}); Ctrl-C to stop", session.description());
 }
 
-impl Session {
-    /// Checks privileges and the interface, loads with `config`, attaches.
-    pub fn start(args: &AttachArgs, config: types::tcpscope_config, ringbuf_bytes: u32) -> Result<Self> {
-        Self::start_on(args, args.hook(), config, ringbuf_bytes)
-    }
-
-    /// As `start`, with the hook chosen by the caller.
-    pub fn start_on(
-        args: &AttachArgs,
-        hook: HookKind,
-        config: types::tcpscope_config,
-        ringbuf_bytes: u32,
-    ) -> Result<Self> {
-        let opts = LoadOptions { ringbuf_bytes, ..LoadOptions::new(config) };
-        Self::start_with(args, hook, opts)
-    }
-
-    /// As `start_on`, with every load option (guard: detectors, pins).
-    pub fn start_with(args: &AttachArgs, hook: HookKind, mut opts: LoadOptions) -> Result<Self> {
-        let config = opts.config;
-        crate::ensure_usage!(
-            args.xdp_mode.is_none() || hook == HookKind::Xdp,
-            "--xdp-mode applies to the XDP hook only: add --hook xdp, or drop --xdp-mode"
-        );
-        bpf::preflight::check_privileges()?;
-        if let Some(ns) = &args.netns {
-            attach::enter_netns(ns)?;
-        }
-        let ifindex = attach::ifindex(&args.iface)?;
-        opts.btf = args.btf.clone();
-        opts.only = Some(hook);
-        let skel = bpf::load_ingress(&opts)?;
-        let link = match hook {
-            HookKind::Xdp => attach::attach_xdp(
-                &skel.progs.tcpscope_xdp,
-                &args.iface,
-                args.xdp_mode.unwrap_or(attach::XdpMode::Native),
-            )?,
-            // A guard goes first: a program attached before it must not be
-            // able to pass a packet its rules drop.
-            HookKind::Tc => attach::attach_tc(
-                &skel.progs.tcpscope_tc,
-                &args.iface,
-                if config.policy != 0 { attach::TcPlace::First } else { attach::TcPlace::Last },
-            )?,
-        };
-        let presence = attach::Presence::new(&args.iface, ifindex);
-        Ok(Session { link, skel, ifname: args.iface.clone(), ifindex, hook, presence })
-    }
-
-    /// An error once the interface (or its network namespace) is gone: the
-    /// kernel has detached the program, and there is nothing left to do.
-    pub fn check_present(&self) -> Result<()> {
-        match self.presence.gone() {
-            Some(why) => Err(anyhow::anyhow!("{why}: stopped; start again once it is back")),
-            None => Ok(()),
-        }
-    }
-
-    /// The TC programs that run before this session's (a guard attached at
-    /// the chain's head and finds some when another program was later put
-    /// in front of it). Empty at XDP, which has no chain.
-    pub fn tc_programs_ahead(&self) -> Result<Vec<u32>> {
-        if self.hook != HookKind::Tc {
-            return Ok(Vec::new());
-        }
-        let ours = self.link.prog_id().ok_or_else(|| anyhow::anyhow!("reading our TC link's program id"))?;
-        let chain = attach::tc_chain(self.ifindex)?;
-        Ok(chain.iter().take_while(|id| **id != ours).copied().collect())
-    }
-
-    /// Tells the user (on stderr) what is attached where. Tests and scripts
-    /// wait for this line: it is printed once the hook is live.
-    pub fn announce(&self, doing: &str) {
-        let id = self.link.id().map_or("?".into(), |i| i.to_string());
-        eprintln!("tcpscope: {doing} on {} (link id {id}); Ctrl-C to stop", self.link.description);
+/// Prints which views the kernel refused, so nobody mistakes silence for
+/// "nothing happened".
+pub fn report_unavailable(lc: &crate::bpf::lifecycle::Lifecycle) {
+    for (view, why) in &lc.unavailable {
+        eprintln!("tcpscope: {view} unavailable: {why}");
     }
 }
 

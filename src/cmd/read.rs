@@ -11,10 +11,10 @@ use anyhow::{Context, Result};
 use crate::bpf::types::packet_event;
 use crate::capture::Capture;
 use crate::cli::ReadArgs;
-use crate::cmd::watch::payload_of;
 use crate::decode::{self, Outcome};
-use crate::model::malformed_name;
+use crate::names::malformed_name;
 use crate::output::{Emitter, Format, Packet};
+use crate::view::ingress::payload_of;
 
 /// What a read found, by kind; printed at the end.
 #[derive(Debug, Default)]
@@ -206,10 +206,5 @@ fn decode_all<R: Read>(
 }
 
 fn address(ev: &packet_event, src: bool) -> std::net::IpAddr {
-    let raw = if src { &ev.src } else { &ev.dst };
-    if ev.ip_version == 4 {
-        std::net::IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
-    } else {
-        std::net::IpAddr::from(*raw)
-    }
+    crate::model::address(ev.ip_version, if src { &ev.src } else { &ev.dst })
 }

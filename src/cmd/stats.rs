@@ -21,7 +21,7 @@ pub fn run(args: &StatsArgs) -> Result<()> {
     // Events off: the programs only count.
     let config = EventFilter::default().to_kernel(false)?;
     let session = Session::start(&args.attach, config, 4096)?;
-    session.announce("counting incoming packets");
+    crate::cmd::announce(&session, "counting incoming packets");
 
     let interval = Duration::from_secs_f64(args.interval);
     let mut prev = Counters::default();

@@ -7,71 +7,16 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::bpf::{self, types};
+use crate::bpf;
 use crate::cli::WatchArgs;
 use crate::cmd::{monotonic_to_realtime_offset, stop_flag, Session};
 use crate::output::pcapng::PcapNgExport;
-use crate::output::{Emitter, Format, Packet};
+use crate::output::{Emitter, Format};
+use crate::view::ingress::decode_record;
 
 /// The kernel wakes us only when 64 KiB of events wait (see WAKEUP_BYTES in
 /// bpf/ingress.bpf.c); polling this often bounds the latency of a quiet stream.
 const POLL_MS: u64 = 50;
-
-const EVENT_SIZE: usize = std::mem::size_of::<types::packet_event>();
-
-/// One ring-buffer record, decoded.
-pub struct LiveRecord<'a> {
-    pub ev: types::packet_event,
-    /// Wall-clock time, ns since the epoch.
-    pub ts_ns: u64,
-    /// The frame's first bytes, if the kernel copied them (else empty).
-    pub frame: &'a [u8],
-    /// The payload bytes the user asked for (--snaplen).
-    pub payload: Option<&'a [u8]>,
-}
-
-impl LiveRecord<'_> {
-    pub fn packet<'a>(&'a self, ifname: &'a str) -> Packet<'a> {
-        Packet {
-            ev: &self.ev,
-            ts_ns: self.ts_ns,
-            payload: self.payload,
-            frame: None,
-            netns: own_netns(),
-            ifname,
-        }
-    }
-}
-
-/// The inode of this process's network namespace, which is the namespace of
-/// the interface `watch` attached to.
-pub fn own_netns() -> Option<u32> {
-    use std::os::unix::fs::MetadataExt;
-    static NS: std::sync::OnceLock<Option<u32>> = std::sync::OnceLock::new();
-    *NS.get_or_init(|| std::fs::metadata("/proc/self/ns/net").ok().map(|m| m.ino() as u32))
-}
-
-/// Decodes one ring-buffer record: an event, maybe followed by the frame's
-/// first bytes.
-pub fn decode_record(data: &[u8], clock_offset: u64, snaplen: u32) -> Option<LiveRecord<'_>> {
-    let mut ev = types::packet_event::default();
-    plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
-    let frame = data.get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.cap_len)).unwrap_or(&[]);
-    let payload = payload_of(&ev, frame, snaplen);
-    Some(LiveRecord { ts_ns: ev.ts_ns + clock_offset, ev, frame, payload })
-}
-
-/// The payload bytes the user asked for (--snaplen) out of captured frame
-/// bytes; None without --snaplen.
-pub fn payload_of<'a>(ev: &types::packet_event, frame: &'a [u8], snaplen: u32) -> Option<&'a [u8]> {
-    if snaplen == 0 || ev.malformed != 0 {
-        return None;
-    }
-    let start = usize::from(ev.payload_off);
-    let len = (ev.payload_len as usize).min(snaplen as usize);
-    let end = frame.len().min(start.saturating_add(len));
-    Some(frame.get(start..end).unwrap_or(&[]))
-}
 
 pub fn run(args: &WatchArgs) -> Result<()> {
     let mut filter = args.filter.to_filter();
@@ -111,7 +56,7 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     );
     let stop = stop_flag()?;
     let session = Session::start(&args.attach, config, ringbuf_mib << 20)?;
-    session.announce("watching incoming TCP");
+    crate::cmd::announce(&session, "watching incoming TCP");
 
     let format = if args.json { Format::Json } else { Format::Text };
     let clock_offset = monotonic_to_realtime_offset();

@@ -13,9 +13,10 @@ use crate::bpf::lifecycle::types::conn_event;
 use crate::bpf::types::{self, packet_event};
 use crate::lifecycle::{self, has};
 use crate::model::{
-    malformed_name, FLAG_NAMES, IPF_DF, IPF_FRAG, IPF_HAS_ID, OPT_MPTCP, OPT_MSS, OPT_OTHER, OPT_SACK,
-    OPT_SACK_PERM, OPT_TFO, OPT_TS, OPT_WSCALE,
+    IPF_DF, IPF_FRAG, IPF_HAS_ID, OPT_MPTCP, OPT_MSS, OPT_OTHER, OPT_SACK, OPT_SACK_PERM, OPT_TFO, OPT_TS,
+    OPT_WSCALE,
 };
+use crate::names::{malformed_name, FLAG_NAMES};
 
 /// Longest line: fixed keys and numbers (< 1 KiB), two IPv6 addresses,
 /// 256 option kinds at 4 bytes, and 2 hex digits per payload byte.
@@ -214,7 +215,7 @@ fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
         IpAddr::V6(a) => ipv6(out, &a.octets()),
     };
     out.field(b"{\"ts_ns\":", ts_ns);
-    out.quoted(b",\"event\":", lifecycle::kind_name(e.kind));
+    out.quoted(b",\"event\":", crate::names::conn_kind_name(e.kind));
     // The key (lifecycle::conn_key): digits, dots, colons, brackets, a slash
     // and a dash, no escaping.
     out.field(b",\"conn\":\"", e.netns);
@@ -246,10 +247,10 @@ fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
         }
     }
     if has::state(e) {
-        out.quoted(b",\"state\":", lifecycle::state_name(e.newstate));
+        out.quoted(b",\"state\":", crate::names::state_name(e.newstate));
     }
     if has::old_state(e) {
-        out.quoted(b",\"old_state\":", lifecycle::state_name(e.oldstate));
+        out.quoted(b",\"old_state\":", crate::names::state_name(e.oldstate));
     }
     if has::latency(e) {
         out.field(b",\"latency_ns\":", e.latency_ns);

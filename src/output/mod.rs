@@ -48,13 +48,7 @@ impl Packet<'_> {
     /// The connection key, as `conns` prints it: local = destination.
     pub fn conn_key(&self) -> Option<String> {
         let ns = self.netns?;
-        let rec_addr = |raw: &[u8; 16]| -> std::net::IpAddr {
-            if self.ev.ip_version == 4 {
-                std::net::IpAddr::from([raw[0], raw[1], raw[2], raw[3]])
-            } else {
-                std::net::IpAddr::from(*raw)
-            }
-        };
+        let rec_addr = |raw: &[u8; 16]| crate::model::address(self.ev.ip_version, raw);
         Some(crate::lifecycle::conn_key(
             ns,
             rec_addr(&self.ev.dst),

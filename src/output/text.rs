@@ -72,11 +72,11 @@ pub fn format_text(r: &PacketRecord, ifname: &str) -> String {
         tcpdump_flags(r.flags_raw),
         r.seq
     );
-    if r.flags_raw & 0x010 != 0 {
+    if r.flags_raw & crate::model::TCPF_ACK != 0 {
         let _ = write!(s, ", ack {}", r.ack);
     }
     let _ = write!(s, ", win {}", r.window);
-    if r.flags_raw & 0x020 != 0 {
+    if r.flags_raw & crate::model::TCPF_URG != 0 {
         let _ = write!(s, ", urg {}", r.urgent_ptr);
     }
     let o = &r.options;

@@ -1,0 +1,121 @@
+//! `tcpscope block` and `tcpscope allow`: edit, list and save the rules of
+//! a running guard, through its pinned maps.
+
+use anyhow::{Context, Result};
+
+use crate::cli::{AllowArgs, AllowCmd, BlockArgs, BlockCmd};
+use crate::output::print_line;
+use crate::policy::{self, List, PolicyMaps, Rule};
+
+fn list(maps: &PolicyMaps, which: List, json: bool) -> Result<()> {
+    let (mut rules, _) = maps.list()?;
+    rules.retain(|r| r.rule.list == which);
+    rules.sort_by_key(|r| (r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port));
+    if rules.is_empty() {
+        // On stderr: standard output stays empty for scripts.
+        eprintln!("tcpscope: no {} rules", if which == List::Allow { "allow" } else { "block" });
+    }
+    for r in rules {
+        let line = if json {
+            serde_json::json!({
+                "list": if which == List::Allow { "allow" } else { "block" },
+                "cidr": format!("{}/{}", r.rule.cidr.addr, r.rule.cidr.prefix),
+                "port": r.rule.port, "hits": r.hits,
+                "expires_in_ms": r.expires_in.map(|d| d.as_millis() as u64),
+            })
+            .to_string()
+        } else {
+            let ttl = r.expires_in.map_or(String::new(), |d| format!(", expires in {:.1}s", d.as_secs_f64()));
+            format!("{}: {} hits{ttl}", policy::describe(&r.rule), r.hits)
+        };
+        if !print_line(&line) {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// The CIDRs of `block add` / `allow add`: as given, with `-` standing for
+/// standard input's lines (blank lines and # comments skipped). Every CIDR
+/// is checked before any rule is written.
+fn read_cidrs(args: &[String]) -> Result<Vec<crate::filter::Cidr>> {
+    let mut out = Vec::new();
+    for a in args {
+        if a != "-" {
+            out.push(a.parse().map_err(|e| crate::cli::UsageError(format!("{e}")))?);
+            continue;
+        }
+        for (i, line) in std::io::stdin().lines().enumerate() {
+            let line = line.context("reading CIDRs from standard input")?;
+            let t = line.split('#').next().unwrap_or("").trim();
+            if !t.is_empty() {
+                out.push(
+                    t.parse()
+                        .map_err(|e| crate::cli::UsageError(format!("standard input line {}: {e}", i + 1)))?,
+                );
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn block(args: &BlockArgs) -> Result<()> {
+    // The input is checked before any guard is looked for.
+    let adding = match &args.cmd {
+        BlockCmd::Add { cidrs, port, ttl } => read_cidrs(cidrs)?
+            .into_iter()
+            .map(|cidr| Rule { list: List::Block, cidr, port: *port, ttl: *ttl })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let maps = PolicyMaps::open(args.guard.id().as_deref())?;
+    match &args.cmd {
+        BlockCmd::Add { .. } => maps.add_many(&adding),
+        BlockCmd::Del { cidr, port } => {
+            maps.delete(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: None })
+        }
+        BlockCmd::List { json } => list(&maps, List::Block, *json),
+        BlockCmd::Flush => {
+            let n = maps.flush(List::Block)?;
+            eprintln!("tcpscope: {n} block rules removed");
+            Ok(())
+        }
+        BlockCmd::Save { file } => {
+            let (mut rules, _) = maps.list()?;
+            rules.sort_by_key(|r| {
+                (r.rule.list == List::Allow, r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port)
+            });
+            let text = policy::to_rules_file(&rules);
+            if file.as_os_str() == "-" {
+                print_line(text.trim_end());
+            } else {
+                std::fs::write(file, text).with_context(|| format!("cannot write '{}'", file.display()))?;
+                eprintln!("tcpscope: {} rules saved to {}", rules.len(), file.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+pub fn allow(args: &AllowArgs) -> Result<()> {
+    let adding = match &args.cmd {
+        AllowCmd::Add { cidrs, ttl } => read_cidrs(cidrs)?
+            .into_iter()
+            .map(|cidr| Rule { list: List::Allow, cidr, port: None, ttl: *ttl })
+            .collect(),
+        _ => Vec::new(),
+    };
+    let maps = PolicyMaps::open(args.guard.id().as_deref())?;
+    match &args.cmd {
+        AllowCmd::Add { .. } => maps.add_many(&adding),
+        AllowCmd::Del { cidr } => {
+            maps.delete(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None })
+        }
+        AllowCmd::List { json } => list(&maps, List::Allow, *json),
+        AllowCmd::Flush => {
+            let n = maps.flush(List::Allow)?;
+            eprintln!("tcpscope: {n} allow rules removed");
+            Ok(())
+        }
+    }
+}

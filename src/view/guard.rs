@@ -1,0 +1,209 @@
+//! The guard view: the ingress programs with the rules on, their maps
+//! pinned for `tcpscope block` / `tcpscope allow` to edit while it runs,
+//! and, for the connection limit and the SYN-to-handshake ratio, the
+//! lifecycle tracepoints. Starting it claims the interface, takes over (or
+//! carries over) the rules of the guard before it, loads the rules file,
+//! attaches, and returns every error; what the user should hear on the way
+//! is kept in `notes`. Dropping it detaches and releases the claim. It
+//! never prints.
+
+use anyhow::{Context, Result};
+
+use crate::bpf::attach::HookKind;
+use crate::bpf::lifecycle::Lifecycle;
+use crate::bpf::{self, preflight};
+use crate::cli::GuardArgs;
+use crate::filter::EventFilter;
+use crate::policy::{self, PolicyMaps, Rule};
+use crate::view::ingress::Session;
+
+/// Releases the guard's claim however it ends: the pid file and counters
+/// go; the rules stay pinned for the next guard, unless the interface went
+/// away (then they go too).
+struct Claim {
+    id: String,
+    interface_gone: std::cell::Cell<bool>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.interface_gone.get() {
+            policy::release_all(&self.id);
+        } else {
+            policy::release(&self.id);
+        }
+    }
+}
+
+/// A running guard. Fields drop in order: the tracepoints, the maps, the
+/// programs (detached), then the claim.
+pub struct Guard {
+    /// The lifecycle programs, when the connection limit is on and the
+    /// kernel has their tracepoints.
+    pub lc: Option<Lifecycle>,
+    pub maps: PolicyMaps,
+    pub session: Session,
+    /// Rules in the lists once started.
+    pub kept: usize,
+    /// What the user should be told about how it started.
+    pub notes: Vec<String>,
+    /// The guard's id: interface, and network namespace if named.
+    pub id: String,
+    /// The network namespace (inode) of the guarded interface.
+    pub netns: u32,
+    claim: Claim,
+}
+
+/// The rules of a rules file, read and checked.
+pub fn read_rules_file(f: &std::path::Path) -> Result<Vec<Rule>> {
+    policy::parse_rules(&policy::read_rules_text(f)?, &f.display().to_string())
+}
+
+impl Guard {
+    /// Everything that can be wrong with the input fails before attaching.
+    /// Enters the guard's network namespace (for this thread).
+    pub fn start(args: &GuardArgs) -> Result<Guard> {
+        let rules = match &args.rules {
+            Some(f) => read_rules_file(f)?,
+            None => Vec::new(),
+        };
+        preflight::check_privileges()?;
+        if let Some(ns) = &args.attach.netns {
+            crate::bpf::attach::enter_netns(ns)?;
+        }
+        crate::bpf::attach::ifindex(&args.attach.iface)?;
+        let mut notes = Vec::new();
+        let netns = crate::view::ingress::own_netns().unwrap_or(0);
+        let iface = policy::guard_id(&args.attach.iface, args.attach.netns.as_deref());
+        let claimed = policy::claim(&iface)?;
+        if claimed.private_pins {
+            notes.push("warning: /sys/fs/bpf was not mounted in this mount namespace (as under `ip netns exec`), so the guard mounted its own: its rules end when it stops, and `tcpscope block` elsewhere cannot reach them; run `tcpscope guard --netns NAME` instead".to_string());
+        }
+        let dir = claimed.dir;
+        let claim = Claim { id: iface.clone(), interface_gone: std::cell::Cell::new(false) };
+
+        let mut config = EventFilter::default().to_kernel(false)?;
+        config.policy = 1;
+        config.lean = u8::from(!args.inspect);
+        config.drop_unparsable = u8::from(args.unparsable == crate::cli::Unparsable::Drop);
+        // XDP by default here: dropping before an skb exists is the point.
+        let hook = args.attach.hook.unwrap_or(HookKind::Xdp);
+        // --mitigate implies --enforce: a source over the connection limit
+        // gets no new connection, besides being blocked for a while.
+        let enforce = (args.enforce || args.mitigate) && args.conn_limit > 0;
+        let detect = crate::bpf::types::detect_config {
+            enabled: u8::from(!args.no_detect),
+            scan_ports: args.scan_ports,
+            scan_window_ns: args.scan_window.as_nanos() as u64,
+            syn_rate: args.syn_rate,
+            syn_burst: args.syn_burst.max(1),
+            alert_interval_ns: args.alert_interval.as_nanos() as u64,
+            mitigate_ttl_ns: if args.mitigate { args.mitigate_ttl.as_nanos() as u64 } else { 0 },
+            conn_limit: args.conn_limit,
+            netns,
+            enforce_conn_limit: u8::from(enforce),
+            ..Default::default()
+        };
+        let opts = bpf::LoadOptions {
+            ringbuf_bytes: 4096,
+            detect,
+            reuse_pins: Some((dir.clone(), &policy::RULE_MAPS[..])),
+            ..bpf::LoadOptions::new(config)
+        };
+        let fresh_maps = !policy::RULE_MAPS.iter().any(|m| dir.join(m).exists());
+        // The rules of the guard before this one, taken over as they are; or,
+        // if its maps do not fit this version's, copied into new ones.
+        let (mut session, carried) = match Session::start_with(&args.attach, hook, opts.clone()) {
+            Ok(s) => (s, Vec::new()),
+            Err(e) if policy::RULE_MAPS.iter().any(|m| dir.join(m).exists()) => {
+                let saved = policy::read_pinned(&dir)?;
+                for m in policy::RULE_MAPS {
+                    let _ = std::fs::remove_file(dir.join(m));
+                }
+                let fresh = bpf::LoadOptions { reuse_pins: None, ..opts };
+                let s = Session::start_with(&args.attach, hook, fresh)
+                    .map_err(|e2| e2.context(format!("{e:#}")))?;
+                notes.push(format!(
+                    "{} rules carried over from the earlier guard's maps into new ones",
+                    saved.len()
+                ));
+                (s, saved)
+            }
+            Err(e) => return Err(e),
+        };
+        {
+            use libbpf_rs::skel::Skel;
+            use libbpf_rs::MapCore;
+            for mut m in session.skel.object_mut().maps_mut() {
+                let name = m.name().to_string_lossy().into_owned();
+                if policy::MAPS.contains(&name.as_str()) && !dir.join(&name).exists() {
+                    m.pin(dir.join(&name))
+                        .with_context(|| format!("pinning map {name} in {}", dir.display()))?;
+                }
+            }
+        }
+        let maps = PolicyMaps::open(Some(&iface))?;
+        maps.restore(&carried)?;
+        let added = if args.rules.is_some() { maps.sync_file_rules(&iface, &rules)?.0 } else { 0 };
+        drop(rules);
+        // Maps made new hold what was just written, every write checked: no
+        // need to walk a million rules again (1 s) to count them.
+        let kept = if fresh_maps && carried.is_empty() { added } else { maps.count() };
+        // Connection limit: counted in the kernel by the lifecycle tracepoints,
+        // which report only peers over the limit; alerts are rate-limited here.
+        let lc = if args.conn_limit > 0 && (!args.no_detect || enforce) {
+            let cfg = crate::bpf::lifecycle::types::lifecycle_config {
+                conn_limit: args.conn_limit,
+                count_handshakes: 1,
+                ..Default::default()
+            };
+            // Without the lifecycle tracepoints the guard still guards: these
+            // two detectors are the only casualties, and the user is told.
+            use std::os::fd::AsFd;
+            let shared = session.skel.maps.peer_conns.as_fd();
+            match crate::bpf::lifecycle::start(
+                cfg,
+                Some(crate::bpf::lifecycle::GUARD_TRACEPOINTS),
+                None,
+                Some(shared),
+            ) {
+                Ok(lc) => Some(lc),
+                Err(e) => {
+                    notes.push(format!("connection limit and SYN-to-handshake ratio unavailable: {e:#}"));
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Guard { lc, maps, session, kept, notes, id: iface, netns, claim })
+    }
+
+    /// The interface went away: the rules go with it when the guard ends.
+    pub fn interface_gone(&self) {
+        self.claim.interface_gone.set(true);
+    }
+
+    /// SIGHUP: the rules file again, runtime rules untouched. Returns
+    /// (added, removed).
+    pub fn reload(&self, file: &std::path::Path) -> Result<(usize, usize)> {
+        read_rules_file(file).and_then(|rules| self.maps.sync_file_rules(&self.id, &rules))
+    }
+
+    /// SYNs without ACK seen by the programs, and handshakes completed in
+    /// the guard's namespace, so far: the SYN-to-handshake ratio's inputs.
+    pub fn syns_and_handshakes(&self) -> Option<(u64, u64)> {
+        use libbpf_rs::MapCore;
+        let lc = self.lc.as_ref()?;
+        let syns = self.session.counters().ok()?.0.syn_no_ack;
+        let done = lc
+            .skel
+            .maps
+            .handshakes
+            .lookup(&self.netns.to_ne_bytes(), libbpf_rs::MapFlags::ANY)
+            .ok()
+            .flatten()
+            .map_or(0, |v| u64::from_ne_bytes(v[..8].try_into().unwrap_or([0; 8])));
+        Some((syns, done))
+    }
+}

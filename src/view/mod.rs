@@ -1,0 +1,6 @@
+//! Views: components that start kernel programs, yield typed records and
+//! snapshot counters, and detach when dropped. None of them prints; the
+//! commands in [`crate::cmd`] wire them to outputs.
+
+pub mod guard;
+pub mod ingress;
