@@ -129,7 +129,8 @@ impl Cidr {
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        ip.is_ipv4() == self.addr.is_ipv4() && Cidr { addr: ip, prefix: self.prefix }.network() == self.network()
+        ip.is_ipv4() == self.addr.is_ipv4()
+            && Cidr { addr: ip, prefix: self.prefix }.network() == self.network()
     }
 }
 

@@ -4,6 +4,7 @@
 //! ([`bpf`]) → owned records ([`model`]) → presentation ([`output`]).
 //! The commands in [`cmd`] wire those together; [`cli`] only parses.
 
+pub mod bench;
 pub mod bpf;
 pub mod capture;
 pub mod cli;

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use tcpscope::cli::{BenchWhat, Cli, Command};
+use tcpscope::cli::{Cli, Command};
 use tcpscope::{bpf, cmd};
 
 fn main() -> ExitCode {
@@ -19,12 +19,7 @@ fn main() -> ExitCode {
         Command::Block(a) => cmd::rules::block(a),
         Command::Allow(a) => cmd::rules::allow(a),
         Command::Latency(a) => cmd::latency::run(a),
-        Command::Bench(a) => match a.what {
-            BenchWhat::Programs => cmd::bench::run(a),
-            BenchWhat::Read => cmd::bench_read::run(a),
-            BenchWhat::Conns => cmd::bench_conns::run(a),
-            BenchWhat::Rules => cmd::bench_rules::run(a),
-        },
+        Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };
     match result {

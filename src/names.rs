@@ -179,8 +179,10 @@ mod tests {
         assert!(last.ends_with("_MAX") || last.ends_with("KINDS"), "{enum_name} ends with its count: {last}");
         for (c_name, value) in &all[..all.len() - 1] {
             let own = c_name.strip_prefix(prefix).unwrap_or_else(|| panic!("{c_name} starts with {prefix}"));
-            let want =
-                renamed.iter().find(|(c, _)| c == c_name).map_or(own.to_ascii_lowercase(), |(_, n)| n.to_string());
+            let want = renamed
+                .iter()
+                .find(|(c, _)| c == c_name)
+                .map_or(own.to_ascii_lowercase(), |(_, n)| n.to_string());
             let got = name_of(*value as u8);
             assert!(
                 got.eq_ignore_ascii_case(&want),

@@ -1,9 +1,6 @@
 //! The subcommands: each wires the kernel side to an output.
 
 pub mod bench;
-pub mod bench_conns;
-pub mod bench_read;
-pub mod bench_rules;
 pub mod conns;
 pub mod demo;
 pub mod guard;

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
+use super::{median, Report};
 use crate::cli::BenchArgs;
-use crate::output::print_line;
 use crate::testhost::{pin_to, ChildGuard, TestHosts, SERVER_V4};
 
 const PORT: u16 = 5202;
@@ -109,7 +109,7 @@ fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<Round> {
     Ok(Round { rate, cpu_ns_per_conn: busy as f64 / n.max(1) as f64 })
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     crate::bpf::preflight::check_privileges()?;
     let (client_cpu, server_cpu) = match args.cpu[..] {
         [] => (None, None),
@@ -212,16 +212,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let _ = TestHosts::run_in(&hosts.client_ns, || TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))))
         .join();
     let _ = server.join();
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
     let placement = match (client_cpu, server_cpu) {
         (Some(c), Some(s)) if c == s => format!("client and server on CPU {c}"),
         (Some(c), Some(s)) => format!("client on CPU {c}, server on CPU {s}"),
         _ => "placed by the scheduler".to_string(),
     };
-    print_line(&format!(
+    out.line(&format!(
         "bench conns: short-connection loop between test hosts ({placement}), {rounds} rounds x {}s per \
          case; median rate, the median (min-max) of each round's ratio to its own baseline, the \
          machine's busy CPU time per connection (median, and the median of each round's change from \
@@ -244,7 +240,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             Case::Conns(_) => format!("   lost {}", lost[case]),
             _ => String::new(),
         };
-        print_line(&format!(
+        out.line(&format!(
             "{name:<42} {rate:>8.0} conn/s   ratio {ratio:.3} ({lo:.2}-{hi:.2})   CPU {cpu_us:>5.1} us/conn \
              ({cpu_change:+5.1}%)   getppid {syscall:>4.0} ns{lost}"
         ));

@@ -9,10 +9,10 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle, ProgramInput};
 
+use super::{median, Report};
 use crate::bpf::{self, LoadOptions};
 use crate::cli::BenchArgs;
 use crate::filter::{Cidr, EventFilter};
-use crate::output::print_line;
 use crate::policy::{rule_key, List, Rule};
 use crate::testhost::{TestHosts, SERVER_IF};
 use crate::testpkt;
@@ -119,11 +119,6 @@ fn put(map: &MapHandle, key: &[u8], value: u64) -> Result<()> {
     Ok(())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
-
 /// `frame` (untagged Ethernet, IPv4 or IPv6) with its source address replaced.
 fn with_source(mut frame: Vec<u8>, src: std::net::IpAddr) -> Vec<u8> {
     match src {
@@ -138,7 +133,7 @@ fn with_source(mut frame: Vec<u8>, src: std::net::IpAddr) -> Vec<u8> {
 /// the same minimal program (bpf/baseline.bpf.c) holding the same rules.
 /// Sources: covered by no rule (the hash tries every length in use), and
 /// covered by a /32 rule (the trie walks to its deepest level).
-fn bench_structures(args: &BenchArgs, repeat: u32) -> Result<()> {
+fn bench_structures(args: &BenchArgs, repeat: u32, out: &mut dyn Report) -> Result<()> {
     let mut skel = bpf::load_baseline(false)?;
     let hit32 = nth_rule(8); // i % 2 == 0, lens[(8 / 2) % 5] = 32
     let cases: [(&str, Vec<u8>); 3] = [
@@ -146,15 +141,15 @@ fn bench_structures(args: &BenchArgs, repeat: u32) -> Result<()> {
         ("pass v6", testpkt::syn_v6()),
         ("hit v4 /32", with_source(testpkt::syn_v4(), hit32.addr)),
     ];
-    print_line("");
-    print_line(&format!(
+    out.line("");
+    out.line(&format!(
         "rule lookup structure, same minimal program and rules: median ns/packet, LPM trie / hash per prefix length (repeat {repeat})"
     ));
     let mut head = format!("{:>8}", "rules");
     for (name, _) in &cases {
         head.push_str(&format!(" {:>20}", name));
     }
-    print_line(&head);
+    out.line(&head);
     let (mut lens4, mut lens6) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
     let mut added = 0;
     for n in COUNTS {
@@ -195,14 +190,14 @@ fn bench_structures(args: &BenchArgs, repeat: u32) -> Result<()> {
             }
             row.push_str(&format!(" {:>20}", format!("{:.1} / {:.1}", median(lpm), median(hash))));
         }
-        if !print_line(&row) {
+        if !out.line(&row) {
             break;
         }
     }
     Ok(())
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     bpf::preflight::check_privileges()?;
     let mut cfg = EventFilter::default().to_kernel(false)?;
     cfg.policy = 1;
@@ -215,10 +210,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let repeat = args.repeat.min(1_000_000);
     let rounds = args.rounds.max(1);
 
-    print_line(&format!(
+    out.line(&format!(
         "bench rules: BPF_PROG_TEST_RUN, {repeat} repeats x {rounds} rounds, median ns/packet; a SYN whose source no rule covers (pass), and one that a rule drops"
     ));
-    print_line(&format!(
+    out.line(&format!(
         "{:>8} {:>16} {:>16} {:>8} | {:>16} {:>16}",
         "rules", "tcpscope pass", "xdp-filter pass", "ratio", "tcpscope drop", "xdp-filter drop"
     ));
@@ -272,7 +267,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             m.update(&key, &[0u8; 16], MapFlags::ANY)?;
             let ours_drop = median1(&mut || run_ours(&pass))?;
             m.delete(&key)?;
-            print_line(&format!(
+            out.line(&format!(
                 "{n:>8} {ours_pass:>16.1} {:>16} {:>8} | {ours_drop:>16.1} {:>16}   (xdp-filter's maps hold {full} entries at most)",
                 "full", "-", "full"
             ));
@@ -287,12 +282,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             paired(&mut || run_ours(&pass), &mut || test_run_fd(&xf_prog, &pass, repeat))?;
         m.delete(&key)?;
         xf_v4.delete(&[198, 18, 0, 1])?;
-        if !print_line(&format!(
+        if !out.line(&format!(
             "{n:>8} {ours_pass:>16.1} {xf_pass:>16.1} {:>7.2}x | {ours_drop:>16.1} {xf_drop:>16.1}",
             ours_pass / xf_pass
         )) {
             return Ok(());
         }
     }
-    bench_structures(args, repeat)
+    bench_structures(args, repeat, out)
 }

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
+use super::Report;
 use crate::cli::BenchArgs;
-use crate::output::print_line;
 use crate::testhost::{ChildGuard, TestHosts, SERVER_IF};
 
 /// Makes a capture of `packets` packets of bulk TCP between two test hosts,
@@ -114,7 +114,7 @@ fn count_packets(file: &Path) -> Result<u64> {
     Ok(n)
 }
 
-pub fn run(args: &BenchArgs) -> Result<()> {
+pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     // --capture FILE: use it if it exists, else make it there and keep it.
     let file: PathBuf = args
         .capture
@@ -122,16 +122,16 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         .unwrap_or_else(|| std::env::temp_dir().join(format!("tcpscope-bench-{}.pcap", std::process::id())));
     if !file.exists() {
         crate::bpf::preflight::check_privileges()?; // test hosts need root
-        eprintln!(
+        out.note(&format!(
             "bench read: capturing {} packets of bulk TCP between test hosts (snaplen 96)...",
             args.packets
-        );
+        ));
         make_capture(args.packets, &file)?;
     }
     let packets = count_packets(&file)?;
     let size = std::fs::metadata(&file)?.len();
     let exe = std::env::current_exe()?;
-    if !print_line(&format!(
+    if !out.line(&format!(
         "bench read: {} ({} packets, {:.1} MiB), {} rounds, median",
         file.display(),
         packets,
@@ -151,7 +151,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     // holds: a reader that dropped packets must not look faster for it.
     let printed = ours.iter().filter_map(|o| printed_of(&o.2)).min().unwrap_or(0);
     if printed != packets {
-        eprintln!("bench read: tcpscope printed {printed} of the capture's {packets} packets (the rest are not TCP)");
+        out.note(&format!("bench read: tcpscope printed {printed} of the capture's {packets} packets (the rest are not TCP)"));
     }
     let med = |v: &mut Vec<(f64, u64, String)>| {
         v.sort_by(|a, b| a.0.total_cmp(&b.0));
@@ -159,22 +159,22 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     let (o, t) = (med(&mut ours), med(&mut theirs));
     let (ops, tps) = (printed as f64 / o.0, packets as f64 / t.0);
-    print_line(&format!("{:<32} {:>12} {:>10} {:>12}", "decoder", "packets/s", "seconds", "peak RSS"));
-    print_line(&format!(
+    out.line(&format!("{:<32} {:>12} {:>10} {:>12}", "decoder", "packets/s", "seconds", "peak RSS"));
+    out.line(&format!(
         "{:<32} {:>12.0} {:>10.2} {:>9.1} MiB",
         "tcpscope read --json",
         ops,
         o.0,
         o.1 as f64 / 1024.0
     ));
-    print_line(&format!(
+    out.line(&format!(
         "{:<32} {:>12.0} {:>10.2} {:>9.1} MiB",
         "tcpdump -nn -v -r",
         tps,
         t.0,
         t.1 as f64 / 1024.0
     ));
-    print_line(&format!("ratio: tcpscope decodes {:.1}x the packets/s of tcpdump", ops / tps));
+    out.line(&format!("ratio: tcpscope decodes {:.1}x the packets/s of tcpdump", ops / tps));
     if args.capture.is_none() {
         let _ = std::fs::remove_file(&file);
     }

@@ -1,0 +1,140 @@
+//! `tcpscope bench`: ns/packet of the ingress programs through
+//! BPF_PROG_TEST_RUN, side by side with empty programs, in one run.
+//!
+//! Figures are printed, never asserted: this is a noisy VM. Each case is
+//! measured `rounds` times, interleaved with the others, and the median kept.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use libbpf_rs::{ProgramInput, ProgramMut};
+
+use super::Report;
+use crate::bpf::{self, preflight, LoadOptions};
+use crate::cli::BenchArgs;
+use crate::filter::EventFilter;
+use crate::testpkt;
+
+/// ns per run of `prog` on `frame`, as the kernel measured it.
+pub fn ns_per_packet(prog: &ProgramMut<'_>, frame: &[u8], repeat: u32) -> Result<f64> {
+    let input = ProgramInput { data_in: Some(frame), repeat, ..Default::default() };
+    let out = prog.test_run(input).context("BPF_PROG_TEST_RUN")?;
+    Ok(out.duration.as_nanos() as f64)
+}
+
+use super::median;
+
+/// Reports a line; a reader that has gone (a closed stdout) ends the
+/// benchmark quietly.
+macro_rules! emit {
+    ($out:expr, $($arg:tt)*) => {
+        if !$out.line(&format!($($arg)*)) {
+            return Ok(());
+        }
+    };
+}
+
+pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
+    preflight::check_privileges()?;
+    let rounds = args.rounds.max(1);
+    let packets: [(&str, Vec<u8>); 6] = [
+        ("SYN+options v4", testpkt::syn_v4()),
+        ("SYN, other layout", testpkt::syn_v4_windows_options()),
+        ("ACK v4", testpkt::pad_to_min_frame(testpkt::ack_v4())),
+        ("SYN+options v6", testpkt::syn_v6()),
+        ("SYN+options VLAN", testpkt::syn_vlan()),
+        ("UDP (non-TCP)", testpkt::udp_v4()),
+    ];
+
+    let baseline = bpf::load_baseline(false)?;
+    // Events on, but a filter that matches none of the packets: parse, count,
+    // filter, no ring buffer write. This is the figure the target refers to.
+    let filtered_cfg = EventFilter { dports: vec![9], ..Default::default() }.to_kernel(true)?;
+    let filtered = bpf::load_ingress(&LoadOptions::new(filtered_cfg))?;
+    // Events on for every TCP packet, with a consumer draining the ring.
+    let all = bpf::load_ingress(&LoadOptions::new(EventFilter::default().to_kernel(true)?))?;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let events_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let handle = libbpf_rs::MapHandle::try_from(&all.maps.events).context("ring buffer handle")?;
+    let consumer = {
+        let stop = stop.clone();
+        let events_read = events_read.clone();
+        std::thread::spawn(move || -> Result<()> {
+            let mut b = libbpf_rs::RingBufferBuilder::new();
+            b.add(&handle, |_d: &[u8]| {
+                events_read.fetch_add(1, Ordering::Relaxed);
+                0
+            })?;
+            let ring = b.build()?;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = ring.poll(Duration::from_millis(10));
+                let _ = ring.consume(); // events submitted without a wakeup
+            }
+            let _ = ring.consume();
+            Ok(())
+        })
+    };
+
+    emit!(
+        out,
+        "tcpscope bench: BPF_PROG_TEST_RUN, {} repeats x {} rounds per case, median ns/packet (ratio to the empty program of the same hook)",
+        args.repeat, rounds
+    );
+    emit!(
+        out,
+        "{:<18} {:>9} {:>17} {:>17} | {:>9} {:>17} {:>17}",
+        "packet",
+        "empty xdp",
+        "xdp filtered",
+        "xdp events",
+        "empty tc",
+        "tc filtered",
+        "tc events"
+    );
+    for (name, frame) in &packets {
+        let progs: [&ProgramMut<'_>; 6] = [
+            &baseline.progs.baseline_xdp_pass,
+            &filtered.progs.tcpscope_xdp,
+            &all.progs.tcpscope_xdp,
+            &baseline.progs.baseline_tc_ok,
+            &filtered.progs.tcpscope_tc,
+            &all.progs.tcpscope_tc,
+        ];
+        let mut samples: Vec<Vec<f64>> = vec![Vec::new(); progs.len()];
+        for _ in 0..rounds {
+            for (i, p) in progs.iter().enumerate() {
+                samples[i].push(ns_per_packet(p, frame, args.repeat)?);
+            }
+        }
+        let m: Vec<f64> = samples.into_iter().map(median).collect();
+        emit!(
+        out,
+            "{:<18} {:>9.1} {:>9.1} ({:>4.2}x) {:>9.1} ({:>4.2}x) | {:>9.1} {:>9.1} ({:>4.2}x) {:>9.1} ({:>4.2}x)",
+            name,
+            m[0],
+            m[1],
+            m[1] / m[0],
+            m[2],
+            m[2] / m[0],
+            m[3],
+            m[4],
+            m[4] / m[3],
+            m[5],
+            m[5] / m[3]
+        );
+    }
+    stop.store(true, Ordering::Relaxed);
+    consumer.join().map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
+    let c = bpf::read_counters(&all)?;
+    emit!(
+        out,
+        "events run: {} emitted, {} read by the consumer, {} lost (ring buffer full while the consumer lagged)",
+        c.0.events,
+        events_read.load(Ordering::Relaxed),
+        c.0.events_lost
+    );
+    Ok(())
+}
