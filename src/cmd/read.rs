@@ -1,75 +1,16 @@
 //! `tcpscope read`: decode a pcap/pcapng capture offline, without
 //! privileges, into the same text and JSON as `watch`.
 
-use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Read};
-use std::sync::mpsc;
 
 use anyhow::{Context, Result};
 
-use crate::bpf::types::packet_event;
 use crate::capture::Capture;
 use crate::cli::ReadArgs;
-use crate::decode::{self, Outcome};
-use crate::names::malformed_name;
-use crate::output::{Emitter, Format, Packet};
-use crate::view::ingress::payload_of;
+use crate::output::{Emitter, Format};
+use crate::view::capture::read_packets;
 
-/// What a read found, by kind; printed at the end.
-#[derive(Debug, Default)]
-pub struct ReadSummary {
-    pub packets: u64,
-    pub tcp: u64,
-    pub printed: u64,
-    pub filtered_out: u64,
-    pub skipped: BTreeMap<&'static str, u64>,
-    pub malformed: BTreeMap<&'static str, u64>,
-}
-
-impl ReadSummary {
-    pub fn line(&self) -> String {
-        let join = |m: &BTreeMap<&str, u64>| {
-            m.iter().map(|(k, v)| format!("{k} {v}")).collect::<Vec<_>>().join(", ")
-        };
-        let skipped: u64 = self.skipped.values().sum();
-        let malformed: u64 = self.malformed.values().sum();
-        format!(
-            "tcpscope: {} packets: tcp {} (printed {}, filtered out {}); skipped {}{}; malformed {}{}",
-            self.packets,
-            self.tcp,
-            self.printed,
-            self.filtered_out,
-            skipped,
-            if skipped > 0 { format!(" ({})", join(&self.skipped)) } else { String::new() },
-            malformed,
-            if malformed > 0 { format!(" ({})", join(&self.malformed)) } else { String::new() },
-        )
-    }
-}
-
-/// Packets decoded by the reader thread, for the writer. Bounded, reused.
-struct Batch {
-    /// Interface name of every packet in the batch (a new batch starts when
-    /// it changes, which only multi-interface pcapng files do).
-    ifname: String,
-    items: Vec<Item>,
-    /// Payload bytes of all items, back to back.
-    payload: Vec<u8>,
-}
-
-struct Item {
-    ev: packet_event,
-    ts_ns: u64,
-    frame: u64,
-    payload: Option<(usize, usize)>,
-}
-
-const BATCH: usize = 2048;
-
-/// Two threads, because on this path formatting costs about three times
-/// decoding: the reader thread reads, decodes and filters; this thread
-/// formats and writes. Memory stays constant: a few batches in flight.
 pub fn run(args: &ReadArgs) -> Result<()> {
     let input: Box<dyn Read + Send> = if args.file == "-" {
         Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
@@ -84,127 +25,10 @@ pub fn run(args: &ReadArgs) -> Result<()> {
     filter.to_kernel(true)?; // the same limits as live mode
     let format = if args.json { Format::Json } else { Format::Text };
     let limit = args.count.unwrap_or(u64::MAX);
-
-    let (full_tx, full_rx) = mpsc::sync_channel::<Batch>(4);
-    let (empty_tx, empty_rx) = mpsc::sync_channel::<Batch>(8);
-    for _ in 0..6 {
-        let _ = empty_tx.send(Batch {
-            ifname: String::new(),
-            items: Vec::with_capacity(BATCH),
-            payload: Vec::new(),
-        });
-    }
-    let reader = std::thread::spawn(move || decode_all(cap, filter, limit, full_tx, empty_rx));
-
     let mut out = Emitter::new(BufWriter::with_capacity(1 << 16, io::stdout().lock()), format);
-    let mut printed = 0u64;
-    for batch in full_rx.iter() {
-        let mut closed = false;
-        for it in &batch.items {
-            let packet = Packet {
-                ev: &it.ev,
-                ts_ns: it.ts_ns,
-                payload: it.payload.map(|(a, b)| &batch.payload[a..b]),
-                frame: Some(it.frame),
-                netns: None,
-                ifname: &batch.ifname,
-            };
-            if out.emit(&packet).is_err() {
-                closed = true; // stdout closed (`| head`)
-                break;
-            }
-            printed += 1;
-        }
-        if closed {
-            break; // dropping the receivers stops the reader
-        }
-        // The reader may have finished already (end of file): its batches
-        // still queued in `full_rx` must be printed, so a failed return of
-        // this empty batch is no reason to stop reading them.
-        let _ = empty_tx.send(batch);
-    }
-    drop(full_rx);
-    drop(empty_tx);
+    // A failed write is a closed stdout (`| head`): reading stops.
+    let (summary, result) = read_packets(cap, filter, limit, |p| out.emit(p).is_ok())?;
     let _ = out.flush();
-    let (mut summary, result) = reader.join().map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
-    summary.printed = printed;
     eprintln!("{}", summary.line());
     result.with_context(|| format!("reading '{}'", args.file))
-}
-
-/// The reader thread: capture → decode → filter → batches.
-fn decode_all<R: Read>(
-    mut cap: Capture<R>,
-    filter: crate::filter::EventFilter,
-    limit: u64,
-    full: mpsc::SyncSender<Batch>,
-    empty: mpsc::Receiver<Batch>,
-) -> (ReadSummary, Result<()>) {
-    let mut s = ReadSummary::default();
-    let sample = u64::from(filter.sample_every.max(1));
-    let (mut matched, mut sent) = (0u64, 0u64);
-    let mut ev = packet_event::default();
-    let Ok(mut batch) = empty.recv() else { return (s, Ok(())) };
-    batch.items.clear();
-    batch.payload.clear();
-    let mut result = Ok(());
-    while sent < limit {
-        let frame = match cap.next_frame() {
-            None => break,
-            Some(Ok(f)) => f,
-            Some(Err(e)) => {
-                result = Err(e);
-                break;
-            }
-        };
-        s.packets += 1;
-        match decode::decode(frame.link, frame.data, frame.orig_len, &mut ev) {
-            Outcome::Skipped(why) => *s.skipped.entry(why.name()).or_default() += 1,
-            Outcome::Malformed(r) => *s.malformed.entry(malformed_name(r)).or_default() += 1,
-            Outcome::Tcp => {
-                s.tcp += 1;
-                if ev.malformed != 0 {
-                    *s.malformed.entry(malformed_name(ev.malformed)).or_default() += 1;
-                }
-                if !filter.matches(ev.sport, ev.dport, address(&ev, true), address(&ev, false), ev.flags_raw)
-                {
-                    s.filtered_out += 1;
-                    continue;
-                }
-                matched += 1;
-                if (matched - 1) % sample != 0 {
-                    continue;
-                }
-                if batch.items.len() == BATCH || (batch.ifname != frame.ifname && !batch.items.is_empty()) {
-                    if full.send(batch).is_err() {
-                        return (s, result);
-                    }
-                    let Ok(b) = empty.recv() else { return (s, result) };
-                    batch = b;
-                    batch.items.clear();
-                    batch.payload.clear();
-                }
-                if batch.ifname != frame.ifname {
-                    batch.ifname.clear();
-                    batch.ifname.push_str(frame.ifname);
-                }
-                ev.ifindex = frame.iface;
-                let payload = payload_of(&ev, frame.data, filter.snaplen).map(|p| {
-                    let start = batch.payload.len();
-                    batch.payload.extend_from_slice(p);
-                    (start, batch.payload.len())
-                });
-                batch.items.push(Item { ev, ts_ns: frame.ts_ns, frame: s.packets, payload });
-                sent += 1;
-            }
-        }
-    }
-    if !batch.items.is_empty() {
-        let _ = full.send(batch);
-    }
-    (s, result)
-}
-
-fn address(ev: &packet_event, src: bool) -> std::net::IpAddr {
-    crate::model::address(ev.ip_version, if src { &ev.src } else { &ev.dst })
 }

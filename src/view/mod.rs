@@ -2,5 +2,6 @@
 //! snapshot counters, and detach when dropped. None of them prints; the
 //! commands in [`crate::cmd`] wire them to outputs.
 
+pub mod capture;
 pub mod guard;
 pub mod ingress;
