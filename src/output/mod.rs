@@ -3,6 +3,7 @@
 
 pub mod alert;
 pub mod json;
+pub mod latency;
 pub mod pcapng;
 mod text;
 

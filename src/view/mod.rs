@@ -3,5 +3,7 @@
 //! commands in [`crate::cmd`] wire them to outputs.
 
 pub mod capture;
+pub mod conns;
 pub mod guard;
 pub mod ingress;
+pub mod latency;
