@@ -40,6 +40,11 @@ pub fn clock_ns(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// Offset that turns CLOCK_MONOTONIC (bpf_ktime_get_ns) into wall-clock ns.
+pub fn monotonic_to_realtime_offset() -> u64 {
+    clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC))
+}
+
 // SAFETY: these are #[repr(C)] structs of integers and arrays of integers,
 // generated from BTF; every bit pattern is a valid value.
 unsafe impl plain::Plain for types::packet_event {}

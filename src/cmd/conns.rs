@@ -7,8 +7,9 @@ use std::sync::atomic::Ordering;
 use anyhow::Result;
 
 use crate::bpf::lifecycle::{self, types, AcceptVia};
+use crate::bpf::monotonic_to_realtime_offset;
 use crate::cli::ConnsArgs;
-use crate::cmd::{monotonic_to_realtime_offset, report_unavailable, stop_flag};
+use crate::cmd::{report_unavailable, stop_flag};
 use crate::lifecycle::{has, ConnRecord};
 use crate::output::json;
 use crate::view::conns::{ConnsView, ReasonNames};

@@ -1,15 +1,13 @@
 //! `tcpscope guard`: starts the guard view, prints its alerts, reloads its
 //! rules file on SIGHUP, and ends with its summary.
 
-use std::cell::RefCell;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::cli::GuardArgs;
 use crate::cmd::stop_flag;
-use crate::detect::{self, ChainPosition, ConnLimit, RatioWatch};
+use crate::detect::{self, ChainPosition, RatioWatch};
 use crate::output::alert::Alert;
 use crate::output::print_line;
 use crate::view::guard::Guard;
@@ -43,45 +41,11 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     let warn = |w: Option<String>| w.into_iter().for_each(|w| eprintln!("tcpscope: {w}"));
     warn(position.check(&guard.session));
 
-    let offset = crate::cmd::monotonic_to_realtime_offset();
-    let conn_limit = RefCell::new(ConnLimit::default());
-    let mut b = libbpf_rs::RingBufferBuilder::new();
-    b.add(&guard.session.skel.maps.alerts, |d: &[u8]| {
-        let mut a = crate::bpf::types::alert_event::default();
-        let n = d.len().min(std::mem::size_of_val(&a));
-        if plain::copy_from_bytes(&mut a, &d[..n]).is_ok() {
-            emit(&detect::kernel_alert(&a, offset, &settings), args.json);
-        }
-        0
-    })
-    .context("setting up the alert ring buffer")?;
-    if let Some(lc) = &guard.lc {
-        b.add(&lc.skel.maps.limit_events, |d: &[u8]| {
-            let mut e = crate::bpf::lifecycle::types::conn_event::default();
-            let n = d.len().min(std::mem::size_of_val(&e));
-            if plain::copy_from_bytes(&mut e, &d[..n]).is_ok() {
-                for a in conn_limit.borrow_mut().on_event(&e, offset, guard.netns, &settings, &guard.maps) {
-                    emit(&a, args.json);
-                }
-            }
-            0
-        })
-        .context("setting up the connection-limit ring buffer")?;
-    }
-    let ring = b.build().context("setting up the alert ring buffer")?;
+    let alerts = guard.alerts(&settings, |a| emit(&a, args.json))?;
     let mut ratio = RatioWatch::default();
-    let mut last_sweep = std::time::Instant::now();
     while !stop.load(Ordering::SeqCst) {
-        // consume() too: poll() reads only the rings that woke it.
-        let _ = ring.poll(Duration::from_millis(100));
-        let _ = ring.consume();
-        // Expired rules match nothing in the kernel already; sweeping them
-        // out keeps the tries small and `block list` honest. Through the
-        // index of rules with a TTL, at most once a second.
-        if last_sweep.elapsed() >= Duration::from_secs(1) {
-            let _ = guard.maps.sweep();
-            last_sweep = std::time::Instant::now();
-        }
+        alerts.poll();
+        guard.sweep_expired();
         warn(position.check(&guard.session));
         if let Err(e) = guard.session.check_present() {
             guard.interface_gone();
@@ -107,8 +71,8 @@ pub fn run(args: &GuardArgs) -> Result<()> {
             }
         }
     }
-    let _ = ring.consume(); // what arrived since the last poll
-    drop(ring);
+    alerts.poll(); // what arrived since the last poll
+    drop(alerts);
     let c = guard.session.counters()?;
     drop(guard); // detach before reporting
     let reasons: Vec<String> =

@@ -100,9 +100,3 @@ pub fn stdout_closed() -> bool {
     let n = unsafe { libc::poll(&mut pfd, 1, 0) };
     n > 0 && pfd.revents & (libc::POLLERR | libc::POLLHUP) != 0
 }
-
-/// Offset that turns CLOCK_MONOTONIC (bpf_ktime_get_ns) into wall-clock ns.
-pub fn monotonic_to_realtime_offset() -> u64 {
-    use crate::bpf::clock_ns;
-    clock_ns(libc::CLOCK_REALTIME).saturating_sub(clock_ns(libc::CLOCK_MONOTONIC))
-}

@@ -3,20 +3,14 @@
 use std::cell::{Cell, RefCell};
 use std::io::{self, BufWriter};
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 
 use crate::bpf;
 use crate::cli::WatchArgs;
-use crate::cmd::{monotonic_to_realtime_offset, stop_flag, Session};
+use crate::cmd::{stop_flag, Session};
 use crate::output::pcapng::PcapNgExport;
 use crate::output::{Emitter, Format};
-use crate::view::ingress::decode_record;
-
-/// The kernel wakes us only when 64 KiB of events wait (see WAKEUP_BYTES in
-/// bpf/ingress.bpf.c); polling this often bounds the latency of a quiet stream.
-const POLL_MS: u64 = 50;
 
 pub fn run(args: &WatchArgs) -> Result<()> {
     let mut filter = args.filter.to_filter();
@@ -59,44 +53,28 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     crate::cmd::announce(&session, "watching incoming TCP");
 
     let format = if args.json { Format::Json } else { Format::Text };
-    let clock_offset = monotonic_to_realtime_offset();
     let printed = Cell::new(0u64);
     let out_failed = Cell::new(false);
     let out = RefCell::new(Emitter::new(BufWriter::new(io::stdout().lock()), format));
     let limit = args.count.unwrap_or(u64::MAX);
     let ifname = session.ifname.clone();
-
-    let mut builder = libbpf_rs::RingBufferBuilder::new();
-    builder
-        .add(&session.skel.maps.events, |data: &[u8]| {
-            if printed.get() >= limit || out_failed.get() {
-                return 0;
-            }
-            if let Some(r) = decode_record(data, clock_offset, snaplen) {
-                if let Some(x) = &export {
-                    if let Err(e) = x.borrow_mut().write(r.ts_ns, r.frame, r.ev.frame_len) {
-                        *export_failed.borrow_mut() = Some(e);
-                        out_failed.set(true);
-                    }
-                }
-                if print && out.borrow_mut().emit(&r.packet(&ifname)).is_err() {
-                    out_failed.set(true); // e.g. `| head` closed the pipe
-                }
-                printed.set(printed.get() + 1);
-            }
-            0
-        })
-        .context("setting up the ring buffer")?;
-    let ring = builder.build().context("setting up the ring buffer")?;
-
-    while !stop.load(Ordering::SeqCst) && printed.get() < limit && !out_failed.get() {
-        // poll() returns early when the kernel wakes us; it does not read
-        // what arrived without a wakeup, so consume() after every poll.
-        match ring.poll(Duration::from_millis(POLL_MS)).and_then(|()| ring.consume()) {
-            Ok(()) => {}
-            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e).context("reading the ring buffer"),
+    let records = session.records(snaplen, |r| {
+        if printed.get() >= limit || out_failed.get() {
+            return;
         }
+        if let Some(x) = &export {
+            if let Err(e) = x.borrow_mut().write(r.ts_ns, r.frame, r.ev.frame_len) {
+                *export_failed.borrow_mut() = Some(e);
+                out_failed.set(true);
+            }
+        }
+        if print && out.borrow_mut().emit(&r.packet(&ifname)).is_err() {
+            out_failed.set(true); // e.g. `| head` closed the pipe
+        }
+        printed.set(printed.get() + 1);
+    })?;
+    while !stop.load(Ordering::SeqCst) && printed.get() < limit && !out_failed.get() {
+        records.poll()?;
         let _ = out.borrow_mut().flush();
         if let (true, Some(x)) = (to_stdout, &export) {
             let _ = x.borrow_mut().flush(); // a reader on the pipe sees packets as they come
@@ -106,9 +84,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
             break; // `| head -1` has what it wanted
         }
     }
-    let _ = ring.consume(); // what arrived since the last poll
+    records.drain(); // what arrived since the last poll
     let _ = out.borrow_mut().flush();
-    drop(ring);
+    drop(records);
 
     let counters = bpf::read_counters(&session.skel)?;
     drop(session); // detach before reporting

@@ -13,7 +13,9 @@ use crate::bpf::attach::HookKind;
 use crate::bpf::lifecycle::Lifecycle;
 use crate::bpf::{self, preflight};
 use crate::cli::GuardArgs;
+use crate::detect::{self, ConnLimit, Settings};
 use crate::filter::EventFilter;
+use crate::output::alert::Alert;
 use crate::policy::{self, PolicyMaps, Rule};
 use crate::view::ingress::Session;
 
@@ -51,7 +53,23 @@ pub struct Guard {
     pub id: String,
     /// The network namespace (inode) of the guarded interface.
     pub netns: u32,
+    last_sweep: std::cell::Cell<std::time::Instant>,
     claim: Claim,
+}
+
+/// The guard's alert ring buffers (the kernel detectors', and the
+/// connection limit's), read into typed alerts.
+pub struct Alerts<'a> {
+    ring: libbpf_rs::RingBuffer<'a>,
+}
+
+impl Alerts<'_> {
+    /// Waits up to 100 ms for alerts, and hands over every one that came
+    /// (consume() too: poll() reads only the rings that woke it).
+    pub fn poll(&self) {
+        let _ = self.ring.poll(std::time::Duration::from_millis(100));
+        let _ = self.ring.consume();
+    }
 }
 
 /// The rules of a rules file, read and checked.
@@ -176,12 +194,57 @@ impl Guard {
         } else {
             None
         };
-        Ok(Guard { lc, maps, session, kept, notes, id: iface, netns, claim })
+        let last_sweep = std::cell::Cell::new(std::time::Instant::now());
+        Ok(Guard { lc, maps, session, kept, notes, id: iface, netns, last_sweep, claim })
     }
 
     /// The interface went away: the rules go with it when the guard ends.
     pub fn interface_gone(&self) {
         self.claim.interface_gone.set(true);
+    }
+
+    /// The alerts of the kernel's detectors and of the connection limit
+    /// (which the `settings` rate-limit and mitigate), each handed to
+    /// `take` as it is read.
+    pub fn alerts<'a>(&'a self, settings: &'a Settings, take: impl FnMut(Alert) + 'a) -> Result<Alerts<'a>> {
+        let take = std::rc::Rc::new(std::cell::RefCell::new(take));
+        let offset = bpf::monotonic_to_realtime_offset();
+        let mut b = libbpf_rs::RingBufferBuilder::new();
+        let to = take.clone();
+        b.add(&self.session.skel.maps.alerts, move |d: &[u8]| {
+            let mut a = crate::bpf::types::alert_event::default();
+            let n = d.len().min(std::mem::size_of_val(&a));
+            if plain::copy_from_bytes(&mut a, &d[..n]).is_ok() {
+                (to.borrow_mut())(detect::kernel_alert(&a, offset, settings));
+            }
+            0
+        })
+        .context("setting up the alert ring buffer")?;
+        if let Some(lc) = &self.lc {
+            let mut limit = ConnLimit::default();
+            b.add(&lc.skel.maps.limit_events, move |d: &[u8]| {
+                let mut e = crate::bpf::lifecycle::types::conn_event::default();
+                let n = d.len().min(std::mem::size_of_val(&e));
+                if plain::copy_from_bytes(&mut e, &d[..n]).is_ok() {
+                    for a in limit.on_event(&e, offset, self.netns, settings, &self.maps) {
+                        (take.borrow_mut())(a);
+                    }
+                }
+                0
+            })
+            .context("setting up the connection-limit ring buffer")?;
+        }
+        Ok(Alerts { ring: b.build().context("setting up the alert ring buffer")? })
+    }
+
+    /// Removes expired rules, at most once a second. They match nothing in
+    /// the kernel already; sweeping them out keeps the tries small and
+    /// `block list` honest. Through the index of rules with a TTL.
+    pub fn sweep_expired(&self) {
+        if self.last_sweep.get().elapsed() >= std::time::Duration::from_secs(1) {
+            let _ = self.maps.sweep();
+            self.last_sweep.set(std::time::Instant::now());
+        }
     }
 
     /// SIGHUP: the rules file again, runtime rules untouched. Returns

@@ -3,7 +3,7 @@
 //! loads and attaches, and returns every error; dropping it detaches (the
 //! link first, then the programs). It never prints.
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 
 use crate::bpf::attach::{self, AttachedLink, HookKind};
 use crate::bpf::counters::Counters;
@@ -94,7 +94,56 @@ impl Session {
     }
 }
 
+/// The kernel wakes a reader only when 64 KiB of events wait (see
+/// WAKEUP_BYTES in bpf/ingress.bpf.c); polling this often bounds the
+/// latency of a quiet stream.
+const POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The ring buffer of a session, read into records.
+pub struct Records<'a> {
+    ring: libbpf_rs::RingBuffer<'a>,
+}
+
+impl Records<'_> {
+    /// Waits up to 50 ms for records to come, and hands over every one
+    /// that has (poll() returns early when the kernel wakes it, and does
+    /// not read what came without a wakeup, hence consume() after).
+    pub fn poll(&self) -> Result<()> {
+        match self.ring.poll(POLL).and_then(|()| self.ring.consume()) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => Ok(()),
+            Err(e) => Err(e).context("reading the ring buffer"),
+        }
+    }
+
+    /// Hands over what came since the last poll, without waiting.
+    pub fn drain(&self) {
+        let _ = self.ring.consume();
+    }
+}
+
 impl Session {
+    /// The packet records of this session's ring buffer, each handed to
+    /// `take` as it is read: wall-clock times, and payload bytes up to
+    /// `snaplen` if the filter asked for them.
+    pub fn records<'a>(
+        &'a self,
+        snaplen: u32,
+        mut take: impl FnMut(LiveRecord<'_>) + 'a,
+    ) -> Result<Records<'a>> {
+        let offset = bpf::monotonic_to_realtime_offset();
+        let mut builder = libbpf_rs::RingBufferBuilder::new();
+        builder
+            .add(&self.skel.maps.events, move |data: &[u8]| {
+                if let Some(r) = decode_record(data, offset, snaplen) {
+                    take(r);
+                }
+                0
+            })
+            .context("setting up the ring buffer")?;
+        Ok(Records { ring: builder.build().context("setting up the ring buffer")? })
+    }
+
     /// The programs' counters, now.
     pub fn counters(&self) -> Result<Counters> {
         bpf::read_counters(&self.skel)
