@@ -216,7 +216,7 @@ struct {
 	__type(value, __u64);
 } conn_events_lost SEC(".maps");
 
-/* Log-linear bucket of v: 4 buckets per power of two (LAT_SUB_BITS). */
+/* Log-linear bucket of v: 8 buckets per power of two (2^LAT_SUB_BITS). */
 static __always_inline __u32 lat_slot(__u64 v)
 {
 	if (v < (1 << LAT_SUB_BITS))
@@ -538,11 +538,8 @@ static __always_inline void peer_conn_add(const struct conn_event *e, int delta)
 			return;
 	}
 	if (delta > 0) {
-		/* Plain atomic add, then a read: clang 14 targets BPF without
-		 * fetching atomics. The read may see a racing update; close
-		 * enough for a threshold. */
-		__sync_fetch_and_add(n, 1);
-		__u32 now_n = *n;
+		/* The count this connection made (a fetching add: -mcpu=v3). */
+		__u32 now_n = __sync_fetch_and_add(n, 1) + 1;
 		if (now_n > cfg.conn_limit) {
 			struct conn_event a = *e;
 			a.kind = CONN_LIMIT;

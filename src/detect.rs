@@ -85,7 +85,7 @@ impl ConnLimit {
         if e.netns != netns || s.quiet {
             return Vec::new();
         }
-        let rec = crate::lifecycle::ConnRecord::from_event(e, e.ts_ns + offset, &|_, _| String::new());
+        let rec = crate::conn::ConnRecord::from_event(e, e.ts_ns + offset, &|_, _| String::new());
         let now = Instant::now();
         if self.last_alert.get(&rec.peer).is_some_and(|t| now.duration_since(*t) < s.alert_interval) {
             return Vec::new();

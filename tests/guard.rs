@@ -15,7 +15,8 @@ use tcpscope::testhost::{ChildGuard, TestHosts, CLIENT_IF, CLIENT_V4, SERVER_IF,
 
 struct Guard {
     guard: ChildGuard,
-    /// The guard's stdout (alerts), read when it stops.
+    /// The guard's stderr lines as they come (its stdout, the alerts, is
+    /// read when it stops).
     stderr: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
     hosts: TestHosts,
     port: u16,

@@ -10,7 +10,8 @@ use crate::bpf::lifecycle::{self, types, AcceptVia};
 use crate::bpf::monotonic_to_realtime_offset;
 use crate::cli::ConnsArgs;
 use crate::cmd::{report_unavailable, stop_flag};
-use crate::lifecycle::{has, ConnRecord};
+use crate::conn::{has, ConnRecord};
+use crate::output::conn_text;
 use crate::output::json;
 use crate::view::conns::{ConnsView, ReasonNames};
 
@@ -66,7 +67,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
             json::write_conn_event(&mut out, e, e.ts_ns + offset, &why);
             out.push(b'\n');
         } else {
-            let _ = writeln!(out, "{}", ConnRecord::from_event(e, e.ts_ns + offset, &reason).text());
+            let _ = writeln!(out, "{}", conn_text(&ConnRecord::from_event(e, e.ts_ns + offset, &reason)));
         }
         printed.set(printed.get() + 1);
         let full = out.len() >= FLUSH_BYTES;

@@ -1,6 +1,6 @@
 //! NDJSON output, written straight from the kernel's event structs.
 //!
-//! The schemas are `model::PacketRecord`'s and `lifecycle::ConnRecord`'s
+//! The schemas are `model::PacketRecord`'s and `conn::ConnRecord`'s
 //! serde forms (docs/json-schema.md); these writers produce the same bytes
 //! without building the record or allocating, because JSON output is the hot
 //! path of `read` (millions of packets a second) and of `conns` (its cost
@@ -11,7 +11,7 @@ use std::net::{IpAddr, Ipv6Addr};
 
 use crate::bpf::lifecycle::types::conn_event;
 use crate::bpf::types::{self, packet_event};
-use crate::lifecycle::{self, has};
+use crate::conn::{self, has};
 use crate::model::{
     IPF_DF, IPF_FRAG, IPF_HAS_ID, OPT_MPTCP, OPT_MSS, OPT_OTHER, OPT_SACK, OPT_SACK_PERM, OPT_TFO, OPT_TS,
     OPT_WSCALE,
@@ -193,7 +193,7 @@ pub fn write_conn_event(out: &mut Vec<u8>, e: &conn_event, ts_ns: u64, reason: &
 }
 
 fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
-    let (local, peer) = (lifecycle::addr(e.family, &e.saddr), lifecycle::addr(e.family, &e.daddr));
+    let (local, peer) = (conn::addr(e.family, &e.saddr), conn::addr(e.family, &e.daddr));
     // A JSON string, or (in_key) bare, with IPv6 in brackets.
     let address = |out: &mut Line, a: IpAddr, in_key: bool| match a {
         IpAddr::V4(a) => {
@@ -208,7 +208,7 @@ fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
         IpAddr::V6(a) if in_key => {
             let mut s = String::with_capacity(48);
             s.push('[');
-            lifecycle::push_addr(&mut s, IpAddr::V6(a));
+            conn::push_addr(&mut s, IpAddr::V6(a));
             s.push(']');
             out.put(s.as_bytes());
         }
@@ -216,7 +216,7 @@ fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
     };
     out.field(b"{\"ts_ns\":", ts_ns);
     out.quoted(b",\"event\":", crate::names::conn_kind_name(e.kind));
-    // The key (lifecycle::conn_key): digits, dots, colons, brackets, a slash
+    // The key (conn::conn_key): digits, dots, colons, brackets, a slash
     // and a dash, no escaping.
     out.field(b",\"conn\":\"", e.netns);
     out.byte(b'/');
@@ -242,8 +242,8 @@ fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
         out.put(b",\"comm\":");
         // Raw bytes when they are plain ASCII (nearly always): no UTF-8
         // validation or allocation.
-        if !plain_string(out, lifecycle::comm_bytes(e)) {
-            string(out, &lifecycle::comm(e));
+        if !plain_string(out, conn::comm_bytes(e)) {
+            string(out, &conn::comm(e));
         }
     }
     if has::state(e) {
@@ -525,7 +525,7 @@ mod tests {
     #[test]
     fn conn_events_same_bytes_as_serde() {
         use crate::bpf::lifecycle::types::conn_event_kind as K;
-        use crate::lifecycle::ConnRecord;
+        use crate::conn::ConnRecord;
         let v6: std::net::Ipv6Addr = "2001:db8::2".parse().unwrap();
         let mapped = std::net::Ipv4Addr::new(198, 18, 0, 1).to_ipv6_mapped();
         let mut compared = 0;

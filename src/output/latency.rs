@@ -1,8 +1,9 @@
 //! Latency histograms as NDJSON or text with a bar chart.
 
 use crate::bpf::lifecycle::types::{latency_hist, latency_key, latency_kind};
-use crate::lifecycle::{human_ns, quantile, slot_bounds};
+use crate::histogram::{quantile, slot_bounds};
 use crate::names::latency_kind_name;
+use crate::output::human_ns;
 
 /// RTT is recorded in microseconds, the others in nanoseconds.
 fn unit(k: &latency_key) -> u64 {

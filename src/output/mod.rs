@@ -9,7 +9,7 @@ mod text;
 
 use std::io::{self, Write};
 
-pub use text::{format_text, human_bytes, human_count, tcpdump_flags, time_of_day};
+pub use text::{conn_text, format_text, human_bytes, human_count, human_ns, tcpdump_flags, time_of_day};
 
 use crate::bpf::types::packet_event;
 use crate::model::PacketRecord;
@@ -50,7 +50,7 @@ impl Packet<'_> {
     pub fn conn_key(&self) -> Option<String> {
         let ns = self.netns?;
         let rec_addr = |raw: &[u8; 16]| crate::model::address(self.ev.ip_version, raw);
-        Some(crate::lifecycle::conn_key(
+        Some(crate::conn::conn_key(
             ns,
             rec_addr(&self.ev.dst),
             self.ev.dport,

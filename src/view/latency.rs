@@ -8,7 +8,7 @@ use anyhow::Result;
 use libbpf_rs::MapCore;
 
 use crate::bpf::lifecycle::{self, types, Lifecycle};
-use crate::lifecycle::slot_bounds;
+use crate::histogram::slot_bounds;
 
 pub struct LatencyView {
     pub lc: Lifecycle,
