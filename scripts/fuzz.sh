@@ -13,7 +13,7 @@ command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 # them with RUSTC_BOOTSTRAP, which is all this machine has.
 export RUSTC_BOOTSTRAP=1
 
-cargo run -q --release --example fuzz_seeds -- ../shared/corpus/tcpdump fuzz/corpus
+cargo run -q --release -p tcpscope-wire --example fuzz_seeds -- ../shared/corpus/tcpdump fuzz/corpus
 cd fuzz
 for target in decode capture; do
     echo "fuzz: $target for ${secs}s"

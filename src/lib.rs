@@ -4,20 +4,19 @@
 //! ([`bpf`]) → owned records ([`model`]) → presentation ([`output`]).
 //! The commands in [`cmd`] wire those together; [`cli`] only parses.
 
+// The packet side without BPF, under its old paths.
+pub use tcpscope_wire::{capture, decode, model, testpkt};
+
 pub mod bench;
 pub mod bpf;
-pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod conn;
-pub mod decode;
 pub mod detect;
 pub mod filter;
 pub mod histogram;
-pub mod model;
 pub mod names;
 pub mod output;
 pub mod policy;
 pub mod testhost;
-pub mod testpkt;
 pub mod view;

@@ -3,9 +3,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tcpscope::bpf::types::packet_event;
-use tcpscope::capture::Capture;
-use tcpscope::decode::decode;
+use tcpscope_wire::capture::Capture;
+use tcpscope_wire::decode::decode;
+use tcpscope_wire::types::packet_event;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(mut cap) = Capture::open(data) else { return };

@@ -4,9 +4,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tcpscope::bpf::types::packet_event;
-use tcpscope::decode::{decode, LinkType, Outcome};
-use tcpscope::output::{Emitter, Format, Packet};
+use tcpscope_wire::decode::{decode, LinkType, Outcome};
+use tcpscope_wire::format::{Emitter, Format, Packet};
+use tcpscope_wire::types::packet_event;
 
 const LINKS: [u32; 9] = [1, 101, 228, 229, 113, 276, 0, 108, 147];
 
@@ -17,10 +17,17 @@ fuzz_target!(|data: &[u8]| {
     // Also pretend the wire frame was longer than what was captured.
     let orig = frame.len() as u32 + u32::from(sel >> 4) * 100;
     if decode(link, frame, orig, &mut ev) == Outcome::Tcp {
-        let payload = tcpscope::cmd::watch::payload_of(&ev, frame, u32::from(sel));
+        let payload = tcpscope_wire::payload_of(&ev, frame, u32::from(sel));
         for format in [Format::Json, Format::Text] {
             let mut out = Emitter::new(Vec::new(), format);
-            let p = Packet { ev: &ev, ts_ns: u64::from(sel), payload, frame: Some(1), netns: Some(1), ifname: "fuzz" };
+            let p = Packet {
+                ev: &ev,
+                ts_ns: u64::from(sel),
+                payload,
+                frame: Some(1),
+                netns: Some(1),
+                ifname: "fuzz",
+            };
             out.emit(&p).expect("writing to a Vec");
         }
     }

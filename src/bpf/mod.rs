@@ -28,7 +28,16 @@ mod baseline_skel {
 }
 
 pub use baseline_skel::BaselineSkel;
-pub use ingress_skel::types;
+/// The ingress skeleton's types, but for those the wire crate holds (the
+/// same definitions, generated from the same header: tests/wire_types.rs):
+/// one Rust type per C type across both crates.
+pub mod types {
+    pub use super::ingress_skel::types::*;
+    pub use tcpscope_wire::types::{
+        ip_flag_bits, packet_event, tcp_flag_bits, tcp_opt_bits, tcpscope_flag_index, tcpscope_hook,
+        tcpscope_limits, tcpscope_malformed,
+    };
+}
 pub use ingress_skel::{IngressSkel, IngressSkelBuilder};
 
 /// Now on `clock`, in ns. CLOCK_MONOTONIC is the kernel programs' clock
@@ -47,8 +56,6 @@ pub fn monotonic_to_realtime_offset() -> u64 {
 
 // SAFETY: these are #[repr(C)] structs of integers and arrays of integers,
 // generated from BTF; every bit pattern is a valid value.
-unsafe impl plain::Plain for types::packet_event {}
-// SAFETY: as above.
 unsafe impl plain::Plain for types::tcpscope_counters {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::alert_event {}

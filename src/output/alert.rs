@@ -77,7 +77,7 @@ impl Alert {
                 "{syn_per_s:.0} SYN/s, {handshakes_per_s:.0} handshakes/s completed ({ratio:.3} < {threshold})"
             ),
         };
-        format!("{} ALERT {}{from}: {detail}", super::text::time_of_day(self.ts_ns), self.alert)
+        format!("{} ALERT {}{from}: {detail}", super::time_of_day(self.ts_ns), self.alert)
     }
 }
 

@@ -16,7 +16,7 @@ use crate::decode::{self, Outcome};
 use crate::filter::EventFilter;
 use crate::names::malformed_name;
 use crate::output::Packet;
-use crate::view::ingress::payload_of;
+use tcpscope_wire::payload_of;
 
 /// What a read found, by kind; printed at the end.
 #[derive(Debug, Default)]

@@ -195,18 +195,6 @@ pub fn decode_record(data: &[u8], clock_offset: u64, snaplen: u32) -> Option<Liv
     let mut ev = types::packet_event::default();
     plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
     let frame = data.get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.cap_len)).unwrap_or(&[]);
-    let payload = payload_of(&ev, frame, snaplen);
+    let payload = tcpscope_wire::payload_of(&ev, frame, snaplen);
     Some(LiveRecord { ts_ns: ev.ts_ns + clock_offset, ev, frame, payload })
-}
-
-/// The payload bytes the user asked for (--snaplen) out of captured frame
-/// bytes; None without --snaplen.
-pub fn payload_of<'a>(ev: &types::packet_event, frame: &'a [u8], snaplen: u32) -> Option<&'a [u8]> {
-    if snaplen == 0 || ev.malformed != 0 {
-        return None;
-    }
-    let start = usize::from(ev.payload_off);
-    let len = (ev.payload_len as usize).min(snaplen as usize);
-    let end = frame.len().min(start.saturating_add(len));
-    Some(frame.get(start..end).unwrap_or(&[]))
 }

@@ -1,8 +1,8 @@
 //! TCP header and options, by the rules of bpf/parse_kern.h.
 
 use super::{Bytes, Outcome};
-use crate::bpf::types::{packet_event, tcpscope_malformed as M};
 use crate::model::{OPT_MPTCP, OPT_MSS, OPT_OTHER, OPT_SACK, OPT_SACK_PERM, OPT_TFO, OPT_TS, OPT_WSCALE};
+use crate::types::{packet_event, tcpscope_malformed as M};
 
 /// Byte offsets in the fixed TCP header.
 mod field {

@@ -13,8 +13,8 @@
 pub mod link;
 pub mod tcp;
 
-use crate::bpf::types::{self, packet_event, tcpscope_malformed as M};
 use crate::model::{IPF_DF, IPF_FRAG, IPF_HAS_ID, IPF_JUMBO};
+use crate::types::{self, packet_event, tcpscope_malformed as M};
 
 pub use link::LinkType;
 

@@ -1,7 +1,7 @@
 //! Capture link types: where the network layer starts, and which it is.
 
 use super::{ethernet, malformed, Bytes, Outcome, Skip, ETH_P_IP, ETH_P_IPV6};
-use crate::bpf::types::{packet_event, tcpscope_malformed as M};
+use crate::types::{packet_event, tcpscope_malformed as M};
 
 /// The link types tcpscope decodes (pcap LINKTYPE_* values).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

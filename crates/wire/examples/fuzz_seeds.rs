@@ -2,11 +2,11 @@
 //! `decode/`: one file per frame, a link-type selector byte then the frame;
 //! `capture/`: the capture files themselves.
 //!
-//! cargo run --release --example fuzz_seeds -- ../shared/corpus/tcpdump fuzz/corpus
+//! cargo run --release -p tcpscope-wire --example fuzz_seeds -- ../shared/corpus/tcpdump fuzz/corpus
 
 use std::path::PathBuf;
 
-use tcpscope::capture::Capture;
+use tcpscope_wire::capture::Capture;
 
 /// Must match LINKS in fuzz/fuzz_targets/decode.rs.
 const LINKS: [u32; 9] = [1, 101, 228, 229, 113, 276, 0, 108, 147];

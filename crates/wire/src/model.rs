@@ -1,12 +1,13 @@
 //! The owned, decoded form of one TCP packet, in the stable JSON schema of
 //! `docs/json-schema.md`, and its conversion from the kernel's event.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use serde::Serialize;
 
-use crate::bpf::types;
 use crate::names::{flag_names, malformed_name};
+use crate::types;
 
 /// Where a packet was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -200,6 +201,61 @@ pub const OPT_TFO: u32 = opt::OPT_TFO.0;
 pub const TCPF_SYN: u16 = tcpf::TCPF_SYN.0 as u16;
 pub const TCPF_ACK: u16 = tcpf::TCPF_ACK.0 as u16;
 pub const TCPF_URG: u16 = tcpf::TCPF_URG.0 as u16;
+
+/// The address as a user sees it: a dual-stack socket's IPv4-mapped
+/// address (::ffff:a.b.c.d) is shown, and keyed, as the IPv4 address the
+/// packets carry.
+pub fn addr(family: u8, raw: &[u8; 16]) -> IpAddr {
+    if family == 6 {
+        let a = Ipv6Addr::from(*raw);
+        a.to_ipv4_mapped().map_or(IpAddr::V6(a), IpAddr::V4)
+    } else {
+        IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))
+    }
+}
+
+/// An address as text, IPv4 by hand (std's `Display` goes through the
+/// formatting machinery: a measurable part of each event's key).
+pub fn push_addr(s: &mut String, a: IpAddr) {
+    match a {
+        IpAddr::V4(a) => {
+            for (i, o) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    s.push('.');
+                }
+                s.push_str(itoa::Buffer::new().format(o));
+            }
+        }
+        IpAddr::V6(a) => {
+            let _ = write!(s, "{a}");
+        }
+    }
+}
+
+/// The key that names one connection in both packet and lifecycle output:
+/// network namespace, then local and peer endpoint. Built by hand into one
+/// string: it is made for every event, and nested `format!` calls made it
+/// the dearest step of decoding one.
+pub fn conn_key(netns: u32, local: IpAddr, lport: u16, peer: IpAddr, pport: u16) -> String {
+    fn push_endpoint(s: &mut String, a: IpAddr, port: u16) {
+        if a.is_ipv6() {
+            s.push('[');
+            push_addr(s, a);
+            s.push(']');
+        } else {
+            push_addr(s, a);
+        }
+        s.push(':');
+        s.push_str(itoa::Buffer::new().format(port));
+    }
+    let mut s = String::with_capacity(64);
+    s.push_str(itoa::Buffer::new().format(netns));
+    s.push('/');
+    push_endpoint(&mut s, local, lport);
+    s.push('-');
+    push_endpoint(&mut s, peer, pport);
+    s
+}
 
 #[cfg(test)]
 mod tests {
