@@ -15,6 +15,11 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
 /// Headers every program includes; a change to any rebuilds all.
 const HEADERS: &[&str] = &[
     "bpf/common_kern_user.h",
+    "bpf/lc_accept_kern.h",
+    "bpf/lc_hist_kern.h",
+    "bpf/lc_slots_kern.h",
+    "bpf/lc_socks_kern.h",
+    "bpf/lc_syn_table_kern.h",
     "bpf/net_defs_kern.h",
     "bpf/parse_kern.h",
     "bpf/peer_conns_kern.h",

@@ -34,7 +34,7 @@ enum tcpscope_hook {
 };
 
 /* Why a packet could not be parsed. Order is part of the counter layout and
- * of the user-facing names in src/model.rs; append only. */
+ * of the user-facing names in crates/wire/src/names.rs; append only. */
 enum tcpscope_malformed {
 	MALFORMED_NONE = 0,
 	MALFORMED_ETH_TRUNCATED,       /* frame shorter than an Ethernet header */
@@ -60,7 +60,7 @@ enum tcpscope_malformed {
 };
 
 /* Why the guard dropped a packet: tcpscope_counters.guard_dropped[]. Order is
- * part of the counter layout and of the names in src/model.rs; append only.
+ * part of the counter layout and of the names in src/names.rs; append only.
  * The rules' drops, then the drops that keep the rules from being dodged:
  * packets the parser cannot follow to their TCP header would reach the
  * kernel's own reassembly or extension-header walk, and a TCP port behind
@@ -101,7 +101,7 @@ enum tcpscope_flag_index {
 
 /* TCP flag bits as they sit in flags_raw (byte 12 low nibble << 8 | byte 13).
  * Enums, not #defines: enums reach BTF, so the skeleton gives Rust the same
- * values (src/model.rs, src/names.rs) and nothing is copied by hand. */
+ * values (crates/wire: model, names) and nothing is copied by hand. */
 enum tcp_flag_bits {
 	TCPF_FIN = 0x001,
 	TCPF_SYN = 0x002,

@@ -2,8 +2,8 @@
 /*
  * TCP lifecycle and health, from tracepoints only (this kernel has no kprobes
  * and refuses fentry). The programs are tp_btf (typed arguments, no tracefs
- * needed), except the accept hooks (see "The process of an accepted
- * socket" below). User space attaches each one on its own and reports any
+ * needed), except the accept hooks (lc_accept_kern.h). User space attaches
+ * each one on its own and reports any
  * that the kernel refuses, so one missing tracepoint costs one view, not the
  * tool.
  *
@@ -21,6 +21,12 @@
  * (socket local storage measured dearer: it allocates on create and frees
  * through RCU): the histograms of `latency` and the connection limit of
  * `guard`.
+ *
+ * One job per header, included below in this order: the sockets followed
+ * (lc_socks_kern.h), the first-SYN table (lc_syn_table_kern.h), the
+ * histograms (lc_hist_kern.h), the event transport (lc_slots_kern.h), and
+ * the accept hooks (lc_accept_kern.h). This file keeps the configuration,
+ * the helpers that read sockets and packets, and the tracepoint programs.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -52,99 +58,10 @@ enum conn_slots_limits _conn_slots_limits = CONN_SLOTS_PER_CPU;
 struct conn_slots_head _conn_slots_head = {};
 struct conn_slot _conn_slot = {};
 
-/* What the kernel must know of a live socket (see follow_socks()). */
-struct sock_info {
-	__u64 start_ns; /* SYN_SENT, or the first SYN of an incoming connection */
-	__u16 port;     /* the service port: local if passive, else remote */
-	__u8 passive;
-	__u8 _pad[5];
-};
-
-/* An incoming connection before its socket exists: 5 words, hashed and
- * compared as such. */
-struct syn_key {
-	__u8 peer[16];
-	__u8 local[16];
-	__u32 netns;
-	__u16 peer_port;
-	__u16 local_port;
-} __attribute__((aligned(8)));
-
-/* The first SYN of a connection the listener is handshaking: the key's
- * 64-bit hash stands in for the key, so that a slot is 16 bytes, not 48
- * (two keys in one slot also agree in the hash's other 50 bits by a 2^-50
- * chance, and one would then take the other's time). */
-struct syn_slot {
-	__u64 tag;   /* syn_hash() of the key */
-	__u64 ts_ns; /* 0: free */
-};
-
-/* Keyed by socket cookie (unique for the kernel's uptime, unlike a socket's
- * address); removed at close, and LRU so that sockets whose close we missed
- * cannot fill it. Per-CPU LRU lists: the common list's lock is shared by
- * every CPU. Used only when follow_socks(). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct sock_info);
-} socks SEC(".maps");
-
-/* A direct-mapped table, by a hash of the key: a SYN takes its slot, a
- * completed handshake frees it. No locks and no allocation: this takes a
- * write per SYN (a flood's too) and a read per handshake. With an LRU hash
- * here (whose inserts lock and rotate its lists), the first-SYN program
- * measured about 530 ns per run under bpf_stats. With 64k slots of 48 bytes
- * (the whole key), 390, most of it one load, by perf: each connection's slot
- * is a random one in 3 MiB, a cache and TLB miss. 64k slots of 16 bytes
- * (1 MiB) measured 310-350; 16k slots (256 KiB) 270-320, the same as 4k.
- * A SYN that lands on another half-open connection's slot leaves it alone
- * if that one's is younger than SYN_HOLD_NS, and takes it over otherwise;
- * either way one of the two reports no handshake latency: with 16k slots,
- * about 1 in 16 handshakes while a thousand are in flight at once (a busy
- * server with 100 ms round trips). Taking over at once forgot the first
- * SYN of a handshake whose SYN was dropped (listen overflow) while the host
- * made 15,000 other connections before the client retransmitted it: one of
- * them landed on its slot, and 34-303 us was reported instead of 2 s, in 4
- * test runs of 4. A SYN flood fills the table either way.
- * Slots are written without a lock by whichever CPU gets the SYN: two
- * SYNs racing for one slot within the same microseconds can leave it with
- * one's tag and the other's time, wrong by those microseconds. */
-#define SYN_SLOT_BITS 14
-#define SYN_SLOTS (1 << SYN_SLOT_BITS)
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(max_entries, SYN_SLOTS);
-	__type(key, __u32);
-	__type(value, struct syn_slot);
-} syn_seen SEC(".maps");
-
-/* A retransmitted SYN keeps the first one's time if it comes within this of
- * it (Linux clients give up after 127 s); a slot older than that is a
- * handshake that never completed, and a new connection may reuse its
- * addresses and ports. */
-#define SYN_RETRY_NS (130ULL * 1000 * 1000 * 1000)
-/* Another handshake's slot is kept this long: past a client's first two
- * retransmitted SYNs (1 and 3 s after the first). */
-#define SYN_HOLD_NS (4ULL * 1000 * 1000 * 1000)
-
-static __always_inline __u64 syn_hash(const struct syn_key *k)
-{
-	const __u64 *w = (const __u64 *)k;
-	__u64 h = 0;
-	for (int i = 0; i < sizeof(*k) / 8; i++) {
-		h = (h ^ w[i]) * 0x9E3779B97F4A7C15ULL;
-		h ^= h >> 32;
-	}
-	return h;
-}
-
-static __always_inline struct syn_slot *syn_slot_of(__u64 hash)
-{
-	__u32 idx = hash & (SYN_SLOTS - 1);
-	return bpf_map_lookup_elem(&syn_seen, &idx);
-}
+#include "lc_socks_kern.h"
+#include "lc_syn_table_kern.h"
+#include "lc_hist_kern.h"
+#include "lc_slots_kern.h"
 
 /* Completed incoming handshakes per network namespace (the guard's
  * SYN-to-handshake ratio). */
@@ -154,113 +71,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } handshakes SEC(".maps");
-
-/* Per CPU: every connection records into these 3-4 times, and atomics on a
- * histogram line shared by all CPUs made that the dearest step of all (the
- * line bounces between CPUs). User space sums the CPUs' copies. Allocated
- * on use: 4 KiB per CPU per (port, kind). */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(map_flags, BPF_F_NO_PREALLOC);
-	__uint(max_entries, 4096);
-	__type(key, struct latency_key);
-	__type(value, struct latency_hist);
-} latency SEC(".maps");
-
-/* The events of `conns` (see conn_slots_head): user space sizes both for
- * the possible CPUs before loading, and maps them. */
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1); /* one per possible CPU */
-	__type(key, __u32);
-	__type(value, struct conn_slots_head);
-} conn_heads SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_ARRAY);
-	__uint(map_flags, BPF_F_MMAPABLE);
-	__uint(max_entries, 1); /* CONN_SLOTS_PER_CPU per possible CPU */
-	__type(key, __u32);
-	__type(value, struct conn_slot);
-} conn_slots SEC(".maps");
-
-/* Rung when a CPU's unread events reach CONN_SLOTS_DOORBELL: `conns`'
- * reader waits on it between passes (the record, the CPU's number, is not
- * read). */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 4096);
-} conn_doorbell SEC(".maps");
-
-/* The guard's connection-limit events: rare, and acted on at once, so they
- * wake their reader. */
-struct {
-	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	__uint(max_entries, 64 * 1024);
-} limit_events SEC(".maps");
-
-/* When this CPU may next take an RTT sample in tcp_probe. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} rtt_next_sample SEC(".maps");
-
-/* Events lost to full slots or a full ring buffer, per CPU. */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} conn_events_lost SEC(".maps");
-
-/* Log-linear bucket of v: 8 buckets per power of two (2^LAT_SUB_BITS). */
-static __always_inline __u32 lat_slot(__u64 v)
-{
-	if (v < (1 << LAT_SUB_BITS))
-		return v;
-	__u32 msb = 0;
-	__u64 x = v;
-	if (x >> 32) { msb += 32; x >>= 32; }
-	if (x >> 16) { msb += 16; x >>= 16; }
-	if (x >> 8) { msb += 8; x >>= 8; }
-	if (x >> 4) { msb += 4; x >>= 4; }
-	if (x >> 2) { msb += 2; x >>= 2; }
-	if (x >> 1) { msb += 1; }
-	__u32 sub = (v >> (msb - LAT_SUB_BITS)) & ((1 << LAT_SUB_BITS) - 1);
-	__u32 slot = (msb - LAT_SUB_BITS + 1) * (1 << LAT_SUB_BITS) + sub;
-	return slot < LAT_SLOTS ? slot : LAT_SLOTS - 1;
-}
-
-static __always_inline void lat_record(__u16 port, __u8 kind, __u64 v)
-{
-	if (!cfg.histograms)
-		return; /* a constant to the verifier: the code below is dropped */
-	struct latency_key k = { .port = port, .kind = kind };
-	struct latency_hist *h = bpf_map_lookup_elem(&latency, &k);
-	if (!h) {
-		static const struct latency_hist zero = {};
-		bpf_map_update_elem(&latency, &k, &zero, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&latency, &k);
-		if (!h)
-			return;
-	}
-	/* 64-bit and re-checked after a barrier: otherwise clang drops the
-	 * bound that lat_slot() already applied, and the verifier needs it. */
-	__u64 slot = lat_slot(v);
-	asm volatile("" : "+r"(slot));
-	if (slot >= LAT_SLOTS)
-		slot = LAT_SLOTS - 1;
-	/* This CPU's copy: plain adds. Only a program nested on the same CPU
-	 * (softirq over process context) could interleave: a rare lost count. */
-	h->slots[slot]++;
-	h->count++;
-	h->sum += v;
-	if (v > h->max)
-		h->max = v;
-}
 
 /*
  * Reads below are plain loads through BTF-typed pointers (tracepoint
@@ -380,16 +190,6 @@ static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn
 	return 1;
 }
 
-/* RTT histograms are keyed by the service port, as handshake and connect
- * latency are: the local port of an accepted socket, the remote port of an
- * outgoing one (its local port is ephemeral: one histogram per connection). */
-static __always_inline void rtt_record(const struct sock_info *si, const struct sock *sk)
-{
-	__u32 srtt = bpf_core_cast(sk, struct tcp_sock)->srtt_us >> 3;
-	if (si->port && srtt)
-		lat_record(si->port, LAT_RTT, srtt);
-}
-
 /* The current process (its pid is the thread group's) and its comm, into
  * the event: two loads from the task, not a helper call for each. */
 static __always_inline void owner_from_current(struct conn_event *e)
@@ -456,69 +256,6 @@ static __always_inline void fill_tcp_stats_in(const struct sock *sk, struct conn
 static __always_inline void fill_tcp_stats(const struct sock *sk, struct conn_event *e)
 {
 	fill_tcp_stats_in(sk, e, sk->__sk_common.skc_state);
-}
-
-/* The guard's events go to its ring buffer, waking the reader; the others
- * to this CPU's next slot, if `conns` is reading them. No lock: only this
- * CPU's programs write its slots, and the position is taken with an atomic
- * add because one of them may interrupt another (softirq over a process).
- * A position that is taken is written (the lookup below cannot fail; were
- * it to, the reader gives up on the hole after a second and counts it
- * lost). The reader knows an event is complete by its seq, stored last
- * (x86 keeps stores in order; build.rs refuses other architectures). */
-extern void bpf_preempt_disable(void) __ksym __weak;
-extern void bpf_preempt_enable(void) __ksym __weak;
-
-static __always_inline void submit(struct conn_event *e)
-{
-	__u32 zero = 0;
-	if (e->kind == CONN_LIMIT) {
-		if (bpf_ringbuf_output(&limit_events, e, sizeof(*e), BPF_RB_FORCE_WAKEUP))
-			goto lost;
-		return;
-	}
-	if (!cfg.events)
-		return;
-	if (!e->ts_ns) /* set_state has read the clock already */
-		e->ts_ns = bpf_ktime_get_ns();
-	__u32 cpu = bpf_get_smp_processor_id();
-	struct conn_slots_head *h = bpf_map_lookup_elem(&conn_heads, &cpu);
-	if (!h)
-		goto lost;
-	/* Full: the margin covers programs nested on this CPU that passed
-	 * this test at the same time. */
-	__u64 consumed = *(volatile __u64 *)&h->consumed;
-	if (h->reserved - consumed >= CONN_SLOTS_PER_CPU - 8)
-		goto lost;
-	/* From taking a slot to marking it written, this task must not be
-	 * preempted: the programs in process context (accept hooks) could
-	 * otherwise leave a hole that later slots of this CPU wait behind,
-	 * and the reader gives up on it after a second, counting it lost.
-	 * bpf_preempt_disable() exists from Linux 6.10; before, that window
-	 * stays (short, and only where a task is preempted inside it). */
-	if (bpf_preempt_disable)
-		bpf_preempt_disable();
-	__u64 pos = __sync_fetch_and_add(&h->reserved, 1);
-	__u32 idx = cpu * CONN_SLOTS_PER_CPU + (pos & (CONN_SLOTS_PER_CPU - 1));
-	struct conn_slot *slot = bpf_map_lookup_elem(&conn_slots, &idx);
-	if (slot) { /* always: user space sized the map for every CPU */
-		__builtin_memcpy(&slot->e, e, sizeof(*e));
-		asm volatile("" ::: "memory");
-		*(volatile __u64 *)&slot->seq = pos + 1;
-	}
-	if (bpf_preempt_enable)
-		bpf_preempt_enable();
-	if (!slot)
-		goto lost;
-	/* After the event is complete, so the woken reader finds it. Each
-	 * position is taken once: one ring per crossing, if any. */
-	if (pos - consumed == CONN_SLOTS_DOORBELL)
-		bpf_ringbuf_output(&conn_doorbell, &cpu, sizeof(cpu), BPF_RB_FORCE_WAKEUP);
-	return;
-lost:;
-	__u64 *lost = bpf_map_lookup_elem(&conn_events_lost, &zero);
-	if (lost)
-		(*lost)++;
 }
 
 /* Counts a peer's established incoming connections up or down; over the
@@ -590,15 +327,6 @@ int BPF_PROG(lc_consume_skb, struct sk_buff *skb, void *location)
 	slot->tag = tag;
 	slot->ts_ns = now;
 	return 0;
-}
-
-/* Whether the kernel keeps a record per socket (the socks map): only for
- * the histograms (connect time and RTT per service port) and the connection
- * limit (which needs to know at close that a socket was counted). A
- * constant to the verifier: for `conns` the map code is not even loaded. */
-static __always_inline bool follow_socks(void)
-{
-	return cfg.histograms || cfg.conn_limit;
 }
 
 SEC("tp_btf/inet_sock_set_state")
@@ -725,115 +453,7 @@ int BPF_PROG(lc_inet_sock_set_state, const struct sock *sk, const int oldstate, 
 	return 0;
 }
 
-/*
- * The process of an accepted socket. Two ways, user space picks one:
- *
- * - cgroup getpeername hooks (the default): the kernel runs them when a
- *   process asks for a socket's peer address, which accept() with an address
- *   buffer does (most servers), as does getpeername(). Nothing else pays.
- * - the accept syscalls' exit tracepoints: every accept, but while any
- *   syscall tracepoint is attached every syscall of every process takes the
- *   kernel's slow tracing path (bench conns measures it).
- */
-
-/* The accept event of socket sk, in the accepting process. */
-static __always_inline void accept_event(const struct sock *sk, __u64 cookie, __u32 hook)
-{
-	struct conn_event e = {};
-	tuple_from_sock(sk, &e);
-	if (!port_wanted(&e))
-		return;
-	e.kind = CONN_ACCEPT;
-	e.reason = hook;
-	owner_from_current(&e);
-	e.cookie = cookie;
-	e.cgroup_id = sock_cgroup_id(sk);
-	e.newstate = sk->__sk_common.skc_state;
-	submit(&e);
-}
-
-/* A process asked for the peer of a socket: report it as the socket's
- * owner. User space keeps the first report of each connection it followed
- * from its handshake (a server may ask again; a client may ask too). Always
- * returns 1 (allow): this hook only watches. */
-static __always_inline int peer_asked(struct bpf_sock_addr *ctx)
-{
-	/* A cast and two loads rather than bpf_skc_to_tcp_sock(): the same
-	 * test (every inet socket's getpeername() comes here), without a
-	 * helper call. */
-	const struct sock *sk = bpf_core_cast(ctx->sk, struct sock);
-	if (sk->sk_protocol != IPPROTO_TCP_NUM || sk->sk_type != SOCK_STREAM_NUM)
-		return 1;
-	/* A socket with no cookie yet is one we did not follow (the helper
-	 * makes one): user space then tells it apart. */
-	__u64 cookie = sk->__sk_common.skc_cookie.counter;
-	accept_event(sk, cookie ? cookie : bpf_get_socket_cookie(ctx), ACCEPT_BY_GETPEERNAME);
-	return 1;
-}
-
-SEC("cgroup/getpeername4")
-int lc_getpeername4(struct bpf_sock_addr *ctx)
-{
-	return peer_asked(ctx);
-}
-
-SEC("cgroup/getpeername6")
-int lc_getpeername6(struct bpf_sock_addr *ctx)
-{
-	return peer_asked(ctx);
-}
-
-/* accept()/accept4() returned fd: report the socket with its process. */
-static __always_inline int accepted(long fd)
-{
-	if (fd < 0)
-		return 0;
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct file **fds = BPF_CORE_READ(task, files, fdt, fd);
-	struct file *f = NULL;
-	if (bpf_probe_read_kernel(&f, sizeof(f), &fds[fd & 0xffffff]) || !f)
-		return 0;
-	struct socket *sock = BPF_CORE_READ(f, private_data);
-	struct sock *sk = bpf_core_cast(BPF_CORE_READ(sock, sk), struct sock);
-	if (!sk || sk->sk_protocol != IPPROTO_TCP_NUM)
-		return 0;
-	/* The cookie was made at ESTABLISHED (set_state asks for it, and
-	 * accept() can only return an established socket), so it is never 0
-	 * here for a connection we followed. */
-	accept_event(sk, sk->__sk_common.skc_cookie.counter, ACCEPT_BY_SYSCALL);
-	return 0;
-}
-
-/* The per-syscall exit tracepoint (tracefs format: common header, int
- * __syscall_nr, long ret). */
-struct syscall_exit_args {
-	__u64 common;
-	int nr;
-	long ret;
-};
-
-SEC("tp/syscalls/sys_exit_accept4")
-int lc_sys_exit_accept4(struct syscall_exit_args *ctx)
-{
-	return accepted(ctx->ret);
-}
-
-SEC("tp/syscalls/sys_exit_accept")
-int lc_sys_exit_accept(struct syscall_exit_args *ctx)
-{
-	return accepted(ctx->ret);
-}
-
-/* Fallback when the syscall tracepoints are missing: every syscall of every
- * process comes here, so one load, then out. */
-SEC("tp_btf/sys_exit")
-int BPF_PROG(lc_sys_exit, struct pt_regs *regs, long ret)
-{
-	long nr = regs->orig_ax;
-	if (nr != NR_ACCEPT && nr != NR_ACCEPT4)
-		return 0;
-	return accepted(ret);
-}
+#include "lc_accept_kern.h"
 
 /* An event about socket sk, into *e; false if it is filtered out. */
 static __always_inline bool sock_event_fill(const struct sock *sk, __u8 kind, __u32 reason,

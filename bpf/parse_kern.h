@@ -5,8 +5,9 @@
  * Shape taken from xdp-tutorial's parsing_helpers.h (a cursor walks the packet,
  * one parse_<hdr>() per header), with its gaps closed: IHL and data offset are
  * checked, every malformed case returns its own reason, and every loop has a
- * fixed bound. The Rust decoder (src/decode) implements the same rules and the
- * two are checked against each other by tests/kernel_vs_user.rs (every corpus packet and 100,000 mutated ones).
+ * fixed bound. The Rust decoder (crates/wire/src/decode) implements the same
+ * rules, and tests/kernel_vs_user.rs holds the two equal on every corpus
+ * packet and 100,000 mutated ones.
  */
 #ifndef TCPSCOPE_PARSE_KERN_H
 #define TCPSCOPE_PARSE_KERN_H
