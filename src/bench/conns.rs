@@ -164,7 +164,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     // without the event slots and output. The last case is the accept hook
     // that makes every syscall on the host take the slow tracing path: its
     // price, side by side.
-    let empty_programs = crate::bpf::load_baseline(true)?;
+    let mut empty_programs = crate::bpf::load_baseline(true)?;
     let cases: [(&str, Case); 5] = [
         ("baseline", Case::Nothing),
         ("empty programs at conns' hooks (the floor)", Case::EmptyPrograms),
@@ -185,7 +185,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
             let (round, syscall) = match cases[case].1 {
                 Case::Nothing => (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns()),
                 Case::EmptyPrograms => {
-                    let _links = crate::bpf::lifecycle::attach_empty_programs(&empty_programs)?;
+                    let _links = crate::bpf::lifecycle::attach_empty_programs(&mut empty_programs)?;
                     (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns())
                 }
                 Case::Conns(extra) => {

@@ -27,42 +27,72 @@ unsafe impl plain::Plain for types::latency_key {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::latency_hist {}
 
-/// One view and the tracepoint behind it (the accept view is attached on
-/// its own: see `attach_accept`).
-pub const VIEWS: [(&str, &str); 9] = [
-    ("handshake start (first SYN)", "consume_skb"),
-    ("lifecycle (connect, established, close)", "inet_sock_set_state"),
-    ("retransmits", "tcp_retransmit_skb"),
-    ("SYN-ACK retransmits", "tcp_retransmit_synack"),
-    ("resets received", "tcp_receive_reset"),
-    ("resets sent", "tcp_send_reset"),
-    ("drops with reason", "kfree_skb"),
-    ("RTT and zero window", "tcp_probe"),
-    ("receive queue full", "sock_rcvqueue_full"),
-];
+/// A view behind one tracepoint, and the programs that can serve it.
+pub struct TracepointView {
+    pub view: &'static str,
+    pub tracepoint: &'static str,
+    /// (program, arguments of the tracepoint it reads), newest argument
+    /// list first.
+    pub programs: &'static [(&'static str, usize)],
+}
 
-/// Every tracepoint program: (program, tracepoint, arguments it reads).
+/// Every view behind a tracepoint (the accept view is attached on its own:
+/// see `attach_accept`): the one place in Rust that names a tracepoint.
 /// A tracepoint's arguments change between kernels (kfree_skb gained
 /// `rx_sk` in 6.11, tcp_send_reset its `reason` in 6.10), and a `tp_btf`
 /// program that reads an argument the kernel does not pass is refused at
-/// load, with every other program of the object. So each program's
-/// tracepoint is looked up in the kernel's BTF first, and of a view's
-/// programs (newest argument list first) the first whose arguments the
-/// kernel passes is loaded; the others, and the views not asked for, are
-/// not loaded at all.
-const PROGRAMS: [(&str, &str, usize); 11] = [
-    ("lc_consume_skb", "consume_skb", 2),
-    ("lc_inet_sock_set_state", "inet_sock_set_state", 3),
-    ("lc_tcp_retransmit_skb", "tcp_retransmit_skb", 3),
-    ("lc_tcp_retransmit_synack", "tcp_retransmit_synack", 2),
-    ("lc_tcp_receive_reset", "tcp_receive_reset", 1),
-    ("lc_tcp_send_reset", "tcp_send_reset", 3),
-    ("lc_tcp_send_reset_v1", "tcp_send_reset", 2),
-    ("lc_kfree_skb", "kfree_skb", 4),
-    ("lc_kfree_skb_v1", "kfree_skb", 3),
-    ("lc_tcp_probe", "tcp_probe", 2),
-    ("lc_sock_rcvqueue_full", "sock_rcvqueue_full", 2),
+/// load, with every other program of the object. So each tracepoint is
+/// looked up in the kernel's BTF first, and of a view's programs the first
+/// whose arguments the kernel passes is loaded; the others, and the views
+/// not asked for, are not loaded at all.
+pub const TRACEPOINT_VIEWS: [TracepointView; 9] = [
+    TracepointView {
+        view: "handshake start (first SYN)",
+        tracepoint: "consume_skb",
+        programs: &[("lc_consume_skb", 2)],
+    },
+    TracepointView {
+        view: "lifecycle (connect, established, close)",
+        tracepoint: "inet_sock_set_state",
+        programs: &[("lc_inet_sock_set_state", 3)],
+    },
+    TracepointView {
+        view: "retransmits",
+        tracepoint: "tcp_retransmit_skb",
+        programs: &[("lc_tcp_retransmit_skb", 3)],
+    },
+    TracepointView {
+        view: "SYN-ACK retransmits",
+        tracepoint: "tcp_retransmit_synack",
+        programs: &[("lc_tcp_retransmit_synack", 2)],
+    },
+    TracepointView {
+        view: "resets received",
+        tracepoint: "tcp_receive_reset",
+        programs: &[("lc_tcp_receive_reset", 1)],
+    },
+    TracepointView {
+        view: "resets sent",
+        tracepoint: "tcp_send_reset",
+        programs: &[("lc_tcp_send_reset", 3), ("lc_tcp_send_reset_v1", 2)],
+    },
+    TracepointView {
+        view: "drops with reason",
+        tracepoint: "kfree_skb",
+        programs: &[("lc_kfree_skb", 4), ("lc_kfree_skb_v1", 3)],
+    },
+    TracepointView { view: "RTT and zero window", tracepoint: "tcp_probe", programs: &[("lc_tcp_probe", 2)] },
+    TracepointView {
+        view: "receive queue full",
+        tracepoint: "sock_rcvqueue_full",
+        programs: &[("lc_sock_rcvqueue_full", 2)],
+    },
 ];
+
+/// The view a program serves, if it is a tracepoint program.
+fn view_of(program: &str) -> Option<&'static TracepointView> {
+    TRACEPOINT_VIEWS.iter().find(|v| v.programs.iter().any(|(p, _)| *p == program))
+}
 
 /// How many arguments tracepoint `tp` passes to `tp_btf` programs on this
 /// kernel (its `btf_trace_<tp>` prototype, less the context), or None if
@@ -165,17 +195,17 @@ pub fn start(
     let btf = libbpf_rs::btf::Btf::from_vmlinux().ok();
     let mut chosen: Vec<&str> = Vec::new();
     let mut unavailable = Vec::new();
-    for (view, tp) in VIEWS {
+    for v in &TRACEPOINT_VIEWS {
+        let tp = v.tracepoint;
         if tracepoints.is_some_and(|wanted| !wanted.contains(&tp)) {
             continue;
         }
-        let candidates = PROGRAMS.iter().filter(|(_, t, _)| *t == tp);
         match tracepoint_args(btf.as_ref(), tp) {
-            None => unavailable.push((view.to_string(), format!("this kernel has no tracepoint {tp}"))),
-            Some(n) => match candidates.clone().find(|(_, _, reads)| *reads <= n) {
-                Some((prog, _, _)) => chosen.push(prog),
+            None => unavailable.push((v.view.to_string(), format!("this kernel has no tracepoint {tp}"))),
+            Some(n) => match v.programs.iter().find(|(_, reads)| *reads <= n) {
+                Some((prog, _)) => chosen.push(prog),
                 None => unavailable.push((
-                    view.to_string(),
+                    v.view.to_string(),
                     format!("this kernel's tracepoint {tp} passes {n} arguments, fewer than tcpscope reads"),
                 )),
             },
@@ -183,7 +213,7 @@ pub fn start(
     }
     for mut prog in open.open_object_mut().progs_mut() {
         let name = prog.name().to_string_lossy().into_owned();
-        if PROGRAMS.iter().any(|(p, _, _)| *p == name) && !chosen.contains(&name.as_str()) {
+        if view_of(&name).is_some() && !chosen.contains(&name.as_str()) {
             prog.set_autoload(false);
         }
     }
@@ -193,16 +223,14 @@ pub fn start(
         use libbpf_rs::skel::Skel as _;
         for prog in skel.object_mut().progs_mut() {
             let name = prog.name().to_string_lossy().into_owned();
-            let Some((_, tp, _)) = PROGRAMS.iter().find(|(p, _, _)| *p == name) else { continue };
+            let Some(v) = view_of(&name) else { continue };
             if !chosen.contains(&name.as_str()) {
                 continue;
             }
             match prog.attach() {
                 Ok(l) => links.push(l),
-                Err(e) => {
-                    let view = VIEWS.iter().find(|(_, t)| t == tp).map_or(*tp, |(v, _)| *v);
-                    unavailable.push((view.to_string(), format!("tracepoint {tp} refused: {e}")))
-                }
+                Err(e) => unavailable
+                    .push((v.view.to_string(), format!("tracepoint {} refused: {e}", v.tracepoint))),
             }
         }
     }
@@ -251,23 +279,24 @@ fn attach_root_cgroup<const N: usize>(progs: [&libbpf_rs::ProgramMut<'_>; N]) ->
 /// `load_baseline(true)`) at every hook `start` attaches for `conns` by
 /// default: what the kernel's calls into programs there cost, before any
 /// program does anything (`bench conns`' floor).
-pub fn attach_empty_programs(skel: &crate::bpf::BaselineSkel<'static>) -> Result<Vec<Link>> {
+pub fn attach_empty_programs(skel: &mut crate::bpf::BaselineSkel<'static>) -> Result<Vec<Link>> {
+    use libbpf_rs::skel::Skel as _;
+    // Every tp_btf program of the baseline object: its list of conns'
+    // tracepoints is bpf/baseline.bpf.c's, checked against ours below.
+    let mut links = Vec::new();
+    for prog in skel.object_mut().progs_mut() {
+        let Some(tp) = prog.section().to_str().and_then(|s| s.strip_prefix("tp_btf/")) else { continue };
+        anyhow::ensure!(
+            TRACEPOINT_VIEWS.iter().any(|v| v.tracepoint == tp),
+            "baseline.bpf.c has an empty program at {tp}, which conns does not use"
+        );
+        links.push(prog.attach().with_context(|| format!("attaching {}", prog.name().to_string_lossy()))?);
+    }
+    anyhow::ensure!(
+        links.len() == TRACEPOINT_VIEWS.len(),
+        "baseline.bpf.c lacks an empty program at some tracepoint of conns"
+    );
     let p = &skel.progs;
-    let tracepoints = [
-        &p.baseline_consume_skb,
-        &p.baseline_inet_sock_set_state,
-        &p.baseline_tcp_retransmit_skb,
-        &p.baseline_tcp_retransmit_synack,
-        &p.baseline_tcp_receive_reset,
-        &p.baseline_tcp_send_reset,
-        &p.baseline_kfree_skb,
-        &p.baseline_tcp_probe,
-        &p.baseline_sock_rcvqueue_full,
-    ];
-    let mut links = tracepoints
-        .into_iter()
-        .map(|prog| prog.attach().with_context(|| format!("attaching {}", prog.name().to_string_lossy())))
-        .collect::<Result<Vec<_>>>()?;
     links.extend(attach_root_cgroup([&p.baseline_getpeername4, &p.baseline_getpeername6])?);
     Ok(links)
 }
