@@ -565,7 +565,7 @@ static __always_inline __u8 unfollowable(const struct packet_event *ev, int res,
 	if (res == PARSE_FRAGMENT)
 		return ev->ip_version == 4 && l3->frag_off == 1 ? GUARD_DROP_FRAGMENT_OFFSET_1
 							      : GUARD_DROP_NONE;
-	/* PARSE_TCP: a first fragment (more follow) must hold the fixed header. */
+	/* PARSE_OK: a first fragment (more follow) must hold the fixed header. */
 	if ((ev->ip_flags & IPF_FRAG) && l3->ip_payload_len < TCP_MIN_HLEN)
 		return GUARD_DROP_TINY_FRAGMENT;
 	return GUARD_DROP_NONE;
@@ -611,9 +611,9 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	struct l3_info l3 = {};
 	int res;
 
-	int proto = parse_ethhdr(&nh, data_end, &ev);
-	if (proto < 0) {
-		count_malformed(c, -proto);
+	__u16 proto = 0;
+	if (parse_ethhdr(&nh, data_end, &ev, &proto) == PARSE_MALFORMED) {
+		count_malformed(c, ev.malformed);
 		return VERDICT_PASS;
 	}
 	if (hw_vlan) {

@@ -39,9 +39,18 @@
 #define TCPOLEN_TIMESTAMP 10
 #define TCPOLEN_SACK_BLOCK 8
 
-/* What the parser found, beyond the event fields. */
+/*
+ * One convention, as xdp-tutorial's parsers have one: every parse_<hdr>()
+ * advances the cursor past its header, leaves the header's fields in ev,
+ * and returns an enum parse_result; on PARSE_MALFORMED, ev->malformed says
+ * why. What the next parser needs (the ethertype) goes out through a
+ * pointer argument. The option walkers below are helpers of parse_tcp(),
+ * not parsers: they return a malformed reason, or whether they handled
+ * the options.
+ */
 enum parse_result {
-	PARSE_TCP = 0,     /* TCP header parsed (ev->malformed may still be set) */
+	PARSE_OK = 0,      /* parsed, go on: after IP, the next header is TCP;
+	                    * after TCP, done (ev->malformed may still be set) */
 	PARSE_NON_TCP,     /* not IP, or IP carrying something else */
 	PARSE_FRAGMENT,    /* non-first IP fragment */
 	PARSE_MALFORMED,   /* broken below TCP: ev->malformed says why */
@@ -91,36 +100,42 @@ static __always_inline __u32 load_be32_at(const struct tcp_opt_buf *buf, __u32 i
 	       ((__u32)opt_byte(buf, i + 2) << 8) | opt_byte(buf, i + 3);
 }
 
-/* Ethernet and up to TCPSCOPE_MAX_VLAN tags. Returns the inner ethertype
- * (host order) or -reason. */
+/* Ethernet and up to TCPSCOPE_MAX_VLAN tags: the inner ethertype (host
+ * order) goes to *proto. */
 static __always_inline int parse_ethhdr(struct hdr_cursor *nh, void *data_end,
-					struct packet_event *ev)
+					struct packet_event *ev, __u16 *proto)
 {
 	struct ethhdr *eth = nh->pos;
-	if ((void *)(eth + 1) > data_end)
-		return -MALFORMED_ETH_TRUNCATED;
+	if ((void *)(eth + 1) > data_end) {
+		ev->malformed = MALFORMED_ETH_TRUNCATED;
+		return PARSE_MALFORMED;
+	}
 	nh->pos = eth + 1;
-	__u16 proto = bpf_ntohs(eth->h_proto);
+	__u16 type = bpf_ntohs(eth->h_proto);
 
 #pragma unroll
 	for (int i = 0; i < TCPSCOPE_MAX_VLAN; i++) {
-		if (proto != ETH_P_8021Q && proto != ETH_P_8021AD)
-			return proto;
+		if (type != ETH_P_8021Q && type != ETH_P_8021AD)
+			break;
 		struct vlan_hdr *vh = nh->pos;
-		if ((void *)(vh + 1) > data_end)
-			return -MALFORMED_VLAN_TRUNCATED;
+		if ((void *)(vh + 1) > data_end) {
+			ev->malformed = MALFORMED_VLAN_TRUNCATED;
+			return PARSE_MALFORMED;
+		}
 		ev->vlan[i] = bpf_ntohs(vh->h_vlan_TCI) & VLAN_VID_MASK;
 		ev->vlan_count = i + 1;
-		proto = bpf_ntohs(vh->h_vlan_encapsulated_proto);
+		type = bpf_ntohs(vh->h_vlan_encapsulated_proto);
 		nh->pos = vh + 1;
 	}
-	if (proto == ETH_P_8021Q || proto == ETH_P_8021AD)
-		return -MALFORMED_VLAN_TOO_DEEP;
-	return proto;
+	if (type == ETH_P_8021Q || type == ETH_P_8021AD) {
+		ev->malformed = MALFORMED_VLAN_TOO_DEEP;
+		return PARSE_MALFORMED;
+	}
+	*proto = type;
+	return PARSE_OK;
 }
 
-/* Returns PARSE_TCP when the next header is TCP, else another parse_result;
- * on PARSE_MALFORMED ev->malformed holds the reason. l3_len is the packet's
+/* PARSE_OK when the next header is TCP, else another parse_result. l3_len is the packet's
  * length from the IP header on, from the whole frame: at TC, data_end ends
  * the linear part only, and a GSO/BIG TCP packet (IP length 0) is longer. */
 static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
@@ -177,7 +192,7 @@ static __always_inline int parse_ipv4(struct hdr_cursor *nh, void *data_end,
 		return PARSE_NON_TCP;
 	if (frag & IPV4_FRAG_OFFSET_MASK)
 		return PARSE_FRAGMENT;
-	return PARSE_TCP;
+	return PARSE_OK;
 }
 
 static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
@@ -268,7 +283,7 @@ static __always_inline int parse_ipv6(struct hdr_cursor *nh, void *data_end,
 done:
 	l3->proto = next;
 	l3->ip_payload_len = remaining;
-	return next == IPPROTO_TCP_NUM ? PARSE_TCP : PARSE_NON_TCP;
+	return next == IPPROTO_TCP_NUM ? PARSE_OK : PARSE_NON_TCP;
 }
 
 
@@ -281,7 +296,7 @@ done:
  * loop multiplied the caller's states past the 1M-instruction limit. It reads
  * a copy of the options, so the XDP and TC programs share it.
  */
-__noinline int parse_tcp_options(struct tcp_opt_buf *buf, struct packet_event *ev)
+__noinline int walk_tcp_options(struct tcp_opt_buf *buf, struct packet_event *ev)
 {
 	if (!buf || !ev)
 		return 0;
@@ -380,7 +395,7 @@ __noinline int parse_tcp_options(struct tcp_opt_buf *buf, struct packet_event *e
  * Returns true if it handled the options; anything else goes to the general
  * parser below. tests/prog_test_run.rs checks both paths give the same event.
  */
-static __always_inline bool parse_tcp_options_fast(__u8 *o, __u32 opt_len, void *data_end,
+static __always_inline bool walk_tcp_options_fast(__u8 *o, __u32 opt_len, void *data_end,
 						   struct packet_event *ev)
 {
 	if (opt_len == 12) {
@@ -412,8 +427,8 @@ static __always_inline bool parse_tcp_options_fast(__u8 *o, __u32 opt_len, void 
 	return false;
 }
 
-/* Fixed TCP header and options. Returns PARSE_TCP (ev->malformed may be set
- * for option or length errors found after the ports) or PARSE_MALFORMED. */
+/* Fixed TCP header and options: PARSE_OK (ev->malformed may be set for
+ * option or length errors found after the ports) or PARSE_MALFORMED. */
 static __always_inline int parse_tcp(void *ctx, __u8 hook, void *data,
 				     struct hdr_cursor *nh, void *data_end,
 				     struct packet_event *ev, struct l3_info *l3, bool lean)
@@ -437,23 +452,23 @@ static __always_inline int parse_tcp(void *ctx, __u8 hook, void *data,
 	ev->hdr_len = hlen;
 	if (hlen < TCP_MIN_HLEN) {
 		ev->malformed = MALFORMED_TCP_BAD_DOFF;
-		return PARSE_TCP;
+		return PARSE_OK;
 	}
 	if (hlen > l3->ip_payload_len) {
 		ev->malformed = MALFORMED_TCP_BAD_IP_LEN;
-		return PARSE_TCP;
+		return PARSE_OK;
 	}
 	ev->payload_len = l3->ip_payload_len - hlen;
 	if (nh->pos + hlen > data_end) {
 		ev->malformed = MALFORMED_TCP_HDR_TRUNCATED;
-		return PARSE_TCP;
+		return PARSE_OK;
 	}
 	/* lean (guard): options matter only to the SYN-with-data detector. */
 	if (lean && !((ev->flags_raw & TCPF_SYN) && ev->payload_len)) {
 		nh->pos += hlen;
-		return PARSE_TCP;
+		return PARSE_OK;
 	}
-	if (hlen > TCP_MIN_HLEN && parse_tcp_options_fast((__u8 *)(th + 1), hlen - TCP_MIN_HLEN,
+	if (hlen > TCP_MIN_HLEN && walk_tcp_options_fast((__u8 *)(th + 1), hlen - TCP_MIN_HLEN,
 							 data_end, ev)) {
 		/* The common Linux layouts, parsed in place. */
 	} else if (hlen > TCP_MIN_HLEN) {
@@ -472,11 +487,11 @@ static __always_inline int parse_tcp(void *ctx, __u8 hook, void *data,
 			ev->malformed = MALFORMED_TCP_HDR_TRUNCATED;
 		else {
 			opts.len = opt_len;
-			ev->malformed = parse_tcp_options(&opts, ev);
+			ev->malformed = walk_tcp_options(&opts, ev);
 		}
 	}
 	nh->pos += hlen;
-	return PARSE_TCP;
+	return PARSE_OK;
 }
 
 #endif /* TCPSCOPE_PARSE_KERN_H */
