@@ -15,6 +15,7 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
 /// Headers every program includes; a change to any rebuilds all.
 const HEADERS: &[&str] = &[
     "bpf/common_kern_user.h",
+    "bpf/lat_slot_kern.h",
     "bpf/lc_accept_kern.h",
     "bpf/lc_hist_kern.h",
     "bpf/lc_slots_kern.h",

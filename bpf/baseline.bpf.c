@@ -15,6 +15,7 @@
 #include <bpf/bpf_endian.h>
 #include "common_kern_user.h"
 #include "net_defs_kern.h"
+#include "lat_slot_kern.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -190,4 +191,17 @@ int ref_hash_prefix_xdp(struct xdp_md *ctx)
 		}
 	}
 	return XDP_PASS;
+}
+
+/* lat_slot() for a test (tests/prog_test_run.rs): the bucket of each value
+ * user space put in lat_slot_in, into lat_slot_out. */
+__u64 lat_slot_in[64] = {};
+__u32 lat_slot_out[64] = {};
+
+SEC("syscall")
+int baseline_lat_slot(void *ctx)
+{
+	for (int i = 0; i < 64; i++)
+		lat_slot_out[i] = lat_slot(lat_slot_in[i]);
+	return 0;
 }

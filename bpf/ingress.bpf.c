@@ -611,9 +611,9 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	struct l3_info l3 = {};
 	int res;
 
-	__u16 proto = 0;
-	if (parse_ethhdr(&nh, data_end, &ev, &proto) == PARSE_MALFORMED) {
-		count_malformed(c, ev.malformed);
+	int proto = parse_ethhdr(&nh, data_end, &ev);
+	if (proto < 0) {
+		count_malformed(c, -proto);
 		return VERDICT_PASS;
 	}
 	if (hw_vlan) {

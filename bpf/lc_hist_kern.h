@@ -8,6 +8,8 @@
 #ifndef TCPSCOPE_LC_HIST_KERN_H
 #define TCPSCOPE_LC_HIST_KERN_H
 
+#include "lat_slot_kern.h"
+
 /* Per CPU: every connection records into these 3-4 times, and atomics on a
  * histogram line shared by all CPUs made that the dearest step of all (the
  * line bounces between CPUs). User space sums the CPUs' copies. Allocated
@@ -27,24 +29,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } rtt_next_sample SEC(".maps");
-
-/* Log-linear bucket of v: 8 buckets per power of two (2^LAT_SUB_BITS). */
-static __always_inline __u32 lat_slot(__u64 v)
-{
-	if (v < (1 << LAT_SUB_BITS))
-		return v;
-	__u32 msb = 0;
-	__u64 x = v;
-	if (x >> 32) { msb += 32; x >>= 32; }
-	if (x >> 16) { msb += 16; x >>= 16; }
-	if (x >> 8) { msb += 8; x >>= 8; }
-	if (x >> 4) { msb += 4; x >>= 4; }
-	if (x >> 2) { msb += 2; x >>= 2; }
-	if (x >> 1) { msb += 1; }
-	__u32 sub = (v >> (msb - LAT_SUB_BITS)) & ((1 << LAT_SUB_BITS) - 1);
-	__u32 slot = (msb - LAT_SUB_BITS + 1) * (1 << LAT_SUB_BITS) + sub;
-	return slot < LAT_SLOTS ? slot : LAT_SLOTS - 1;
-}
 
 static __always_inline void lat_record(__u16 port, __u8 kind, __u64 v)
 {

@@ -1038,3 +1038,65 @@ fn conn_limit_enforce_refuses_the_next_connection_from_that_source_only() {
     assert!(alerts.is_empty(), "--no-detect: no alerts: {alerts:?}");
     assert!(dropped_for(&summary, "conn_limit") >= 1, "{summary}");
 }
+
+/// `guard --inspect` keeps the full inspector's counters for what it sees
+/// (every flag, SYN-ACKs, malformed), while it still guards; the lean guard
+/// (the default) does not count flags at all.
+#[test]
+fn inspect_keeps_every_counter_and_still_guards() {
+    let _load = side_by_side();
+    let port = 19025;
+    let blocked = (port + 1).to_string();
+    let flag_count = |summary: &str, flag: &str| -> u64 {
+        let line =
+            summary.lines().find(|l| l.starts_with("tcp flags:")).unwrap_or_else(|| panic!("{summary}"));
+        let (_, rest) = line.split_once(&format!(" {flag} ")).unwrap_or_else(|| panic!("{flag} in {line}"));
+        rest.split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    for inspect in [true, false] {
+        let extra: &[&str] = if inspect { &["--inspect"] } else { &[] };
+        let mut g = Guard::start(if inspect { "ginsp" } else { "glean" }, port, extra);
+        g.ok(&["block", "add", "198.18.0.0/24", "--port", &blocked]);
+        assert!(g.connects(Duration::from_secs(5)), "the open port");
+        let addr = SocketAddr::from((SERVER_V4, port + 1));
+        let refused = TestHosts::run_in(&g.hosts.client_ns, move || {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_err()
+        });
+        assert!(refused.join().unwrap().unwrap(), "the blocked port");
+        let (_, summary) = g.stop();
+        assert!(dropped_for(&summary, "port_rule") >= 1, "{summary}");
+        if inspect {
+            // Our SYN that passed and the one dropped, at least; the ACKs
+            // of the handshake and of the close.
+            assert!(flag_count(&summary, "SYN") >= 2, "{summary}");
+            assert!(flag_count(&summary, "ACK") >= 2, "{summary}");
+            assert!(summary.contains("malformed 0"), "{summary}");
+        } else {
+            assert!(!summary.contains("tcp flags:"), "the lean guard counts no flags: {summary}");
+        }
+    }
+}
+
+/// A guard that fails to start for a reason that is not its maps' (here:
+/// a `watch` holds the interface's XDP hook) leaves the rules of the guard
+/// before it as they were, for the next one to take over.
+#[test]
+fn a_failed_start_keeps_the_rules() {
+    let _load = side_by_side();
+    let mut g = Guard::start("gkeep", 19026, &[]);
+    g.ok(&["block", "add", "198.18.0.1", "--ttl", "1h"]);
+    g.stop();
+    let mut watch = start_tcpscope(&g.hosts.server_ns, &["watch", "-i", SERVER_IF, "--hook", "xdp"]);
+    let out = Command::new(tcpscope_bin())
+        .args(["guard", "--netns", &g.hosts.server_ns, "-i", SERVER_IF])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the XDP hook is taken: {out:?}");
+    watch.interrupt_and_wait(Duration::from_secs(20)).unwrap();
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["guard", "--netns", &g.hosts.server_ns, "-i", SERVER_IF]).stdout(Stdio::piped());
+    (g.guard, g.stderr) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+    assert!(g.stderr.lock().unwrap().iter().any(|l| l.contains("guarding with 1 rules")), "{:?}", g.stderr);
+    assert!(!g.connects(Duration::from_millis(300)), "and it still drops");
+    g.ok(&["block", "flush"]);
+}

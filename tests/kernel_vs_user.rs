@@ -36,7 +36,12 @@ struct Kernel {
 
 impl Kernel {
     fn new() -> Self {
-        let cfg = EventFilter::default().to_kernel(true).unwrap();
+        Self::with(&EventFilter::default())
+    }
+
+    /// The XDP program with `filter` deciding which packets become events.
+    fn with(filter: &EventFilter) -> Self {
+        let cfg = filter.to_kernel(true).unwrap();
         let skel = bpf::load_ingress(&LoadOptions::new(cfg)).unwrap();
         let last = bpf::read_counters(&skel).unwrap();
         let events = Rc::new(RefCell::new(Vec::new()));
@@ -52,6 +57,17 @@ impl Kernel {
         .unwrap();
         let ring = b.build().unwrap();
         Kernel { skel, last, ring, events }
+    }
+
+    /// Whether the program made an event of `frame`.
+    fn emits(&mut self, frame: &[u8]) -> bool {
+        self.skel
+            .progs
+            .tcpscope_xdp
+            .test_run(ProgramInput { data_in: Some(frame), repeat: 1, ..Default::default() })
+            .expect("test run");
+        self.ring.consume().unwrap();
+        !std::mem::take(&mut *self.events.borrow_mut()).is_empty()
     }
 
     fn verdict(&mut self, frame: &[u8]) -> Verdict {
@@ -294,4 +310,64 @@ fn random_and_mutated_packets_agree() {
     }
     eprintln!("{N} random and mutated packets: kernel and user space agree ({tcp} decoded as TCP)");
     assert!(tcp > N / 10, "the mutations still exercise the TCP parser: {tcp}");
+}
+
+/// The kernel's event filter (ports, CIDRs, flags, as `watch` loads it)
+/// and the user-space one (`read`'s) agree on every corpus TCP packet, for
+/// filters chosen from the corpus itself so that each matches some packets
+/// and not others.
+#[test]
+fn kernel_and_user_filters_agree() {
+    use tcpscope::filter::{Cidr, FlagMatch};
+    use tcpscope::model::address;
+    let mut tcp = Vec::new();
+    for (_, f) in corpus_frames() {
+        let f = f[..f.len().min(MAX_XDP_TEST_FRAME)].to_vec();
+        let mut ev = packet_event::default();
+        if f.len() >= 14 && decode::decode(LinkType::Ethernet, &f, f.len() as u32, &mut ev) == Outcome::Tcp {
+            tcp.push((f, ev));
+        }
+    }
+    assert!(tcp.len() > 300, "{} TCP frames", tcp.len());
+    let net = |raw: &[u8; 16], v: u8, prefix| {
+        let addr = address(v, raw);
+        Cidr { addr: Cidr { addr, prefix }.network(), prefix }
+    };
+    let (a, b) = (tcp[tcp.len() / 3].1, tcp[tcp.len() * 2 / 3].1);
+    let v6 = tcp.iter().map(|(_, e)| *e).find(|e| e.ip_version == 6).expect("an IPv6 TCP packet");
+    let syn_only: FlagMatch = "SYN,!ACK".parse().unwrap();
+    let filters = [
+        EventFilter { ports: vec![a.dport], ..Default::default() },
+        EventFilter { sports: vec![a.sport, b.sport], ..Default::default() },
+        EventFilter { dports: vec![b.dport], sports: vec![b.sport], ..Default::default() },
+        EventFilter { src: vec![net(&a.src, a.ip_version, 16)], ..Default::default() },
+        EventFilter { dst: vec![net(&b.dst, b.ip_version, 24), net(&v6.dst, 6, 64)], ..Default::default() },
+        EventFilter { src: vec![net(&v6.src, 6, 48)], ..Default::default() },
+        EventFilter { flags: syn_only, ..Default::default() },
+        EventFilter {
+            flags: "ACK,!PSH".parse().unwrap(),
+            ports: vec![a.dport, a.sport],
+            ..Default::default()
+        },
+    ];
+    for filter in &filters {
+        let mut k = Kernel::with(filter);
+        let mut matched = 0;
+        for (frame, ev) in &tcp {
+            let user = filter.matches(
+                ev.sport,
+                ev.dport,
+                address(ev.ip_version, &ev.src),
+                address(ev.ip_version, &ev.dst),
+                ev.flags_raw,
+            );
+            assert_eq!(k.emits(frame), user, "{filter:?} on {:02x?}", &frame[..frame.len().min(64)]);
+            matched += usize::from(user);
+        }
+        assert!(
+            matched > 0 && matched < tcp.len(),
+            "{filter:?} matched {matched} of {}: both outcomes must be seen",
+            tcp.len()
+        );
+    }
 }

@@ -1010,3 +1010,55 @@ fn conns_takes_a_list_of_ports() {
     let out = Command::new(tcpscope_bin()).args(["conns", "--port", "1,2,3,4,5,6,7,8,9"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// `conns --states` reports the transitions the other events do not: the
+/// closing side's FIN_WAIT1 and FIN_WAIT2, the other side's CLOSE_WAIT and
+/// LAST_ACK, each with the state it left. A `conns` without it, on the same
+/// connection at the same time, reports none of them.
+#[test]
+fn states_option_reports_every_transition_of_a_close() {
+    let _load = side_by_side();
+    const PORT: u16 = 18121;
+    let hosts = TestHosts::new("lcstates").unwrap();
+    let (sns, cns) = (netns_inode(&hosts.server_ns), netns_inode(&hosts.client_ns));
+    let with = start_conns(&["--port", &PORT.to_string(), "--states"]);
+    let without = start_conns(&["--port", &PORT.to_string()]);
+    let listener = listen_in_server(&hosts, PORT);
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap(); // the client closes first
+        drop(s); // then the server: CLOSE_WAIT, LAST_ACK
+    });
+    TestHosts::run_in(&hosts.client_ns, || {
+        let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+        s.write_all(b"bye").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut rest = Vec::new();
+        s.read_to_end(&mut rest).unwrap(); // until the server's FIN
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    server.join().unwrap();
+    let (with, without) = (stop_and_collect(with), stop_and_collect(without));
+    let states = |evs: &[Value], ns| -> Vec<(String, String)> {
+        find(evs, "state", ns)
+            .iter()
+            .map(|e| (e["old_state"].as_str().unwrap().to_string(), e["state"].as_str().unwrap().to_string()))
+            .collect()
+    };
+    let pair = |a: &str, b: &str| (a.to_string(), b.to_string());
+    let client = states(&with, cns);
+    assert!(client.contains(&pair("ESTABLISHED", "FIN_WAIT1")), "{client:?}\n{with:#?}");
+    assert!(client.contains(&pair("FIN_WAIT1", "FIN_WAIT2")), "{client:?}");
+    let server = states(&with, sns);
+    assert!(server.contains(&pair("ESTABLISHED", "CLOSE_WAIT")), "{server:?}");
+    assert!(server.contains(&pair("CLOSE_WAIT", "LAST_ACK")), "{server:?}");
+    assert!(states(&without, cns).is_empty() && states(&without, sns).is_empty(), "{without:#?}");
+    // Both saw the connection's other events alike.
+    for evs in [&with, &without] {
+        assert_eq!(find(evs, "close", sns).len(), 1);
+        assert_eq!(find(evs, "close", cns).len(), 1);
+    }
+}

@@ -668,3 +668,28 @@ fn full_ring_buffer_counts_lost_events() {
     assert!(c.0.events_lost > 0, "a 4 KiB ring cannot hold {n} events");
     assert_eq!(c.0.events + c.0.events_lost, u64::from(n));
 }
+
+/// The kernel's lat_slot (bpf/lat_slot_kern.h, run through a syscall
+/// program of the baseline object) puts each value in the bucket whose
+/// bounds, as user space computes them for `latency`, hold it.
+#[test]
+fn kernel_lat_slot_buckets_hold_their_values() {
+    use tcpscope::histogram::slot_bounds;
+    let mut values: Vec<u64> = (0..16).collect();
+    for k in [4, 5, 6, 7, 9, 10, 13, 17, 20, 24, 30, 32, 33, 40, 47, 52, 60, 63] {
+        values.extend([(1u64 << k) - 1, 1u64 << k]);
+    }
+    values.extend([(1u64 << 63) + 12345, u64::MAX, 999_999_999, 1_000_000_007, 123_456_789_012]);
+    values.resize(64, 3_000_000);
+    let mut skel = tcpscope::bpf::load_baseline(true).expect("load the baseline object");
+    skel.maps.bss_data.as_deref_mut().expect("bss").lat_slot_in.copy_from_slice(&values);
+    skel.progs.baseline_lat_slot.test_run(ProgramInput::default()).expect("run lat_slot");
+    let out = skel.maps.bss_data.as_deref().expect("bss").lat_slot_out;
+    for (v, s) in values.iter().zip(out) {
+        let (lo, hi) = slot_bounds(s as usize);
+        // The last bucket's upper bound overflows for u64::MAX only.
+        assert!(lo <= *v && (*v < hi || hi < lo), "value {v}: kernel slot {s} holds [{lo}, {hi})");
+    }
+    // Distinct values in distinct powers of two land in distinct buckets.
+    assert_ne!(out[16], out[18]);
+}

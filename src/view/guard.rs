@@ -135,12 +135,21 @@ impl Guard {
             Ok(s) => (s, Vec::new()),
             Err(e) if policy::RULE_MAPS.iter().any(|m| dir.join(m).exists()) => {
                 let saved = policy::read_pinned(&dir)?;
+                // New maps, the old pins untouched until they load: a
+                // failure that is not the maps' (the verifier, the
+                // interface) must not cost the rules.
+                let fresh = bpf::LoadOptions { reuse_pins: None, ..opts };
+                let s = Session::start_with(&args.attach, hook, fresh).map_err(|e2| {
+                    // The same failure again (not the maps'): said once.
+                    if format!("{e2:#}") == format!("{e:#}") {
+                        e2
+                    } else {
+                        e2.context(format!("{e:#}"))
+                    }
+                })?;
                 for m in policy::RULE_MAPS {
                     let _ = std::fs::remove_file(dir.join(m));
                 }
-                let fresh = bpf::LoadOptions { reuse_pins: None, ..opts };
-                let s = Session::start_with(&args.attach, hook, fresh)
-                    .map_err(|e2| e2.context(format!("{e:#}")))?;
                 notes.push(format!(
                     "{} rules carried over from the earlier guard's maps into new ones",
                     saved.len()
