@@ -270,62 +270,73 @@ pub struct PolicyMaps {
     maps: Vec<(String, MapHandle)>,
 }
 
-fn addr_bytes(a: IpAddr) -> Vec<u8> {
-    match a {
-        IpAddr::V4(a) => a.octets().to_vec(),
-        IpAddr::V6(a) => a.octets().to_vec(),
-    }
+/// A generated key struct as the map's key bytes.
+fn key_bytes<T: plain::Plain>(k: &T) -> Vec<u8> {
+    // SAFETY: the key structs are Plain: integers and byte arrays, their
+    // padding explicit and zeroed by Default.
+    unsafe { plain::as_bytes(k) }.to_vec()
 }
 
-/// The trie key of a rule: (map name, key bytes). Addresses are masked to
-/// the prefix so that "198.18.0.7/24" and "198.18.0.0/24" are one rule.
+/// The trie key of a rule: (map name, key bytes), built from the structs
+/// generated from bpf/common_kern_user.h. Addresses are masked to the
+/// prefix so that "198.18.0.7/24" and "198.18.0.0/24" are one rule.
 pub fn rule_key(r: &Rule) -> (&'static str, Vec<u8>) {
-    let v4 = r.cidr.addr.is_ipv4();
-    let mut addr = addr_bytes(r.cidr.addr);
-    for (i, b) in addr.iter_mut().enumerate() {
-        let bits = r.cidr.prefix.saturating_sub(i as u32 * 8).min(8);
-        *b &= if bits == 0 { 0 } else { 0xffu8 << (8 - bits) };
-    }
-    match (r.list, r.port) {
-        (List::Block, Some(p)) => {
-            // struct port_key_*: prefixlen, port (network order), addr, 2 pad bytes.
-            let mut k = (16 + r.cidr.prefix).to_ne_bytes().to_vec();
-            k.extend_from_slice(&p.to_be_bytes());
-            k.extend_from_slice(&addr);
-            k.extend_from_slice(&[0, 0]);
-            (if v4 { "ports_v4" } else { "ports_v6" }, k)
-        }
-        (list, _) => {
-            let mut k = r.cidr.prefix.to_ne_bytes().to_vec();
-            k.extend_from_slice(&addr);
-            let name = match (list, v4) {
-                (List::Allow, true) => "allow_v4",
-                (List::Allow, false) => "allow_v6",
-                (List::Block, true) => "block_v4",
-                (List::Block, false) => "block_v6",
-            };
-            (name, k)
-        }
+    let prefix = r.cidr.prefix;
+    match (r.list, r.port, r.cidr.network()) {
+        (List::Block, Some(p), IpAddr::V4(a)) => (
+            "ports_v4",
+            key_bytes(&types::port_key_v4 {
+                prefixlen: 16 + prefix,
+                port: p.to_be_bytes(),
+                addr: a.octets(),
+                ..Default::default()
+            }),
+        ),
+        (List::Block, Some(p), IpAddr::V6(a)) => (
+            "ports_v6",
+            key_bytes(&types::port_key_v6 {
+                prefixlen: 16 + prefix,
+                port: p.to_be_bytes(),
+                addr: a.octets(),
+                ..Default::default()
+            }),
+        ),
+        (list, _, IpAddr::V4(a)) => (
+            if list == List::Allow { "allow_v4" } else { "block_v4" },
+            key_bytes(&types::policy_key_v4 { prefixlen: prefix, addr: a.octets() }),
+        ),
+        (list, _, IpAddr::V6(a)) => (
+            if list == List::Allow { "allow_v6" } else { "block_v6" },
+            key_bytes(&types::policy_key_v6 { prefixlen: prefix, addr: a.octets() }),
+        ),
     }
 }
 
 /// Decodes a trie key back into a rule (without ttl).
 fn key_rule(map: &str, k: &[u8]) -> Option<Rule> {
-    let prefixlen = u32::from_ne_bytes(k.get(..4)?.try_into().ok()?);
-    let (list, port, addr, prefix) = if map.starts_with("ports") {
-        let port = u16::from_be_bytes(k.get(4..6)?.try_into().ok()?);
-        let len = if map.ends_with("v4") { 4 } else { 16 };
-        (List::Block, Some(port), k.get(6..6 + len)?, prefixlen.checked_sub(16)?)
-    } else {
-        let list = if map.starts_with("allow") { List::Allow } else { List::Block };
-        (list, None, k.get(4..)?, prefixlen)
-    };
-    let ip = match addr.len() {
-        4 => IpAddr::from(<[u8; 4]>::try_from(addr).ok()?),
-        16 => IpAddr::from(<[u8; 16]>::try_from(addr).ok()?),
-        _ => return None,
-    };
-    Some(Rule { list, cidr: Cidr { addr: ip, prefix }, port, ttl: None })
+    fn read<T: plain::Plain + Default>(k: &[u8]) -> Option<T> {
+        let mut v = T::default();
+        plain::copy_from_bytes(&mut v, k).ok()?;
+        Some(v)
+    }
+    let rule =
+        |list, port, addr: IpAddr, prefix| Some(Rule { list, cidr: Cidr { addr, prefix }, port, ttl: None });
+    let list = if map.starts_with("allow") { List::Allow } else { List::Block };
+    match map {
+        "ports_v4" => read::<types::port_key_v4>(k).and_then(|x| {
+            rule(List::Block, Some(u16::from_be_bytes(x.port)), x.addr.into(), x.prefixlen.checked_sub(16)?)
+        }),
+        "ports_v6" => read::<types::port_key_v6>(k).and_then(|x| {
+            rule(List::Block, Some(u16::from_be_bytes(x.port)), x.addr.into(), x.prefixlen.checked_sub(16)?)
+        }),
+        "allow_v4" | "block_v4" => {
+            read::<types::policy_key_v4>(k).and_then(|x| rule(list, None, x.addr.into(), x.prefixlen))
+        }
+        "allow_v6" | "block_v6" => {
+            read::<types::policy_key_v6>(k).and_then(|x| rule(list, None, x.addr.into(), x.prefixlen))
+        }
+        _ => None,
+    }
 }
 
 /// A rule as found in the maps, with its hit count.
@@ -719,9 +730,12 @@ impl PolicyMaps {
 
     /// Whether an allow rule covers `addr`: one longest-prefix lookup.
     pub fn allowed(&self, addr: IpAddr) -> bool {
-        let (name, prefix) = if addr.is_ipv4() { ("allow_v4", 32) } else { ("allow_v6", 128) };
-        let mut key = u32::to_ne_bytes(prefix).to_vec();
-        key.extend_from_slice(&addr_bytes(addr));
+        let (name, key) = rule_key(&Rule {
+            list: List::Allow,
+            cidr: Cidr { addr, prefix: if addr.is_ipv4() { 32 } else { 128 } },
+            port: None,
+            ttl: None,
+        });
         let now = crate::bpf::clock_ns(libc::CLOCK_MONOTONIC);
         self.map(name).lookup(&key, MapFlags::ANY).ok().flatten().is_some_and(|v| {
             let mut value = types::policy_value::default();
@@ -732,16 +746,25 @@ impl PolicyMaps {
 
     /// Tells the kernel that list `name` has rules (see struct policy_used).
     fn mark_used(&self, name: &str) -> Result<()> {
-        let field = ["allow_v4", "allow_v6", "ports_v4", "ports_v6"].iter().position(|n| *n == name);
-        let Some(field) = field else { return Ok(()) }; // block lists are always consulted
         let map = self.map("policy_used");
         let key = 0u32.to_ne_bytes();
-        let mut used = map.lookup(&key, MapFlags::ANY)?.unwrap_or_else(|| vec![0; 4]);
-        if used.get(field) == Some(&1) {
+        let mut used = types::policy_used::default();
+        if let Some(v) = map.lookup(&key, MapFlags::ANY)? {
+            plain::copy_from_bytes(&mut used, &v).map_err(|_| anyhow!("reading policy_used"))?;
+        }
+        let field = match name {
+            "allow_v4" => &mut used.allow_v4,
+            "allow_v6" => &mut used.allow_v6,
+            "ports_v4" => &mut used.ports_v4,
+            "ports_v6" => &mut used.ports_v6,
+            _ => return Ok(()), // block lists are always consulted
+        };
+        if *field == 1 {
             return Ok(());
         }
-        used[field] = 1;
-        map.update(&key, &used, MapFlags::ANY).map_err(|e| anyhow!("enabling the {name} list: {e}"))
+        *field = 1;
+        map.update(&key, &key_bytes(&used), MapFlags::ANY)
+            .map_err(|e| anyhow!("enabling the {name} list: {e}"))
     }
 
     /// Deletes a rule; an error if there is no such rule.
@@ -787,6 +810,16 @@ impl PolicyMaps {
 unsafe impl plain::Plain for types::policy_value {}
 // SAFETY: bytes only, explicit padding.
 unsafe impl plain::Plain for types::expiring_key {}
+// SAFETY: integers and byte arrays, explicit padding.
+unsafe impl plain::Plain for types::policy_key_v4 {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::policy_key_v6 {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::port_key_v4 {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::port_key_v6 {}
+// SAFETY: four bytes.
+unsafe impl plain::Plain for types::policy_used {}
 
 /// A rule in the words of the CLI.
 pub fn describe(r: &Rule) -> String {
