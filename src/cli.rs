@@ -61,6 +61,12 @@ pub enum Command {
     Block(BlockArgs),
     /// Add, remove, list or flush the running guard's allow rules.
     Allow(AllowArgs),
+    /// Run as a service: count every interface's packets and every connection,
+    /// and serve them as Prometheus metrics (http://127.0.0.1:9917/metrics).
+    #[command(after_help = "Examples:\n  \
+        tcpscope agent -i eth0 -i eth1\n  \
+        tcpscope agent -i eth0 --listen 127.0.0.1:9917 --netns blue")]
+    Agent(AgentArgs),
     /// Benchmarks: programs (ns/packet), read (vs tcpdump), conns (overhead), rules (vs xdp-filter).
     Bench(BenchArgs),
     /// Build two test hosts (netns + veth), watch real connections and their sockets, clean up.
@@ -417,6 +423,22 @@ pub struct StatsArgs {
     /// Print each report as one JSON object.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// Interface to count packets on; repeat for more.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE", required = true)]
+    pub ifaces: Vec<String>,
+    /// Network namespace of the interfaces (a name from `ip netns`, or a path).
+    #[arg(long, value_name = "NAME")]
+    pub netns: Option<String>,
+    /// Where to serve /metrics (keep it on loopback unless a firewall guards it).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9917")]
+    pub listen: String,
+    /// Seconds between reads of the kernel's counters.
+    #[arg(long, value_name = "S", default_value_t = 1.0)]
+    pub interval: f64,
 }
 
 /// What `bench` measures.

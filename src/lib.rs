@@ -7,6 +7,7 @@
 // The packet side without BPF, under its old paths.
 pub use tcpscope_wire::{capture, decode, model, testpkt};
 
+pub mod agent;
 pub mod bench;
 pub mod bpf;
 pub mod cli;

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Command::Block(a) => cmd::rules::block(a),
         Command::Allow(a) => cmd::rules::allow(a),
         Command::Latency(a) => cmd::latency::run(a),
+        Command::Agent(a) => cmd::agent::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     };

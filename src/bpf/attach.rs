@@ -25,6 +25,16 @@ pub enum HookKind {
     Tc,
 }
 
+impl HookKind {
+    /// The hook's name, as users and metric labels say it.
+    pub fn name(self) -> &'static str {
+        match self {
+            HookKind::Xdp => "xdp",
+            HookKind::Tc => "tc",
+        }
+    }
+}
+
 /// XDP attach mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpMode {

@@ -1,5 +1,6 @@
 //! The subcommands: each wires the kernel side to an output.
 
+pub mod agent;
 pub mod bench;
 pub mod conns;
 pub mod demo;

@@ -1,0 +1,238 @@
+//! The agent's Prometheus metrics: the kernel's totals (per-interface
+//! counters, events seen by the connection view) turned into Prometheus
+//! counters that only ever go up, even when a program is attached again
+//! and its own totals start from 0. Nothing here reads the kernel; the
+//! agent hands totals and events in.
+
+use std::collections::{HashMap, HashSet};
+
+use anyhow::Result;
+use prometheus::{IntCounterVec, Opts, Registry};
+
+use crate::bpf::counters::Counters;
+use crate::bpf::lifecycle::types::{conn_event, conn_event_kind as K};
+use crate::names::{FLAG_NAMES, GUARD_DROP_NAMES, MALFORMED_NAMES};
+
+/// Remote ports of outgoing connections get a label each up to this many;
+/// the rest share `port="other"`. Local ports of incoming connections are
+/// listening ports, as many as the host has.
+pub const REMOTE_PORTS: usize = 32;
+
+pub struct Metrics {
+    pub registry: Registry,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    flags: IntCounterVec,
+    malformed: IntCounterVec,
+    guard_dropped: IntCounterVec,
+    events_lost: IntCounterVec,
+    opened: IntCounterVec,
+    closed: IntCounterVec,
+    retransmits: IntCounterVec,
+    resets: IntCounterVec,
+    drops: IntCounterVec,
+    zero_windows: IntCounterVec,
+    /// The last total seen per series, to add only what is new.
+    last: HashMap<(&'static str, Vec<String>), u64>,
+    remote_ports: HashSet<u16>,
+    /// Open connections seen: cookie to (direction, port label).
+    open: HashMap<u64, (&'static str, String)>,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)?;
+    registry.register(Box::new(c.clone()))?;
+    Ok(c)
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self> {
+        let registry = Registry::new();
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        let r = &registry;
+        Ok(Metrics {
+            packets: counter(
+                r,
+                "tcpscope_packets_total",
+                "Packets the ingress hook saw.",
+                &["interface", "hook"],
+            )?,
+            bytes: counter(
+                r,
+                "tcpscope_bytes_total",
+                "Frame bytes the ingress hook saw.",
+                &["interface", "hook"],
+            )?,
+            flags: counter(
+                r,
+                "tcpscope_tcp_flags_total",
+                "TCP packets with each flag set.",
+                &["interface", "flag"],
+            )?,
+            malformed: counter(
+                r,
+                "tcpscope_malformed_total",
+                "Malformed packets by reason.",
+                &["interface", "reason"],
+            )?,
+            guard_dropped: counter(
+                r,
+                "tcpscope_guard_dropped_packets_total",
+                "Packets the guard dropped, by reason.",
+                &["interface", "reason"],
+            )?,
+            events_lost: counter(r, "tcpscope_events_lost_total", "Events lost, by view.", &["view"])?,
+            opened: counter(
+                r,
+                "tcpscope_connections_opened_total",
+                "Completed handshakes: in (local listening port) or out (remote port).",
+                &["direction", "port"],
+            )?,
+            closed: counter(
+                r,
+                "tcpscope_connections_closed_total",
+                "Closes of connections whose handshake the agent saw.",
+                &["direction", "port"],
+            )?,
+            retransmits: counter(
+                r,
+                "tcpscope_retransmits_total",
+                "Retransmitted segments, by the connection's port label.",
+                &["port"],
+            )?,
+            resets: counter(r, "tcpscope_resets_total", "Resets sent or received.", &["direction"])?,
+            drops: counter(
+                r,
+                "tcpscope_drops_total",
+                "TCP packets the kernel dropped, by reason.",
+                &["reason"],
+            )?,
+            zero_windows: counter(
+                r,
+                "tcpscope_zero_windows_total",
+                "Zero windows advertised by peers.",
+                &["port"],
+            )?,
+            registry,
+            last: HashMap::new(),
+            remote_ports: HashSet::new(),
+            open: HashMap::new(),
+        })
+    }
+
+    /// Series with a fixed label set exist from the start, at 0, so that a
+    /// rate over them is defined before the first event.
+    pub fn declare_interface(&self, iface: &str, hook: &str) {
+        self.packets.with_label_values(&[iface, hook]);
+        self.bytes.with_label_values(&[iface, hook]);
+        for f in FLAG_NAMES {
+            self.flags.with_label_values(&[iface, f]);
+        }
+        for m in &MALFORMED_NAMES[1..] {
+            self.malformed.with_label_values(&[iface, m]);
+        }
+        for g in &GUARD_DROP_NAMES[1..] {
+            self.guard_dropped.with_label_values(&[iface, g]);
+        }
+        for d in ["sent", "received"] {
+            self.resets.with_label_values(&[d]);
+        }
+        // The agent's ingress programs only count (no events to lose);
+        // the connection view's events can be lost.
+        self.events_lost.with_label_values(&["conns"]);
+    }
+
+    /// Adds to `c`'s series what `total` has beyond the last total seen; a
+    /// total below it means the program started again from 0.
+    fn advance(&mut self, c: &IntCounterVec, name: &'static str, labels: &[&str], total: u64) {
+        let key = (name, labels.iter().map(|s| s.to_string()).collect());
+        let last = self.last.insert(key, total).unwrap_or(0);
+        let new = if total >= last { total - last } else { total };
+        c.with_label_values(labels).inc_by(new);
+    }
+
+    /// An interface's counters, as totals since its program was attached.
+    pub fn observe_interface(&mut self, iface: &str, hook: &str, c: &Counters) {
+        let k = &c.0;
+        let (packets, bytes, flags, malformed, guard) = (
+            self.packets.clone(),
+            self.bytes.clone(),
+            self.flags.clone(),
+            self.malformed.clone(),
+            self.guard_dropped.clone(),
+        );
+        self.advance(&packets, "packets", &[iface, hook], k.packets);
+        self.advance(&bytes, "bytes", &[iface, hook], k.bytes);
+        for (f, n) in FLAG_NAMES.iter().zip(k.flag) {
+            self.advance(&flags, "flags", &[iface, f], n);
+        }
+        for (m, n) in MALFORMED_NAMES.iter().zip(k.malformed).skip(1) {
+            self.advance(&malformed, "malformed", &[iface, m], n);
+        }
+        for (g, n) in GUARD_DROP_NAMES.iter().zip(k.guard_dropped).skip(1) {
+            self.advance(&guard, "guard", &[iface, g], n);
+        }
+    }
+
+    /// Events the connection view lost, in total.
+    pub fn observe_conns_lost(&mut self, total: u64) {
+        let lost = self.events_lost.clone();
+        self.advance(&lost, "lost-conns", &["conns"], total);
+    }
+
+    fn port_label(&mut self, direction: &str, port: u16) -> String {
+        if direction == "in" || self.remote_ports.contains(&port) {
+            return port.to_string();
+        }
+        if self.remote_ports.len() < REMOTE_PORTS {
+            self.remote_ports.insert(port);
+            return port.to_string();
+        }
+        "other".to_string()
+    }
+
+    /// The port label of a connection whose handshake was seen, else
+    /// "other": a port label is never made from an unbounded set.
+    fn known_port(&self, cookie: u64) -> String {
+        self.open.get(&cookie).map_or_else(|| "other".to_string(), |(_, p)| p.clone())
+    }
+
+    /// One event of the connection view, joined with its socket's earlier
+    /// ones; `drop_reason` names a drop's reason.
+    pub fn observe_conn_event(&mut self, e: &conn_event, drop_reason: &dyn Fn(u32) -> String) {
+        let kind = u32::from(e.kind);
+        if kind == K::CONN_ESTABLISHED_IN.0 || kind == K::CONN_ESTABLISHED_OUT.0 {
+            let (direction, port) =
+                if kind == K::CONN_ESTABLISHED_IN.0 { ("in", e.sport) } else { ("out", e.dport) };
+            let port = self.port_label(direction, port);
+            self.opened.with_label_values(&[direction, &port]).inc();
+            // Bounded: a host with more open connections than this has its
+            // oldest closes uncounted rather than the agent growing.
+            if self.open.len() < 1 << 20 {
+                self.open.insert(e.cookie, (direction, port));
+            }
+        } else if kind == K::CONN_CLOSE.0 {
+            if let Some((direction, port)) = self.open.remove(&e.cookie) {
+                self.closed.with_label_values(&[direction, &port]).inc();
+            }
+        } else if kind == K::CONN_RETRANSMIT.0 {
+            let port = self.known_port(e.cookie);
+            self.retransmits.with_label_values(&[&port]).inc();
+        } else if kind == K::CONN_RESET_TX.0 {
+            self.resets.with_label_values(&["sent"]).inc();
+        } else if kind == K::CONN_RESET_RX.0 {
+            self.resets.with_label_values(&["received"]).inc();
+        } else if kind == K::CONN_DROP.0 {
+            self.drops.with_label_values(&[&drop_reason(e.reason)]).inc();
+        } else if kind == K::CONN_ZERO_WINDOW.0 {
+            let port = self.known_port(e.cookie);
+            self.zero_windows.with_label_values(&[&port]).inc();
+        }
+    }
+
+    /// The text exposition format 0.0.4.
+    pub fn text(&self) -> String {
+        prometheus::TextEncoder::new().encode_to_string(&self.registry.gather()).unwrap_or_default()
+    }
+}

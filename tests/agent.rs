@@ -1,0 +1,157 @@
+//! `tcpscope agent` with the real peer: Debian's Prometheus scrapes it with
+//! the shipped scrape config (deploy/prometheus/prometheus.yml, only its
+//! target and intervals rewritten), known traffic is made between the test
+//! hosts, and Prometheus' HTTP API must show exactly that traffic.
+//! `promtool check metrics` must accept the endpoint's output.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tcpscope::testhost::{ChildGuard, TestHosts, SERVER_IF, SERVER_V4};
+
+const AGENT: &str = "127.0.0.1:19917";
+const PROMETHEUS: &str = "127.0.0.1:19990";
+
+fn http_get(addr: &str, path: &str) -> String {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("http://{addr}{path}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "GET {path}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// One instant query's value, if the series exists.
+fn query(q: &str) -> Option<f64> {
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-G",
+            &format!("http://{PROMETHEUS}/api/v1/query"),
+            "--data-urlencode",
+        ])
+        .arg(format!("query={q}"))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    assert_eq!(v["status"], "success", "{q}: {v}");
+    v["data"]["result"].as_array()?.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// Waits (up to a minute) until `q` answers `want`, or fails saying what it answered.
+fn wait_for(q: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last = None;
+    while Instant::now() < deadline {
+        last = query(q);
+        if last == Some(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    panic!("{q}: Prometheus answers {last:?}, not {want}");
+}
+
+fn start_prometheus(dir: &std::path::Path) -> ChildGuard {
+    let shipped =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/prometheus.yml"))
+            .unwrap();
+    let config = shipped.replace("127.0.0.1:9917", AGENT).replace("15s", "1s");
+    assert!(config.contains(AGENT), "the shipped config names the agent's default address");
+    let file = dir.join("prometheus.yml");
+    std::fs::write(&file, config).unwrap();
+    let mut cmd = Command::new("prometheus");
+    cmd.arg(format!("--config.file={}", file.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+        .arg(format!("--web.listen-address={PROMETHEUS}"))
+        .stdout(Stdio::null());
+    ChildGuard::spawn_until_ready(cmd, "Server is ready to receive web requests", Duration::from_secs(60))
+        .expect("Prometheus starts (scripts/setup.sh installs Debian's prometheus)")
+        .0
+}
+
+#[test]
+fn prometheus_sees_exactly_the_traffic_made() {
+    const PORT: u16 = 18301;
+    const CLOSED: u16 = 18302;
+    const N: usize = 7;
+    let hosts = TestHosts::new("agent").unwrap();
+    let mut agent = Command::new(tcpscope_bin());
+    agent
+        .args(["agent", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--listen", AGENT])
+        .stdout(Stdio::null());
+    let (mut agent, _) =
+        ChildGuard::spawn_until_ready(agent, "metrics on http://", Duration::from_secs(30)).unwrap();
+
+    // The endpoint's own output passes Prometheus' linter.
+    let text = http_get(AGENT, "/metrics");
+    let mut check =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).spawn().unwrap();
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    assert!(check.wait().unwrap().success(), "promtool check metrics:\n{text}");
+    // Fixed label sets are there from the start, at 0.
+    assert!(
+        text.contains(&format!("tcpscope_tcp_flags_total{{flag=\"RST\",interface=\"{SERVER_IF}\"}} 0")),
+        "{text}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("tcpscope-prom-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _prometheus = start_prometheus(&dir);
+
+    let listener = listen_in_server(&hosts, PORT);
+    let server = std::thread::spawn(move || {
+        for _ in 0..N {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = Vec::new();
+            s.read_to_end(&mut buf).unwrap();
+        }
+    });
+    TestHosts::run_in(&hosts.client_ns, || {
+        for _ in 0..N {
+            let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+            s.write_all(&[1; 100]).unwrap();
+        }
+        // A closed port: the server's kernel answers with a reset.
+        assert!(TcpStream::connect(SocketAddr::from((SERVER_V4, CLOSED))).is_err());
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    server.join().unwrap();
+
+    wait_for(&format!("tcpscope_connections_opened_total{{direction=\"in\",port=\"{PORT}\"}}"), N as f64);
+    wait_for(&format!("tcpscope_connections_closed_total{{direction=\"in\",port=\"{PORT}\"}}"), N as f64);
+    // Incoming SYNs on the server's interface: the N connections' and the one to the closed port.
+    wait_for(&format!("tcpscope_tcp_flags_total{{interface=\"{SERVER_IF}\",flag=\"SYN\"}}"), (N + 1) as f64);
+    wait_for(&format!("tcpscope_malformed_total{{interface=\"{SERVER_IF}\",reason=\"tcp_bad_doff\"}}"), 0.0);
+    assert!(
+        query("tcpscope_resets_total{direction=\"sent\"}").is_some_and(|v| v >= 1.0),
+        "the closed port's reset"
+    );
+    assert!(query(&format!("tcpscope_packets_total{{interface=\"{SERVER_IF}\",hook=\"tc\"}}"))
+        .is_some_and(|v| v >= (4 * N) as f64));
+    assert!(query("process_resident_memory_bytes{job=\"tcpscope\"}").is_some_and(|v| v > 0.0));
+
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A port in use is one clear line, before anything is attached.
+#[test]
+fn a_port_in_use_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(tcpscope_bin()).args(["agent", "-i", "lo", "--listen", &addr]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&addr) && err.contains("--listen"), "{err}");
+}
