@@ -90,13 +90,8 @@ fn prometheus_sees_exactly_the_traffic_made() {
     let (mut agent, _) =
         ChildGuard::spawn_until_ready(agent, "metrics on http://", Duration::from_secs(30)).unwrap();
 
-    // The endpoint's own output passes Prometheus' linter.
-    let text = http_get(AGENT, "/metrics");
-    let mut check =
-        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).spawn().unwrap();
-    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
-    assert!(check.wait().unwrap().success(), "promtool check metrics:\n{text}");
     // Fixed label sets are there from the start, at 0.
+    let text = http_get(AGENT, "/metrics");
     assert!(
         text.contains(&format!("tcpscope_tcp_flags_total{{flag=\"RST\",interface=\"{SERVER_IF}\"}} 0")),
         "{text}"
@@ -140,6 +135,13 @@ fn prometheus_sees_exactly_the_traffic_made() {
         .is_some_and(|v| v >= (4 * N) as f64));
     assert!(query("process_resident_memory_bytes{job=\"tcpscope\"}").is_some_and(|v| v > 0.0));
 
+    // The endpoint's own output, histograms and all, passes Prometheus' linter.
+    let text = http_get(AGENT, "/metrics");
+    assert!(text.contains("tcpscope_handshake_seconds_bucket"), "{text}");
+    let mut check =
+        Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).spawn().unwrap();
+    check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    assert!(check.wait().unwrap().success(), "promtool check metrics:\n{text}");
     assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

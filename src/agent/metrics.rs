@@ -9,8 +9,9 @@ use std::collections::{HashMap, HashSet};
 use anyhow::Result;
 use prometheus::{IntCounterVec, Opts, Registry};
 
+use crate::agent::histograms::LatencyHistograms;
 use crate::bpf::counters::Counters;
-use crate::bpf::lifecycle::types::{conn_event, conn_event_kind as K};
+use crate::bpf::lifecycle::types::{conn_event, conn_event_kind as K, latency_hist, latency_key};
 use crate::names::{FLAG_NAMES, GUARD_DROP_NAMES, MALFORMED_NAMES};
 
 /// Remote ports of outgoing connections get a label each up to this many;
@@ -37,6 +38,17 @@ pub struct Metrics {
     remote_ports: HashSet<u16>,
     /// Open connections seen: cookie to (direction, port label).
     open: HashMap<u64, (&'static str, String)>,
+    latency: LatencyHistograms,
+}
+
+/// A remote port's label: its number for the first REMOTE_PORTS ports seen,
+/// "other" after.
+fn remote_port_label(seen: &mut HashSet<u16>, port: u16) -> String {
+    if seen.contains(&port) || seen.len() < REMOTE_PORTS && seen.insert(port) {
+        port.to_string()
+    } else {
+        "other".to_string()
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> Result<IntCounterVec> {
@@ -50,6 +62,8 @@ impl Metrics {
         let registry = Registry::new();
         #[cfg(target_os = "linux")]
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
+        let latency = LatencyHistograms::new()?;
+        registry.register(Box::new(latency.clone()))?;
         let r = &registry;
         Ok(Metrics {
             packets: counter(
@@ -118,6 +132,7 @@ impl Metrics {
             last: HashMap::new(),
             remote_ports: HashSet::new(),
             open: HashMap::new(),
+            latency,
         })
     }
 
@@ -182,14 +197,16 @@ impl Metrics {
     }
 
     fn port_label(&mut self, direction: &str, port: u16) -> String {
-        if direction == "in" || self.remote_ports.contains(&port) {
+        if direction == "in" {
             return port.to_string();
         }
-        if self.remote_ports.len() < REMOTE_PORTS {
-            self.remote_ports.insert(port);
-            return port.to_string();
-        }
-        "other".to_string()
+        remote_port_label(&mut self.remote_ports, port)
+    }
+
+    /// The kernel's latency histograms, as totals since start.
+    pub fn observe_latency(&mut self, hists: &[(latency_key, latency_hist)]) {
+        let ports = &mut self.remote_ports;
+        self.latency.update(hists, &mut |p| remote_port_label(ports, p));
     }
 
     /// The port label of a connection whose handshake was seen, else

@@ -2,5 +2,6 @@
 //! serves them. The command (`cmd/agent.rs`) starts the views and feeds
 //! their totals and events in.
 
+pub mod histograms;
 pub mod metrics;
 pub mod server;

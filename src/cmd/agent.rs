@@ -40,7 +40,8 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         metrics.declare_interface(iface, session.hook.name());
         sessions.push(session);
     }
-    let config = types::lifecycle_config { events: 1, ..Default::default() };
+    // One lifecycle object for both: the events and the histograms.
+    let config = types::lifecycle_config { events: 1, histograms: 1, ..Default::default() };
     let mut conns = ConnsView::start(config, AcceptVia::Cgroup)?;
     report_unavailable(&conns.lc);
     let reasons = ReasonNames::load();
@@ -62,6 +63,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
                 metrics.observe_interface(&s.ifname, s.hook.name(), &s.counters()?);
             }
             metrics.observe_conns_lost(conns.lost());
+            metrics.observe_latency(&crate::view::latency::read_histograms(&conns.lc));
             next = Instant::now() + interval;
         }
         if last {

@@ -50,7 +50,7 @@ impl LatencyView {
 }
 
 /// All histograms in the map, sorted by kind and port.
-fn read_histograms(lc: &lifecycle::Lifecycle) -> Vec<(types::latency_key, types::latency_hist)> {
+pub fn read_histograms(lc: &lifecycle::Lifecycle) -> Vec<(types::latency_key, types::latency_hist)> {
     let map = &lc.skel.maps.latency;
     let mut out = Vec::new();
     for key in map.keys() {
