@@ -157,3 +157,86 @@ fn a_port_in_use_is_one_clear_line() {
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains(&addr) && err.contains("--listen"), "{err}");
 }
+
+/// The agent's own endpoint, read until `line` shows `want` (a minute at most).
+fn wait_for_metric(line: &str, want: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    while Instant::now() < deadline {
+        let text = http_get(AGENT_2, "/metrics");
+        seen = text.lines().find(|l| l.starts_with(line)).unwrap_or("").to_string();
+        if seen.rsplit(' ').next().and_then(|v| v.parse::<u64>().ok()) == Some(want) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("{line}: the agent shows {seen:?}, not {want}");
+}
+
+const AGENT_2: &str = "127.0.0.1:19918";
+
+fn connect_n(hosts: &TestHosts, port: u16, n: usize) {
+    let listener = listen_in_server(hosts, port);
+    TestHosts::run_in(&hosts.client_ns, move || {
+        for _ in 0..n {
+            TcpStream::connect(SocketAddr::from((SERVER_V4, port))).unwrap();
+        }
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    drop(listener);
+}
+
+/// An interface deleted under the agent is said once, not an error; when
+/// an interface of that name is back, the agent counts on it again, and
+/// its counters go on from where they were.
+#[test]
+fn an_interface_that_goes_and_comes_back_is_counted_again() {
+    use tcpscope::testhost::{ip, CLIENT_IF, CLIENT_V4};
+    let hosts = TestHosts::new("agentif").unwrap();
+    let mut agent = Command::new(tcpscope_bin());
+    agent
+        .args(["agent", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--listen", AGENT_2])
+        .stdout(Stdio::null());
+    let (mut agent, lines) =
+        ChildGuard::spawn_until_ready(agent, "metrics on http://", Duration::from_secs(30)).unwrap();
+    let syn = format!("tcpscope_tcp_flags_total{{flag=\"SYN\",interface=\"{SERVER_IF}\"}}");
+    connect_n(&hosts, 18303, 2);
+    wait_for_metric(&syn, 2);
+
+    ip(&["-n", &hosts.client_ns, "link", "del", CLIENT_IF]).unwrap(); // both ends go
+    let said = |what: &str| lines.lock().unwrap().iter().any(|l| l.contains(what));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !said("attaching again when it is back") {
+        assert!(Instant::now() < deadline, "the agent did not notice: {:?}", lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent keeps running");
+    ip(&[
+        "link",
+        "add",
+        CLIENT_IF,
+        "netns",
+        &hosts.client_ns,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        SERVER_IF,
+        "netns",
+        &hosts.server_ns,
+    ])
+    .unwrap();
+    ip(&["-n", &hosts.client_ns, "addr", "add", &format!("{CLIENT_V4}/24"), "dev", CLIENT_IF]).unwrap();
+    ip(&["-n", &hosts.server_ns, "addr", "add", &format!("{SERVER_V4}/24"), "dev", SERVER_IF]).unwrap();
+    ip(&["-n", &hosts.client_ns, "link", "set", CLIENT_IF, "up"]).unwrap();
+    ip(&["-n", &hosts.server_ns, "link", "set", SERVER_IF, "up"]).unwrap();
+    while !said("is back: counting again") {
+        assert!(Instant::now() < deadline, "the agent did not attach again: {:?}", lines.lock().unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    connect_n(&hosts, 18304, 3);
+    wait_for_metric(&syn, 5);
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+}

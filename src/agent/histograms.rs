@@ -19,6 +19,9 @@ use crate::histogram::slot_bounds;
 pub const BOUNDS: [f64; 16] =
     [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// (family, labels) -> a merged histogram, and its unit in seconds.
+type Merged<'a> = BTreeMap<(&'a str, Vec<(&'a str, String)>), (latency_hist, f64)>;
+
 const HANDSHAKE: &str = "tcpscope_handshake_seconds";
 const RTT: &str = "tcpscope_rtt_seconds";
 
@@ -59,8 +62,7 @@ impl LatencyHistograms {
             .filter(|(k, _)| u32::from(k.kind) == latency_kind::LAT_HANDSHAKE.0)
             .map(|(k, _)| k.port)
             .collect();
-        // (family, labels) -> merged histogram, in kernel units.
-        let mut merged: BTreeMap<(&str, Vec<(&str, String)>), (latency_hist, f64)> = BTreeMap::new();
+        let mut merged = Merged::new();
         for (k, h) in hists {
             let kind = u32::from(k.kind);
             let (family, labels, unit) = if kind == latency_kind::LAT_HANDSHAKE.0 {

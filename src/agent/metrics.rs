@@ -167,6 +167,12 @@ impl Metrics {
         c.with_label_values(labels).inc_by(new);
     }
 
+    /// The interface's programs are new (attached again): their totals
+    /// start from 0, and all of them are news.
+    pub fn interface_attached_again(&mut self, iface: &str) {
+        self.last.retain(|(_, labels), _| labels.first().map(String::as_str) != Some(iface));
+    }
+
     /// An interface's counters, as totals since its program was attached.
     pub fn observe_interface(&mut self, iface: &str, hook: &str, c: &Counters) {
         let k = &c.0;
