@@ -9,11 +9,12 @@ cd "$(dirname "$0")/.."
 secs="${1:-30}"
 
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-# cargo-fuzz needs nightly flags (-Zsanitizer); the stable toolchain takes
-# them with RUSTC_BOOTSTRAP, which is all this machine has.
-export RUSTC_BOOTSTRAP=1
-
 cargo run -q --release -p tcpscope-wire --example fuzz_seeds -- ../shared/corpus/tcpdump fuzz/corpus
+# cargo-fuzz needs nightly flags (-Zsanitizer); the stable toolchain takes
+# them with RUSTC_BOOTSTRAP, which is all this machine has. Set only now:
+# cargo rebuilds whatever it built without it, and the seeds' build above
+# is the main workspace's, which `cargo test` reuses.
+export RUSTC_BOOTSTRAP=1
 cd fuzz
 for target in decode capture; do
     echo "fuzz: $target for ${secs}s"

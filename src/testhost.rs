@@ -114,30 +114,39 @@ impl TestHosts {
         // From here on, Drop cleans up whatever part was made.
         ip(&["netns", "add", &hosts.client_ns])?;
         ip(&["netns", "add", &hosts.server_ns])?;
+        for ns in [&hosts.client_ns, &hosts.server_ns] {
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        hosts.link()?;
+        Ok(hosts)
+    }
+
+    /// Makes the veth pair between the hosts, addressed and up: at start,
+    /// and again after a test deleted it.
+    pub fn link(&self) -> Result<()> {
         ip(&[
             "link",
             "add",
             CLIENT_IF,
             "netns",
-            &hosts.client_ns,
+            &self.client_ns,
             "type",
             "veth",
             "peer",
             "name",
             SERVER_IF,
             "netns",
-            &hosts.server_ns,
+            &self.server_ns,
         ])?;
         for (ns, ifname, v4, v6) in [
-            (&hosts.client_ns, CLIENT_IF, CLIENT_V4, CLIENT_V6),
-            (&hosts.server_ns, SERVER_IF, SERVER_V4, SERVER_V6),
+            (&self.client_ns, CLIENT_IF, CLIENT_V4, CLIENT_V6),
+            (&self.server_ns, SERVER_IF, SERVER_V4, SERVER_V6),
         ] {
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
             ip(&["-n", ns, "addr", "add", &format!("{v4}/24"), "dev", ifname])?;
             ip(&["-n", ns, "addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;
             ip(&["-n", ns, "link", "set", ifname, "up"])?;
         }
-        Ok(hosts)
+        Ok(())
     }
 
     /// A command that runs `program` inside namespace `ns`.

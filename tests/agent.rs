@@ -193,7 +193,7 @@ fn connect_n(hosts: &TestHosts, port: u16, n: usize) {
 /// its counters go on from where they were.
 #[test]
 fn an_interface_that_goes_and_comes_back_is_counted_again() {
-    use tcpscope::testhost::{ip, CLIENT_IF, CLIENT_V4};
+    use tcpscope::testhost::{ip, CLIENT_IF};
     let hosts = TestHosts::new("agentif").unwrap();
     let mut agent = Command::new(tcpscope_bin());
     agent
@@ -213,25 +213,7 @@ fn an_interface_that_goes_and_comes_back_is_counted_again() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(agent.child.try_wait().unwrap().is_none(), "the agent keeps running");
-    ip(&[
-        "link",
-        "add",
-        CLIENT_IF,
-        "netns",
-        &hosts.client_ns,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        SERVER_IF,
-        "netns",
-        &hosts.server_ns,
-    ])
-    .unwrap();
-    ip(&["-n", &hosts.client_ns, "addr", "add", &format!("{CLIENT_V4}/24"), "dev", CLIENT_IF]).unwrap();
-    ip(&["-n", &hosts.server_ns, "addr", "add", &format!("{SERVER_V4}/24"), "dev", SERVER_IF]).unwrap();
-    ip(&["-n", &hosts.client_ns, "link", "set", CLIENT_IF, "up"]).unwrap();
-    ip(&["-n", &hosts.server_ns, "link", "set", SERVER_IF, "up"]).unwrap();
+    hosts.link().unwrap(); // the same names, new interfaces
     while !said("is back: counting again") {
         assert!(Instant::now() < deadline, "the agent did not attach again: {:?}", lines.lock().unwrap());
         std::thread::sleep(Duration::from_millis(50));

@@ -59,25 +59,19 @@ impl Kernel {
         Kernel { skel, last, ring, events }
     }
 
-    /// Whether the program made an event of `frame`.
-    fn emits(&mut self, frame: &[u8]) -> bool {
+    /// Runs `frame` through the XDP program; the events it made.
+    fn run(&mut self, frame: &[u8]) -> Vec<packet_event> {
         self.skel
             .progs
             .tcpscope_xdp
             .test_run(ProgramInput { data_in: Some(frame), repeat: 1, ..Default::default() })
             .expect("test run");
         self.ring.consume().unwrap();
-        !std::mem::take(&mut *self.events.borrow_mut()).is_empty()
+        std::mem::take(&mut *self.events.borrow_mut())
     }
 
     fn verdict(&mut self, frame: &[u8]) -> Verdict {
-        self.skel
-            .progs
-            .tcpscope_xdp
-            .test_run(ProgramInput { data_in: Some(frame), repeat: 1, ..Default::default() })
-            .expect("test run");
-        self.ring.consume().unwrap();
-        let mut events = std::mem::take(&mut *self.events.borrow_mut());
+        let mut events = self.run(frame);
         let now = bpf::read_counters(&self.skel).unwrap();
         let (a, b) = (&now.0, &self.last.0);
         let v = if now.0.tcp_packets > self.last.0.tcp_packets {
@@ -361,7 +355,12 @@ fn kernel_and_user_filters_agree() {
                 address(ev.ip_version, &ev.dst),
                 ev.flags_raw,
             );
-            assert_eq!(k.emits(frame), user, "{filter:?} on {:02x?}", &frame[..frame.len().min(64)]);
+            assert_eq!(
+                !k.run(frame).is_empty(),
+                user,
+                "{filter:?} on {:02x?}",
+                &frame[..frame.len().min(64)]
+            );
             matched += usize::from(user);
         }
         assert!(
