@@ -67,6 +67,14 @@ fn start_prometheus(dir: &std::path::Path) -> ChildGuard {
     assert!(config.contains(AGENT), "the shipped config names the agent's default address");
     let file = dir.join("prometheus.yml");
     std::fs::write(&file, config).unwrap();
+    // The shipped alert rules, beside it as the config names them.
+    std::fs::copy(
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/tcpscope-rules.yml"),
+        dir.join("tcpscope-rules.yml"),
+    )
+    .unwrap();
+    let check = Command::new("promtool").arg("check").arg("config").arg(&file).output().unwrap();
+    assert!(check.status.success(), "promtool check config: {check:?}");
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", file.display()))
         .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
@@ -142,6 +150,29 @@ fn prometheus_sees_exactly_the_traffic_made() {
         Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).spawn().unwrap();
     check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     assert!(check.wait().unwrap().success(), "promtool check metrics:\n{text}");
+    // Every shipped alert rule evaluated, without error, against the live agent.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v: serde_json::Value = serde_json::from_str(&http_get(PROMETHEUS, "/api/v1/rules")).unwrap();
+        let rules: Vec<&serde_json::Value> = v["data"]["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|g| g["rules"].as_array().unwrap())
+            .collect();
+        assert_eq!(rules.len(), 4, "the shipped rules are loaded: {v}");
+        let evaluated =
+            rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")));
+        if evaluated {
+            for r in &rules {
+                assert_eq!(r["health"], "ok", "rule {} evaluates without error: {r}", r["name"]);
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "rules not evaluated within a minute: {v}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
     assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,7 +10,6 @@ use anyhow::Result;
 use crate::agent::metrics::Metrics;
 use crate::agent::server::Server;
 use crate::bpf::lifecycle::types;
-use crate::bpf::lifecycle::AcceptVia;
 use crate::cli::{AgentArgs, AttachArgs};
 use crate::cmd::{report_unavailable, stop_flag, Session};
 use crate::filter::EventFilter;
@@ -50,7 +49,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         *session = Some(s);
     }
     let config = types::lifecycle_config { events: 1, histograms: 1, ..Default::default() };
-    let mut conns = ConnsView::start(config, AcceptVia::Cgroup)?;
+    let mut conns = ConnsView::start(config, None)?;
     report_unavailable(&conns.lc);
     let reasons = ReasonNames::load();
     let drop_reason = |r: u32| reasons.name(types::conn_event_kind::CONN_DROP.0 as u8, r);

@@ -22,7 +22,7 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         events: 1,
         ..lifecycle::config_for_ports(&args.ports)?
     };
-    let mut view = ConnsView::start(config, args.accept_via)?;
+    let mut view = ConnsView::start(config, Some(args.accept_via))?;
     // Before the ready line below: scripts start measuring at it.
     let reasons = ReasonNames::load();
     report_unavailable(&view.lc);

@@ -71,8 +71,11 @@ pub struct ConnsView {
 }
 
 impl ConnsView {
-    pub fn start(config: types::lifecycle_config, accept_via: AcceptVia) -> Result<Self> {
-        let lc = lifecycle::start(config, None, Some(accept_via), None)?;
+    /// `accept_via`: where the process of accepted sockets comes from;
+    /// None leaves the accept view out (the agent counts, and needs no
+    /// process).
+    pub fn start(config: types::lifecycle_config, accept_via: Option<AcceptVia>) -> Result<Self> {
+        let lc = lifecycle::start(config, None, accept_via, None)?;
         let slots = EventSlots::new(&lc.skel.maps.conn_heads, &lc.skel.maps.conn_slots)?;
         let reader_watch = Some(ReaderWatch::start(&lc.skel.maps.conn_heads, &lc.skel.maps.conn_doorbell)?);
         let pending = TimeOrder::new(slots.cpus());
