@@ -19,8 +19,9 @@ task="${1:-demo}"
 # nmap, hping3 and curl (attack and client tests), xdp-tools (the rules
 # benchmark's reference), bpftool (link checks),
 # util-linux (setpriv, for the no-privilege test), prometheus (with
-# promtool: the agent's tests scrape it with the real thing).
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl xdp-tools bpftool util-linux prometheus)
+# promtool: the agent's tests scrape it with the real thing), systemd
+# (systemd-analyze verify, for the shipped unit).
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl xdp-tools bpftool util-linux prometheus systemd)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: run as root (sudo $0 $task): it installs packages and loads BPF programs" >&2

@@ -253,3 +253,63 @@ fn an_interface_that_goes_and_comes_back_is_counted_again() {
     wait_for_metric(&syn, 5);
     assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
 }
+
+/// The shipped systemd unit: `systemd-analyze verify` has nothing to say
+/// of it (its binary pointed at the one built), and the agent runs as an
+/// unprivileged user with exactly the unit's capabilities; with one of
+/// them fewer it refuses, naming the one missing.
+#[test]
+fn the_systemd_unit_verifies_and_its_capabilities_suffice() {
+    use std::os::unix::fs::PermissionsExt;
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/deploy/systemd/tcpscope-agent.service"
+    ))
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("tcpscope-unit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // A copy of the binary that any user may run.
+    let bin = dir.join("tcpscope");
+    std::fs::copy(tcpscope_bin(), &bin).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let file = dir.join("tcpscope-agent.service");
+    std::fs::write(&file, unit.replace("/usr/local/bin/tcpscope", bin.to_str().unwrap())).unwrap();
+    let out = Command::new("systemd-analyze").arg("verify").arg(&file).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {out:?}");
+
+    let caps: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
+        .expect("the unit bounds its capabilities")
+        .split_whitespace()
+        .map(|c| c.trim_start_matches("CAP_").to_lowercase())
+        .collect();
+    let run_with = |caps: &[String], listen: &str| {
+        let set = format!("-all,{}", caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>().join(","));
+        let mut cmd = Command::new("setpriv");
+        cmd.args(["--reuid=nobody", "--regid=nogroup", "--clear-groups"])
+            .arg(format!("--inh-caps={set}"))
+            .arg(format!("--ambient-caps={set}"))
+            .arg(format!("--bounding-set={set}"))
+            .arg(&bin)
+            .args(["agent", "-i", "lo", "--listen", listen]);
+        cmd
+    };
+    let mut cmd = run_with(&caps, "127.0.0.1:19919");
+    cmd.stdout(Stdio::null());
+    let (mut agent, _) = ChildGuard::spawn_until_ready(cmd, "metrics on http://", Duration::from_secs(30))
+        .expect("the agent starts with the unit's capabilities alone");
+    assert!(http_get("127.0.0.1:19919", "/metrics")
+        .contains("tcpscope_packets_total{hook=\"tc\",interface=\"lo\"}"));
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    for dropped in &caps {
+        let fewer: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
+        let out = run_with(&fewer, "127.0.0.1:19920").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.lines().count() == 1, "without {dropped}: {err}");
+        assert!(err.contains(&format!("CAP_{}", dropped.to_uppercase())), "without {dropped}: {err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
