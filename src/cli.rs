@@ -188,7 +188,7 @@ const GUARD_HOOK_HELP: &str = "Ingress hook [default: xdp]. \
 The guard drops at XDP by default: before an skb exists, the cheapest place to drop. \
 tc (tcx ingress, TC_ACT_SHOT) works on every interface and goes at the head of the tcx chain.";
 
-#[derive(Debug, Args)]
+#[derive(Debug, Args, Clone)]
 #[command(mut_arg("hook", |a| a.help(GUARD_HOOK_HELP)))]
 pub struct GuardArgs {
     #[command(flatten)]
@@ -285,6 +285,10 @@ pub struct GuardSelect {
     /// The guarded interface's network namespace, as given to `guard --netns`.
     #[arg(long, value_name = "NAME", global = true, requires = "iface")]
     pub netns: Option<String>,
+    /// The control socket of a running agent. When an agent answers there,
+    /// the rules go through it: without -i, to every interface it guards.
+    #[arg(long, value_name = "SOCKET", global = true, default_value = crate::agent::control::SOCKET)]
+    pub agent: PathBuf,
 }
 
 impl GuardSelect {
@@ -315,6 +319,9 @@ pub enum BlockCmd {
         /// Remove the rule after this long: 500ms, 30s, 10m, 2h.
         #[arg(long, value_name = "DURATION", value_parser = crate::policy::parse_duration)]
         ttl: Option<std::time::Duration>,
+        /// A note kept with the rule (by a running agent; a guard keeps none).
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
     },
     /// Remove a block rule.
     Del {
@@ -355,6 +362,9 @@ pub enum AllowCmd {
         /// Remove the rule after this long: 500ms, 30s, 10m, 2h.
         #[arg(long, value_name = "DURATION", value_parser = crate::policy::parse_duration)]
         ttl: Option<std::time::Duration>,
+        /// A note kept with the rule (by a running agent; a guard keeps none).
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
     },
     /// Remove an allow rule.
     Del { cidr: Cidr },
@@ -427,18 +437,46 @@ pub struct StatsArgs {
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
-    /// Interface to count packets on; repeat for more.
-    #[arg(short = 'i', long = "interface", value_name = "IFACE", required = true)]
+    /// The agent's configuration (TOML; see docs/agent.md). The options
+    /// below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Interfaces to follow: a name, a glob (veth*, eth?) or all (every one
+    /// but lo); repeat for more. Those a glob matches are attached as they
+    /// appear.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE|GLOB")]
     pub ifaces: Vec<String>,
     /// Network namespace of the interfaces (a name from `ip netns`, or a path).
     #[arg(long, value_name = "NAME")]
     pub netns: Option<String>,
-    /// Where to serve /metrics (keep it on loopback unless a firewall guards it).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9917")]
-    pub listen: String,
-    /// Seconds between reads of the kernel's counters.
-    #[arg(long, value_name = "S", default_value_t = 1.0)]
-    pub interval: f64,
+    /// Where to serve /metrics [default: 127.0.0.1:9917] (keep it on
+    /// loopback unless a firewall guards it).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// Seconds between reads of the kernel's counters [default: 1].
+    #[arg(long, value_name = "S")]
+    pub interval: Option<f64>,
+    /// Guard every interface followed, with its detectors (settings in the
+    /// config's [guard] table).
+    #[arg(long)]
+    pub guard: bool,
+    /// Where the agent keeps its rules [default: /var/lib/tcpscope].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The control API's Unix socket (root-only) [default: /run/tcpscope/agent.sock].
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
+    /// Also serve the control API on TCP, at this address; beyond loopback
+    /// only with --control-token-file.
+    #[arg(long, value_name = "ADDR")]
+    pub control_listen: Option<String>,
+    /// The bearer token the TCP control API asks for (a file only root can read).
+    #[arg(long, value_name = "FILE")]
+    pub control_token_file: Option<PathBuf>,
+    /// Export the BPF programs' run time and run count (the kernel's
+    /// BPF_ENABLE_STATS, on while the agent runs; costs a few ns per run).
+    #[arg(long)]
+    pub bpf_stats: bool,
 }
 
 /// What `bench` measures.

@@ -19,5 +19,6 @@ pub mod histogram;
 pub mod names;
 pub mod output;
 pub mod policy;
+pub mod rule_target;
 pub mod testhost;
 pub mod view;

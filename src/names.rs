@@ -67,6 +67,12 @@ fn from_one(table: &'static [&'static str], v: u8) -> &'static str {
     (v as usize).checked_sub(1).and_then(|i| table.get(i)).copied().unwrap_or("unknown")
 }
 
+/// Every alert kind the guard raises: the kernel's, and `syn_ratio`,
+/// which user space computes.
+pub fn alert_kinds() -> impl Iterator<Item = &'static str> {
+    ALERT_NAMES.iter().copied().chain(["syn_ratio"])
+}
+
 /// An alert kind's name, as in JSON `alert`.
 pub fn alert_name(kind: u8) -> &'static str {
     from_one(&ALERT_NAMES, kind)

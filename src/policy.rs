@@ -153,15 +153,15 @@ struct FileRule {
 /// Line numbers of byte offsets: the offsets of each line's start, found
 /// once, then a binary search per offset (counting newlines from the start
 /// for every rule made a 40,000-rule file take 13 s).
-struct Lines(Vec<usize>);
+pub(crate) struct Lines(Vec<usize>);
 
 impl Lines {
-    fn new(text: &str) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         Lines(std::iter::once(0).chain(text.match_indices('\n').map(|(i, _)| i + 1)).collect())
     }
 
     /// The 1-based line of byte `offset`.
-    fn of(&self, offset: usize) -> usize {
+    pub(crate) fn of(&self, offset: usize) -> usize {
         self.0.partition_point(|start| *start <= offset)
     }
 }
@@ -382,7 +382,10 @@ fn file_rules_state(iface: &str) -> PathBuf {
 pub fn running_guard(iface: &str) -> Option<u32> {
     let pid: u32 = fs::read_to_string(pid_file(iface)).ok()?.trim().parse().ok()?;
     let comm = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
-    (comm.trim() == "tcpscope").then_some(pid)
+    // A guard killed a moment ago is a zombie until reaped: not running.
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    (comm.trim() == "tcpscope" && !matches!(state, Some("Z" | "X"))).then_some(pid)
 }
 
 /// Interfaces with a live guard.
@@ -497,7 +500,7 @@ impl PolicyMaps {
             None => {
                 let live = running_guards();
                 match live.as_slice() {
-                    [] => bail!("no tcpscope guard is running: start one with `tcpscope guard -i IFACE`"),
+                    [] => bail!("no tcpscope guard or agent is running: start one with `tcpscope guard -i IFACE` or `tcpscope agent --guard -i IFACE` (an agent elsewhere than /run/tcpscope/agent.sock: --agent SOCKET)"),
                     [one] => one.clone(),
                     many => {
                         bail!("several guards are running ({}): choose one with -i IFACE", many.join(", "))
@@ -584,10 +587,16 @@ impl PolicyMaps {
 
     /// How many rules the lists hold (their keys walked, no values read).
     pub fn count(&self) -> usize {
-        self.maps
-            .iter()
-            .filter(|(n, _)| map_list(n).is_some())
-            .map(|(_, m)| {
+        let (allow, block) = self.count_by_list();
+        allow + block
+    }
+
+    /// How many rules the allow list and the block list hold.
+    pub fn count_by_list(&self) -> (usize, usize) {
+        let is_allow = |n: &str| n.starts_with("allow_");
+        let (mut allow, mut block) = (0, 0);
+        for (name, n) in self.maps.iter().filter(|(n, _)| map_list(n).is_some()).map(|(name, m)| {
+            (name, {
                 // In batches where the kernel can (a million rules took 0.8 s
                 // key by key); key by key where it cannot.
                 let batched = m.lookup_batch(1 << 16, MapFlags::ANY, MapFlags::ANY).map_or(0, |b| b.count());
@@ -598,7 +607,10 @@ impl PolicyMaps {
                     batched
                 }
             })
-            .sum()
+        }) {
+            *if is_allow(name) { &mut allow } else { &mut block } += n;
+        }
+        (allow, block)
     }
 
     /// Deletes every rule of `list`; returns how many.

@@ -17,6 +17,11 @@ use tcpscope::testhost::{ChildGuard, TestHosts, SERVER_IF, SERVER_V4};
 const AGENT: &str = "127.0.0.1:19917";
 const PROMETHEUS: &str = "127.0.0.1:19990";
 
+/// A control socket of the test's own (tests run side by side).
+fn own_socket(tag: &str) -> String {
+    format!("/run/tcpscope/test-{tag}-{}.sock", std::process::id())
+}
+
 fn http_get(addr: &str, path: &str) -> String {
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "5", &format!("http://{addr}{path}")])
@@ -94,6 +99,7 @@ fn prometheus_sees_exactly_the_traffic_made() {
     let mut agent = Command::new(tcpscope_bin());
     agent
         .args(["agent", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--listen", AGENT])
+        .args(["--control-socket", &own_socket("prom")])
         .stdout(Stdio::null());
     let (mut agent, _) =
         ChildGuard::spawn_until_ready(agent, "metrics on http://", Duration::from_secs(30)).unwrap();
@@ -150,6 +156,37 @@ fn prometheus_sees_exactly_the_traffic_made() {
         Command::new("promtool").args(["check", "metrics"]).stdin(Stdio::piped()).spawn().unwrap();
     check.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     assert!(check.wait().unwrap().success(), "promtool check metrics:\n{text}");
+    // Asked for OpenMetrics (as Prometheus asks first, so the counts above
+    // came that way), the same series, and the Python client's strict
+    // OpenMetrics parser accepts it (it wants # EOF, counters' families
+    // without _total, and more).
+    let open = Command::new("curl")
+        .args(["-sS", "--max-time", "5", "-H", "Accept: application/openmetrics-text; version=1.0.0"])
+        .arg(format!("http://{AGENT}/metrics"))
+        .output()
+        .unwrap();
+    let parse = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
+                 for f in p(sys.stdin.read()):\n    for s in f.samples:\n        print(s.name)";
+    let mut py = Command::new("/usr/bin/python3")
+        .args(["-c", parse])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 (scripts/setup.sh installs python3-prometheus-client)");
+    py.stdin.take().unwrap().write_all(&open.stdout).unwrap();
+    let parsed = py.wait_with_output().unwrap();
+    assert!(parsed.status.success(), "OpenMetrics parser: {}", String::from_utf8_lossy(&parsed.stderr));
+    let names = |t: &str| {
+        let mut v: Vec<String> = t
+            .lines()
+            .filter(|l| l.starts_with("tcpscope_"))
+            .map(|l| l.split(['{', ' ']).next().unwrap().to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&String::from_utf8_lossy(&parsed.stdout)), names(&text), "the same samples both ways");
     // Every shipped alert rule evaluated, without error, against the live agent.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -182,7 +219,10 @@ fn prometheus_sees_exactly_the_traffic_made() {
 fn a_port_in_use_is_one_clear_line() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let out = Command::new(tcpscope_bin()).args(["agent", "-i", "lo", "--listen", &addr]).output().unwrap();
+    let out = Command::new(tcpscope_bin())
+        .args(["agent", "-i", "lo", "--listen", &addr, "--control-socket", &own_socket("port")])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -229,6 +269,7 @@ fn an_interface_that_goes_and_comes_back_is_counted_again() {
     let mut agent = Command::new(tcpscope_bin());
     agent
         .args(["agent", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--listen", AGENT_2])
+        .args(["--control-socket", &own_socket("if")])
         .stdout(Stdio::null());
     let (mut agent, lines) =
         ChildGuard::spawn_until_ready(agent, "metrics on http://", Duration::from_secs(30)).unwrap();
@@ -245,7 +286,7 @@ fn an_interface_that_goes_and_comes_back_is_counted_again() {
     }
     assert!(agent.child.try_wait().unwrap().is_none(), "the agent keeps running");
     hosts.link().unwrap(); // the same names, new interfaces
-    while !said("is back: counting again") {
+    while !said("is there: attached") {
         assert!(Instant::now() < deadline, "the agent did not attach again: {:?}", lines.lock().unwrap());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -279,6 +320,12 @@ fn the_systemd_unit_verifies_and_its_capabilities_suffice() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && said.trim().is_empty(), "systemd-analyze verify: {out:?}");
 
+    // What RuntimeDirectory= and StateDirectory= give the unit's user.
+    let run = dir.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    Command::new("chown").args(["nobody:nogroup"]).arg(&run).status().unwrap();
+    assert!(unit.contains("RuntimeDirectory=tcpscope") && unit.contains("StateDirectory=tcpscope"));
+    assert!(unit.contains("--control-socket /run/tcpscope/agent.sock") || !unit.contains("--control-socket"));
     let caps: Vec<String> = unit
         .lines()
         .find_map(|l| l.strip_prefix("CapabilityBoundingSet="))
@@ -294,7 +341,10 @@ fn the_systemd_unit_verifies_and_its_capabilities_suffice() {
             .arg(format!("--ambient-caps={set}"))
             .arg(format!("--bounding-set={set}"))
             .arg(&bin)
-            .args(["agent", "-i", "lo", "--listen", listen]);
+            .args(["agent", "-i", "lo", "--listen", listen, "--control-socket"])
+            .arg(run.join("agent.sock"))
+            .arg("--state-dir")
+            .arg(run.join("state"));
         cmd
     };
     let mut cmd = run_with(&caps, "127.0.0.1:19919");

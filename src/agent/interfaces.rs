@@ -1,74 +1,394 @@
-//! The interfaces an agent counts on, each with its ingress programs while
-//! it is there. One that goes away is not an error on a host where
-//! containers come and go: its programs are gone with it, and they are
-//! attached again once an interface of that name is back, its counters
-//! going on from where they were. Says what changed; never prints.
+//! The interfaces an agent follows, each with its ingress programs (the
+//! guard's, when it guards) while it is there. They are given as names,
+//! globs (`veth*`, `eth?`) or `all` (every interface but loopback).
+//!
+//! A netlink socket subscribed to link events says when interfaces come
+//! and go; the list is then read again. One that goes away is not an
+//! error on a host where containers come and go: a named one is attached
+//! again once an interface of that name is back, its counters going on
+//! from where they were; one that matched a glob is forgotten, series
+//! included, so that churning container interfaces do not grow the
+//! series without bound. Says what changed; never prints.
 
-use anyhow::Result;
+use std::collections::HashSet;
+use std::ffi::{CStr, CString};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+use anyhow::{bail, Result};
 
 use crate::agent::metrics::Metrics;
-use crate::cli::AttachArgs;
+use crate::cli::{AttachArgs, GuardArgs};
+use crate::detect::{RatioWatch, Settings};
 use crate::filter::EventFilter;
+use crate::output::alert::Alert;
+use crate::policy::Rule;
+use crate::view::guard::Guard;
 use crate::view::ingress::Session;
 
-pub struct Interfaces {
-    list: Vec<(AttachArgs, Option<Session>)>,
+/// The programs on one interface.
+pub enum Attached {
+    Counting(Session),
+    Guarding(Box<Guarded>),
 }
 
-/// The ingress programs on one interface, counting only (no events).
-fn attach_counting(attach: &AttachArgs) -> Result<Session> {
-    Session::start(attach, EventFilter::default().to_kernel(false)?, 4096)
+pub struct Guarded {
+    pub guard: Guard,
+    settings: Settings,
+    ratio: RatioWatch,
+}
+
+impl Attached {
+    pub fn session(&self) -> &Session {
+        match self {
+            Attached::Counting(s) => s,
+            Attached::Guarding(g) => &g.guard.session,
+        }
+    }
+}
+
+struct Entry {
+    name: String,
+    /// Named, not matched by a glob: kept while gone, attached again.
+    named: bool,
+    state: Option<Attached>,
+}
+
+/// The rules a guard on an interface is to hold: the agent's rules file
+/// and its own rules.
+pub type RulesFor<'a> = &'a dyn Fn(&str) -> Vec<Rule>;
+
+pub struct Interfaces {
+    patterns: Vec<String>,
+    netns: Option<String>,
+    /// The guard's settings, when it guards (the interface left blank).
+    guard: Option<GuardArgs>,
+    list: Vec<Entry>,
+    links: Option<LinkEvents>,
+    /// Interfaces a glob matched that could not be attached: tried again
+    /// only once they have gone and come back.
+    refused: HashSet<String>,
+    /// Rule counts (allow, block), read every few polls.
+    pub rules: Option<(usize, usize)>,
+    polls: u64,
+}
+
+fn is_glob(p: &str) -> bool {
+    p == "all" || p.contains(['*', '?', '['])
+}
+
+/// Whether `name` matches `pattern` (fnmatch(3); `all` is every interface
+/// but loopback).
+fn matches(pattern: &str, name: &str) -> bool {
+    if pattern == "all" {
+        return name != "lo";
+    }
+    let (Ok(p), Ok(n)) = (CString::new(pattern), CString::new(name)) else { return false };
+    // SAFETY: two valid NUL-terminated strings.
+    unsafe { libc::fnmatch(p.as_ptr(), n.as_ptr(), 0) == 0 }
+}
+
+/// The interfaces of this thread's network namespace.
+pub fn present() -> Vec<String> {
+    let mut out = Vec::new();
+    // SAFETY: if_nameindex returns an array ended by a zero entry, freed
+    // below; names are NUL-terminated.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return out;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            out.push(CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    out
+}
+
+/// A netlink socket on the link group (RTMGRP_LINK): readable when an
+/// interface is added, removed or changed.
+struct LinkEvents(OwnedFd);
+
+impl LinkEvents {
+    fn open() -> Option<Self> {
+        // SAFETY: plain socket calls on a zeroed sockaddr_nl.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                libc::NETLINK_ROUTE,
+            );
+            if fd < 0 {
+                return None;
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut sa: libc::sockaddr_nl = std::mem::zeroed();
+            sa.nl_family = libc::AF_NETLINK as u16;
+            sa.nl_groups = libc::RTMGRP_LINK as u32;
+            let len = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+            if libc::bind(fd.as_raw_fd(), &sa as *const _ as *const libc::sockaddr, len) != 0 {
+                return None;
+            }
+            Some(LinkEvents(fd))
+        }
+    }
+
+    /// Whether anything happened since the last call (messages drained;
+    /// an overflow counts as something).
+    fn changed(&self) -> bool {
+        let mut any = false;
+        let mut buf = [0u8; 8192];
+        loop {
+            // SAFETY: reading into a buffer we own, without waiting.
+            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n > 0 {
+                any = true;
+                continue;
+            }
+            let e = std::io::Error::last_os_error().raw_os_error();
+            return any || (n < 0 && e == Some(libc::ENOBUFS));
+        }
+    }
 }
 
 impl Interfaces {
-    /// Attaches to every one of `names` (in `netns`, if given): at start
-    /// each must be there, so that a typo is one clear error. Their series
-    /// are declared in `metrics`.
-    pub fn start(names: &[String], netns: Option<&str>, metrics: &mut Metrics) -> Result<Self> {
-        let mut list = Vec::new();
-        for iface in names {
-            let attach = AttachArgs {
-                iface: iface.clone(),
-                hook: None,
-                xdp_mode: None,
-                btf: None,
-                netns: netns.map(str::to_string),
-            };
-            let s = attach_counting(&attach)?;
-            metrics.declare_interface(iface, s.hook.name());
-            list.push((attach, Some(s)));
+    /// Attaches to every interface `patterns` give, in `netns` if named (the
+    /// calling thread stays in it). A name must be there at start, so that
+    /// a typo is one clear error; a glob may match nothing yet.
+    pub fn start(
+        patterns: &[String],
+        netns: Option<&str>,
+        guard: Option<GuardArgs>,
+        metrics: &mut Metrics,
+        rules: RulesFor,
+    ) -> Result<Self> {
+        if let Some(ns) = netns {
+            crate::bpf::attach::enter_netns(ns)?;
         }
-        Ok(Interfaces { list })
+        let mut me = Interfaces {
+            patterns: Vec::new(),
+            netns: netns.map(str::to_string),
+            guard,
+            list: Vec::new(),
+            links: LinkEvents::open(),
+            refused: HashSet::new(),
+            rules: None,
+            polls: 0,
+        };
+        for name in patterns.iter().filter(|p| !is_glob(p)) {
+            crate::bpf::attach::ifindex(name)?;
+        }
+        me.patterns = patterns.to_vec();
+        for name in patterns.iter().filter(|p| !is_glob(p)) {
+            let a = me.attach(name, rules)?;
+            metrics.declare_interface(name, a.session().hook.name());
+            me.list.push(Entry { name: name.clone(), named: true, state: Some(a) });
+        }
+        let mut said = Vec::new();
+        me.rescan(metrics, rules, &mut said);
+        if let Some(e) = said.iter().find(|s| s.contains("cannot")) {
+            bail!("{e}");
+        }
+        Ok(me)
     }
 
-    /// Reads the counters of every interface that is there into `metrics`;
-    /// notices those gone, and attaches again to those back. Returns one
-    /// line for each such change.
-    pub fn poll(&mut self, metrics: &mut Metrics) -> Vec<String> {
+    fn attach(&self, name: &str, rules: RulesFor) -> Result<Attached> {
+        let attach = AttachArgs {
+            iface: name.to_string(),
+            hook: self.guard.as_ref().and_then(|g| g.attach.hook),
+            xdp_mode: self.guard.as_ref().and_then(|g| g.attach.xdp_mode),
+            btf: None,
+            netns: self.netns.clone(),
+        };
+        let Some(template) = &self.guard else {
+            return Ok(Attached::Counting(Session::start(&attach, EventFilter::default().to_kernel(false)?, 4096)?));
+        };
+        let args = GuardArgs { attach, rules: None, ..template.clone() };
+        let guard = Guard::start(&args)?;
+        guard.maps.sync_file_rules(&guard.id, &rules(name))?;
+        Ok(Attached::Guarding(Box::new(Guarded { guard, settings: Settings::from(&args), ratio: RatioWatch::default() })))
+    }
+
+    /// Interfaces a glob matches that are not followed yet are attached;
+    /// those a glob matched that are gone are forgotten.
+    fn rescan(&mut self, metrics: &mut Metrics, rules: RulesFor, said: &mut Vec<String>) {
+        let now = present();
+        self.refused.retain(|n| now.contains(n));
+        for name in &now {
+            let wanted = self.patterns.iter().any(|p| is_glob(p) && matches(p, name));
+            if !wanted || self.refused.contains(name) || self.list.iter().any(|e| &e.name == name) {
+                continue;
+            }
+            match self.attach(name, rules) {
+                Ok(a) => {
+                    let id = a.session().link.id().map_or("?".into(), |i| i.to_string());
+                    said.push(format!("{name} appeared: attached (link id {id})"));
+                    metrics.declare_interface(name, a.session().hook.name());
+                    self.list.push(Entry { name: name.clone(), named: false, state: Some(a) });
+                }
+                Err(e) => {
+                    said.push(format!("{name} appeared but cannot be followed: {e:#}"));
+                    self.refused.insert(name.clone());
+                }
+            }
+        }
+        self.list.retain_mut(|e| {
+            if e.named || now.contains(&e.name) {
+                return true;
+            }
+            if let Some(Attached::Guarding(g)) = &e.state {
+                g.guard.interface_gone();
+            }
+            said.push(format!("{} went away: forgotten, with its series", e.name));
+            metrics.forget_interface(&e.name);
+            false
+        });
+    }
+
+    /// Reads every interface's counters into `metrics`, and the guards'
+    /// alerts into `alerts`; follows interfaces that came or went. Returns
+    /// one line for each such change.
+    pub fn poll(&mut self, metrics: &mut Metrics, rules: RulesFor, alerts: &mut Vec<Alert>) -> Vec<String> {
         let mut said = Vec::new();
-        for (attach, session) in &mut self.list {
-            match session {
-                Some(s) => match s.presence.gone() {
-                    None => {
-                        if let Ok(c) = s.counters() {
-                            metrics.observe_interface(&s.ifname, s.hook.name(), &c);
+        // Without a netlink socket (none allowed), the list is read every time.
+        if self.links.as_ref().is_none_or(LinkEvents::changed) {
+            self.rescan(metrics, rules, &mut said);
+        }
+        for i in 0..self.list.len() {
+            let gone = self.list[i].state.as_ref().and_then(|a| a.session().presence.gone());
+            let entry = &mut self.list[i];
+            match (&entry.state, gone) {
+                (Some(a), Some(why)) => {
+                    if let Attached::Guarding(g) = a {
+                        g.guard.interface_gone();
+                    }
+                    said.push(format!("{why}; attaching again when it is back"));
+                    entry.state = None;
+                }
+                (Some(a), None) => {
+                    let s = a.session();
+                    if let Ok(c) = s.counters() {
+                        metrics.observe_interface(&s.ifname, s.hook.name(), &c);
+                    }
+                    if let Attached::Guarding(g) = a {
+                        // The guard's alerts wait in its rings until read.
+                        if let Ok(ring) = g.guard.alerts(&g.settings, |x| alerts.push(x)) {
+                            ring.consume();
                         }
                     }
-                    Some(why) => {
-                        said.push(format!("{why}; attaching again when it is back"));
-                        *session = None;
+                }
+                (None, _) => {
+                    let name = entry.name.clone();
+                    if crate::bpf::attach::ifindex(&name).is_err() {
+                        continue;
                     }
-                },
-                None => {
-                    if let Ok(s) = attach_counting(attach) {
-                        let id = s.link.id().map_or("?".into(), |i| i.to_string());
-                        said.push(format!("{} is back: counting again (link id {id})", attach.iface));
-                        metrics.interface_attached_again(&attach.iface);
-                        *session = Some(s);
+                    match self.attach(&name, rules) {
+                        Ok(a) => {
+                            let id = a.session().link.id().map_or("?".into(), |i| i.to_string());
+                            said.push(format!("{name} is there: attached (link id {id})"));
+                            metrics.interface_attached_again(&name);
+                            metrics.declare_interface(&name, a.session().hook.name());
+                            self.list[i].state = Some(a);
+                        }
+                        Err(e) => said.push(format!("{name} is back but cannot be attached: {e:#}")),
                     }
                 }
             }
         }
+        for e in &mut self.list {
+            if let Some(Attached::Guarding(g)) = &mut e.state {
+                g.guard.sweep_expired();
+                if g.ratio.due() {
+                    let got = g.guard.syns_and_handshakes();
+                    alerts.extend(got.and_then(|(s, d)| g.ratio.check(s, d, &g.settings)));
+                }
+            }
+        }
+        // Counting walks the tries: each poll while they are small, every
+        // tenth once they are large.
+        if self.rules.is_none_or(|(a, b)| a + b < 100_000) || self.polls % 10 == 0 {
+            self.rules = self.guards().map(|g| g.maps.count_by_list()).max_by_key(|(a, b)| a + b);
+        }
+        self.polls += 1;
         said
+    }
+
+    fn guards(&self) -> impl Iterator<Item = &Guard> {
+        self.list.iter().filter_map(|e| match &e.state {
+            Some(Attached::Guarding(g)) => Some(&g.guard),
+            _ => None,
+        })
+    }
+
+    /// The guarded interfaces, as (name, guard id).
+    pub fn guarded(&self) -> Vec<(String, String)> {
+        self.guards().map(|g| (g.session.ifname.clone(), g.id.clone())).collect()
+    }
+
+    /// Every interface followed, attached or waiting to be back.
+    pub fn names(&self) -> Vec<String> {
+        self.list.iter().map(|e| e.name.clone()).collect()
+    }
+
+    /// Whether every named interface is attached.
+    pub fn all_attached(&self) -> bool {
+        self.list.iter().all(|e| e.state.is_some() || !e.named)
+    }
+
+    /// A new configuration (SIGHUP): interfaces no longer wanted are let
+    /// go, new ones attached; if the guard's settings changed, every
+    /// interface is attached again with them. Pinned rules stay, and so do
+    /// the counters of interfaces still followed.
+    pub fn reconfigure(
+        &mut self,
+        patterns: &[String],
+        guard: Option<GuardArgs>,
+        metrics: &mut Metrics,
+        rules: RulesFor,
+    ) -> Vec<String> {
+        let mut said = Vec::new();
+        let guard_changed = format!("{guard:?}") != format!("{:?}", self.guard);
+        self.patterns = patterns.to_vec();
+        self.guard = guard;
+        self.list.retain(|e| {
+            let keep = if e.named {
+                patterns.contains(&e.name)
+            } else {
+                patterns.iter().any(|p| is_glob(p) && matches(p, &e.name))
+            };
+            if !keep {
+                said.push(format!("{}: no longer wanted, detached", e.name));
+                metrics.forget_interface(&e.name);
+            }
+            keep
+        });
+        for name in patterns.iter().filter(|p| !is_glob(p)) {
+            if !self.list.iter().any(|e| &e.name == name) {
+                self.list.push(Entry { name: name.clone(), named: true, state: None });
+            }
+        }
+        if guard_changed {
+            said.push(format!("guard {}", if self.guard.is_some() { "on, or its settings changed" } else { "off" }));
+            for e in &mut self.list {
+                e.state = None; // detached; attached again below
+            }
+        }
+        self.refused.clear();
+        // The named ones are attached by the next poll.
+        self.rescan(metrics, rules, &mut said);
+        said
+    }
+
+    /// The rules changed (the rules file reloaded): every guard is given
+    /// them again. Returns (added, removed) over all guards.
+    pub fn sync_rules(&self, rules: RulesFor) -> Result<(usize, usize)> {
+        let mut sum = (0, 0);
+        for g in self.guards() {
+            let (a, r) = g.maps.sync_file_rules(&g.id, &rules(&g.session.ifname))?;
+            sum = (sum.0 + a, sum.1 + r);
+        }
+        Ok(sum)
     }
 }

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::agent::histograms::LatencyHistograms;
 use crate::bpf::counters::Counters;
@@ -33,6 +33,8 @@ pub struct Metrics {
     resets: IntCounterVec,
     drops: IntCounterVec,
     zero_windows: IntCounterVec,
+    alerts: IntCounterVec,
+    guard_rules: IntGaugeVec,
     /// The last total seen per series, to add only what is new.
     last: HashMap<(&'static str, Vec<String>), u64>,
     remote_ports: HashSet<u16>,
@@ -128,6 +130,15 @@ impl Metrics {
                 "Zero windows advertised by peers.",
                 &["port"],
             )?,
+            alerts: counter(r, "tcpscope_alerts_total", "Alerts the guard raised, by kind.", &["kind"])?,
+            guard_rules: {
+                let g = IntGaugeVec::new(
+                    Opts::new("tcpscope_guard_rules", "Rules in the guard's lists (the largest over guarded interfaces)."),
+                    &["list"],
+                )?;
+                r.register(Box::new(g.clone()))?;
+                g
+            },
             registry,
             last: HashMap::new(),
             remote_ports: HashSet::new(),
@@ -156,6 +167,43 @@ impl Metrics {
         // The agent's ingress programs only count (no events to lose);
         // the connection view's events can be lost.
         self.events_lost.with_label_values(&["conns"]);
+    }
+
+    /// The guard is on: its series, at 0 until something happens.
+    pub fn declare_guard(&self) {
+        for k in crate::names::alert_kinds() {
+            self.alerts.with_label_values(&[k]);
+        }
+        for l in ["allow", "block"] {
+            self.guard_rules.with_label_values(&[l]);
+        }
+    }
+
+    pub fn observe_alert(&self, kind: &str) {
+        self.alerts.with_label_values(&[kind]).inc();
+    }
+
+    /// The rules the guards hold: (allow, block).
+    pub fn observe_guard_rules(&self, (allow, block): (usize, usize)) {
+        self.guard_rules.with_label_values(&["allow"]).set(allow as i64);
+        self.guard_rules.with_label_values(&["block"]).set(block as i64);
+    }
+
+    /// An interface no longer followed: its series go.
+    pub fn forget_interface(&mut self, iface: &str) {
+        self.interface_attached_again(iface);
+        for c in [&self.packets, &self.bytes, &self.flags, &self.malformed, &self.guard_dropped] {
+            let families = prometheus::core::Collector::collect(c);
+            for m in families.iter().flat_map(|f| f.get_metric()) {
+                // Each of these has "interface" first, and one label more.
+                let label = |named: bool| m.get_label().iter().find(|l| (l.name() == "interface") == named);
+                if let (Some(i), Some(other)) = (label(true), label(false)) {
+                    if i.value() == iface {
+                        let _ = c.remove_label_values(&[iface, other.value()]);
+                    }
+                }
+            }
+        }
     }
 
     /// Adds to `c`'s series what `total` has beyond the last total seen; a

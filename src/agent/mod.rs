@@ -1,8 +1,14 @@
-//! The always-on agent's parts: the interfaces it follows, its metrics, and
-//! the HTTP endpoint that serves them. The command (`cmd/agent.rs`) starts
-//! them with the connection view and feeds their totals and events in.
+//! The always-on agent's parts: its configuration, the interfaces it
+//! follows, its metrics and the endpoint that serves them, its rules and
+//! the control API that edits them (with its client, for `block` and
+//! `allow`), and the service that runs them all (`service::Agent`).
 
+pub mod client;
+pub mod config;
+pub mod control;
 pub mod histograms;
 pub mod interfaces;
 pub mod metrics;
+pub mod rules;
 pub mod server;
+pub mod service;

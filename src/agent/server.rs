@@ -1,12 +1,50 @@
 //! The agent's HTTP endpoint: `/metrics` in Prometheus' text format 0.0.4,
-//! `/healthz`. tiny_http, on its own thread; the registry is shared, and
-//! the agent's loop keeps its values current.
+//! or in OpenMetrics 1.0 when the Accept header asks for it (as Prometheus
+//! does); `/healthz`. tiny_http, on its own thread; the registry is shared,
+//! and the agent's loop keeps its values current.
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use anyhow::{anyhow, Result};
 use prometheus::{Encoder, Registry, TextEncoder};
+
+const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The text format 0.0.4 as OpenMetrics 1.0 (the `prometheus` crate writes
+/// only the former). They differ, for what the agent exports, in three
+/// things: a counter's family is named without its `_total` suffix in HELP
+/// and TYPE (its samples keep it), HELP escapes `"` too, and the text ends
+/// with `# EOF`.
+pub fn openmetrics(text: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for l in text.lines() {
+        if let Some(name) = l.strip_prefix("# TYPE ").and_then(|r| r.strip_suffix(" counter")) {
+            counters.insert(name);
+        }
+    }
+    let family = |name: &str| -> String {
+        match name.strip_suffix("_total") {
+            Some(f) if counters.contains(name) => f.to_string(),
+            _ => name.to_string(),
+        }
+    };
+    let mut out = String::with_capacity(text.len() + 8);
+    for l in text.lines() {
+        if let Some(rest) = l.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            out.push_str(&format!("# HELP {} {}\n", family(name), help.replace('"', "\\\"")));
+        } else if let Some(rest) = l.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            out.push_str(&format!("# TYPE {} {kind}\n", family(name)));
+        } else if !l.is_empty() {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out.push_str("# EOF\n");
+    out
+}
 
 /// A running endpoint; dropping it stops the thread.
 pub struct Server {
@@ -30,10 +68,16 @@ impl Server {
                 let response = match url {
                     "/metrics" => {
                         let mut body = Vec::new();
-                        let encoder = TextEncoder::new();
-                        let _ = encoder.encode(&registry.gather(), &mut body);
-                        let header = tiny_http::Header::from_bytes("Content-Type", encoder.format_type())
-                            .expect("a valid header");
+                        let _ = TextEncoder::new().encode(&registry.gather(), &mut body);
+                        let open = req.headers().iter().any(|h| {
+                            h.field.equiv("Accept") && h.value.as_str().contains("application/openmetrics-text")
+                        });
+                        let (body, kind) = if open {
+                            (openmetrics(&String::from_utf8_lossy(&body)).into_bytes(), OPENMETRICS)
+                        } else {
+                            (body, prometheus::TEXT_FORMAT)
+                        };
+                        let header = tiny_http::Header::from_bytes("Content-Type", kind).expect("a valid header");
                         tiny_http::Response::from_data(body).with_header(header)
                     }
                     "/healthz" => tiny_http::Response::from_data(b"ok\n".to_vec()),

@@ -12,13 +12,6 @@ use crate::output::alert::Alert;
 use crate::output::print_line;
 use crate::view::guard::Guard;
 
-/// Set by SIGHUP: reload the rules file.
-static RELOAD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-extern "C" fn on_sighup(_: libc::c_int) {
-    RELOAD.store(true, Ordering::SeqCst); // async-signal-safe: one atomic store
-}
-
 /// An alert on standard output, as NDJSON or a text line.
 fn emit(alert: &Alert, json: bool) {
     print_line(&if json { alert.json() } else { alert.text() });
@@ -26,10 +19,8 @@ fn emit(alert: &Alert, json: bool) {
 
 pub fn run(args: &GuardArgs) -> Result<()> {
     let stop = stop_flag()?;
-    // SIGHUP reloads the rules file instead of stopping the guard (this
-    // replaces the stop handler for SIGHUP alone).
-    // SAFETY: the handler only stores to an atomic.
-    unsafe { libc::signal(libc::SIGHUP, on_sighup as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    // SIGHUP reloads the rules file instead of stopping the guard.
+    let reload = crate::cmd::reload_flag();
     let guard = Guard::start(args)?;
     for note in &guard.notes {
         eprintln!("tcpscope: {note}");
@@ -51,7 +42,7 @@ pub fn run(args: &GuardArgs) -> Result<()> {
             guard.interface_gone();
             return Err(e);
         }
-        if RELOAD.swap(false, Ordering::SeqCst) {
+        if reload.swap(false, Ordering::SeqCst) {
             let now = crate::output::time_of_day(crate::bpf::clock_ns(libc::CLOCK_REALTIME));
             let said = match (&args.rules, args.rules.as_deref().map(|f| guard.reload(f))) {
                 (Some(f), Some(Ok((added, removed)))) => format!(

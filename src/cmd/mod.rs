@@ -68,6 +68,22 @@ pub fn stop_flag() -> Result<Arc<AtomicBool>> {
     Ok(flag)
 }
 
+/// Set by SIGHUP once `reload_flag` was asked for: read the configuration
+/// again instead of stopping.
+static RELOAD: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_sighup(_: libc::c_int) {
+    RELOAD.store(true, Ordering::SeqCst); // async-signal-safe: one atomic store
+}
+
+/// Makes SIGHUP set the returned flag instead of stopping (call it after
+/// `stop_flag`, whose handler it replaces for SIGHUP alone).
+pub fn reload_flag() -> &'static AtomicBool {
+    // SAFETY: the handler only stores to an atomic.
+    unsafe { libc::signal(libc::SIGHUP, on_sighup as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    &RELOAD
+}
+
 /// Sleeps until `deadline`, or less if `stop` (from `stop_flag`, asked for
 /// on this thread) is set meanwhile.
 pub fn sleep_unless_stopped(stop: &AtomicBool, deadline: std::time::Instant) {

@@ -1,32 +1,45 @@
 //! `tcpscope block` and `tcpscope allow`: edit, list and save the rules of
-//! a running guard, through its pinned maps.
+//! a running agent (through its control socket) or guard (through its
+//! pinned maps).
 
 use anyhow::{Context, Result};
 
 use crate::cli::{AllowArgs, AllowCmd, BlockArgs, BlockCmd};
 use crate::output::print_line;
-use crate::policy::{self, List, PolicyMaps, Rule};
+use crate::policy::{self, List, Rule};
+use crate::rule_target::{Row, RuleTarget};
 
-fn list(maps: &PolicyMaps, which: List, json: bool) -> Result<()> {
-    let (mut rules, _) = maps.list()?;
-    rules.retain(|r| r.rule.list == which);
-    rules.sort_by_key(|r| (r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port));
-    if rules.is_empty() {
+fn list(target: &RuleTarget, which: List, json: bool) -> Result<()> {
+    let mut rows = target.list()?;
+    rows.retain(|r| r.state.rule.list == which);
+    rows.sort_by(|a, b| {
+        let key = |r: &Row| (r.state.rule.cidr.addr, r.state.rule.cidr.prefix, r.state.rule.port);
+        key(a).cmp(&key(b)).then(a.interface.cmp(&b.interface))
+    });
+    if rows.is_empty() {
         // On stderr: standard output stays empty for scripts.
         eprintln!("tcpscope: no {} rules", if which == List::Allow { "allow" } else { "block" });
     }
-    for r in rules {
+    for Row { interface, state: r, comment } in rows {
         let line = if json {
-            serde_json::json!({
+            let mut v = serde_json::json!({
                 "list": if which == List::Allow { "allow" } else { "block" },
                 "cidr": format!("{}/{}", r.rule.cidr.addr, r.rule.cidr.prefix),
                 "port": r.rule.port, "hits": r.hits,
                 "expires_in_ms": r.expires_in.map(|d| d.as_millis() as u64),
-            })
-            .to_string()
+            });
+            if let Some(i) = interface {
+                v["interface"] = i.into();
+            }
+            if let Some(c) = comment {
+                v["comment"] = c.into();
+            }
+            v.to_string()
         } else {
             let ttl = r.expires_in.map_or(String::new(), |d| format!(", expires in {:.1}s", d.as_secs_f64()));
-            format!("{}: {} hits{ttl}", policy::describe(&r.rule), r.hits)
+            let on = interface.map_or(String::new(), |i| format!("{i}: "));
+            let note = comment.map_or(String::new(), |c| format!(" ({c})"));
+            format!("{on}{}: {} hits{ttl}{note}", policy::describe(&r.rule), r.hits)
         };
         if !print_line(&line) {
             break;
@@ -62,15 +75,15 @@ fn read_cidrs(args: &[String]) -> Result<Vec<crate::filter::Cidr>> {
 pub fn block(args: &BlockArgs) -> Result<()> {
     // The input is checked before any guard is looked for.
     let adding = match &args.cmd {
-        BlockCmd::Add { cidrs, port, ttl } => read_cidrs(cidrs)?
+        BlockCmd::Add { cidrs, port, ttl, .. } => read_cidrs(cidrs)?
             .into_iter()
             .map(|cidr| Rule { list: List::Block, cidr, port: *port, ttl: *ttl })
             .collect(),
         _ => Vec::new(),
     };
-    let maps = PolicyMaps::open(args.guard.id().as_deref())?;
+    let maps = RuleTarget::open(&args.guard)?;
     match &args.cmd {
-        BlockCmd::Add { .. } => maps.add_many(&adding),
+        BlockCmd::Add { comment, .. } => maps.add_many(&adding, comment.as_deref()),
         BlockCmd::Del { cidr, port } => {
             maps.delete(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: None })
         }
@@ -81,10 +94,12 @@ pub fn block(args: &BlockArgs) -> Result<()> {
             Ok(())
         }
         BlockCmd::Save { file } => {
-            let (mut rules, _) = maps.list()?;
+            // Through an agent, a rule on several interfaces is one line.
+            let mut rules: Vec<_> = maps.list()?.into_iter().map(|r| r.state).collect();
             rules.sort_by_key(|r| {
                 (r.rule.list == List::Allow, r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port)
             });
+            rules.dedup_by_key(|r| policy::rule_key(&r.rule));
             let text = policy::to_rules_file(&rules);
             if file.as_os_str() == "-" {
                 print_line(text.trim_end());
@@ -99,15 +114,15 @@ pub fn block(args: &BlockArgs) -> Result<()> {
 
 pub fn allow(args: &AllowArgs) -> Result<()> {
     let adding = match &args.cmd {
-        AllowCmd::Add { cidrs, ttl } => read_cidrs(cidrs)?
+        AllowCmd::Add { cidrs, ttl, .. } => read_cidrs(cidrs)?
             .into_iter()
             .map(|cidr| Rule { list: List::Allow, cidr, port: None, ttl: *ttl })
             .collect(),
         _ => Vec::new(),
     };
-    let maps = PolicyMaps::open(args.guard.id().as_deref())?;
+    let maps = RuleTarget::open(&args.guard)?;
     match &args.cmd {
-        AllowCmd::Add { .. } => maps.add_many(&adding),
+        AllowCmd::Add { comment, .. } => maps.add_many(&adding, comment.as_deref()),
         AllowCmd::Del { cidr } => {
             maps.delete(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None })
         }

@@ -54,6 +54,8 @@ pub struct Guard {
     /// The network namespace (inode) of the guarded interface.
     pub netns: u32,
     last_sweep: std::cell::Cell<std::time::Instant>,
+    /// The connection limit's alert pacing, kept across `alerts` calls.
+    limit: std::cell::RefCell<ConnLimit>,
     claim: Claim,
 }
 
@@ -68,6 +70,11 @@ impl Alerts<'_> {
     /// (consume() too: poll() reads only the rings that woke it).
     pub fn poll(&self) {
         let _ = self.ring.poll(std::time::Duration::from_millis(100));
+        let _ = self.ring.consume();
+    }
+
+    /// Hands over what has come, without waiting.
+    pub fn consume(&self) {
         let _ = self.ring.consume();
     }
 }
@@ -204,7 +211,8 @@ impl Guard {
             None
         };
         let last_sweep = std::cell::Cell::new(std::time::Instant::now());
-        Ok(Guard { lc, maps, session, kept, notes, id: iface, netns, last_sweep, claim })
+        let limit = Default::default();
+        Ok(Guard { lc, maps, session, kept, notes, id: iface, netns, last_sweep, limit, claim })
     }
 
     /// The interface went away: the rules go with it when the guard ends.
@@ -214,7 +222,8 @@ impl Guard {
 
     /// The alerts of the kernel's detectors and of the connection limit
     /// (which the `settings` rate-limit and mitigate), each handed to
-    /// `take` as it is read.
+    /// `take` as it is read. What is not read yet stays in the kernel's
+    /// rings for the next reader: these may be made again at will.
     pub fn alerts<'a>(&'a self, settings: &'a Settings, take: impl FnMut(Alert) + 'a) -> Result<Alerts<'a>> {
         let take = std::rc::Rc::new(std::cell::RefCell::new(take));
         let offset = bpf::monotonic_to_realtime_offset();
@@ -230,12 +239,11 @@ impl Guard {
         })
         .context("setting up the alert ring buffer")?;
         if let Some(lc) = &self.lc {
-            let mut limit = ConnLimit::default();
             b.add(&lc.skel.maps.limit_events, move |d: &[u8]| {
                 let mut e = crate::bpf::lifecycle::types::conn_event::default();
                 let n = d.len().min(std::mem::size_of_val(&e));
                 if plain::copy_from_bytes(&mut e, &d[..n]).is_ok() {
-                    for a in limit.on_event(&e, offset, self.netns, settings, &self.maps) {
+                    for a in self.limit.borrow_mut().on_event(&e, offset, self.netns, settings, &self.maps) {
                         (take.borrow_mut())(a);
                     }
                 }

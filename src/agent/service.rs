@@ -1,0 +1,159 @@
+//! The agent as one component: its interfaces (counting or guarding), the
+//! connection view with its latency histograms, the metrics endpoint and
+//! the control API, started in that order so that a port in use or a
+//! socket taken fails before anything is attached. `step` reads what came;
+//! `reload` takes a new configuration. Dropping it detaches everything.
+//! Says what happened; never prints.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+
+use crate::agent::config::AgentConfig;
+use crate::agent::control::{Control, Shared};
+use crate::agent::interfaces::Interfaces;
+use crate::agent::metrics::Metrics;
+use crate::agent::rules::RuleStore;
+use crate::agent::server::Server;
+use crate::bpf::lifecycle::types;
+use crate::output::alert::Alert;
+use crate::policy::Rule;
+use crate::view::conns::{ConnsView, ReasonNames};
+
+/// Fields drop in order: the listeners first, then the programs.
+pub struct Agent {
+    control: Control,
+    server: Server,
+    pub shared: Arc<Shared>,
+    conns: ConnsView,
+    ifaces: Interfaces,
+    metrics: Metrics,
+    reasons: ReasonNames,
+    file_rules: Vec<Rule>,
+    config: AgentConfig,
+    next: Instant,
+}
+
+/// The file's rules and the agent's own, for one interface.
+fn rules_for<'a>(file: &'a [Rule], shared: &'a Shared) -> impl Fn(&str) -> Vec<Rule> + 'a {
+    move |iface| {
+        let mut all = file.to_vec();
+        all.extend(shared.store.lock().unwrap_or_else(|e| e.into_inner()).for_interface(iface));
+        all
+    }
+}
+
+/// The file the agent keeps its own rules in.
+pub fn store_path(config: &AgentConfig) -> std::path::PathBuf {
+    config.state_dir.join("agent-rules.json")
+}
+
+impl Agent {
+    pub fn start(config: AgentConfig) -> Result<Self> {
+        crate::bpf::preflight::check_privileges()?;
+        let file_rules = config.file_rules()?;
+        let store = RuleStore::load(&store_path(&config))?;
+        let mut metrics = Metrics::new()?;
+        let server = Server::start(&config.listen, metrics.registry.clone())?;
+        let shared = Shared::new(store);
+        let control = Control::start(&config.control_socket, config.control_tcp.clone(), shared.clone())?;
+        if config.guard.is_some() {
+            metrics.declare_guard();
+        }
+        let ifaces = Interfaces::start(
+            &config.interfaces,
+            config.netns.as_deref(),
+            config.guard.clone(),
+            &mut metrics,
+            &rules_for(&file_rules, &shared),
+        )?;
+        let lc = types::lifecycle_config { events: 1, histograms: 1, ..Default::default() };
+        let conns = ConnsView::start(lc, None)?;
+        let agent = Agent {
+            control,
+            server,
+            shared,
+            conns,
+            ifaces,
+            metrics,
+            reasons: ReasonNames::load(),
+            file_rules,
+            config,
+            next: Instant::now(),
+        };
+        agent.publish();
+        Ok(agent)
+    }
+
+    /// The views the kernel refused, each with why.
+    pub fn unavailable(&self) -> &[(String, String)] {
+        &self.conns.lc.unavailable
+    }
+
+    pub fn metrics_addr(&self) -> std::net::SocketAddr {
+        self.server.addr
+    }
+
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// What the control API shows of the interfaces, and readiness.
+    fn publish(&self) {
+        *self.shared.guarded.lock().unwrap_or_else(|e| e.into_inner()) = self.ifaces.guarded();
+        *self.shared.interfaces.lock().unwrap_or_else(|e| e.into_inner()) = self.ifaces.names();
+        self.shared.ready.store(self.ifaces.all_attached(), Ordering::SeqCst);
+        let _ = &self.control;
+    }
+
+    /// Reads the connection events that came, and, once an interval, the
+    /// counters, the histograms and the guards' alerts. Returns what to
+    /// say, the alerts, and how long the caller may wait.
+    pub fn step(&mut self, last: bool) -> (Vec<String>, Vec<Alert>, Duration) {
+        let (metrics, reasons) = (&mut self.metrics, &self.reasons);
+        let drop_reason = |r: u32| reasons.name(types::conn_event_kind::CONN_DROP.0 as u8, r);
+        let wait = self.conns.pass(last, |e| metrics.observe_conn_event(e, &drop_reason));
+        let (mut said, mut alerts) = (Vec::new(), Vec::new());
+        if last || Instant::now() >= self.next {
+            said = self.ifaces.poll(&mut self.metrics, &rules_for(&self.file_rules, &self.shared), &mut alerts);
+            self.metrics.observe_conns_lost(self.conns.lost());
+            self.metrics.observe_latency(&crate::view::latency::read_histograms(&self.conns.lc));
+            if let Some(counts) = self.ifaces.rules {
+                self.metrics.observe_guard_rules(counts);
+            }
+            for a in &alerts {
+                self.metrics.observe_alert(a.alert);
+                self.shared.push_alert(a.clone());
+            }
+            self.publish();
+            self.next = Instant::now() + self.config.interval;
+        }
+        let wait = wait.unwrap_or(Duration::ZERO).min(self.next.saturating_duration_since(Instant::now()));
+        (said, alerts, wait)
+    }
+
+    /// A new configuration: interfaces and the guard follow it; the rules
+    /// file is read again. The listeners stay as they were (a new address
+    /// needs a restart: said so).
+    pub fn reload(&mut self, new: AgentConfig) -> Result<Vec<String>> {
+        let file_rules = new.file_rules()?;
+        let mut said = Vec::new();
+        if new.listen != self.config.listen || new.control_socket != self.config.control_socket {
+            said.push("the listen address and control socket stay as they were until a restart".to_string());
+        }
+        if new.guard.is_some() {
+            self.metrics.declare_guard();
+        }
+        self.file_rules = file_rules;
+        let rules = rules_for(&self.file_rules, &self.shared);
+        said.extend(self.ifaces.reconfigure(&new.interfaces, new.guard.clone(), &mut self.metrics, &rules));
+        let (added, removed) = self.ifaces.sync_rules(&rules)?;
+        said.push(format!("configuration reloaded: {added} rules added, {removed} removed"));
+        let (listen, socket) = (self.config.listen.clone(), self.config.control_socket.clone());
+        self.config = AgentConfig { listen, control_socket: socket, ..new };
+        self.publish();
+        Ok(said)
+    }
+}

@@ -1,0 +1,325 @@
+//! The agent's control API, its configuration and its signals, with real
+//! traffic between the test hosts: a rule added through the API (and by
+//! `tcpscope block` talking to the agent) drops the next packet and
+//! outlives `kill -9`; the socket is root-only, and TCP needs a token;
+//! interfaces matched by a glob are followed as they come and go; SIGHUP
+//! reloads the configuration, SIGTERM ends the agent with 0; a bad
+//! configuration is one line naming its line.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tcpscope::testhost::{ip, ChildGuard, TestHosts, CLIENT_V4, SERVER_IF, SERVER_V4};
+
+/// A directory of the test's own: control socket, state, config.
+fn scratch(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("tcpscope-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn agent_cmd(dir: &Path, listen: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.arg("agent")
+        .args(["--listen", listen, "--control-socket"])
+        .arg(dir.join("agent.sock"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(args)
+        .stdout(Stdio::piped());
+    cmd
+}
+
+type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
+
+fn start(cmd: Command) -> (ChildGuard, Lines) {
+    ChildGuard::spawn_until_ready(cmd, "metrics on http://", Duration::from_secs(30)).expect("the agent starts")
+}
+
+/// `curl` on the control socket: (status, body).
+fn api(dir: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "--max-time", "10", "-o", "-", "-w", "\n%{http_code}", "-X", method, "--unix-socket"])
+        .arg(dir.join("agent.sock"))
+        .arg(format!("http://agent{path}"));
+    if let Some(b) = body {
+        cmd.args(["-H", "Content-Type: application/json", "--data", b]);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// `tcpscope ARGS --agent SOCKET`: (success, stdout, stderr).
+fn tcpscope(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(tcpscope_bin()).args(args).arg("--agent").arg(dir.join("agent.sock")).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// Whether the client host gets a connection to the server's `port` within a second.
+fn connects(hosts: &TestHosts, port: u16) -> bool {
+    TestHosts::run_in(&hosts.client_ns, move || {
+        TcpStream::connect_timeout(&SocketAddr::from((SERVER_V4, port)), Duration::from_secs(1)).is_ok()
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn metrics(listen: &str) -> String {
+    let out = Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{listen}/metrics")]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn metric(listen: &str, line: &str) -> Option<f64> {
+    metrics(listen).lines().find(|l| l.starts_with(line)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn a_rule_added_through_the_api_drops_the_next_packet_and_outlives_kill_9() {
+    const LISTEN: &str = "127.0.0.1:19921";
+    const PORT: u16 = 18311;
+    const OTHER: u16 = 18312;
+    let _load = side_by_side();
+    let hosts = TestHosts::new("agctl").unwrap();
+    let dir = scratch("agctl");
+    let args = ["--guard", "--netns", &hosts.server_ns, "-i", SERVER_IF];
+    let (mut agent, _) = start(agent_cmd(&dir, LISTEN, &args));
+    assert_eq!(api(&dir, "GET", "/readyz", None), (200, "ready\n".into()));
+    let _l1 = listen_in_server(&hosts, PORT);
+    let _l2 = listen_in_server(&hosts, OTHER);
+    assert!(connects(&hosts, PORT), "before any rule");
+
+    // Through the API: the next SYN to PORT is dropped; OTHER still works.
+    let rule = format!(r#"{{"list":"block","cidr":"{CLIENT_V4}/32","port":{PORT},"comment":"from the test"}}"#);
+    let (code, body) = api(&dir, "POST", "/v1/rules", Some(&rule));
+    assert_eq!((code, body.trim()), (200, r#"{"added":1}"#));
+    assert!(!connects(&hosts, PORT), "the rule drops the SYN");
+    assert!(connects(&hosts, OTHER), "another port is untouched");
+    let (code, listed) = api(&dir, "GET", "/v1/rules", None);
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let r = &v["rules"][0];
+    assert_eq!(code, 200);
+    assert_eq!((r["interface"].as_str(), r["port"].as_u64()), (Some(SERVER_IF), Some(u64::from(PORT))), "{v}");
+    assert_eq!(r["comment"], "from the test");
+    assert!(r["hits"].as_u64().unwrap() >= 1, "the dropped SYNs hit it: {v}");
+    let dropped = format!("tcpscope_guard_dropped_packets_total{{interface=\"{SERVER_IF}\",reason=\"port_rule\"}}");
+    wait_until("guard drops in /metrics", Duration::from_secs(30), || metric(LISTEN, &dropped) >= Some(1.0));
+    wait_until("the rule count", Duration::from_secs(30), || {
+        metric(LISTEN, "tcpscope_guard_rules{list=\"block\"}") == Some(1.0)
+    });
+
+    // `tcpscope block` without -i talks to the agent.
+    let (ok, _, err) = tcpscope(&dir, &["block", "add", "198.19.7.0/24", "--comment", "from block"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = tcpscope(&dir, &["block", "list", "--json"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(r#""comment":"from block""#) && out.contains(&format!(r#""interface":"{SERVER_IF}""#)), "{out}");
+
+    // kill -9, and a new agent: the rules are there, and still drop.
+    // SAFETY: our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGKILL) };
+    agent.wait_timeout(Duration::from_secs(20)).unwrap();
+    let (mut agent, lines) = start(agent_cmd(&dir, LISTEN, &args));
+    let (_, out, _) = tcpscope(&dir, &["block", "list", "--json"]);
+    assert_eq!(out.lines().count(), 2, "both rules after kill -9: {out}");
+    assert!(out.contains("from the test"), "{out}");
+    assert!(!connects(&hosts, PORT), "still dropped after kill -9");
+
+    // Deleted through the API: connections pass again; a second delete
+    // says there is no such rule.
+    let del = format!(r#"{{"list":"block","cidr":"{CLIENT_V4}/32","port":{PORT}}}"#);
+    assert_eq!(api(&dir, "DELETE", "/v1/rules", Some(&del)).0, 200);
+    assert!(connects(&hosts, PORT), "after the delete");
+    let (code, body) = api(&dir, "DELETE", "/v1/rules", Some(&del));
+    assert!(code == 404 && body.contains("no such rule"), "{code} {body}");
+    let (code, body) = api(&dir, "POST", "/v1/rules/flush", Some(r#"{"list":"block"}"#));
+    assert_eq!((code, body.trim()), (200, r#"{"removed":1}"#));
+
+    // Bad input: one line naming the fix, nothing written.
+    let (code, body) = api(&dir, "POST", "/v1/rules", Some(r#"{"list":"block","cidr":"198.18.0.0/33"}"#));
+    assert!(code == 400 && body.contains("prefix 33"), "{code} {body}");
+    let (code, body) = api(&dir, "POST", "/v1/rules", Some(r#"{"list":"allow","cidr":"198.18.0.1","port":80}"#));
+    assert!(code == 400 && body.contains("allow rules take no port"), "{code} {body}");
+    let (ok, _, err) = tcpscope(&dir, &["block", "-i", "nosuch0", "list"]);
+    assert!(!ok && err.lines().count() == 1, "{err}");
+
+    // The interface deleted and made again: its pins went with it, and the
+    // agent gives the new guard its rules from its store.
+    let (ok, _, err) = tcpscope(&dir, &["block", "add", &format!("{CLIENT_V4}/32"), "--port", &PORT.to_string()]);
+    assert!(ok, "{err}");
+    ip(&["-n", &hosts.client_ns, "link", "del", tcpscope::testhost::CLIENT_IF]).unwrap();
+    let said = |what: &str| lines.lock().unwrap().iter().any(|l| l.contains(what));
+    wait_until("the interface noticed gone", Duration::from_secs(30), || said("attaching again when it is back"));
+    hosts.link().unwrap();
+    wait_until("attached again", Duration::from_secs(30), || said("is there: attached"));
+    assert!(connects(&hosts, OTHER), "the new interface carries traffic");
+    assert!(!connects(&hosts, PORT), "the rule is back on the new interface");
+
+    // SIGTERM: detached, exit 0, the socket gone.
+    // SAFETY: our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait_timeout(Duration::from_secs(20)).unwrap().success());
+    assert!(!dir.join("agent.sock").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_control_socket_is_root_only_and_tcp_needs_a_token() {
+    use std::os::unix::fs::PermissionsExt;
+    let _load = side_by_side();
+    let dir = scratch("agtok");
+    // Beyond loopback without a token: refused, one line, nothing started.
+    let out = agent_cmd(&dir, "127.0.0.1:19922", &["-i", "lo", "--control-listen", "0.0.0.0:19923"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.lines().count() == 1 && err.contains("token"), "{err}");
+    // A token file others can read: refused.
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let t = token.to_str().unwrap();
+    let out = agent_cmd(&dir, "127.0.0.1:19922", &["-i", "lo", "--control-listen", "127.0.0.1:19923", "--control-token-file", t])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let (mut agent, _) =
+        start(agent_cmd(&dir, "127.0.0.1:19922", &["-i", "lo", "--control-listen", "127.0.0.1:19923", "--control-token-file", t]));
+
+    let sock = dir.join("agent.sock");
+    assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
+    // nobody cannot use the socket.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "curl", "-sS", "--max-time", "5", "--unix-socket"])
+        .arg(&sock)
+        .arg("http://agent/v1/rules")
+        .output()
+        .unwrap();
+    // curl's 7: it could not connect (the kernel said EACCES).
+    assert_eq!(out.status.code(), Some(7), "nobody reached the socket: {out:?}");
+
+    let get = |auth: Option<&str>| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:19923/v1/interfaces"]);
+        if let Some(a) = auth {
+            cmd.args(["-H", &format!("Authorization: Bearer {a}")]);
+        }
+        String::from_utf8_lossy(&cmd.output().unwrap().stdout).to_string()
+    };
+    assert_eq!(get(None), "401");
+    assert_eq!(get(Some("0123456789abcdef0123456789abcdeX")), "401");
+    assert_eq!(get(Some("0123456789abcdef0123456789abcdef")), "200");
+
+    // An agent that does not guard says so to a rule.
+    let (code, body) = api(&dir, "POST", "/v1/rules", Some(r#"{"list":"block","cidr":"198.18.0.9"}"#));
+    assert!(code == 409 && body.contains("--guard"), "{code} {body}");
+    // A second agent on the same socket: one line, before attaching.
+    let out = agent_cmd(&dir, "127.0.0.1:19924", &["-i", "lo"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.lines().count() == 1 && err.contains("another agent"), "{err}");
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Interfaces that match a glob are attached as they appear and forgotten,
+/// series and all, as they go; SIGHUP turns the guard on from the edited
+/// config without losing the counters of interfaces still followed.
+#[test]
+fn a_glob_follows_interfaces_and_sighup_reloads_the_config() {
+    const LISTEN: &str = "127.0.0.1:19925";
+    let _load = side_by_side();
+    let hosts = TestHosts::new("agglob").unwrap();
+    let dir = scratch("agglob");
+    let config = dir.join("agent.toml");
+    let ns = &hosts.server_ns;
+    std::fs::write(&config, format!("interfaces = ['{SERVER_IF}', 'tsg*']\nnetns = '{ns}'\n")).unwrap();
+    let (mut agent, lines) = start(agent_cmd(&dir, LISTEN, &["--config", config.to_str().unwrap()]));
+    let said = |what: &str| lines.lock().unwrap().iter().any(|l| l.contains(what));
+
+    ip(&["-n", ns, "link", "add", "tsg0", "type", "veth", "peer", "name", "tsg1"]).unwrap();
+    ip(&["-n", ns, "link", "set", "tsg0", "up"]).unwrap();
+    wait_until("tsg0 attached", Duration::from_secs(30), || said("tsg0 appeared: attached"));
+    wait_until("tsg0's series", Duration::from_secs(30), || {
+        metrics(LISTEN).contains("tcpscope_packets_total{hook=\"tc\",interface=\"tsg0\"}")
+    });
+    ip(&["-n", ns, "link", "del", "tsg0"]).unwrap();
+    wait_until("tsg0 forgotten", Duration::from_secs(30), || said("tsg0 went away: forgotten"));
+    wait_until("tsg0's series gone", Duration::from_secs(30), || !metrics(LISTEN).contains("interface=\"tsg0\""));
+
+    // Traffic counted on the named interface, then the guard turned on by
+    // SIGHUP: the counter goes on from where it was.
+    let syn = format!("tcpscope_tcp_flags_total{{flag=\"SYN\",interface=\"{SERVER_IF}\"}}");
+    let _l = listen_in_server(&hosts, 18313);
+    for _ in 0..3 {
+        assert!(connects(&hosts, 18313));
+    }
+    wait_until("3 SYNs", Duration::from_secs(30), || metric(LISTEN, &syn) == Some(3.0));
+    std::fs::write(&config, format!("interfaces = ['{SERVER_IF}', 'tsg*']\nnetns = '{ns}'\n[guard]\nenabled = true\n")).unwrap();
+    // SAFETY: our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    wait_until("reloaded", Duration::from_secs(30), || said("configuration reloaded"));
+    wait_until("the guard's XDP hook", Duration::from_secs(30), || {
+        metrics(LISTEN).contains(&format!("tcpscope_packets_total{{hook=\"xdp\",interface=\"{SERVER_IF}\"}}"))
+    });
+    assert!(metrics(LISTEN).contains("tcpscope_alerts_total{kind=\"syn_flood\"} 0"));
+    assert!(connects(&hosts, 18313));
+    wait_until("4 SYNs", Duration::from_secs(30), || metric(LISTEN, &syn) == Some(4.0));
+
+    // A broken config on SIGHUP: said, and the agent goes on as it was.
+    std::fs::write(&config, "interfaces = [\n").unwrap();
+    // SAFETY: our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
+    wait_until("reload refused", Duration::from_secs(30), || said("reload failed, configuration unchanged"));
+    assert!(agent.child.try_wait().unwrap().is_none());
+    // SAFETY: our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait_timeout(Duration::from_secs(20)).unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A bad config: one line naming the file and line, exit 2, nothing
+/// attached to the interface it names.
+#[test]
+fn a_bad_config_is_one_line_with_its_line_and_nothing_attached() {
+    let _load = side_by_side();
+    let hosts = TestHosts::new("agbad").unwrap();
+    let dir = scratch("agbad");
+    let config = dir.join("agent.toml");
+    let ns = &hosts.server_ns;
+    for (text, want) in [
+        (format!("interfaces = ['{SERVER_IF}']\nnetns = '{ns}'\nlisten = 9917\n"), ":3: invalid type"),
+        (format!("interfaces = ['{SERVER_IF}']\nnetns = '{ns}'\n[guard]\nenabled = true\nsyn_rate = 'fast'\n"), ":5: [guard] syn_rate"),
+        (format!("interfaces = ['{SERVER_IF}']\nnetns = '{ns}'\n\nintervall = 2\n"), ":4: unknown field `intervall`"),
+    ] {
+        std::fs::write(&config, &text).unwrap();
+        let out = agent_cmd(&dir, "127.0.0.1:19926", &["--config", config.to_str().unwrap()]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{text}: {err}");
+        assert!(err.lines().count() == 1 && err.contains(want) && err.contains("agent.toml"), "{text}: {err}");
+        let net = TestHosts::command_in(ns, "bpftool").args(["net", "show", "dev", SERVER_IF]).output().unwrap();
+        let net = String::from_utf8_lossy(&net.stdout);
+        assert!(!net.contains("tcpscope") && !net.contains("xdp_"), "{net}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
