@@ -323,3 +323,33 @@ fn a_bad_config_is_one_line_with_its_line_and_nothing_attached() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With bpf_stats, the kernel counts every run of the agent's programs:
+/// the TC program ran once per packet it counted. Without, no such series.
+#[test]
+fn bpf_stats_count_every_run() {
+    const LISTEN: &str = "127.0.0.1:19927";
+    let _load = side_by_side();
+    let hosts = TestHosts::new("agstat").unwrap();
+    let dir = scratch("agstat");
+    let (mut agent, _) = start(agent_cmd(&dir, LISTEN, &["--bpf-stats", "--netns", &hosts.server_ns, "-i", SERVER_IF]));
+    let _l = listen_in_server(&hosts, 18314);
+    for _ in 0..3 {
+        assert!(connects(&hosts, 18314));
+    }
+    let packets = format!("tcpscope_packets_total{{hook=\"tc\",interface=\"{SERVER_IF}\"}}");
+    let runs = "tcpscope_bpf_program_runs_total{program=\"tcpscope_tc\"}";
+    // Once the traffic is over, the two agree exactly.
+    wait_until("runs equal packets", Duration::from_secs(30), || {
+        let (p, r) = (metric(LISTEN, &packets), metric(LISTEN, runs));
+        p >= Some(9.0) && p == r
+    });
+    assert!(metric(LISTEN, "tcpscope_bpf_program_run_seconds_total{program=\"tcpscope_tc\"}") > Some(0.0));
+    assert!(metric(LISTEN, "tcpscope_bpf_program_runs_total{program=\"lc_inet_sock_set_state\"}") >= Some(1.0));
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+
+    let (mut agent, _) = start(agent_cmd(&dir, LISTEN, &["--netns", &hosts.server_ns, "-i", SERVER_IF]));
+    assert!(!metrics(LISTEN).contains("tcpscope_bpf_program"), "off unless asked for");
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

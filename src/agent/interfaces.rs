@@ -322,6 +322,21 @@ impl Interfaces {
         })
     }
 
+    /// (interface, program, run time in ns, runs) of every program loaded
+    /// for an interface (the guard's tracepoints included).
+    pub fn program_stats(&self) -> Vec<(String, String, u64, u64)> {
+        let mut out = Vec::new();
+        for e in &self.list {
+            let Some(a) = &e.state else { continue };
+            let mut stats = crate::bpf::run_stats::of_skel(&a.session().skel);
+            if let Attached::Guarding(g) = a {
+                stats.extend(g.guard.lc.iter().flat_map(|lc| crate::bpf::run_stats::of_skel(&lc.skel)));
+            }
+            out.extend(stats.into_iter().map(|(p, ns, n)| (e.name.clone(), p, ns, n)));
+        }
+        out
+    }
+
     /// The guarded interfaces, as (name, guard id).
     pub fn guarded(&self) -> Vec<(String, String)> {
         self.guards().map(|g| (g.session.ifname.clone(), g.id.clone())).collect()

@@ -7,7 +7,7 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use prometheus::{CounterVec, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 use crate::agent::histograms::LatencyHistograms;
 use crate::bpf::counters::Counters;
@@ -35,6 +35,8 @@ pub struct Metrics {
     zero_windows: IntCounterVec,
     alerts: IntCounterVec,
     guard_rules: IntGaugeVec,
+    /// The programs' cost, when BPF run-time statistics are on.
+    bpf_runs: Option<(CounterVec, IntCounterVec)>,
     /// The last total seen per series, to add only what is new.
     last: HashMap<(&'static str, Vec<String>), u64>,
     remote_ports: HashSet<u16>,
@@ -139,6 +141,7 @@ impl Metrics {
                 r.register(Box::new(g.clone()))?;
                 g
             },
+            bpf_runs: None,
             registry,
             last: HashMap::new(),
             remote_ports: HashSet::new(),
@@ -187,6 +190,38 @@ impl Metrics {
     pub fn observe_guard_rules(&self, (allow, block): (usize, usize)) {
         self.guard_rules.with_label_values(&["allow"]).set(allow as i64);
         self.guard_rules.with_label_values(&["block"]).set(block as i64);
+    }
+
+    /// BPF run-time statistics are on: their series.
+    pub fn declare_bpf_stats(&mut self) -> Result<()> {
+        if self.bpf_runs.is_none() {
+            let time = CounterVec::new(
+                Opts::new("tcpscope_bpf_program_run_seconds_total", "Time the kernel spent running each BPF program."),
+                &["program"],
+            )?;
+            self.registry.register(Box::new(time.clone()))?;
+            let runs = counter(&self.registry, "tcpscope_bpf_program_runs_total", "Runs of each BPF program.", &["program"])?;
+            self.bpf_runs = Some((time, runs));
+        }
+        Ok(())
+    }
+
+    /// A program's totals: `owner` tells apart the same program loaded for
+    /// several interfaces, which share its series.
+    pub fn observe_bpf(&mut self, owner: &str, program: &str, run_ns: u64, runs: u64) {
+        let Some((time, count)) = self.bpf_runs.clone() else { return };
+        let mut new = |what: &'static str, total: u64| {
+            let key = (what, vec![owner.to_string(), program.to_string()]);
+            let last = self.last.insert(key, total).unwrap_or(0);
+            if total >= last {
+                total - last
+            } else {
+                total
+            }
+        };
+        let (ns, n) = (new("bpf-ns", run_ns), new("bpf-runs", runs));
+        time.with_label_values(&[program]).inc_by(ns as f64 / 1e9);
+        count.with_label_values(&[program]).inc_by(n);
     }
 
     /// An interface no longer followed: its series go.

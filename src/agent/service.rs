@@ -34,6 +34,10 @@ pub struct Agent {
     file_rules: Vec<Rule>,
     config: AgentConfig,
     next: Instant,
+    /// BPF run-time statistics, on while this lives.
+    run_stats: Option<crate::bpf::run_stats::RunStats>,
+    /// What the user should hear about how it started.
+    pub notes: Vec<String>,
 }
 
 /// The file's rules and the agent's own, for one interface.
@@ -62,6 +66,21 @@ impl Agent {
         if config.guard.is_some() {
             metrics.declare_guard();
         }
+        let mut notes = Vec::new();
+        // On before any program runs, so that every run is counted.
+        // Statistics cost every program a little: only when asked for, and
+        // their absence costs only their own metrics.
+        let run_stats = match config.bpf_stats.then(crate::bpf::run_stats::RunStats::enable) {
+            Some(Ok(s)) => {
+                metrics.declare_bpf_stats()?;
+                Some(s)
+            }
+            Some(Err(e)) => {
+                notes.push(format!("bpf_stats unavailable: {e:#}"));
+                None
+            }
+            None => None,
+        };
         let ifaces = Interfaces::start(
             &config.interfaces,
             config.netns.as_deref(),
@@ -71,6 +90,7 @@ impl Agent {
         )?;
         let lc = types::lifecycle_config { events: 1, histograms: 1, ..Default::default() };
         let conns = ConnsView::start(lc, None)?;
+        notes.extend(conns.lc.unavailable.iter().map(|(view, why)| format!("{view} unavailable: {why}")));
         let agent = Agent {
             control,
             server,
@@ -82,14 +102,11 @@ impl Agent {
             file_rules,
             config,
             next: Instant::now(),
+            run_stats,
+            notes,
         };
         agent.publish();
         Ok(agent)
-    }
-
-    /// The views the kernel refused, each with why.
-    pub fn unavailable(&self) -> &[(String, String)] {
-        &self.conns.lc.unavailable
     }
 
     pub fn metrics_addr(&self) -> std::net::SocketAddr {
@@ -120,6 +137,14 @@ impl Agent {
             said = self.ifaces.poll(&mut self.metrics, &rules_for(&self.file_rules, &self.shared), &mut alerts);
             self.metrics.observe_conns_lost(self.conns.lost());
             self.metrics.observe_latency(&crate::view::latency::read_histograms(&self.conns.lc));
+            if self.run_stats.is_some() {
+                let mut stats = self.ifaces.program_stats();
+                let conns = crate::bpf::run_stats::of_skel(&self.conns.lc.skel);
+                stats.extend(conns.into_iter().map(|(p, ns, n)| ("conns".to_string(), p, ns, n)));
+                for (owner, program, ns, n) in stats {
+                    self.metrics.observe_bpf(&owner, &program, ns, n);
+                }
+            }
             if let Some(counts) = self.ifaces.rules {
                 self.metrics.observe_guard_rules(counts);
             }
@@ -143,6 +168,9 @@ impl Agent {
         if new.listen != self.config.listen || new.control_socket != self.config.control_socket {
             said.push("the listen address and control socket stay as they were until a restart".to_string());
         }
+        if new.bpf_stats != self.config.bpf_stats || new.control_tcp.is_some() != self.config.control_tcp.is_some() {
+            said.push("bpf_stats and the control API's TCP listener change at the next restart".to_string());
+        }
         if new.guard.is_some() {
             self.metrics.declare_guard();
         }
@@ -151,8 +179,10 @@ impl Agent {
         said.extend(self.ifaces.reconfigure(&new.interfaces, new.guard.clone(), &mut self.metrics, &rules));
         let (added, removed) = self.ifaces.sync_rules(&rules)?;
         said.push(format!("configuration reloaded: {added} rules added, {removed} removed"));
-        let (listen, socket) = (self.config.listen.clone(), self.config.control_socket.clone());
-        self.config = AgentConfig { listen, control_socket: socket, ..new };
+        let (listen, socket, stats) =
+            (self.config.listen.clone(), self.config.control_socket.clone(), self.config.bpf_stats);
+        let tcp = self.config.control_tcp.take();
+        self.config = AgentConfig { listen, control_socket: socket, bpf_stats: stats, control_tcp: tcp, ..new };
         self.publish();
         Ok(said)
     }

@@ -10,6 +10,7 @@ pub mod counters;
 pub mod lifecycle;
 pub mod preflight;
 pub mod reader_watch;
+pub mod run_stats;
 
 use std::mem::MaybeUninit;
 use std::path::PathBuf;

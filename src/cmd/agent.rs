@@ -17,8 +17,8 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     let stop = stop_flag()?;
     let reload = reload_flag();
     let mut agent = Agent::start(config)?;
-    for (view, why) in agent.unavailable() {
-        eprintln!("tcpscope: {view} unavailable: {why}");
+    for note in &agent.notes {
+        eprintln!("tcpscope: {note}");
     }
     let c = agent.config();
     eprintln!(
