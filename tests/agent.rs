@@ -33,13 +33,18 @@ fn http_get(addr: &str, path: &str) -> String {
 
 /// One instant query's value, if the series exists.
 fn query(q: &str) -> Option<f64> {
+    query_at(PROMETHEUS, q)?.first()?["value"][1].as_str()?.parse().ok()
+}
+
+/// One instant query's result rows.
+fn query_at(prometheus: &str, q: &str) -> Option<Vec<serde_json::Value>> {
     let out = Command::new("curl")
         .args([
             "-sS",
             "--max-time",
             "5",
             "-G",
-            &format!("http://{PROMETHEUS}/api/v1/query"),
+            &format!("http://{prometheus}/api/v1/query"),
             "--data-urlencode",
         ])
         .arg(format!("query={q}"))
@@ -47,7 +52,7 @@ fn query(q: &str) -> Option<f64> {
         .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     assert_eq!(v["status"], "success", "{q}: {v}");
-    v["data"]["result"].as_array()?.first()?["value"][1].as_str()?.parse().ok()
+    v["data"]["result"].as_array().cloned()
 }
 
 /// Waits (up to a minute) until `q` answers `want`, or fails saying what it answered.
@@ -64,12 +69,12 @@ fn wait_for(q: &str, want: f64) {
     panic!("{q}: Prometheus answers {last:?}, not {want}");
 }
 
-fn start_prometheus(dir: &std::path::Path) -> ChildGuard {
+fn start_prometheus(dir: &std::path::Path, agent: &str, prometheus: &str) -> ChildGuard {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/prometheus/prometheus.yml"))
             .unwrap();
-    let config = shipped.replace("127.0.0.1:9917", AGENT).replace("15s", "1s");
-    assert!(config.contains(AGENT), "the shipped config names the agent's default address");
+    let config = shipped.replace("127.0.0.1:9917", agent).replace("15s", "1s");
+    assert!(config.contains(agent), "the shipped config names the agent's default address");
     let file = dir.join("prometheus.yml");
     std::fs::write(&file, config).unwrap();
     // The shipped alert rules, beside it as the config names them.
@@ -83,7 +88,7 @@ fn start_prometheus(dir: &std::path::Path) -> ChildGuard {
     let mut cmd = Command::new("prometheus");
     cmd.arg(format!("--config.file={}", file.display()))
         .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-        .arg(format!("--web.listen-address={PROMETHEUS}"))
+        .arg(format!("--web.listen-address={prometheus}"))
         .stdout(Stdio::null());
     ChildGuard::spawn_until_ready(cmd, "Server is ready to receive web requests", Duration::from_secs(60))
         .expect("Prometheus starts (scripts/setup.sh installs Debian's prometheus)")
@@ -113,7 +118,7 @@ fn prometheus_sees_exactly_the_traffic_made() {
 
     let dir = std::env::temp_dir().join(format!("tcpscope-prom-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let _prometheus = start_prometheus(&dir);
+    let _prometheus = start_prometheus(&dir, AGENT, PROMETHEUS);
 
     let listener = listen_in_server(&hosts, PORT);
     let server = std::thread::spawn(move || {
@@ -197,7 +202,7 @@ fn prometheus_sees_exactly_the_traffic_made() {
             .iter()
             .flat_map(|g| g["rules"].as_array().unwrap())
             .collect();
-        assert_eq!(rules.len(), 4, "the shipped rules are loaded: {v}");
+        assert_eq!(rules.len(), 5, "the shipped rules are loaded: {v}");
         let evaluated =
             rules.iter().all(|r| r["lastEvaluation"].as_str().is_some_and(|t| !t.starts_with("0001")));
         if evaluated {
@@ -361,5 +366,192 @@ fn the_systemd_unit_verifies_and_its_capabilities_suffice() {
         assert!(!out.status.success() && err.lines().count() == 1, "without {dropped}: {err}");
         assert!(err.contains(&format!("CAP_{}", dropped.to_uppercase())), "without {dropped}: {err}");
     }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Every panel of the shipped Grafana dashboard, its query run by the real
+/// Prometheus (Grafana's variables given their meaning: every instance, a
+/// one-minute rate window), shows data after traffic made for it: packets,
+/// a malformed segment, connections with data, a reset, a transfer under
+/// loss (retransmits), a rule's drops, a port scan and a SYN flood (the
+/// guard's alerts), with the agent guarding and timing its programs. And
+/// the shipped SYN-flood and port-scan alert rules fire.
+#[test]
+fn every_dashboard_panel_shows_its_traffic_and_the_flood_and_scan_rules_fire() {
+    const AGENT_3: &str = "127.0.0.1:19928";
+    const PROMETHEUS_3: &str = "127.0.0.1:19991";
+    const PORT: u16 = 18321;
+    const LOSSY: u16 = 18322;
+    const BLOCKED: u16 = 18323;
+    const CLOSED: u16 = 18324;
+    use tcpscope::testhost::{CLIENT_IF, CLIENT_V4};
+    let hosts = TestHosts::new("agdash").unwrap();
+    let dir = std::env::temp_dir().join(format!("tcpscope-dash-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("agent.sock");
+    let mut agent = Command::new(tcpscope_bin());
+    agent
+        .args(["agent", "--guard", "--bpf-stats", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--listen", AGENT_3])
+        .arg("--control-socket")
+        .arg(&sock)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(Stdio::null());
+    let (mut agent, _) = ChildGuard::spawn_until_ready(agent, "metrics on http://", Duration::from_secs(30)).unwrap();
+    let _prometheus = start_prometheus(&dir, AGENT_3, PROMETHEUS_3);
+    // Prometheus has the counters before the traffic, or a rate over the
+    // traffic has nothing to start from.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while query_at(PROMETHEUS_3, "tcpscope_tcp_flags_total").is_none_or(|r| r.is_empty()) {
+        assert!(Instant::now() < deadline, "Prometheus does not scrape the agent");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // Connections with data both ways (handshakes, RTT, opens and closes).
+    let listener = listen_in_server(&hosts, PORT);
+    let server = std::thread::spawn(move || {
+        for _ in 0..5 {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 5];
+            s.read_exact(&mut buf).unwrap();
+            s.write_all(b"world").unwrap();
+        }
+    });
+    TestHosts::run_in(&hosts.client_ns, || {
+        for _ in 0..5 {
+            let mut s = TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))).unwrap();
+            s.write_all(b"hello").unwrap();
+            s.read_exact(&mut [0u8; 5]).unwrap();
+        }
+        // A reset from the closed port (and the kernel's drop of the SYN).
+        assert!(TcpStream::connect(SocketAddr::from((SERVER_V4, CLOSED))).is_err());
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    server.join().unwrap();
+
+    // Retransmits: a quarter of the data segments to LOSSY dropped.
+    nft(
+        &hosts.server_ns,
+        &format!("add table inet loss\nadd chain inet loss in {{ type filter hook input priority 0; }}\nadd rule inet loss in tcp dport {LOSSY} numgen random mod 4 == 0 drop\n"),
+    );
+    assert!(TestHosts::command_in(&hosts.client_ns, "ethtool")
+        .args(["-K", CLIENT_IF, "tso", "off", "gso", "off"])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let listener = listen_in_server(&hosts, LOSSY);
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).unwrap();
+    });
+    let client = TestHosts::run_in(&hosts.client_ns, || {
+        TcpStream::connect_timeout(&SocketAddr::from((SERVER_V4, LOSSY)), Duration::from_secs(20)).unwrap()
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    // Its series exist, at 0, once it is open; then the lossy transfer.
+    let series = format!("tcpscope_retransmits_total{{port=\"{LOSSY}\"}}");
+    while query_at(PROMETHEUS_3, &series).is_none_or(|r| r.is_empty()) {
+        assert!(Instant::now() < deadline, "{series} is not there at 0 once the connection is open");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut client = client;
+    client.write_all(&vec![7u8; 300_000]).unwrap();
+    drop(client);
+    server.join().unwrap();
+
+    // A malformed segment: TCP data offset 2 (under the minimum of 5).
+    let peer = common::raw::mac_of(&hosts.server_ns, SERVER_IF);
+    let link = common::raw::RawLink::open(&hosts.client_ns, CLIENT_IF, peer);
+    let mut seg = common::raw::syn_segment(&CLIENT_V4.octets(), &SERVER_V4.octets(), 40000, PORT, 1);
+    seg[12] = 2 << 4;
+    link.send(common::raw::ETH_P_IP, &common::raw::ipv4_fragments(CLIENT_V4.octets(), SERVER_V4.octets(), 7, &seg, &[])[0]);
+
+    // A rule through the agent: the next SYN to BLOCKED is dropped.
+    let out = Command::new(tcpscope_bin())
+        .args(["block", "add", &format!("{CLIENT_V4}/32"), "--port", &BLOCKED.to_string(), "--agent"])
+        .arg(&sock)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    TestHosts::run_in(&hosts.client_ns, || {
+        assert!(TcpStream::connect_timeout(&SocketAddr::from((SERVER_V4, BLOCKED)), Duration::from_millis(500)).is_err());
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+
+    // A port scan (41 ports in a moment; the guard's limit is 20 in 5 s)
+    // and a SYN flood (1,000 SYNs at 2,000/s; the limit is 100/s, bursts of 200).
+    let st = TestHosts::command_in(&hosts.client_ns, "nmap")
+        .args(["-sS", "-p", "20000-20040", "-T4", "-n", "-Pn", "--max-retries", "0", "--host-timeout", "30s"])
+        .arg(SERVER_V4.to_string())
+        .stdout(Stdio::null())
+        .status()
+        .expect("nmap (scripts/setup.sh installs it)");
+    assert!(st.success());
+    let st = TestHosts::command_in(&hosts.client_ns, "hping3")
+        .args(["-q", "-S", "-p", &PORT.to_string(), "-c", "1000", "-i", "u500"])
+        .arg(SERVER_V4.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("hping3 (scripts/setup.sh installs it)");
+    assert!(st.success() || st.code() == Some(1), "hping3: {st:?}");
+
+    // Every panel's query returns data, above 0 for all but events lost
+    // (nothing is lost here: its series is there, at 0).
+    let dash: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/tcpscope.json")).unwrap(),
+    )
+    .unwrap();
+    let panels: Vec<&serde_json::Value> =
+        dash["panels"].as_array().unwrap().iter().filter(|p| p["type"] != "row").collect();
+    assert!(panels.len() >= 15, "the dashboard's panels");
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let deadline_start = Instant::now();
+    for p in &panels {
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$instance", ".+");
+            let zero_ok = p["title"] == "Events lost";
+            loop {
+                let rows = query_at(PROMETHEUS_3, &expr).unwrap_or_default();
+                let above = rows.iter().any(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0));
+                if above || (zero_ok && !rows.is_empty()) {
+                    eprintln!("panel {} has data after {:?}", p["title"], deadline_start.elapsed());
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "panel {}: {expr} shows no data: {rows:?}; the agent says:\n{}",
+                    p["title"],
+                    http_get(AGENT_3, "/metrics")
+                );
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+    // The shipped alert rules fire.
+    for name in ["TcpscopeSynFlood", "TcpscopePortScan"] {
+        loop {
+            let v: serde_json::Value = serde_json::from_str(&http_get(PROMETHEUS_3, "/api/v1/alerts")).unwrap();
+            let firing = v["data"]["alerts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|a| a["labels"]["alertname"] == name && a["state"] == "firing");
+            if firing {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} does not fire: {v}");
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }

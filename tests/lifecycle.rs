@@ -662,15 +662,6 @@ fn block_client_resets(hosts: &TestHosts) {
     );
 }
 
-/// Loads nftables `rules` in namespace `ns` (gone with the namespace).
-fn nft(ns: &str, rules: &str) {
-    let mut cmd = TestHosts::command_in(ns, "nft");
-    cmd.args(["-f", "-"]).stdin(Stdio::piped());
-    let mut child = cmd.spawn().expect("nft (scripts/setup.sh installs nftables)");
-    child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "nft -f: {rules}");
-}
-
 #[test]
 fn handshake_latency_matches_a_delayed_final_ack() {
     let _load = side_by_side();

@@ -313,6 +313,11 @@ impl Metrics {
                 if kind == K::CONN_ESTABLISHED_IN.0 { ("in", e.sport) } else { ("out", e.dport) };
             let port = self.port_label(direction, port);
             self.opened.with_label_values(&[direction, &port]).inc();
+            // The connection's other series exist from its start, at 0: a
+            // rate over a series born with its first increments misses them.
+            self.closed.with_label_values(&[direction, &port]);
+            self.retransmits.with_label_values(&[&port]);
+            self.zero_windows.with_label_values(&[&port]);
             // Bounded: a host with more open connections than this has its
             // oldest closes uncounted rather than the agent growing.
             if self.open.len() < 1 << 20 {

@@ -160,3 +160,12 @@ pub fn exchange(hosts: &TestHosts, payload_len: usize) -> Vec<usize> {
     client.join().unwrap().unwrap();
     server.join().unwrap()
 }
+
+/// Loads nftables `rules` in namespace `ns` (gone with the namespace).
+pub fn nft(ns: &str, rules: &str) {
+    let mut cmd = TestHosts::command_in(ns, "nft");
+    cmd.args(["-f", "-"]).stdin(Stdio::piped());
+    let mut child = cmd.spawn().expect("nft (scripts/setup.sh installs nftables)");
+    child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "nft -f: {rules}");
+}
