@@ -21,8 +21,10 @@ task="${1:-demo}"
 # util-linux (setpriv, for the no-privilege test), prometheus (with
 # promtool: the agent's tests scrape it with the real thing), systemd
 # (systemd-analyze verify, for the shipped unit), python3-prometheus-client
-# (its strict OpenMetrics parser checks the agent's OpenMetrics output).
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl xdp-tools bpftool util-linux prometheus systemd python3-prometheus-client)
+# (its strict OpenMetrics parser checks the agent's OpenMetrics output),
+# python3-jsonschema and python3-yaml (the Kubernetes manifests checked
+# against the API's schemas).
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl xdp-tools bpftool util-linux prometheus systemd python3-prometheus-client python3-jsonschema python3-yaml)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: run as root (sudo $0 $task): it installs packages and loads BPF programs" >&2

@@ -473,6 +473,10 @@ pub struct AgentArgs {
     /// The bearer token the TCP control API asks for (a file only root can read).
     #[arg(long, value_name = "FILE")]
     pub control_token_file: Option<PathBuf>,
+    /// Check the configuration (file and options) and exit: 0 and a summary
+    /// if it is good, else the error with its line.
+    #[arg(long)]
+    pub check: bool,
     /// Export the BPF programs' run time and run count (the kernel's
     /// BPF_ENABLE_STATS, on while the agent runs; costs a few ns per run).
     #[arg(long)]

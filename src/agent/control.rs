@@ -49,7 +49,7 @@ pub struct Shared {
     pub store: Mutex<RuleStore>,
     pub alerts: Mutex<VecDeque<Alert>>,
     /// Set once every configured view is attached.
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
     /// Rule changes made through the API, for the agent's log.
     pub changes: Mutex<Vec<Value>>,
 }
@@ -61,7 +61,7 @@ impl Shared {
             interfaces: Mutex::default(),
             store: Mutex::new(store),
             alerts: Mutex::default(),
-            ready: AtomicBool::new(false),
+            ready: Arc::new(AtomicBool::new(false)),
             changes: Mutex::default(),
         })
     }

@@ -1,6 +1,6 @@
 //! The agent's HTTP endpoint: `/metrics` in Prometheus' text format 0.0.4,
 //! or in OpenMetrics 1.0 when the Accept header asks for it (as Prometheus
-//! does); `/healthz`. tiny_http, on its own thread; the registry is shared,
+//! does); `/healthz`, and `/readyz` (as the control API's). tiny_http, on its own thread; the registry is shared,
 //! and the agent's loop keeps its values current.
 
 use std::sync::Arc;
@@ -55,7 +55,9 @@ pub struct Server {
 
 impl Server {
     /// Listens on `addr` (an error names the address: taken, or not ours).
-    pub fn start(addr: &str, registry: Registry) -> Result<Self> {
+    /// `/readyz` answers 200 once `ready` is set (every configured view
+    /// attached), 503 before.
+    pub fn start(addr: &str, registry: Registry, ready: Arc<std::sync::atomic::AtomicBool>) -> Result<Self> {
         let server = tiny_http::Server::http(addr).map_err(|e| {
             anyhow!("cannot listen on {addr}: {e} (is another agent running? choose another with --listen)")
         })?;
@@ -81,7 +83,12 @@ impl Server {
                         tiny_http::Response::from_data(body).with_header(header)
                     }
                     "/healthz" => tiny_http::Response::from_data(b"ok\n".to_vec()),
-                    _ => tiny_http::Response::from_data(b"not found: try /metrics\n".to_vec())
+                    "/readyz" if ready.load(std::sync::atomic::Ordering::SeqCst) => {
+                        tiny_http::Response::from_data(b"ready\n".to_vec())
+                    }
+                    "/readyz" => tiny_http::Response::from_data(b"not ready: not every configured view is attached yet\n".to_vec())
+                        .with_status_code(503),
+                    _ => tiny_http::Response::from_data(b"not found: try /metrics, /healthz or /readyz\n".to_vec())
                         .with_status_code(404),
                 };
                 let _ = req.respond(response);

@@ -60,8 +60,8 @@ impl Agent {
         let file_rules = config.file_rules()?;
         let store = RuleStore::load(&store_path(&config))?;
         let mut metrics = Metrics::new()?;
-        let server = Server::start(&config.listen, metrics.registry.clone())?;
         let shared = Shared::new(store);
+        let server = Server::start(&config.listen, metrics.registry.clone(), shared.ready.clone())?;
         let control = Control::start(&config.control_socket, config.control_tcp.clone(), shared.clone())?;
         if config.guard.is_some() {
             metrics.declare_guard();

@@ -14,6 +14,17 @@ use crate::output::print_line;
 
 pub fn run(args: &AgentArgs) -> Result<()> {
     let config = AgentConfig::resolve(args)?;
+    if args.check {
+        config.file_rules()?;
+        eprintln!(
+            "tcpscope: configuration good: interfaces {}, metrics on {}, control socket {}, guard {}",
+            config.interfaces.join(", "),
+            config.listen,
+            config.control_socket.display(),
+            if config.guard.is_some() { "on" } else { "off" }
+        );
+        return Ok(());
+    }
     let stop = stop_flag()?;
     let reload = reload_flag();
     let mut agent = Agent::start(config)?;
