@@ -473,6 +473,13 @@ pub struct AgentArgs {
     /// The bearer token the TCP control API asks for (a file only root can read).
     #[arg(long, value_name = "FILE")]
     pub control_token_file: Option<PathBuf>,
+    /// Events to log as NDJSON, comma-separated: connections, retransmits,
+    /// resets, drops, windows, alerts, rules [default: alerts,rules].
+    #[arg(long, value_name = "KINDS")]
+    pub log_events: Option<String>,
+    /// Log the events to this file (rotated by size) instead of standard output.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
     /// Check the configuration (file and options) and exit: 0 and a summary
     /// if it is good, else the error with its line.
     #[arg(long)]

@@ -353,3 +353,63 @@ fn bpf_stats_count_every_run() {
     assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Chosen events go to a file as NDJSON in the documented schemas, rotated
+/// by size: each file under the limit, every line whole JSON, and every
+/// connection made there once.
+#[test]
+fn events_go_to_a_file_rotated_by_size() {
+    const LISTEN: &str = "127.0.0.1:19929";
+    const PORT: u16 = 18315;
+    const CLOSED: u16 = 18316;
+    const N: usize = 40;
+    let _load = side_by_side();
+    let hosts = TestHosts::new("aglog").unwrap();
+    let dir = scratch("aglog");
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "[log]\nevents = ['connections', 'resets', 'rules']\nmax_bytes = 8192\nkeep = 50\n").unwrap();
+    let log = dir.join("log/events.ndjson");
+    let (mut agent, _) = start(agent_cmd(
+        &dir,
+        LISTEN,
+        &["--guard", "--config", config.to_str().unwrap(), "--log-file", log.to_str().unwrap(), "--netns", &hosts.server_ns, "-i", SERVER_IF],
+    ));
+    let _l = listen_in_server(&hosts, PORT);
+    for _ in 0..N {
+        assert!(connects(&hosts, PORT));
+    }
+    assert!(!connects(&hosts, CLOSED), "nothing listens there: a reset");
+    assert_eq!(api(&dir, "POST", "/v1/rules", Some(r#"{"list":"block","cidr":"198.19.9.0/24","comment":"logged"}"#)).0, 200);
+    let read_all = || -> Vec<serde_json::Value> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("log")).unwrap().flatten().map(|e| e.path()).collect();
+        // Oldest first: .N ... .1, then the file itself.
+        files.sort_by_key(|p| std::cmp::Reverse(p.extension().and_then(|e| e.to_str()?.parse::<u32>().ok()).unwrap_or(0)));
+        let mut out = Vec::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).unwrap();
+            assert!(text.len() <= 8192, "{} is over the size limit", f.display());
+            assert!(text.is_empty() || text.ends_with('\n'), "{} ends mid-line", f.display());
+            out.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"))));
+        }
+        out
+    };
+    let ours = |v: &Vec<serde_json::Value>, event: &str| {
+        v.iter().filter(|e| e["event"] == event && e["lport"] == PORT && e["peer"] == CLIENT_V4.to_string()).count()
+    };
+    wait_until("every connection logged", Duration::from_secs(30), || {
+        let v = read_all();
+        ours(&v, "established_in") == N && v.iter().any(|e| e["event"] == "rule_change")
+    });
+    // SIGTERM, then everything is there once.
+    // SAFETY: our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait_timeout(Duration::from_secs(20)).unwrap().success());
+    let v = read_all();
+    assert_eq!(ours(&v, "established_in"), N, "each connection once");
+    assert!(dir.join("log/events.ndjson.1").exists(), "rotated");
+    assert!(v.iter().any(|e| e["event"] == "reset_sent" && e["lport"] == CLOSED), "the reset");
+    let change = v.iter().find(|e| e["event"] == "rule_change").unwrap();
+    assert_eq!((change["change"].as_str(), change["rules"].as_u64()), (Some("add"), Some(1)), "{change}");
+    assert!(v.iter().all(|e| e["ts_ns"].as_u64().is_some()), "every line has its time");
+    let _ = std::fs::remove_dir_all(&dir);
+}

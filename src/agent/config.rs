@@ -14,6 +14,13 @@
 //! listen = "127.0.0.1:9918"          # optional TCP listener
 //! token_file = "/etc/tcpscope/token"   # needed beyond loopback
 //!
+//! [log]                               # NDJSON events
+//! events = ["alerts", "rules"]         # the default; also connections,
+//!                                      # retransmits, resets, drops, windows
+//! file = "/var/log/tcpscope/events.ndjson"   # default: standard output
+//! max_bytes = 104857600                # rotate past this size...
+//! keep = 5                             # ...keeping this many old files
+//!
 //! [guard]
 //! enabled = true
 //! rules = "/etc/tcpscope/rules.toml"
@@ -45,7 +52,50 @@ struct File {
     state_dir: Option<PathBuf>,
     bpf_stats: Option<bool>,
     control: Option<ControlFile>,
+    log: Option<LogFile>,
     guard: Option<BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    events: Option<Spanned<Vec<String>>>,
+    file: Option<PathBuf>,
+    max_bytes: Option<u64>,
+    keep: Option<u32>,
+}
+
+/// What the agent logs as NDJSON, and where.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// Kinds of events, from [`LOG_KINDS`].
+    pub events: Vec<String>,
+    /// None: standard output.
+    pub file: Option<PathBuf>,
+    pub max_bytes: u64,
+    pub keep: u32,
+}
+
+/// The kinds of events the agent can log, and the connection events of
+/// each (their `event` names in docs/conns-schema.md).
+pub const LOG_KINDS: [(&str, &[&str]); 7] = [
+    ("connections", &["connect", "established_out", "established_in", "accept", "close"]),
+    ("retransmits", &["retransmit", "retransmit_synack"]),
+    ("resets", &["reset_received", "reset_sent"]),
+    ("drops", &["drop"]),
+    ("windows", &["zero_window", "window_reopen", "rcvqueue_full"]),
+    ("alerts", &[]),
+    ("rules", &[]),
+];
+
+fn check_log_kinds(kinds: &[String]) -> std::result::Result<(), String> {
+    match kinds.iter().find(|k| !LOG_KINDS.iter().any(|(n, _)| n == k)) {
+        Some(bad) => Err(format!(
+            "log event kind '{bad}': use {}",
+            LOG_KINDS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")
+        )),
+        None => Ok(()),
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -78,6 +128,7 @@ pub struct AgentConfig {
     pub guard: Option<GuardArgs>,
     /// The guard's rules file.
     pub rules_file: Option<PathBuf>,
+    pub log: LogConfig,
 }
 
 /// Reads a token file: root-only, not empty.
@@ -176,6 +227,27 @@ impl AgentConfig {
         let interval = args.interval.or(file.interval).unwrap_or(1.0);
         crate::ensure_usage!(interval.is_finite() && interval >= 0.1, "interval {interval}: use at least 0.1 seconds");
         let control = file.control.unwrap_or_default();
+        let log_file = file.log.unwrap_or_default();
+        let events = match (&args.log_events, log_file.events) {
+            (Some(list), _) => {
+                let kinds: Vec<String> = list.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+                check_log_kinds(&kinds).map_err(|e| UsageError(format!("--log-events: {e}")))?;
+                kinds
+            }
+            (None, Some(spanned)) => {
+                let line = lines.of(spanned.span().start);
+                let kinds = spanned.into_inner();
+                check_log_kinds(&kinds).map_err(|e| UsageError(format!("{name}:{line}: [log] events: {e}")))?;
+                kinds
+            }
+            (None, None) => vec!["alerts".into(), "rules".into()],
+        };
+        let log = LogConfig {
+            events,
+            file: args.log_file.clone().or(log_file.file),
+            max_bytes: log_file.max_bytes.unwrap_or(100 << 20).max(4096),
+            keep: log_file.keep.unwrap_or(5),
+        };
         let control_tcp = match args.control_listen.clone().or(control.listen) {
             None => None,
             Some(addr) => {
@@ -198,6 +270,7 @@ impl AgentConfig {
             control_tcp,
             guard: (args.guard || enabled).then_some(guard),
             rules_file,
+            log,
         })
     }
 

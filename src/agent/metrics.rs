@@ -170,6 +170,7 @@ impl Metrics {
         // The agent's ingress programs only count (no events to lose);
         // the connection view's events can be lost.
         self.events_lost.with_label_values(&["conns"]);
+        self.events_lost.with_label_values(&["log"]);
     }
 
     /// The guard is on: its series, at 0 until something happens.
@@ -277,6 +278,12 @@ impl Metrics {
         for (g, n) in GUARD_DROP_NAMES.iter().zip(k.guard_dropped).skip(1) {
             self.advance(&guard, "guard", &[iface, g], n);
         }
+    }
+
+    /// Lines the event log could not write, in total.
+    pub fn observe_log_lost(&mut self, total: u64) {
+        let lost = self.events_lost.clone();
+        self.advance(&lost, "lost-log", &["log"], total);
     }
 
     /// Events the connection view lost, in total.

@@ -18,9 +18,36 @@ use crate::agent::metrics::Metrics;
 use crate::agent::rules::RuleStore;
 use crate::agent::server::Server;
 use crate::bpf::lifecycle::types;
-use crate::output::alert::Alert;
 use crate::policy::Rule;
 use crate::view::conns::{ConnsView, ReasonNames};
+
+/// What one step read: lines to say (stderr), NDJSON lines for the event
+/// log, and how long the caller may wait before the next step.
+#[derive(Default)]
+pub struct Step {
+    pub said: Vec<String>,
+    pub lines: Vec<String>,
+    pub wait: Duration,
+}
+
+/// The connection event names the log takes.
+fn logged_conn_events(kinds: &[String]) -> Vec<&'static str> {
+    crate::agent::config::LOG_KINDS
+        .iter()
+        .filter(|(k, _)| kinds.iter().any(|x| x == k))
+        .flat_map(|(_, events)| events.iter().copied())
+        .collect()
+}
+
+/// A rule change as a log line: `{"event":"rule_change","ts_ns":..,...}`.
+pub fn rule_change_line(mut change: serde_json::Value) -> String {
+    let now = crate::bpf::clock_ns(libc::CLOCK_REALTIME);
+    if let Some(o) = change.as_object_mut() {
+        o.insert("event".into(), "rule_change".into());
+        o.insert("ts_ns".into(), now.into());
+    }
+    change.to_string()
+}
 
 /// Fields drop in order: the listeners first, then the programs.
 pub struct Agent {
@@ -34,6 +61,8 @@ pub struct Agent {
     file_rules: Vec<Rule>,
     config: AgentConfig,
     next: Instant,
+    /// Monotonic to wall-clock time, for logged events.
+    clock_offset: u64,
     /// BPF run-time statistics, on while this lives.
     run_stats: Option<crate::bpf::run_stats::RunStats>,
     /// What the user should hear about how it started.
@@ -102,6 +131,7 @@ impl Agent {
             file_rules,
             config,
             next: Instant::now(),
+            clock_offset: crate::bpf::monotonic_to_realtime_offset(),
             run_stats,
             notes,
         };
@@ -126,15 +156,26 @@ impl Agent {
     }
 
     /// Reads the connection events that came, and, once an interval, the
-    /// counters, the histograms and the guards' alerts. Returns what to
-    /// say, the alerts, and how long the caller may wait.
-    pub fn step(&mut self, last: bool) -> (Vec<String>, Vec<Alert>, Duration) {
+    /// counters, the histograms and the guards' alerts.
+    pub fn step(&mut self, last: bool) -> Step {
         let (metrics, reasons) = (&mut self.metrics, &self.reasons);
         let drop_reason = |r: u32| reasons.name(types::conn_event_kind::CONN_DROP.0 as u8, r);
-        let wait = self.conns.pass(last, |e| metrics.observe_conn_event(e, &drop_reason));
-        let (mut said, mut alerts) = (Vec::new(), Vec::new());
+        let logged = logged_conn_events(&self.config.log.events);
+        let offset = self.clock_offset;
+        let mut out = Vec::new();
+        let wait = self.conns.pass(last, |e| {
+            metrics.observe_conn_event(e, &drop_reason);
+            if logged.contains(&crate::names::conn_kind_name(e.kind)) {
+                let why = if crate::conn::has::reason(e) { reasons.name(e.kind, e.reason) } else { String::new() };
+                crate::output::json::write_conn_event(&mut out, e, e.ts_ns + offset, &why);
+                out.push(b'\n');
+            }
+        });
+        let mut step = Step::default();
+        step.lines.extend(String::from_utf8_lossy(&out).lines().map(str::to_string));
         if last || Instant::now() >= self.next {
-            said = self.ifaces.poll(&mut self.metrics, &rules_for(&self.file_rules, &self.shared), &mut alerts);
+            let mut alerts = Vec::new();
+            step.said = self.ifaces.poll(&mut self.metrics, &rules_for(&self.file_rules, &self.shared), &mut alerts);
             self.metrics.observe_conns_lost(self.conns.lost());
             self.metrics.observe_latency(&crate::view::latency::read_histograms(&self.conns.lc));
             if self.run_stats.is_some() {
@@ -148,15 +189,28 @@ impl Agent {
             if let Some(counts) = self.ifaces.rules {
                 self.metrics.observe_guard_rules(counts);
             }
+            let log = |kind: &str| self.config.log.events.iter().any(|k| k == kind);
             for a in &alerts {
                 self.metrics.observe_alert(a.alert);
                 self.shared.push_alert(a.clone());
+                if log("alerts") {
+                    step.lines.push(a.json());
+                }
+            }
+            let changes = std::mem::take(&mut *self.shared.changes.lock().unwrap_or_else(|e| e.into_inner()));
+            if log("rules") {
+                step.lines.extend(changes.into_iter().map(rule_change_line));
             }
             self.publish();
             self.next = Instant::now() + self.config.interval;
         }
-        let wait = wait.unwrap_or(Duration::ZERO).min(self.next.saturating_duration_since(Instant::now()));
-        (said, alerts, wait)
+        step.wait = wait.unwrap_or(Duration::ZERO).min(self.next.saturating_duration_since(Instant::now()));
+        step
+    }
+
+    /// Lines the event log could not write, in total.
+    pub fn log_lost(&mut self, total: u64) {
+        self.metrics.observe_log_lost(total);
     }
 
     /// A new configuration: interfaces and the guard follow it; the rules
@@ -179,6 +233,8 @@ impl Agent {
         said.extend(self.ifaces.reconfigure(&new.interfaces, new.guard.clone(), &mut self.metrics, &rules));
         let (added, removed) = self.ifaces.sync_rules(&rules)?;
         said.push(format!("configuration reloaded: {added} rules added, {removed} removed"));
+        let change = serde_json::json!({"change": "reload", "added": added, "removed": removed});
+        self.shared.changes.lock().unwrap_or_else(|e| e.into_inner()).push(change);
         let (listen, socket, stats) =
             (self.config.listen.clone(), self.config.control_socket.clone(), self.config.bpf_stats);
         let tcp = self.config.control_tcp.take();

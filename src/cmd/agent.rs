@@ -1,6 +1,6 @@
 //! `tcpscope agent`: the agent component until SIGINT or SIGTERM (exit 0),
-//! its configuration read again on SIGHUP; alerts as NDJSON on standard
-//! output, what changed on standard error.
+//! its configuration read again on SIGHUP; the events chosen as NDJSON on
+//! standard output or in a rotated file, what changed on standard error.
 
 use std::sync::atomic::Ordering;
 
@@ -10,7 +10,7 @@ use crate::agent::config::AgentConfig;
 use crate::agent::service::Agent;
 use crate::cli::AgentArgs;
 use crate::cmd::{reload_flag, stop_flag};
-use crate::output::print_line;
+use crate::output::event_log::EventLog;
 
 pub fn run(args: &AgentArgs) -> Result<()> {
     let config = AgentConfig::resolve(args)?;
@@ -25,6 +25,10 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         );
         return Ok(());
     }
+    let mut log = match &config.log.file {
+        Some(f) => EventLog::file(f, config.log.max_bytes, config.log.keep)?,
+        None => EventLog::stdout(),
+    };
     let stop = stop_flag()?;
     let reload = reload_flag();
     let mut agent = Agent::start(config)?;
@@ -42,13 +46,12 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     );
     loop {
         let last = stop.load(Ordering::SeqCst);
-        let (said, alerts, wait) = agent.step(last);
-        for s in said {
+        let step = agent.step(last);
+        for s in step.said {
             eprintln!("tcpscope: {s}");
         }
-        for a in alerts {
-            print_line(&a.json());
-        }
+        log.write(&step.lines);
+        agent.log_lost(log.lost);
         if reload.swap(false, Ordering::SeqCst) {
             match AgentConfig::resolve(args).and_then(|c| agent.reload(c)) {
                 Ok(said) => said.iter().for_each(|s| eprintln!("tcpscope: {s}")),
@@ -58,7 +61,7 @@ pub fn run(args: &AgentArgs) -> Result<()> {
         if last {
             break;
         }
-        std::thread::park_timeout(wait);
+        std::thread::park_timeout(step.wait);
     }
     drop(agent);
     eprintln!("tcpscope: agent stopped");

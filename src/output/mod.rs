@@ -4,6 +4,7 @@
 //! only the commands call it.
 
 pub mod alert;
+pub mod event_log;
 pub mod json;
 pub mod latency;
 pub mod pcapng;
