@@ -501,6 +501,8 @@ pub enum BenchWhat {
     Conns,
     /// Guard rule lookup with 0..100,000 rules, next to xdp-tools' xdp-filter.
     Rules,
+    /// The agent: the connection loop with and without it, its CPU and RSS, and one scrape's time.
+    Agent,
 }
 
 #[derive(Debug, Args)]

@@ -15,7 +15,7 @@ use super::{median, Report};
 use crate::cli::BenchArgs;
 use crate::testhost::{pin_to, ChildGuard, TestHosts, SERVER_V4};
 
-const PORT: u16 = 5202;
+pub const PORT: u16 = 5202;
 const ROUND: Duration = Duration::from_secs(2);
 
 /// ns per getppid(), a syscall that does nearly nothing: what every syscall
@@ -81,9 +81,11 @@ enum Case {
 
 /// One round of the loop: connections per second, and busy CPU time of the
 /// machine per connection (ns).
-struct Round {
-    rate: f64,
-    cpu_ns_per_conn: f64,
+pub struct Round {
+    pub rate: f64,
+    pub cpu_ns_per_conn: f64,
+    /// Connections made.
+    pub n: u64,
 }
 
 /// Connections completed in `ROUND`: connect, send a byte, read the echo, close.
@@ -106,11 +108,11 @@ fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<Round> {
     .join()
     .map_err(|_| anyhow::anyhow!("client thread panicked"))???;
     let busy = machine_busy_ns()?.saturating_sub(busy_before);
-    Ok(Round { rate, cpu_ns_per_conn: busy as f64 / n.max(1) as f64 })
+    Ok(Round { rate, cpu_ns_per_conn: busy as f64 / n.max(1) as f64, n })
 }
 
-pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
-    crate::bpf::preflight::check_privileges()?;
+/// The client's and the server's CPUs from --cpu (none: the scheduler's).
+pub fn placement(args: &BenchArgs) -> Result<(Option<usize>, Option<usize>)> {
     let (client_cpu, server_cpu) = match args.cpu[..] {
         [] => (None, None),
         [c] => (Some(c), Some(c)),
@@ -121,42 +123,80 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     for &c in &args.cpu {
         crate::ensure_usage!(c < n, "--cpu {c}: no such CPU (this machine has {n}: 0-{})", n - 1);
     }
-    let hosts = TestHosts::new("bconns")?;
-    // Hundreds of thousands of connections from one address to one port:
-    // without reuse, the client's TIME_WAIT sockets used up its ports within
-    // a minute and some rounds collapsed to a few hundred connections/s
-    // (connect() searching for a free port), whatever the case.
-    TestHosts::run_in(&hosts.client_ns, || -> Result<()> {
-        // /proc/sys/net is the namespace of the thread that opens it.
-        for (path, value) in [("net/ipv4/tcp_tw_reuse", "1"), ("net/ipv4/ip_local_port_range", "1024 65535")]
-        {
-            std::fs::write(format!("/proc/sys/{path}"), value)
-                .with_context(|| format!("setting {path} in the client namespace"))?;
-        }
-        Ok(())
-    })
-    .join()
-    .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))???;
-    let stop = Arc::new(AtomicBool::new(false));
-    let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)))
+    Ok((client_cpu, server_cpu))
+}
+
+/// The test hosts and the echo server of the short-connection loop;
+/// dropping it stops the server.
+pub struct LoopRig {
+    pub hosts: TestHosts,
+    stop: Arc<AtomicBool>,
+    server: Option<std::thread::JoinHandle<()>>,
+    pub client_cpu: Option<usize>,
+}
+
+impl LoopRig {
+    pub fn start(tag: &str, client_cpu: Option<usize>, server_cpu: Option<usize>) -> Result<Self> {
+        let hosts = TestHosts::new(tag)?;
+        // Hundreds of thousands of connections from one address to one port:
+        // without reuse, the client's TIME_WAIT sockets used up its ports within
+        // a minute and some rounds collapsed to a few hundred connections/s
+        // (connect() searching for a free port), whatever the case.
+        TestHosts::run_in(&hosts.client_ns, || -> Result<()> {
+            // /proc/sys/net is the namespace of the thread that opens it.
+            for (path, value) in [("net/ipv4/tcp_tw_reuse", "1"), ("net/ipv4/ip_local_port_range", "1024 65535")]
+            {
+                std::fs::write(format!("/proc/sys/{path}"), value)
+                    .with_context(|| format!("setting {path} in the client namespace"))?;
+            }
+            Ok(())
+        })
         .join()
-        .map_err(|_| anyhow::anyhow!("server thread panicked"))???;
-    let stop_srv = stop.clone();
-    let server = std::thread::spawn(move || {
-        if pin_to(server_cpu).is_err() {
-            return; // checked above: cannot happen
-        }
-        // Blocking accept; the final wake-up connection below ends it.
-        while let Ok((mut s, _)) = listener.accept() {
-            if stop_srv.load(Ordering::Relaxed) {
-                break;
+        .map_err(|_| anyhow::anyhow!("sysctl thread panicked"))???;
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = TestHosts::run_in(&hosts.server_ns, || TcpListener::bind((SERVER_V4, PORT)))
+            .join()
+            .map_err(|_| anyhow::anyhow!("server thread panicked"))???;
+        let stop_srv = stop.clone();
+        let server = std::thread::spawn(move || {
+            if pin_to(server_cpu).is_err() {
+                return; // checked by `placement`: cannot happen
             }
-            let mut b = [0u8; 1];
-            if s.read_exact(&mut b).is_ok() {
-                let _ = s.write_all(&b);
+            // Blocking accept; the final wake-up connection in drop ends it.
+            while let Ok((mut s, _)) = listener.accept() {
+                if stop_srv.load(Ordering::Relaxed) {
+                    break;
+                }
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).is_ok() {
+                    let _ = s.write_all(&b);
+                }
             }
+        });
+        Ok(LoopRig { hosts, stop, server: Some(server), client_cpu })
+    }
+
+    /// One round of the loop.
+    pub fn round(&self) -> Result<Round> {
+        loop_round(&self.hosts.client_ns, self.client_cpu)
+    }
+}
+
+impl Drop for LoopRig {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TestHosts::run_in(&self.hosts.client_ns, || TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))))
+            .join();
+        if let Some(s) = self.server.take() {
+            let _ = s.join();
         }
-    });
+    }
+}
+
+pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
+    crate::bpf::preflight::check_privileges()?;
+    let (client_cpu, server_cpu) = placement(args)?;
+    let rig = LoopRig::start("bconns", client_cpu, server_cpu)?;
     let exe = std::env::current_exe().context("locating the tcpscope binary")?;
     // Empty programs at conns' hooks: the kernel's cost of calling a
     // program at each, which no program of ours can go below. With --port
@@ -183,10 +223,10 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
         for k in 0..cases.len() {
             let case = (round + k) % cases.len();
             let (round, syscall) = match cases[case].1 {
-                Case::Nothing => (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns()),
+                Case::Nothing => (rig.round()?, syscall_ns()),
                 Case::EmptyPrograms => {
                     let _links = crate::bpf::lifecycle::attach_empty_programs(&mut empty_programs)?;
-                    (loop_round(&hosts.client_ns, client_cpu)?, syscall_ns())
+                    (rig.round()?, syscall_ns())
                 }
                 Case::Conns(extra) => {
                     let mut cmd = Command::new(&exe);
@@ -196,7 +236,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
                         "following TCP connections",
                         Duration::from_secs(30),
                     )?;
-                    let round = loop_round(&hosts.client_ns, client_cpu)?;
+                    let round = rig.round()?;
                     let syscall = syscall_ns();
                     conns.interrupt_and_wait(Duration::from_secs(20))?;
                     lost[case] += lost_events(&stderr)?;
@@ -208,10 +248,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
             syscalls[case].push(syscall);
         }
     }
-    stop.store(true, Ordering::Relaxed);
-    let _ = TestHosts::run_in(&hosts.client_ns, || TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))))
-        .join();
-    let _ = server.join();
+    drop(rig);
     let placement = match (client_cpu, server_cpu) {
         (Some(c), Some(s)) if c == s => format!("client and server on CPU {c}"),
         (Some(c), Some(s)) => format!("client on CPU {c}, server on CPU {s}"),

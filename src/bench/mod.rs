@@ -2,6 +2,7 @@
 //! never asserted (this is a noisy VM). Each reports its lines to a
 //! [`Report`]; the command prints them.
 
+pub mod agent;
 pub mod conns;
 pub mod programs;
 pub mod read;

@@ -26,5 +26,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchWhat::Read => bench::read::run(args, out),
         BenchWhat::Conns => bench::conns::run(args, out),
         BenchWhat::Rules => bench::rules::run(args, out),
+        BenchWhat::Agent => bench::agent::run(args, out),
     }
 }

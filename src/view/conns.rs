@@ -46,6 +46,11 @@ impl ReasonNames {
     }
 
     /// The name of reason `r` of an event of `kind` (a drop or a reset).
+    /// Every drop reason this kernel names.
+    pub fn drop_reasons(&self) -> Vec<u32> {
+        self.drop.keys().copied().collect()
+    }
+
     pub fn name(&self, kind: u8, r: u32) -> String {
         let names =
             if u32::from(kind) == types::conn_event_kind::CONN_DROP.0 { &self.drop } else { &self.rst };
