@@ -196,3 +196,21 @@ fn demo_cleans_up_on_sigterm() {
     let left = String::from_utf8_lossy(&left.stdout);
     assert!(!left.contains(&format!("tsc-demo-{pid}-")), "namespaces left behind: {left}");
 }
+
+/// The quick start's demo ends with the agent's metrics of the
+/// connections it made: the SYNs its interface saw, exactly, and the
+/// handshakes to its port (other tests' connections to the same port
+/// number, in other namespaces, may add to those).
+#[test]
+fn the_demo_shows_the_agents_metrics_of_its_connections() {
+    let out = Command::new(tcpscope_bin()).args(["demo", "--connections", "3"]).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.lines().any(|l| l == "tcpscope_tcp_flags_total{flag=\"SYN\",interface=\"tsc-server\"} 6"), "{stdout}");
+    let opened = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("tcpscope_connections_opened_total{direction=\"in\",port=\"8080\"} "))
+        .and_then(|v| v.parse::<u64>().ok());
+    assert!(opened >= Some(6), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("agent exited (exit status: 0)"));
+}

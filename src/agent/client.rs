@@ -12,6 +12,21 @@ use serde_json::{json, Value};
 use crate::agent::control::{ListedRule, NewRule};
 use crate::policy::{List, Rule};
 
+/// The body of `GET /metrics` from the agent's endpoint at `addr`.
+pub fn scrape_metrics(addr: &str) -> Result<String> {
+    let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let mut answer = Vec::new();
+    s.take(MAX_ANSWER).read_to_end(&mut answer)?;
+    let mut headers = [httparse::EMPTY_HEADER; 32];
+    let mut resp = httparse::Response::new(&mut headers);
+    match resp.parse(&answer) {
+        Ok(httparse::Status::Complete(n)) if resp.code == Some(200) => Ok(String::from_utf8_lossy(&answer[n..]).into_owned()),
+        _ => bail!("{addr} did not answer GET /metrics with 200"),
+    }
+}
+
 /// A running agent, reached through its control socket.
 pub struct AgentClient {
     socket: PathBuf,

@@ -8,7 +8,6 @@
 //! and histograms for every port label, drop reason and alert kind, and
 //! served by the agent's own endpoint).
 
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -61,14 +60,10 @@ fn start_agent(rig: &LoopRig, dir: &std::path::Path, extra: &[&str]) -> Result<C
 
 /// One GET of /metrics at `addr`: (ms, bytes, series).
 fn scrape(addr: &str) -> Result<(f64, usize, usize)> {
-    use std::io::{Read, Write};
     let start = Instant::now();
-    let mut s = TcpStream::connect(addr)?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")?;
-    let mut body = String::new();
-    s.read_to_string(&mut body)?;
+    let body = crate::agent::client::scrape_metrics(addr)?;
     let ms = start.elapsed().as_secs_f64() * 1000.0;
-    let series = body.lines().filter(|l| l.starts_with("tcpscope_") || l.starts_with("process_")).count();
+    let series = body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()).count();
     Ok((ms, body.len(), series))
 }
 
