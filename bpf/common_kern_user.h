@@ -463,6 +463,8 @@ struct conn_event {
 	__u8 daddr[16];     /* peer address */
 	__u32 netns;        /* network namespace inode */
 	__u32 pid;          /* owning process (tgid), 0 if unknown */
+	__u32 uid;          /* its user and group (with pid: where pid is 0, */
+	__u32 gid;          /* these are 0 and mean nothing) */
 	__u8 comm[16];
 	__u32 segs_in;
 	__u32 segs_out;

@@ -190,12 +190,15 @@ static __always_inline int tuple_from_skb(const struct sk_buff *skb, struct conn
 	return 1;
 }
 
-/* The current process (its pid is the thread group's) and its comm, into
- * the event: two loads from the task, not a helper call for each. */
+/* The current process (its pid is the thread group's), its comm, user and
+ * group, into the event: two loads from the task, one helper call. */
 static __always_inline void owner_from_current(struct conn_event *e)
 {
 	const struct task_struct *t = bpf_get_current_task_btf();
+	__u64 ids = bpf_get_current_uid_gid();
 	e->pid = t->tgid;
+	e->uid = (__u32)ids;
+	e->gid = ids >> 32;
 	__builtin_memcpy(e->comm, t->comm, sizeof(e->comm));
 }
 

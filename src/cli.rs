@@ -480,6 +480,10 @@ pub struct AgentArgs {
     /// Log the events to this file (rotated by size) instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Who owns each socket (uid, gid, cgroup, systemd unit, container,
+    /// pod) on logged connection events, and a capped `workload` label.
+    #[arg(long)]
+    pub workload: bool,
     /// Check the configuration (file and options) and exit: 0 and a summary
     /// if it is good, else the error with its line.
     #[arg(long)]

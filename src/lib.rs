@@ -22,3 +22,4 @@ pub mod policy;
 pub mod rule_target;
 pub mod testhost;
 pub mod view;
+pub mod workload;

@@ -413,3 +413,99 @@ fn events_go_to_a_file_rotated_by_size() {
     assert!(v.iter().all(|e| e["ts_ns"].as_u64().is_some()), "every line has its time");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Removes the test's cgroups however the test ends (leaves first).
+struct Cgroups(Vec<PathBuf>);
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        for d in self.0.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+/// Workload identity: a connection made by a process running as nobody in
+/// a cgroup laid out as containerd lays out a Kubernetes pod's container
+/// is logged with its uid and gid, the container id and runtime, the pod
+/// UID, and the pod's namespace and name from a /var/log/pods-like
+/// directory; one from a systemd-unit-like cgroup names the unit; and the
+/// capped workload metric counts each.
+#[test]
+fn workload_identity_names_the_pod_container_unit_and_user() {
+    const LISTEN: &str = "127.0.0.1:19930";
+    const PORT: u16 = 18317;
+    let _load = side_by_side();
+    let hosts = TestHosts::new("agwl").unwrap();
+    let dir = scratch("agwl");
+    let me = std::process::id();
+    let uid = format!("0b7d5f1e-2c3a-4b6d-8e9f-{me:012x}");
+    let id = format!("{:064x}", u128::from(me) * 0x1_0000_0001);
+    // Where cgroup v2 is mounted (on a hybrid host, not /sys/fs/cgroup).
+    let root = Command::new("findmnt").args(["-n", "-t", "cgroup2", "-o", "TARGET"]).output().unwrap();
+    let root = String::from_utf8_lossy(&root.stdout).lines().next().expect("a cgroup2 mount").trim().to_string();
+    let top = PathBuf::from(format!("{root}/tcpscope-test-{me}.slice"));
+    let pod = top.join(format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")));
+    let container = pod.join(format!("cri-containerd-{id}.scope"));
+    let unit = top.join(format!("tcpscope-demo-{me}.service"));
+    let cgroups = Cgroups(vec![top.clone(), pod.clone(), container.clone(), unit.clone()]);
+    for d in &cgroups.0 {
+        std::fs::create_dir(d).unwrap_or_else(|e| panic!("{}: {e}", d.display()));
+    }
+    let pods = dir.join("pods");
+    std::fs::create_dir_all(pods.join(format!("shop_checkout-7d9f_{uid}"))).unwrap();
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, format!("[workload]\nenabled = true\npods_dir = '{}'\n", pods.display())).unwrap();
+    let log = dir.join("events.ndjson");
+    let (mut agent, _) = start(agent_cmd(
+        &dir,
+        LISTEN,
+        &["--config", config.to_str().unwrap(), "--log-events", "connections", "--log-file", log.to_str().unwrap(), "--netns", &hosts.server_ns, "-i", SERVER_IF],
+    ));
+    let _l = listen_in_server(&hosts, PORT);
+    // A process that joins the cgroup, enters the client host, becomes
+    // nobody, and connects.
+    let connect_from = |cg: &Path| {
+        let py = format!("import socket; socket.create_connection(('{SERVER_V4}', {PORT}), timeout=5).close()");
+        let script = format!(
+            "echo $$ > {}/cgroup.procs && exec nsenter --net=/var/run/netns/{} setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"{py}\"",
+            cg.display(),
+            hosts.client_ns
+        );
+        let st = Command::new("sh").args(["-c", &script]).status().unwrap();
+        assert!(st.success(), "{script}");
+    };
+    connect_from(&container);
+    connect_from(&unit);
+    let events = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&log).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    };
+    let out_from = |v: &Vec<serde_json::Value>, cg: &str| {
+        v.iter().find(|e| e["event"] == "established_out" && e["pport"] == PORT && e["workload"]["cgroup"].as_str().is_some_and(|c| c.ends_with(cg))).cloned()
+    };
+    let cname = container.file_name().unwrap().to_str().unwrap().to_string();
+    let uname = unit.file_name().unwrap().to_str().unwrap().to_string();
+    wait_until("both connections logged", Duration::from_secs(30), || {
+        let v = events();
+        out_from(&v, &cname).is_some() && out_from(&v, &uname).is_some()
+    });
+    let v = events();
+    let c = out_from(&v, &cname).unwrap();
+    assert_eq!((c["uid"].as_u64(), c["gid"].as_u64(), c["comm"].as_str()), (Some(65534), Some(65534), Some("python3")), "{c}");
+    let w = &c["workload"];
+    assert_eq!(w["container_id"], id.as_str(), "{c}");
+    assert_eq!(w["runtime"], "containerd");
+    assert_eq!(w["pod_uid"], uid.as_str());
+    assert_eq!((w["pod_namespace"].as_str(), w["pod_name"].as_str()), (Some("shop"), Some("checkout-7d9f")));
+    let u = out_from(&v, &uname).unwrap();
+    assert_eq!(u["workload"]["unit"], uname.as_str(), "{u}");
+    assert!(u["workload"].get("container_id").is_none());
+    let metric = |label: &str| metric(LISTEN, &format!("tcpscope_workload_connections_opened_total{{direction=\"out\",workload=\"{label}\"}}"));
+    wait_until("the workload metric", Duration::from_secs(30), || {
+        metric("pod/shop/checkout-7d9f") == Some(1.0) && metric(&format!("unit/{uname}")) == Some(1.0)
+    });
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    drop(cgroups);
+    assert!(!top.exists(), "the test's cgroups are removed");
+    let _ = std::fs::remove_dir_all(&dir);
+}

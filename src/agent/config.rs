@@ -21,6 +21,12 @@
 //! max_bytes = 104857600                # rotate past this size...
 //! keep = 5                             # ...keeping this many old files
 //!
+//! [workload]                          # who owns each socket (off by default)
+//! enabled = true
+//! cgroup_root = "/sys/fs/cgroup"      # default: where cgroup2 is mounted
+//! pods_dir = "/var/log/pods"           # pod names and namespaces
+//! max_labels = 64                      # workload labels; the rest "other"
+//!
 //! [guard]
 //! enabled = true
 //! rules = "/etc/tcpscope/rules.toml"
@@ -53,7 +59,27 @@ struct File {
     bpf_stats: Option<bool>,
     control: Option<ControlFile>,
     log: Option<LogFile>,
+    workload: Option<WorkloadFile>,
     guard: Option<BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WorkloadFile {
+    enabled: Option<bool>,
+    cgroup_root: Option<PathBuf>,
+    pods_dir: Option<PathBuf>,
+    max_labels: Option<usize>,
+}
+
+/// Who owns each socket: on connection events in the log, and as the
+/// `workload` label of `tcpscope_workload_connections_opened_total`.
+#[derive(Debug, Clone)]
+pub struct WorkloadConfig {
+    pub cgroup_root: PathBuf,
+    pub pods_dir: PathBuf,
+    /// Workload labels at most; the rest share "other".
+    pub max_labels: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -129,6 +155,8 @@ pub struct AgentConfig {
     /// The guard's rules file.
     pub rules_file: Option<PathBuf>,
     pub log: LogConfig,
+    /// None: off (the default).
+    pub workload: Option<WorkloadConfig>,
 }
 
 /// Reads a token file: root-only, not empty.
@@ -255,6 +283,15 @@ impl AgentConfig {
                 Some(TcpListen { addr, token })
             }
         };
+        let wf = file.workload.unwrap_or_default();
+        let workload = (args.workload || wf.enabled.unwrap_or(false)).then(|| WorkloadConfig {
+            cgroup_root: wf
+                .cgroup_root
+                .or_else(crate::workload::cgroup2_root)
+                .unwrap_or_else(|| "/sys/fs/cgroup".into()),
+            pods_dir: wf.pods_dir.unwrap_or_else(|| "/var/log/pods".into()),
+            max_labels: wf.max_labels.unwrap_or(64),
+        });
         Ok(AgentConfig {
             interfaces,
             netns: args.netns.clone().or(file.netns),
@@ -271,6 +308,7 @@ impl AgentConfig {
             guard: (args.guard || enabled).then_some(guard),
             rules_file,
             log,
+            workload,
         })
     }
 

@@ -35,6 +35,8 @@ pub struct Metrics {
     zero_windows: IntCounterVec,
     alerts: IntCounterVec,
     guard_rules: IntGaugeVec,
+    /// Connections by workload, when that is on: (counter, labels seen, cap).
+    workloads: Option<(IntCounterVec, HashSet<String>, usize)>,
     /// The programs' cost, when BPF run-time statistics are on.
     bpf_runs: Option<(CounterVec, IntCounterVec)>,
     /// The last total seen per series, to add only what is new.
@@ -142,6 +144,7 @@ impl Metrics {
                 g
             },
             bpf_runs: None,
+            workloads: None,
             registry,
             last: HashMap::new(),
             remote_ports: HashSet::new(),
@@ -191,6 +194,28 @@ impl Metrics {
     pub fn observe_guard_rules(&self, (allow, block): (usize, usize)) {
         self.guard_rules.with_label_values(&["allow"]).set(allow as i64);
         self.guard_rules.with_label_values(&["block"]).set(block as i64);
+    }
+
+    /// Workload labels are on, at most `cap` of them.
+    pub fn declare_workloads(&mut self, cap: usize) -> Result<()> {
+        if self.workloads.is_none() {
+            let c = counter(
+                &self.registry,
+                "tcpscope_workload_connections_opened_total",
+                "Completed handshakes by the workload that owns the socket (pod, container, unit); past the cap, \"other\".",
+                &["direction", "workload"],
+            )?;
+            self.workloads = Some((c, HashSet::new(), cap));
+        }
+        Ok(())
+    }
+
+    /// A connection opened by `workload`.
+    pub fn observe_workload(&mut self, direction: &str, workload: &str) {
+        let Some((c, seen, cap)) = &mut self.workloads else { return };
+        let label =
+            if seen.contains(workload) || seen.len() < *cap && seen.insert(workload.to_string()) { workload } else { "other" };
+        c.with_label_values(&[direction, label]).inc();
     }
 
     /// BPF run-time statistics are on: their series.

@@ -63,6 +63,8 @@ pub struct Agent {
     next: Instant,
     /// Monotonic to wall-clock time, for logged events.
     clock_offset: u64,
+    /// Who owns each socket, when asked for.
+    workloads: Option<crate::workload::Workloads>,
     /// BPF run-time statistics, on while this lives.
     run_stats: Option<crate::bpf::run_stats::RunStats>,
     /// What the user should hear about how it started.
@@ -120,6 +122,13 @@ impl Agent {
         let lc = types::lifecycle_config { events: 1, histograms: 1, ..Default::default() };
         let conns = ConnsView::start(lc, None)?;
         notes.extend(conns.lc.unavailable.iter().map(|(view, why)| format!("{view} unavailable: {why}")));
+        let workloads = match &config.workload {
+            Some(w) => {
+                metrics.declare_workloads(w.max_labels)?;
+                Some(crate::workload::Workloads::new(&w.cgroup_root, &w.pods_dir))
+            }
+            None => None,
+        };
         let agent = Agent {
             control,
             server,
@@ -133,6 +142,7 @@ impl Agent {
             next: Instant::now(),
             clock_offset: crate::bpf::monotonic_to_realtime_offset(),
             run_stats,
+            workloads,
             notes,
         };
         agent.publish();
@@ -163,11 +173,28 @@ impl Agent {
         let logged = logged_conn_events(&self.config.log.events);
         let offset = self.clock_offset;
         let mut out = Vec::new();
+        let workloads = &mut self.workloads;
         let wait = self.conns.pass(last, |e| {
             metrics.observe_conn_event(e, &drop_reason);
-            if logged.contains(&crate::names::conn_kind_name(e.kind)) {
+            let kind = u32::from(e.kind);
+            let opened = kind == types::conn_event_kind::CONN_ESTABLISHED_IN.0
+                || kind == types::conn_event_kind::CONN_ESTABLISHED_OUT.0;
+            let logs = logged.contains(&crate::names::conn_kind_name(e.kind));
+            let owner = if logs || opened { workloads.as_mut().and_then(|w| w.get(e.cgroup_id)) } else { None };
+            if let Some(w) = owner.filter(|_| opened) {
+                let direction = if kind == types::conn_event_kind::CONN_ESTABLISHED_IN.0 { "in" } else { "out" };
+                metrics.observe_workload(direction, &w.label());
+            }
+            if logs {
                 let why = if crate::conn::has::reason(e) { reasons.name(e.kind, e.reason) } else { String::new() };
                 crate::output::json::write_conn_event(&mut out, e, e.ts_ns + offset, &why);
+                if let Some(w) = owner {
+                    // The object gains one key: `"workload":{...}`.
+                    out.pop();
+                    out.extend_from_slice(b",\"workload\":");
+                    out.extend_from_slice(&serde_json::to_vec(w).unwrap_or_else(|_| b"null".to_vec()));
+                    out.push(b'}');
+                }
                 out.push(b'\n');
             }
         });

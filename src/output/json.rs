@@ -69,6 +69,8 @@ fn fill_conn(out: &mut Line, e: &conn_event, ts_ns: u64, reason: &str) {
         if !plain_string(out, conn::comm_bytes(e)) {
             string(out, &conn::comm(e));
         }
+        out.field(b",\"uid\":", e.uid);
+        out.field(b",\"gid\":", e.gid);
     }
     if has::state(e) {
         out.quoted(b",\"state\":", crate::names::state_name(e.newstate));

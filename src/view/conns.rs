@@ -152,6 +152,8 @@ impl ConnsView {
 #[derive(Clone, Copy)]
 struct Followed {
     pid: u32,
+    uid: u32,
+    gid: u32,
     comm: [u8; 16],
     /// connect(), or the first SYN of an incoming connection (CLOCK_MONOTONIC).
     start_ns: u64,
@@ -195,6 +197,8 @@ impl SocketJoin {
         let kind = u32::from(e.kind);
         let fresh = |start_ns, passive| Followed {
             pid: e.pid,
+            uid: e.uid,
+            gid: e.gid,
             comm: e.comm,
             start_ns,
             passive,
@@ -211,7 +215,7 @@ impl SocketJoin {
         if kind == K::CONN_ACCEPT.0 {
             return match self.by_cookie.get_mut(&e.cookie) {
                 Some(f) if f.passive && !f.owner_reported => {
-                    (f.pid, f.comm, f.owner_reported) = (e.pid, e.comm, true);
+                    (f.pid, f.uid, f.gid, f.comm, f.owner_reported) = (e.pid, e.uid, e.gid, e.comm, true);
                     true
                 }
                 Some(_) => false,
@@ -231,7 +235,7 @@ impl SocketJoin {
             e.bytes_acked = e.bytes_acked.saturating_sub(1);
         }
         if let Some(f) = known {
-            (e.pid, e.comm) = (f.pid, f.comm);
+            (e.pid, e.uid, e.gid, e.comm) = (f.pid, f.uid, f.gid, f.comm);
             let since_start = e.ts_ns.saturating_sub(f.start_ns);
             if kind == K::CONN_ESTABLISHED_OUT.0 && e.latency_ns == 0 {
                 e.latency_ns = since_start;
