@@ -25,6 +25,7 @@ const HEADERS: &[&str] = &[
     "bpf/parse_kern.h",
     "bpf/peer_conns_kern.h",
     "bpf/ringbuf_kern.h",
+    "bpf/top_sources_kern.h",
     "bpf/vmlinux.h",
 ];
 

@@ -198,7 +198,43 @@ struct tcpscope_config {
 	 * cut short, or of a kind it does not walk). Observers always pass
 	 * them (fail open). */
 	__u8 drop_unparsable;
-	__u8 _pad2[2];
+	/* agent: count packets and SYNs per source (top_sources_kern.h) */
+	__u8 top_sources;
+	__u8 _pad2[1];
+};
+
+/*
+ * Top sources: a count-min sketch of packets and SYNs per source address
+ * (TOP_DEPTH rows of TOP_WIDTH cells, one map value, zeroed by user space
+ * at each window's end), and an LRU table of candidate sources with their
+ * counts, a source entering it with the sketch's estimate. User space
+ * ranks the candidates each window; the sketch's first row sums to every
+ * packet counted, so "other" is the total less the top K.
+ */
+enum top_sources_limits {
+	TOP_DEPTH = 4,
+	TOP_WIDTH = 1024,   /* a power of two */
+	TOP_CANDIDATES = 4096,
+};
+
+struct top_cell {
+	__u32 packets;
+	__u32 syns;
+};
+
+struct top_sketch {
+	struct top_cell cells[TOP_DEPTH * TOP_WIDTH];
+};
+
+struct top_key {
+	__u8 addr[16];  /* IPv4 in the first 4 bytes */
+	__u8 family;    /* 4 or 6 */
+	__u8 _pad[7];
+};
+
+struct top_counts {
+	__u64 packets;
+	__u64 syns;
 };
 
 /*

@@ -15,6 +15,7 @@
 #include "parse_kern.h"
 #include "ringbuf_kern.h"
 #include "peer_conns_kern.h"
+#include "top_sources_kern.h"
 
 #define TC_ACT_SHOT 2
 
@@ -31,6 +32,7 @@ enum tcpscope_malformed _malformed = MALFORMED_NONE;
 enum tcpscope_hook _hook = TCPSCOPE_HOOK_XDP;
 enum tcpscope_flag_index _flag_index = FLAG_IDX_FIN;
 enum tcpscope_limits _limits = TCPSCOPE_MAX_SNAPLEN;
+enum top_sources_limits _top_limits = TOP_WIDTH;
 struct alert_event _alert_event = {};
 enum alert_kind _alert_kind = ALERT_PORT_SCAN;
 enum guard_drop_reason _guard_drop_reason = GUARD_DROP_NONE;
@@ -692,6 +694,12 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	c->tcp_packets++;
 	c->tcp_bytes += frame_len;
 	count_flags(c, ev.flags_raw);
+	if (cfg.top_sources) {
+		__u64 a0, a1;
+		__builtin_memcpy(&a0, ev.src, 8);
+		__builtin_memcpy(&a1, ev.src + 8, 8);
+		top_sources_count(a0, a1, ev.ip_version, (ev.flags_raw & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN);
+	}
 	if (ev.malformed)
 		count_malformed(c, ev.malformed);
 

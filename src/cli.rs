@@ -248,6 +248,10 @@ pub struct GuardArgs {
     /// Print alerts as NDJSON.
     #[arg(long)]
     pub json: bool,
+    /// The agent's top sources: count packets and SYNs per source (not a
+    /// `guard` option; the agent sets it).
+    #[arg(skip)]
+    pub top_sources: bool,
 }
 
 /// A misuse of the command line found after parsing (a contradiction, a
@@ -480,6 +484,10 @@ pub struct AgentArgs {
     /// Log the events to this file (rotated by size) instead of standard output.
     #[arg(long, value_name = "FILE")]
     pub log_file: Option<PathBuf>,
+    /// Export the K sources with the most packets and the most SYNs over
+    /// each window (counted in the kernel in fixed memory), with an "other" row.
+    #[arg(long, value_name = "K")]
+    pub top_sources: Option<usize>,
     /// Who owns each socket (uid, gid, cgroup, systemd unit, container,
     /// pod) on logged connection events, and a capped `workload` label.
     #[arg(long)]

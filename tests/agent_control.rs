@@ -509,3 +509,86 @@ fn workload_identity_names_the_pod_container_unit_and_user() {
     assert!(!top.exists(), "the test's cgroups are removed");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The top sources, with more sources than the kernel's candidate table
+/// holds: one heavy source among 6,000 others sending one SYN each (crafted
+/// frames from 198.18.16.0-198.18.39.255). The heavy one ranks first with
+/// at least what it sent (the sketch may only overestimate), the rows and
+/// "other" add up to every packet, and once a window passes in which only
+/// another source sends, the first one's series are gone.
+#[test]
+fn top_sources_rank_the_heavy_hitter_among_thousands() {
+    const LISTEN: &str = "127.0.0.1:19931";
+    let _load = side_by_side();
+    let hosts = TestHosts::new("agtop").unwrap();
+    let dir = scratch("agtop");
+    let config = dir.join("agent.toml");
+    std::fs::write(&config, "[top_sources]\nenabled = true\nk = 3\nwindow = 2.0\n").unwrap();
+    let (mut agent, _) = start(agent_cmd(
+        &dir,
+        LISTEN,
+        &["--guard", "--config", config.to_str().unwrap(), "--netns", &hosts.server_ns, "-i", SERVER_IF],
+    ));
+    let peer = common::raw::mac_of(&hosts.server_ns, SERVER_IF);
+    let link = common::raw::RawLink::open(&hosts.client_ns, tcpscope::testhost::CLIENT_IF, peer);
+    let dst = SERVER_V4.octets();
+    let syn_from = |src: [u8; 4], n: u32| {
+        let seg = common::raw::syn_segment(&src, &dst, 40000 + (n % 20000) as u16, 9, n);
+        link.send(common::raw::ETH_P_IP, &common::raw::ipv4_fragments(src, dst, n as u16, &seg, &[])[0]);
+    };
+    let heavy = [198, 18, 9, 1];
+    let rows = |name: &str| -> Vec<(String, u64)> {
+        metrics(LISTEN)
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("tcpscope_top_source_{name}{{source=\"")))
+            .filter_map(|r| {
+                let (src, v) = r.split_once("\"} ")?;
+                Some((src.to_string(), v.parse().ok()?))
+            })
+            .collect()
+    };
+    // A burst may straddle two windows: then it is sent again.
+    let mut seen = Vec::new();
+    for _attempt in 0..3 {
+        for i in 0..6000u32 {
+            let (hi, lo) = (16 + i / 250, i % 250);
+            syn_from([198, 18, hi as u8, lo as u8 + 1], i);
+            if i % 10 == 0 {
+                syn_from(heavy, i);
+            }
+        }
+        // Two windows at most: the one the burst fell in is over.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            seen = rows("syns");
+            let total: u64 = seen.iter().map(|(_, n)| n).sum();
+            if total == 6600 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        if seen.iter().map(|(_, n)| n).sum::<u64>() == 6600 {
+            break;
+        }
+    }
+    assert_eq!(seen.iter().map(|(_, n)| n).sum::<u64>(), 6600, "every SYN in one window: {seen:?}");
+    let top = seen.iter().filter(|(s, _)| s != "other").max_by_key(|(_, n)| *n).unwrap();
+    assert_eq!(top.0, "198.18.9.1", "{seen:?}");
+    assert!((600..=660).contains(&top.1), "the heavy source's count, at least what it sent: {seen:?}");
+    assert!(seen.len() <= 4, "three rows and other: {seen:?}");
+    // Another window, another source: the old rows go.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for i in 0..50 {
+            syn_from([198, 18, 9, 2], i);
+        }
+        let now = rows("packets");
+        if now.iter().any(|(s, n)| s == "198.18.9.2" && *n >= 50) && !now.iter().any(|(s, _)| s == "198.18.9.1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the old rows stay: {now:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

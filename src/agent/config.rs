@@ -21,6 +21,11 @@
 //! max_bytes = 104857600                # rotate past this size...
 //! keep = 5                             # ...keeping this many old files
 //!
+//! [top_sources]                       # or --top-sources K (off by default)
+//! enabled = true
+//! k = 10                               # sources shown, by packets and by SYNs
+//! window = 10.0                        # seconds each ranking covers
+//!
 //! [workload]                          # who owns each socket (off by default)
 //! enabled = true
 //! cgroup_root = "/sys/fs/cgroup"      # default: where cgroup2 is mounted
@@ -60,7 +65,23 @@ struct File {
     control: Option<ControlFile>,
     log: Option<LogFile>,
     workload: Option<WorkloadFile>,
+    top_sources: Option<TopFile>,
     guard: Option<BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopFile {
+    enabled: Option<bool>,
+    k: Option<usize>,
+    window: Option<f64>,
+}
+
+/// The top sources: how many, over what window.
+#[derive(Debug, Clone)]
+pub struct TopConfig {
+    pub k: usize,
+    pub window: Duration,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -157,6 +178,8 @@ pub struct AgentConfig {
     pub log: LogConfig,
     /// None: off (the default).
     pub workload: Option<WorkloadConfig>,
+    /// None: off (the default).
+    pub top_sources: Option<TopConfig>,
 }
 
 /// Reads a token file: root-only, not empty.
@@ -283,6 +306,16 @@ impl AgentConfig {
                 Some(TcpListen { addr, token })
             }
         };
+        let tf = file.top_sources.unwrap_or_default();
+        let top_sources = if args.top_sources.is_some() || tf.enabled.unwrap_or(false) {
+            let k = args.top_sources.or(tf.k).unwrap_or(10);
+            let window = tf.window.unwrap_or(10.0);
+            crate::ensure_usage!((1..=1000).contains(&k), "top sources: K {k}: use 1 to 1000 (each is two series)");
+            crate::ensure_usage!(window.is_finite() && window >= 1.0, "top sources: window {window}: use at least 1 second");
+            Some(TopConfig { k, window: Duration::from_secs_f64(window) })
+        } else {
+            None
+        };
         let wf = file.workload.unwrap_or_default();
         let workload = (args.workload || wf.enabled.unwrap_or(false)).then(|| WorkloadConfig {
             cgroup_root: wf
@@ -309,6 +342,7 @@ impl AgentConfig {
             rules_file,
             log,
             workload,
+            top_sources,
         })
     }
 

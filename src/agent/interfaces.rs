@@ -67,6 +67,8 @@ pub struct Interfaces {
     /// Interfaces a glob matched that could not be attached: tried again
     /// only once they have gone and come back.
     refused: HashSet<String>,
+    /// Count packets and SYNs per source in the kernel.
+    pub top_sources: bool,
     /// Rule counts (allow, block), read every few polls.
     pub rules: Option<(usize, usize)>,
     polls: u64,
@@ -161,6 +163,7 @@ impl Interfaces {
         patterns: &[String],
         netns: Option<&str>,
         guard: Option<GuardArgs>,
+        top_sources: bool,
         metrics: &mut Metrics,
         rules: RulesFor,
     ) -> Result<Self> {
@@ -174,6 +177,7 @@ impl Interfaces {
             list: Vec::new(),
             links: LinkEvents::open(),
             refused: HashSet::new(),
+            top_sources,
             rules: None,
             polls: 0,
         };
@@ -203,9 +207,11 @@ impl Interfaces {
             netns: self.netns.clone(),
         };
         let Some(template) = &self.guard else {
-            return Ok(Attached::Counting(Session::start(&attach, EventFilter::default().to_kernel(false)?, 4096)?));
+            let mut config = EventFilter::default().to_kernel(false)?;
+            config.top_sources = u8::from(self.top_sources);
+            return Ok(Attached::Counting(Session::start(&attach, config, 4096)?));
         };
-        let args = GuardArgs { attach, rules: None, ..template.clone() };
+        let args = GuardArgs { attach, rules: None, top_sources: self.top_sources, ..template.clone() };
         let guard = Guard::start(&args)?;
         guard.maps.sync_file_rules(&guard.id, &rules(name))?;
         Ok(Attached::Guarding(Box::new(Guarded { guard, settings: Settings::from(&args), ratio: RatioWatch::default() })))
@@ -335,6 +341,11 @@ impl Interfaces {
             out.extend(stats.into_iter().map(|(p, ns, n)| (e.name.clone(), p, ns, n)));
         }
         out
+    }
+
+    /// The ingress programs of every interface attached.
+    pub fn sessions(&self) -> impl Iterator<Item = &Session> {
+        self.list.iter().filter_map(|e| e.state.as_ref().map(Attached::session))
     }
 
     /// The guarded interfaces, as (name, guard id).

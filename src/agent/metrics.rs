@@ -35,6 +35,8 @@ pub struct Metrics {
     zero_windows: IntCounterVec,
     alerts: IntCounterVec,
     guard_rules: IntGaugeVec,
+    /// Top sources, when on: packets and SYNs gauges, and the sources shown.
+    top: Option<(IntGaugeVec, IntGaugeVec, HashSet<String>)>,
     /// Connections by workload, when that is on: (counter, labels seen, cap).
     workloads: Option<(IntCounterVec, HashSet<String>, usize)>,
     /// The programs' cost, when BPF run-time statistics are on.
@@ -145,6 +147,7 @@ impl Metrics {
             },
             bpf_runs: None,
             workloads: None,
+            top: None,
             registry,
             last: HashMap::new(),
             remote_ports: HashSet::new(),
@@ -194,6 +197,58 @@ impl Metrics {
     pub fn observe_guard_rules(&self, (allow, block): (usize, usize)) {
         self.guard_rules.with_label_values(&["allow"]).set(allow as i64);
         self.guard_rules.with_label_values(&["block"]).set(block as i64);
+    }
+
+    /// Top sources are on: their gauges, at first with the `other` row only.
+    pub fn declare_top_sources(&mut self) -> Result<()> {
+        if self.top.is_none() {
+            let gauge = |name: &str, help: &str| -> Result<IntGaugeVec> {
+                let g = IntGaugeVec::new(Opts::new(name, help), &["source"])?;
+                self.registry.register(Box::new(g.clone()))?;
+                g.with_label_values(&["other"]);
+                Ok(g)
+            };
+            let packets = gauge(
+                "tcpscope_top_source_packets",
+                "TCP packets from each of the top sources over the last window; the rest as source=\"other\".",
+            )?;
+            let syns = gauge(
+                "tcpscope_top_source_syns",
+                "SYNs from each of the top sources over the last window; the rest as source=\"other\".",
+            )?;
+            self.top = Some((packets, syns, HashSet::new()));
+        }
+        Ok(())
+    }
+
+    /// A window's ranking: its rows set, and the series of sources that
+    /// left the top removed.
+    pub fn observe_top_sources(&mut self, r: &crate::agent::top_sources::Ranking) {
+        let Some((packets, syns, shown)) = &mut self.top else { return };
+        let mut now = HashSet::new();
+        for (g, rows, other) in [(&*packets, &r.packets, r.packets_other), (&*syns, &r.syns, r.syns_other)] {
+            g.with_label_values(&["other"]).set(other as i64);
+            for (a, n) in rows {
+                let label = a.to_string();
+                g.with_label_values(&[&label]).set(*n as i64);
+                now.insert(label);
+            }
+        }
+        for gone in shown.difference(&now) {
+            for g in [&*packets, &*syns] {
+                let _ = g.remove_label_values(&[gone]);
+            }
+        }
+        // A source in one list only: its row in the other goes.
+        for label in &now {
+            if !r.packets.iter().any(|(a, _)| &a.to_string() == label) {
+                let _ = packets.remove_label_values(&[label]);
+            }
+            if !r.syns.iter().any(|(a, _)| &a.to_string() == label) {
+                let _ = syns.remove_label_values(&[label]);
+            }
+        }
+        *shown = now;
     }
 
     /// Workload labels are on, at most `cap` of them.

@@ -12,3 +12,4 @@ pub mod metrics;
 pub mod rules;
 pub mod server;
 pub mod service;
+pub mod top_sources;

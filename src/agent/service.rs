@@ -63,6 +63,8 @@ pub struct Agent {
     next: Instant,
     /// Monotonic to wall-clock time, for logged events.
     clock_offset: u64,
+    /// The top sources' windows, when asked for.
+    top: Option<crate::agent::top_sources::TopSources>,
     /// Who owns each socket, when asked for.
     workloads: Option<crate::workload::Workloads>,
     /// BPF run-time statistics, on while this lives.
@@ -112,10 +114,14 @@ impl Agent {
             }
             None => None,
         };
+        if config.top_sources.is_some() {
+            metrics.declare_top_sources()?;
+        }
         let ifaces = Interfaces::start(
             &config.interfaces,
             config.netns.as_deref(),
             config.guard.clone(),
+            config.top_sources.is_some(),
             &mut metrics,
             &rules_for(&file_rules, &shared),
         )?;
@@ -129,7 +135,7 @@ impl Agent {
             }
             None => None,
         };
-        let agent = Agent {
+        let mut agent = Agent {
             control,
             server,
             shared,
@@ -143,8 +149,10 @@ impl Agent {
             clock_offset: crate::bpf::monotonic_to_realtime_offset(),
             run_stats,
             workloads,
+            top: None,
             notes,
         };
+        agent.top = agent.config.top_sources.as_ref().map(|t| crate::agent::top_sources::TopSources::new(t.k, t.window));
         agent.publish();
         Ok(agent)
     }
@@ -212,6 +220,10 @@ impl Agent {
                 for (owner, program, ns, n) in stats {
                     self.metrics.observe_bpf(&owner, &program, ns, n);
                 }
+            }
+            if let Some(top) = self.top.as_mut().filter(|t| t.due()) {
+                let ranking = top.collect(self.ifaces.sessions());
+                self.metrics.observe_top_sources(&ranking);
             }
             if let Some(counts) = self.ifaces.rules {
                 self.metrics.observe_guard_rules(counts);

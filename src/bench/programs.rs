@@ -126,6 +126,25 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
             m[5] / m[3]
         );
     }
+    // The agent's top sources: the same filtered program with the per-source
+    // sketch and candidate table on, paired round by round.
+    let top_cfg = crate::bpf::types::tcpscope_config { top_sources: 1, ..filtered_cfg };
+    let top = bpf::load_ingress(&LoadOptions::new(top_cfg))?;
+    let syn = testpkt::syn_v4();
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        off.push(ns_per_packet(&filtered.progs.tcpscope_tc, &syn, args.repeat)?);
+        on.push(ns_per_packet(&top.progs.tcpscope_tc, &syn, args.repeat)?);
+    }
+    let ratios: Vec<f64> = on.iter().zip(&off).map(|(a, b)| a / b).collect();
+    let (lo, hi) = ratios.iter().fold((f64::MAX, 0f64), |(lo, hi), &r| (lo.min(r), hi.max(r)));
+    emit!(
+        out,
+        "top sources (agent --top-sources), tc filtered, SYN v4 from one source: {:.1} ns/packet on, {:.1} off, ratio {:.2} ({lo:.2}-{hi:.2})",
+        median(on),
+        median(off),
+        median(ratios)
+    );
     stop.store(true, Ordering::Relaxed);
     consumer.join().map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
     let c = bpf::read_counters(&all)?;

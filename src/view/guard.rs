@@ -111,6 +111,7 @@ impl Guard {
         config.policy = 1;
         config.lean = u8::from(!args.inspect);
         config.drop_unparsable = u8::from(args.unparsable == crate::cli::Unparsable::Drop);
+        config.top_sources = u8::from(args.top_sources);
         // XDP by default here: dropping before an skb exists is the point.
         let hook = args.attach.hook.unwrap_or(HookKind::Xdp);
         // --mitigate implies --enforce: a source over the connection limit
