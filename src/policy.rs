@@ -431,11 +431,15 @@ pub fn claim(iface: &str) -> Result<Claimed> {
     }
     // Root-only: the directories, and so the pinned maps in them.
     for d in [Path::new(PIN_ROOT), dir.as_path(), Path::new(RUN_ROOT)] {
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(d).with_context(|| {
-            format!(
-                "creating {} (is bpffs mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`)",
+        fs::DirBuilder::new().recursive(true).mode(0o700).create(d).map_err(|e| match e.kind() {
+            std::io::ErrorKind::PermissionDenied => anyhow::anyhow!(
+                "cannot create {}: permission denied: the guard pins its rules under /sys/fs/bpf and {RUN_ROOT}, which only root may write; run it as root (in the systemd unit: User=root)",
                 d.display()
-            )
+            ),
+            _ => anyhow::anyhow!(
+                "creating {}: {e} (is bpffs mounted at /sys/fs/bpf? `mount -t bpf bpf /sys/fs/bpf`)",
+                d.display()
+            ),
         })?;
     }
     fs::write(pid_file(iface), std::process::id().to_string()).context("writing the guard's pid file")?;

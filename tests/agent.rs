@@ -359,6 +359,12 @@ fn the_systemd_unit_verifies_and_its_capabilities_suffice() {
     assert!(http_get("127.0.0.1:19919", "/metrics")
         .contains("tcpscope_packets_total{hook=\"tc\",interface=\"lo\"}"));
     assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    // The guard pins its rules where only root may write: said in one
+    // line naming the fix, not a raw errno.
+    let mut guard = run_with(&caps, "127.0.0.1:19920");
+    let out = guard.arg("--guard").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.lines().count() == 1 && err.contains("User=root"), "--guard as nobody: {err}");
     for dropped in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
         let out = run_with(&fewer, "127.0.0.1:19920").output().unwrap();
