@@ -28,6 +28,11 @@ pub struct ConnRecord {
     pub pid: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub comm: Option<String>,
+    /// The owning process's user and group (with pid).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
     /// Socket state after the event; absent when no socket was involved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state: Option<&'static str>,
@@ -128,6 +133,8 @@ impl ConnRecord {
             pport: e.dport,
             pid: has::owner(e).then_some(e.pid),
             comm: has::owner(e).then(|| comm(e).into_owned()),
+            uid: has::owner(e).then_some(e.uid),
+            gid: has::owner(e).then_some(e.gid),
             state: has::state(e).then(|| crate::names::state_name(e.newstate)),
             old_state: has::old_state(e).then(|| crate::names::state_name(e.oldstate)),
             latency_ns: has::latency(e).then_some(e.latency_ns),

@@ -148,7 +148,7 @@ mod tests {
                     }
                 }
                 if variant % 2 == 0 {
-                    e.pid = 4242;
+                    (e.pid, e.uid, e.gid) = (4242, 1000, 100);
                     let name: &[u8] = if variant == 2 { b"we\"ird\\n\x01\xff" } else { b"server" };
                     e.comm[..name.len()].copy_from_slice(name);
                 }
