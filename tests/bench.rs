@@ -6,10 +6,12 @@ mod common;
 
 use std::process::Command;
 
-use common::tcpscope_bin;
+use common::{alone, tcpscope_bin};
 
 #[test]
 fn bench_conns_runs_every_case_and_conns_loses_no_event() {
+    // Alone: `conns` must keep up, and the other benchmark loads the CPUs.
+    let _load = alone();
     let out = Command::new(tcpscope_bin())
         .args(["bench", "conns", "--rounds", "1", "--cpu", "0"])
         .output()
@@ -40,6 +42,7 @@ fn bench_conns_runs_every_case_and_conns_loses_no_event() {
 
 #[test]
 fn bench_agent_runs_every_case_and_reports_the_agents_cost() {
+    let _load = alone();
     let out = Command::new(tcpscope_bin()).args(["bench", "agent", "--rounds", "1"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bench agent failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
