@@ -16,13 +16,21 @@ use crate::policy::{List, Rule};
 pub fn scrape_metrics(addr: &str) -> Result<String> {
     let mut s = std::net::TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))?;
-    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    // HTTP/1.0: the body comes whole, never in chunks (tiny_http chunks
+    // large bodies for HTTP/1.1 clients).
+    write!(s, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
     let mut answer = Vec::new();
     s.take(MAX_ANSWER).read_to_end(&mut answer)?;
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut resp = httparse::Response::new(&mut headers);
     match resp.parse(&answer) {
-        Ok(httparse::Status::Complete(n)) if resp.code == Some(200) => Ok(String::from_utf8_lossy(&answer[n..]).into_owned()),
+        Ok(httparse::Status::Complete(n)) if resp.code == Some(200) => {
+            let chunked = resp.headers.iter().any(|h| {
+                h.name.eq_ignore_ascii_case("transfer-encoding") && h.value.eq_ignore_ascii_case(b"chunked")
+            });
+            anyhow::ensure!(!chunked, "{addr} answered in chunks to an HTTP/1.0 request");
+            Ok(String::from_utf8_lossy(&answer[n..]).into_owned())
+        }
         _ => bail!("{addr} did not answer GET /metrics with 200"),
     }
 }

@@ -183,6 +183,18 @@ fn worst_case_scrape(out: &mut dyn Report, listening: u16) -> Result<()> {
         times.push(ms);
         last = (bytes, series);
     }
+    // Which families the series are in, for the formula in docs/agent.md.
+    let body = crate::agent::client::scrape_metrics(&addr)?;
+    let mut families: std::collections::BTreeMap<&str, usize> = Default::default();
+    for l in body.lines().filter(|l| !l.starts_with('#')) {
+        let name = l.split(['{', ' ']).next().unwrap_or("");
+        let family = ["_bucket", "_sum", "_count"].iter().fold(name, |n, s| n.strip_suffix(s).unwrap_or(n));
+        *families.entry(family).or_insert(0) += 1;
+    }
+    out.note(&format!(
+        "series by family: {}",
+        families.iter().map(|(f, n)| format!("{f} {n}")).collect::<Vec<_>>().join(", ")
+    ));
     let max = times.iter().cloned().fold(0f64, f64::max);
     out.line(&format!(
         "worst case of the default config, 1 interface and {listening} listening ports: {} series ({} KiB); \
