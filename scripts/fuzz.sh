@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fuzzes the decoder and the capture reader for a bounded time.
+# Fuzzes the decoder, the capture reader and the L7 hints for a bounded time.
 #   scripts/fuzz.sh [SECONDS_PER_TARGET]   (default 30)
 # Seeds come from ../shared/corpus. A crash leaves its input in
 # fuzz/artifacts/<target>/ and fails this script: copy it to
@@ -16,7 +16,7 @@ cargo run -q --release -p tcpscope-wire --example fuzz_seeds -- ../shared/corpus
 # is the main workspace's, which `cargo test` reuses.
 export RUSTC_BOOTSTRAP=1
 cd fuzz
-for target in decode capture; do
+for target in decode capture l7; do
     echo "fuzz: $target for ${secs}s"
     cargo fuzz run -O "$target" "corpus/$target" -- -max_total_time="$secs" -max_len=65536 -print_final_stats=1 2>&1 \
         | grep -E "^(Done|stat::number_of_executed_units|==[0-9]+==ERROR|SUMMARY|thread .* panicked)" || true

@@ -23,8 +23,8 @@ task="${1:-demo}"
 # (systemd-analyze verify, for the shipped unit), python3-prometheus-client
 # (its strict OpenMetrics parser checks the agent's OpenMetrics output),
 # python3-jsonschema and python3-yaml (the Kubernetes manifests checked
-# against the API's schemas).
-packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl xdp-tools bpftool util-linux prometheus systemd python3-prometheus-client python3-jsonschema python3-yaml)
+# against the API's schemas), openssl (a TLS client for the L7 tests).
+packages=(clang llvm libelf-dev zlib1g-dev pkg-config make gcc iproute2 tshark tcpdump ethtool nftables nmap hping3 curl xdp-tools bpftool util-linux prometheus systemd python3-prometheus-client python3-jsonschema python3-yaml openssl)
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "setup: run as root (sudo $0 $task): it installs packages and loads BPF programs" >&2

@@ -39,6 +39,9 @@ pub enum Command {
         tcpscope read capture.pcapng --json\n  \
         tcpdump -w - -i eth0 tcp | tcpscope read - --port 443")]
     Read(ReadArgs),
+    /// Name what each connection speaks (HTTP, TLS, DNS, SSH, h2c) from its
+    /// client's first bytes, offline from a capture.
+    L7(L7Args),
     /// Print the kernel's packet counters and rates every interval.
     #[command(after_help = "Example:\n  tcpscope stats -i eth0 --interval 1")]
     Stats(StatsArgs),
@@ -180,6 +183,19 @@ pub struct ReadArgs {
     #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
     /// Print NDJSON, one object per packet (schema: docs/json-schema.md).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct L7Args {
+    /// Capture file (pcap or pcapng), or - for standard input.
+    #[arg(short = 'r', long = "read", value_name = "FILE")]
+    pub file: String,
+    /// Only connections to these server ports.
+    #[arg(long = "port", value_name = "P")]
+    pub ports: Vec<u16>,
+    /// One JSON object per connection (schema: docs/l7-schema.md).
     #[arg(long)]
     pub json: bool,
 }

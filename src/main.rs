@@ -14,6 +14,7 @@ fn main() -> ExitCode {
         Command::Watch(a) => cmd::watch::run(a),
         Command::Stats(a) => cmd::stats::run(a),
         Command::Read(a) => cmd::read::run(a),
+        Command::L7(a) => cmd::l7::run(a),
         Command::Conns(a) => cmd::conns::run(a),
         Command::Guard(a) => cmd::guard::run(a),
         Command::Block(a) => cmd::rules::block(a),

@@ -5,6 +5,7 @@ pub mod bench;
 pub mod conns;
 pub mod demo;
 pub mod guard;
+pub mod l7;
 pub mod latency;
 pub mod read;
 pub mod rules;

@@ -6,6 +6,7 @@
 pub mod alert;
 pub mod event_log;
 pub mod json;
+pub mod l7;
 pub mod latency;
 pub mod pcapng;
 mod text;

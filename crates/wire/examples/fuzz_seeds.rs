@@ -1,6 +1,8 @@
 //! Writes the fuzzers' seed corpora from capture files:
 //! `decode/`: one file per frame, a link-type selector byte then the frame;
-//! `capture/`: the capture files themselves.
+//! `capture/`: the capture files themselves;
+//! `l7/`: a selector byte then each TCP payload that starts a known kind of
+//! message (HTTP, TLS, SSH, DNS) or any other, at most 200.
 //!
 //! cargo run --release -p tcpscope-wire --example fuzz_seeds -- ../shared/corpus/tcpdump fuzz/corpus
 
@@ -14,10 +16,12 @@ const LINKS: [u32; 9] = [1, 101, 228, 229, 113, 276, 0, 108, 147];
 fn main() -> anyhow::Result<()> {
     let args: Vec<PathBuf> = std::env::args_os().skip(1).map(PathBuf::from).collect();
     let [src, out] = args.as_slice() else { anyhow::bail!("usage: fuzz_seeds CAPTURE_DIR OUT_DIR") };
-    let (dec, cap_dir) = (out.join("decode"), out.join("capture"));
+    let (dec, cap_dir, l7) = (out.join("decode"), out.join("capture"), out.join("l7"));
     std::fs::create_dir_all(&dec)?;
     std::fs::create_dir_all(&cap_dir)?;
+    std::fs::create_dir_all(&l7)?;
     let mut n = 0;
+    let mut payloads = 0;
     for entry in std::fs::read_dir(src)? {
         let path = entry?.path();
         let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
@@ -28,6 +32,16 @@ fn main() -> anyhow::Result<()> {
             let Some(sel) = LINKS.iter().position(|l| *l == f.link.linktype()) else { continue };
             let mut seed = vec![sel as u8];
             seed.extend_from_slice(f.data);
+            let mut ev = tcpscope_wire::types::packet_event::default();
+            let decoded = tcpscope_wire::decode::decode(f.link, f.data, f.orig_len, &mut ev);
+            if decoded == tcpscope_wire::decode::Outcome::Tcp && payloads < 200 {
+                if let Some(p) = tcpscope_wire::payload_of(&ev, f.data, 65535).filter(|p| !p.is_empty()) {
+                    let mut s = vec![(payloads % 256) as u8];
+                    s.extend_from_slice(p);
+                    std::fs::write(l7.join(format!("{name}-{i}")), s)?;
+                    payloads += 1;
+                }
+            }
             std::fs::write(dec.join(format!("{name}-{i}")), seed)?;
             i += 1;
             n += 1;

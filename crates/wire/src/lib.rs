@@ -11,6 +11,7 @@
 pub mod capture;
 pub mod decode;
 pub mod format;
+pub mod l7;
 pub mod model;
 pub mod names;
 pub mod testpkt;

@@ -1,0 +1,250 @@
+//! `tcpscope l7 -r` against tshark, on a capture of real clients between
+//! the test hosts: curl (HTTP/1, h2c, IPv6), `openssl s_client` and Python's
+//! `ssl` (TLS with SNI and ALPN), DNS over TCP, SSH banners, a binary
+//! protocol and a connection that sends nothing. The server advertises an
+//! MSS of 120 bytes, so every ClientHello and most request headers arrive
+//! in several segments. tshark (`-o tcp.reassemble_out_of_order:TRUE`)
+//! gives the fields it decodes; where tshark goes by the port and we do
+//! not (TLS on 80, SSH on 2222, h2c on 8081, HTTP on 443, the rest), our
+//! answer is checked against what the generator sent.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+use tcpscope::testhost::{ChildGuard, TestHosts, SERVER_IF};
+
+const PORTS: [u16; 9] = [8080, 443, 80, 4443, 53, 22, 2222, 9000, 8081];
+
+/// Listeners that read what each client sends (for a second at most), then close.
+fn serve(hosts: &TestHosts) -> Vec<std::thread::JoinHandle<()>> {
+    PORTS
+        .iter()
+        .map(|&port| {
+            let l = TestHosts::run_in(&hosts.server_ns, move || TcpListener::bind(("::", port)).unwrap())
+                .join()
+                .unwrap()
+                .unwrap();
+            l.set_nonblocking(true).unwrap();
+            std::thread::spawn(move || {
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                while std::time::Instant::now() < deadline {
+                    match l.accept() {
+                        Ok((mut s, _)) => {
+                            s.set_nonblocking(false).unwrap();
+                            s.set_read_timeout(Some(Duration::from_millis(800))).unwrap();
+                            let mut buf = [0u8; 8192];
+                            let _ = s.read(&mut buf);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+fn in_client(hosts: &TestHosts, program: &str, args: &[&str]) {
+    let out = TestHosts::command_in(&hosts.client_ns, "timeout")
+        .arg("5")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/setup.sh installs it)"));
+    // The server never answers: the clients fail after sending; only their
+    // start matters.
+    assert!(out.status.code() != Some(127), "{program} is missing");
+    if program.ends_with("python3") {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+fn python(hosts: &TestHosts, code: &str) {
+    in_client(hosts, "/usr/bin/python3", &["-c", code]);
+}
+
+/// A DNS query for `name`, type `qtype`, with DNS-over-TCP's length prefix.
+fn dns_query(name: &str, qtype: u16) -> Vec<u8> {
+    let mut q = vec![0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for label in name.split('.') {
+        q.push(label.len() as u8);
+        q.extend_from_slice(label.as_bytes());
+    }
+    q.push(0);
+    q.extend_from_slice(&qtype.to_be_bytes());
+    q.extend_from_slice(&[0, 1]);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    framed
+}
+
+#[test]
+fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
+    let _load = side_by_side();
+    let hosts = TestHosts::new("l7").unwrap();
+    // Small segments: the server advertises an MSS of 120 bytes.
+    for family in [&["-4"][..], &["-6"]] {
+        let cidr = if family[0] == "-4" { "198.18.0.0/24" } else { "2001:db8::/64" };
+        let out = Command::new("ip")
+            .args(["-n", &hosts.server_ns])
+            .args(family)
+            .args(["route", "replace", cidr, "dev", SERVER_IF, "advmss", "120"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    // Segments as sent: no offloads merging them on either side (the
+    // capture is taken at the server's interface, after GRO).
+    for (ns, dev) in [(&hosts.server_ns, SERVER_IF), (&hosts.client_ns, tcpscope::testhost::CLIENT_IF)] {
+        let st = TestHosts::command_in(ns, "ethtool")
+            .args(["-K", dev, "tso", "off", "gso", "off", "gro", "off"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("ethtool (scripts/setup.sh installs it)");
+        assert!(st.success());
+    }
+    let dir = std::env::temp_dir().join(format!("tcpscope-l7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pcap = dir.join("l7.pcap");
+    let mut cmd = TestHosts::command_in(&hosts.server_ns, "tcpdump");
+    cmd.args(["-i", SERVER_IF, "--immediate-mode", "-U", "-s", "0", "-w"]).arg(&pcap).arg("tcp");
+    let (mut tcpdump, _) = ChildGuard::spawn_until_ready(cmd, "listening on", Duration::from_secs(20)).unwrap();
+    let servers = serve(&hosts);
+    let server = "198.18.0.2";
+
+    in_client(&hosts, "curl", &["-sS", "--max-time", "2", "--local-port", "41001", "-H", "Host: a.example", "-A", "tcpscope-l7/1", &format!("http://{server}:8080/l7/curl?x=1")]);
+    in_client(&hosts, "curl", &["-sS", "--max-time", "2", "--local-port", "41002", "-H", "Content-Type: text/plain", "-d", "hello", &format!("http://{server}:443/post")]);
+    in_client(&hosts, "curl", &["-sS", "--max-time", "2", "--local-port", "41003", "--http2-prior-knowledge", &format!("http://{server}:8081/h2")]);
+    in_client(&hosts, "curl", &["-sS", "--max-time", "2", "--local-port", "41004", "-g", "-H", "Host: v6.example", "http://[2001:db8::2]:8080/v6"]);
+    in_client(&hosts, "openssl", &["s_client", "-connect", &format!("{server}:443"), "-servername", "tls.example", "-alpn", "h2,http/1.1"]);
+    let tls_py = |port: u16, local: u16, sni: &str, alpn: &str| {
+        format!(
+            "import socket, ssl\nctx = ssl.create_default_context()\nctx.set_alpn_protocols([{alpn}])\ns = socket.socket()\ns.bind(('', {local}))\ns.settimeout(2)\ns.connect(('{server}', {port}))\ntry:\n    ctx.wrap_socket(s, server_hostname='{sni}')\nexcept Exception:\n    pass\n"
+        )
+    };
+    python(&hosts, &tls_py(4443, 41005, "py.example", "'h2'"));
+    python(&hosts, &tls_py(80, 41006, "mismatch.example", "'http/1.1'"));
+    let send = |port: u16, local: u16, bytes: &[u8]| {
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        python(
+            &hosts,
+            &format!("import socket, time\ns = socket.socket()\ns.bind(('', {local}))\ns.connect(('{server}', {port}))\ns.sendall(bytes.fromhex('{hex}'))\ntime.sleep(0.2)\ns.close()\n"),
+        );
+    };
+    send(53, 41007, &dns_query("l7.example", 28));
+    send(22, 41008, b"SSH-2.0-tcpscope_l7_test\r\n");
+    send(2222, 41009, b"SSH-2.0-OtherPort_1.0\r\n");
+    send(9000, 41010, b"\x00\x01\x02binary-protocol-frame");
+    send(80, 41011, b"");
+    // Out of order and retransmitted segments are the tracker's unit tests'
+    // (crafted), and tshark needs them in order to agree.
+
+    drop(servers); // they end by themselves; the namespaces go with `hosts`
+    // tcpdump has written the last connection's FIN before it is stopped
+    // (packets still in its ring at SIGINT are not written).
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let seen = Command::new("tshark")
+            .arg("-r")
+            .arg(&pcap)
+            .args(["-Y", "tcp.srcport == 41011 && tcp.flags.fin == 1"])
+            .output()
+            .expect("tshark (scripts/setup.sh installs it)");
+        if !seen.stdout.is_empty() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the capture lacks the last connection");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(tcpdump.interrupt_and_wait(Duration::from_secs(10)).unwrap().success());
+
+    let out = Command::new(tcpscope_bin()).args(["l7", "--json", "-r"]).arg(&pcap).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ours: Vec<serde_json::Value> =
+        String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let by_sport: HashMap<u64, &serde_json::Value> = ours.iter().map(|r| (r["sport"].as_u64().unwrap(), r)).collect();
+    let of = |sport: u64| &by_sport.get(&sport).unwrap_or_else(|| panic!("no record for client port {sport}: {ours:#?}"))["l7"];
+
+    // tshark's view, by client port.
+    let fields = ["tcp.srcport", "http.request.method", "http.request.uri", "http.host", "http.user_agent", "tls.handshake.extensions_server_name", "tls.handshake.extensions_alpn_str", "dns.qry.name", "dns.qry.type", "ssh.protocol"];
+    let mut ts = Command::new("tshark");
+    ts.args(["-r"]).arg(&pcap).args(["-o", "tcp.reassemble_out_of_order:TRUE", "-d", "tcp.port==4443,tls", "-Y", "http.request or tls.handshake.type == 1 or dns.flags.response == 0 or ssh.protocol", "-T", "fields", "-E", "separator=|"]);
+    for f in fields {
+        ts.args(["-e", f]);
+    }
+    let t = ts.output().expect("tshark (scripts/setup.sh installs it)");
+    let mut tshark: HashMap<u64, Vec<String>> = HashMap::new();
+    for line in String::from_utf8_lossy(&t.stdout).lines() {
+        let v: Vec<String> = line.split('|').map(str::to_string).collect();
+        if let Ok(p) = v[0].parse() {
+            tshark.entry(p).or_insert(v);
+        }
+    }
+    let mut compared = 0;
+    for (sport, row) in &tshark {
+        let Some(r) = by_sport.get(sport) else { continue };
+        let l = &r["l7"];
+        let s = |k: &str| l[k].as_str().unwrap_or("").to_string();
+        let (ours_f, theirs): (Vec<String>, &[String]) = match l["proto"].as_str() {
+            Some("http") => (vec![s("method"), s("path"), s("host"), s("user_agent")], &row[1..5]),
+            Some("tls") => (
+                vec![s("sni"), l["alpn"].as_array().map(|a| a.iter().map(|x| x.as_str().unwrap()).collect::<Vec<_>>().join(",")).unwrap_or_default()],
+                &row[5..7],
+            ),
+            Some("dns") => (vec![s("qname"), l["qtype"].to_string()], &row[7..9]),
+            Some("ssh") => (vec![s("banner")], &row[9..10]),
+            other => panic!("tshark decoded client port {sport} ({row:?}), we said {other:?}"),
+        };
+        assert_eq!(ours_f, theirs, "client port {sport}: ours {l}, tshark {row:?}");
+        compared += 1;
+    }
+    // What tshark must have decoded: HTTP on 8080 (v4 and v6), TLS on 443
+    // and 4443, DNS on 53, SSH on 22.
+    let tls_443 = ours.iter().find(|r| r["dport"] == 443 && r["l7"]["proto"] == "tls").expect("openssl's connection");
+    for sport in [41001, 41004, 41005, 41007, 41008, tls_443["sport"].as_u64().unwrap()] {
+        assert!(tshark.contains_key(&sport), "tshark did not decode client port {sport}: {tshark:?}");
+    }
+    assert!(compared >= 6, "{compared} compared");
+    assert_eq!(tls_443["l7"]["sni"], "tls.example");
+    assert_eq!(tls_443["l7"]["alpn"], serde_json::json!(["h2", "http/1.1"]));
+    assert!(tls_443["l7"]["versions"].as_array().unwrap().iter().any(|v| v == "1.3"), "{tls_443}");
+
+    // Where tshark goes by the port: the generator's truth.
+    let mismatch = of(41006);
+    assert_eq!((mismatch["proto"].as_str(), mismatch["sni"].as_str(), mismatch["port_mismatch"].as_bool()), (Some("tls"), Some("mismatch.example"), Some(true)));
+    let http_443 = of(41002);
+    assert_eq!((http_443["proto"].as_str(), http_443["method"].as_str(), http_443["port_mismatch"].as_bool()), (Some("http"), Some("POST"), Some(true)));
+    assert_eq!((http_443["content_type"].as_str(), http_443["content_length"].as_u64()), (Some("text/plain"), Some(5)));
+    assert_eq!(of(41003)["proto"], "http2");
+    assert_eq!((of(41009)["proto"].as_str(), of(41009)["banner"].as_str()), (Some("ssh"), Some("SSH-2.0-OtherPort_1.0")));
+    assert_eq!((of(41010)["proto"].as_str(), of(41010)["first_bytes"].as_str()), (Some("unknown"), Some("00010262696e6172792d70726f746f63")));
+    let silent = of(41011);
+    assert_eq!((silent["proto"].as_str(), silent["gave_up"].as_str(), silent["port_mismatch"].as_bool()), (Some("unknown"), Some("closed"), Some(true)));
+    for (sport, l) in [(41001u64, of(41001)), (41004, of(41004)), (41007, of(41007))] {
+        assert_eq!(l["port_mismatch"], false, "client port {sport}: {l}");
+    }
+    // The ClientHellos came in several segments (MSS 120), and were
+    // reassembled: both openssl's and Python's carry their SNI.
+    assert_eq!(of(41005)["sni"], "py.example");
+    let segs = Command::new("tshark")
+        .arg("-r")
+        .arg(&pcap)
+        .args(["-Y", "tcp.srcport == 41005 && tcp.len > 0", "-T", "fields", "-e", "tcp.len"])
+        .output()
+        .unwrap();
+    let lens: Vec<u32> = String::from_utf8_lossy(&segs.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    assert!(lens.len() >= 3 && lens.iter().all(|l| *l <= 120), "the ClientHello in small segments: {lens:?}");
+
+    // Text mode: one line per connection.
+    let text = Command::new(tcpscope_bin()).args(["l7", "-r"]).arg(&pcap).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert_eq!(text.lines().count(), ours.len());
+    assert!(text.lines().any(|l| l.contains("> 198.18.0.2.80: tls sni mismatch.example") && l.contains("[unexpected on this port]")), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
