@@ -64,9 +64,12 @@ impl RuleTarget {
 
     pub fn list(&self) -> Result<Vec<Row>> {
         match self {
-            RuleTarget::Guard(m) => {
-                Ok(m.list()?.0.into_iter().map(|state| Row { interface: None, state, comment: None }).collect())
-            }
+            RuleTarget::Guard(m) => Ok(m
+                .list()?
+                .0
+                .into_iter()
+                .map(|state| Row { interface: None, state, comment: None })
+                .collect()),
             RuleTarget::Agent(a) => a
                 .list()?
                 .into_iter()

@@ -74,7 +74,12 @@ pub fn parse(cgroup: &str) -> Workload {
             w.pod_uid = pod_uid(p);
         }
         let scope = p.strip_suffix(".scope");
-        let prefixed = [("docker-", "docker"), ("cri-containerd-", "containerd"), ("crio-", "crio"), ("libpod-", "podman")];
+        let prefixed = [
+            ("docker-", "docker"),
+            ("cri-containerd-", "containerd"),
+            ("crio-", "crio"),
+            ("libpod-", "podman"),
+        ];
         if let Some((id, runtime)) =
             scope.and_then(|s| prefixed.iter().find_map(|(pre, rt)| Some((s.strip_prefix(pre)?, *rt))))
         {
@@ -135,7 +140,10 @@ impl Workloads {
     /// The workload of cgroup `id`, if its cgroup is (or was, within the
     /// last walk) there.
     pub fn get(&mut self, id: u64) -> Option<&Workload> {
-        if id != 0 && !self.by_id.contains_key(&id) && self.last_walk.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+        if id != 0
+            && !self.by_id.contains_key(&id)
+            && self.last_walk.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
             self.walk();
         }
         self.by_id.get(&id)
@@ -155,7 +163,9 @@ impl Workloads {
             }
             found.insert(meta.ino(), w);
             if let Ok(rd) = std::fs::read_dir(&dir) {
-                stack.extend(rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()));
+                stack.extend(
+                    rd.flatten().filter(|e| e.file_type().is_ok_and(|t| t.is_dir())).map(|e| e.path()),
+                );
             }
         }
         // Gone cgroups' ids are never reused while the host is up (64-bit
@@ -211,7 +221,10 @@ mod tests {
             assert_eq!(w.unit, None, "{path}");
         }
         let svc = parse("/system.slice/nginx.service");
-        assert_eq!((svc.unit.as_deref(), svc.label()), (Some("nginx.service"), "unit/nginx.service".to_string()));
+        assert_eq!(
+            (svc.unit.as_deref(), svc.label()),
+            (Some("nginx.service"), "unit/nginx.service".to_string())
+        );
         let user = parse("/user.slice/user-1000.slice/session-3.scope");
         assert_eq!(user.unit.as_deref(), Some("session-3.scope"));
         assert_eq!(parse("/").label(), "cgroup/");

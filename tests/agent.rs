@@ -170,7 +170,8 @@ fn prometheus_sees_exactly_the_traffic_made() {
         .arg(format!("http://{AGENT}/metrics"))
         .output()
         .unwrap();
-    let parse = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
+    let parse =
+        "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
                  for f in p(sys.stdin.read()):\n    for s in f.samples:\n        print(s.name)";
     let mut py = Command::new("/usr/bin/python3")
         .args(["-c", parse])
@@ -364,7 +365,10 @@ fn the_systemd_unit_verifies_and_its_capabilities_suffice() {
     let mut guard = run_with(&caps, "127.0.0.1:19920");
     let out = guard.arg("--guard").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.lines().count() == 1 && err.contains("User=root"), "--guard as nobody: {err}");
+    assert!(
+        !out.status.success() && err.lines().count() == 1 && err.contains("User=root"),
+        "--guard as nobody: {err}"
+    );
     for dropped in &caps {
         let fewer: Vec<String> = caps.iter().filter(|c| *c != dropped).cloned().collect();
         let out = run_with(&fewer, "127.0.0.1:19920").output().unwrap();
@@ -397,13 +401,24 @@ fn every_dashboard_panel_shows_its_traffic_and_the_flood_and_scan_rules_fire() {
     let sock = dir.join("agent.sock");
     let mut agent = Command::new(tcpscope_bin());
     agent
-        .args(["agent", "--guard", "--bpf-stats", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--listen", AGENT_3])
+        .args([
+            "agent",
+            "--guard",
+            "--bpf-stats",
+            "--netns",
+            &hosts.server_ns,
+            "-i",
+            SERVER_IF,
+            "--listen",
+            AGENT_3,
+        ])
         .arg("--control-socket")
         .arg(&sock)
         .arg("--state-dir")
         .arg(dir.join("state"))
         .stdout(Stdio::null());
-    let (mut agent, _) = ChildGuard::spawn_until_ready(agent, "metrics on http://", Duration::from_secs(30)).unwrap();
+    let (mut agent, _) =
+        ChildGuard::spawn_until_ready(agent, "metrics on http://", Duration::from_secs(30)).unwrap();
     let _prometheus = start_prometheus(&dir, AGENT_3, PROMETHEUS_3);
     // Prometheus has the counters before the traffic, or a rate over the
     // traffic has nothing to start from.
@@ -476,7 +491,10 @@ fn every_dashboard_panel_shows_its_traffic_and_the_flood_and_scan_rules_fire() {
     let link = common::raw::RawLink::open(&hosts.client_ns, CLIENT_IF, peer);
     let mut seg = common::raw::syn_segment(&CLIENT_V4.octets(), &SERVER_V4.octets(), 40000, PORT, 1);
     seg[12] = 2 << 4;
-    link.send(common::raw::ETH_P_IP, &common::raw::ipv4_fragments(CLIENT_V4.octets(), SERVER_V4.octets(), 7, &seg, &[])[0]);
+    link.send(
+        common::raw::ETH_P_IP,
+        &common::raw::ipv4_fragments(CLIENT_V4.octets(), SERVER_V4.octets(), 7, &seg, &[])[0],
+    );
 
     // A rule through the agent: the next SYN to BLOCKED is dropped.
     let out = Command::new(tcpscope_bin())
@@ -486,7 +504,11 @@ fn every_dashboard_panel_shows_its_traffic_and_the_flood_and_scan_rules_fire() {
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     TestHosts::run_in(&hosts.client_ns, || {
-        assert!(TcpStream::connect_timeout(&SocketAddr::from((SERVER_V4, BLOCKED)), Duration::from_millis(500)).is_err());
+        assert!(TcpStream::connect_timeout(
+            &SocketAddr::from((SERVER_V4, BLOCKED)),
+            Duration::from_millis(500)
+        )
+        .is_err());
     })
     .join()
     .unwrap()
@@ -513,7 +535,8 @@ fn every_dashboard_panel_shows_its_traffic_and_the_flood_and_scan_rules_fire() {
     // Every panel's query returns data, above 0 for all but events lost
     // (nothing is lost here: its series is there, at 0).
     let dash: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/tcpscope.json")).unwrap(),
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/grafana/tcpscope.json"))
+            .unwrap(),
     )
     .unwrap();
     let panels: Vec<&serde_json::Value> =
@@ -523,11 +546,14 @@ fn every_dashboard_panel_shows_its_traffic_and_the_flood_and_scan_rules_fire() {
     let deadline_start = Instant::now();
     for p in &panels {
         for t in p["targets"].as_array().unwrap() {
-            let expr = t["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$instance", ".+");
+            let expr =
+                t["expr"].as_str().unwrap().replace("$__rate_interval", "1m").replace("$instance", ".+");
             let zero_ok = p["title"] == "Events lost";
             loop {
                 let rows = query_at(PROMETHEUS_3, &expr).unwrap_or_default();
-                let above = rows.iter().any(|r| r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0));
+                let above = rows.iter().any(|r| {
+                    r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0)
+                });
                 if above || (zero_ok && !rows.is_empty()) {
                     eprintln!("panel {} has data after {:?}", p["title"], deadline_start.elapsed());
                     break;
@@ -545,7 +571,8 @@ fn every_dashboard_panel_shows_its_traffic_and_the_flood_and_scan_rules_fire() {
     // The shipped alert rules fire.
     for name in ["TcpscopeSynFlood", "TcpscopePortScan"] {
         loop {
-            let v: serde_json::Value = serde_json::from_str(&http_get(PROMETHEUS_3, "/api/v1/alerts")).unwrap();
+            let v: serde_json::Value =
+                serde_json::from_str(&http_get(PROMETHEUS_3, "/api/v1/alerts")).unwrap();
             let firing = v["data"]["alerts"]
                 .as_array()
                 .unwrap()

@@ -39,7 +39,8 @@ fn agent_cmd(dir: &Path, listen: &str, args: &[&str]) -> Command {
 type Lines = std::sync::Arc<std::sync::Mutex<Vec<String>>>;
 
 fn start(cmd: Command) -> (ChildGuard, Lines) {
-    ChildGuard::spawn_until_ready(cmd, "metrics on http://", Duration::from_secs(30)).expect("the agent starts")
+    ChildGuard::spawn_until_ready(cmd, "metrics on http://", Duration::from_secs(30))
+        .expect("the agent starts")
 }
 
 /// `curl` on the control socket: (status, body).
@@ -59,7 +60,8 @@ fn api(dir: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, String
 
 /// `tcpscope ARGS --agent SOCKET`: (success, stdout, stderr).
 fn tcpscope(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(tcpscope_bin()).args(args).arg("--agent").arg(dir.join("agent.sock")).output().unwrap();
+    let out =
+        Command::new(tcpscope_bin()).args(args).arg("--agent").arg(dir.join("agent.sock")).output().unwrap();
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
@@ -86,7 +88,10 @@ fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 fn metrics(listen: &str) -> String {
-    let out = Command::new("curl").args(["-sS", "--max-time", "5", &format!("http://{listen}/metrics")]).output().unwrap();
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "5", &format!("http://{listen}/metrics")])
+        .output()
+        .unwrap();
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -110,7 +115,8 @@ fn a_rule_added_through_the_api_drops_the_next_packet_and_outlives_kill_9() {
     assert!(connects(&hosts, PORT), "before any rule");
 
     // Through the API: the next SYN to PORT is dropped; OTHER still works.
-    let rule = format!(r#"{{"list":"block","cidr":"{CLIENT_V4}/32","port":{PORT},"comment":"from the test"}}"#);
+    let rule =
+        format!(r#"{{"list":"block","cidr":"{CLIENT_V4}/32","port":{PORT},"comment":"from the test"}}"#);
     let (code, body) = api(&dir, "POST", "/v1/rules", Some(&rule));
     assert_eq!((code, body.trim()), (200, r#"{"added":1}"#));
     assert!(!connects(&hosts, PORT), "the rule drops the SYN");
@@ -119,10 +125,15 @@ fn a_rule_added_through_the_api_drops_the_next_packet_and_outlives_kill_9() {
     let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
     let r = &v["rules"][0];
     assert_eq!(code, 200);
-    assert_eq!((r["interface"].as_str(), r["port"].as_u64()), (Some(SERVER_IF), Some(u64::from(PORT))), "{v}");
+    assert_eq!(
+        (r["interface"].as_str(), r["port"].as_u64()),
+        (Some(SERVER_IF), Some(u64::from(PORT))),
+        "{v}"
+    );
     assert_eq!(r["comment"], "from the test");
     assert!(r["hits"].as_u64().unwrap() >= 1, "the dropped SYNs hit it: {v}");
-    let dropped = format!("tcpscope_guard_dropped_packets_total{{interface=\"{SERVER_IF}\",reason=\"port_rule\"}}");
+    let dropped =
+        format!("tcpscope_guard_dropped_packets_total{{interface=\"{SERVER_IF}\",reason=\"port_rule\"}}");
     wait_until("guard drops in /metrics", Duration::from_secs(30), || metric(LISTEN, &dropped) >= Some(1.0));
     wait_until("the rule count", Duration::from_secs(30), || {
         metric(LISTEN, "tcpscope_guard_rules{list=\"block\"}") == Some(1.0)
@@ -133,7 +144,10 @@ fn a_rule_added_through_the_api_drops_the_next_packet_and_outlives_kill_9() {
     assert!(ok, "{err}");
     let (ok, out, err) = tcpscope(&dir, &["block", "list", "--json"]);
     assert!(ok, "{err}");
-    assert!(out.contains(r#""comment":"from block""#) && out.contains(&format!(r#""interface":"{SERVER_IF}""#)), "{out}");
+    assert!(
+        out.contains(r#""comment":"from block""#) && out.contains(&format!(r#""interface":"{SERVER_IF}""#)),
+        "{out}"
+    );
 
     // kill -9, and a new agent: the rules are there, and still drop.
     // SAFETY: our own child.
@@ -158,18 +172,22 @@ fn a_rule_added_through_the_api_drops_the_next_packet_and_outlives_kill_9() {
     // Bad input: one line naming the fix, nothing written.
     let (code, body) = api(&dir, "POST", "/v1/rules", Some(r#"{"list":"block","cidr":"198.18.0.0/33"}"#));
     assert!(code == 400 && body.contains("prefix 33"), "{code} {body}");
-    let (code, body) = api(&dir, "POST", "/v1/rules", Some(r#"{"list":"allow","cidr":"198.18.0.1","port":80}"#));
+    let (code, body) =
+        api(&dir, "POST", "/v1/rules", Some(r#"{"list":"allow","cidr":"198.18.0.1","port":80}"#));
     assert!(code == 400 && body.contains("allow rules take no port"), "{code} {body}");
     let (ok, _, err) = tcpscope(&dir, &["block", "-i", "nosuch0", "list"]);
     assert!(!ok && err.lines().count() == 1, "{err}");
 
     // The interface deleted and made again: its pins went with it, and the
     // agent gives the new guard its rules from its store.
-    let (ok, _, err) = tcpscope(&dir, &["block", "add", &format!("{CLIENT_V4}/32"), "--port", &PORT.to_string()]);
+    let (ok, _, err) =
+        tcpscope(&dir, &["block", "add", &format!("{CLIENT_V4}/32"), "--port", &PORT.to_string()]);
     assert!(ok, "{err}");
     ip(&["-n", &hosts.client_ns, "link", "del", tcpscope::testhost::CLIENT_IF]).unwrap();
     let said = |what: &str| lines.lock().unwrap().iter().any(|l| l.contains(what));
-    wait_until("the interface noticed gone", Duration::from_secs(30), || said("attaching again when it is back"));
+    wait_until("the interface noticed gone", Duration::from_secs(30), || {
+        said("attaching again when it is back")
+    });
     hosts.link().unwrap();
     wait_until("attached again", Duration::from_secs(30), || said("is there: attached"));
     assert!(connects(&hosts, OTHER), "the new interface carries traffic");
@@ -189,7 +207,9 @@ fn the_control_socket_is_root_only_and_tcp_needs_a_token() {
     let _load = side_by_side();
     let dir = scratch("agtok");
     // Beyond loopback without a token: refused, one line, nothing started.
-    let out = agent_cmd(&dir, "127.0.0.1:19922", &["-i", "lo", "--control-listen", "0.0.0.0:19923"]).output().unwrap();
+    let out = agent_cmd(&dir, "127.0.0.1:19922", &["-i", "lo", "--control-listen", "0.0.0.0:19923"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.lines().count() == 1 && err.contains("token"), "{err}");
     // A token file others can read: refused.
@@ -197,21 +217,37 @@ fn the_control_socket_is_root_only_and_tcp_needs_a_token() {
     std::fs::write(&token, "0123456789abcdef0123456789abcdef\n").unwrap();
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
     let t = token.to_str().unwrap();
-    let out = agent_cmd(&dir, "127.0.0.1:19922", &["-i", "lo", "--control-listen", "127.0.0.1:19923", "--control-token-file", t])
-        .output()
-        .unwrap();
+    let out = agent_cmd(
+        &dir,
+        "127.0.0.1:19922",
+        &["-i", "lo", "--control-listen", "127.0.0.1:19923", "--control-token-file", t],
+    )
+    .output()
+    .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    let (mut agent, _) =
-        start(agent_cmd(&dir, "127.0.0.1:19922", &["-i", "lo", "--control-listen", "127.0.0.1:19923", "--control-token-file", t]));
+    let (mut agent, _) = start(agent_cmd(
+        &dir,
+        "127.0.0.1:19922",
+        &["-i", "lo", "--control-listen", "127.0.0.1:19923", "--control-token-file", t],
+    ));
 
     let sock = dir.join("agent.sock");
     assert_eq!(std::fs::metadata(&sock).unwrap().permissions().mode() & 0o777, 0o600);
     // nobody cannot use the socket.
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = Command::new("setpriv")
-        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "curl", "-sS", "--max-time", "5", "--unix-socket"])
+        .args([
+            "--reuid=nobody",
+            "--regid=nogroup",
+            "--clear-groups",
+            "curl",
+            "-sS",
+            "--max-time",
+            "5",
+            "--unix-socket",
+        ])
         .arg(&sock)
         .arg("http://agent/v1/rules")
         .output()
@@ -221,7 +257,16 @@ fn the_control_socket_is_root_only_and_tcp_needs_a_token() {
 
     let get = |auth: Option<&str>| {
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "5", "-o", "/dev/null", "-w", "%{http_code}", "http://127.0.0.1:19923/v1/interfaces"]);
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:19923/v1/interfaces",
+        ]);
         if let Some(a) = auth {
             cmd.args(["-H", &format!("Authorization: Bearer {a}")]);
         }
@@ -265,7 +310,9 @@ fn a_glob_follows_interfaces_and_sighup_reloads_the_config() {
     });
     ip(&["-n", ns, "link", "del", "tsg0"]).unwrap();
     wait_until("tsg0 forgotten", Duration::from_secs(30), || said("tsg0 went away: forgotten"));
-    wait_until("tsg0's series gone", Duration::from_secs(30), || !metrics(LISTEN).contains("interface=\"tsg0\""));
+    wait_until("tsg0's series gone", Duration::from_secs(30), || {
+        !metrics(LISTEN).contains("interface=\"tsg0\"")
+    });
 
     // Traffic counted on the named interface, then the guard turned on by
     // SIGHUP: the counter goes on from where it was.
@@ -275,7 +322,11 @@ fn a_glob_follows_interfaces_and_sighup_reloads_the_config() {
         assert!(connects(&hosts, 18313));
     }
     wait_until("3 SYNs", Duration::from_secs(30), || metric(LISTEN, &syn) == Some(3.0));
-    std::fs::write(&config, format!("interfaces = ['{SERVER_IF}', 'tsg*']\nnetns = '{ns}'\n[guard]\nenabled = true\n")).unwrap();
+    std::fs::write(
+        &config,
+        format!("interfaces = ['{SERVER_IF}', 'tsg*']\nnetns = '{ns}'\n[guard]\nenabled = true\n"),
+    )
+    .unwrap();
     // SAFETY: our own child.
     unsafe { libc::kill(agent.child.id() as i32, libc::SIGHUP) };
     wait_until("reloaded", Duration::from_secs(30), || said("configuration reloaded"));
@@ -309,15 +360,28 @@ fn a_bad_config_is_one_line_with_its_line_and_nothing_attached() {
     let ns = &hosts.server_ns;
     for (text, want) in [
         (format!("interfaces = ['{SERVER_IF}']\nnetns = '{ns}'\nlisten = 9917\n"), ":3: invalid type"),
-        (format!("interfaces = ['{SERVER_IF}']\nnetns = '{ns}'\n[guard]\nenabled = true\nsyn_rate = 'fast'\n"), ":5: [guard] syn_rate"),
-        (format!("interfaces = ['{SERVER_IF}']\nnetns = '{ns}'\n\nintervall = 2\n"), ":4: unknown field `intervall`"),
+        (
+            format!(
+                "interfaces = ['{SERVER_IF}']\nnetns = '{ns}'\n[guard]\nenabled = true\nsyn_rate = 'fast'\n"
+            ),
+            ":5: [guard] syn_rate",
+        ),
+        (
+            format!("interfaces = ['{SERVER_IF}']\nnetns = '{ns}'\n\nintervall = 2\n"),
+            ":4: unknown field `intervall`",
+        ),
     ] {
         std::fs::write(&config, &text).unwrap();
-        let out = agent_cmd(&dir, "127.0.0.1:19926", &["--config", config.to_str().unwrap()]).output().unwrap();
+        let out =
+            agent_cmd(&dir, "127.0.0.1:19926", &["--config", config.to_str().unwrap()]).output().unwrap();
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{text}: {err}");
-        assert!(err.lines().count() == 1 && err.contains(want) && err.contains("agent.toml"), "{text}: {err}");
-        let net = TestHosts::command_in(ns, "bpftool").args(["net", "show", "dev", SERVER_IF]).output().unwrap();
+        assert!(
+            err.lines().count() == 1 && err.contains(want) && err.contains("agent.toml"),
+            "{text}: {err}"
+        );
+        let net =
+            TestHosts::command_in(ns, "bpftool").args(["net", "show", "dev", SERVER_IF]).output().unwrap();
         let net = String::from_utf8_lossy(&net.stdout);
         assert!(!net.contains("tcpscope") && !net.contains("xdp_"), "{net}");
     }
@@ -332,7 +396,8 @@ fn bpf_stats_count_every_run() {
     let _load = side_by_side();
     let hosts = TestHosts::new("agstat").unwrap();
     let dir = scratch("agstat");
-    let (mut agent, _) = start(agent_cmd(&dir, LISTEN, &["--bpf-stats", "--netns", &hosts.server_ns, "-i", SERVER_IF]));
+    let (mut agent, _) =
+        start(agent_cmd(&dir, LISTEN, &["--bpf-stats", "--netns", &hosts.server_ns, "-i", SERVER_IF]));
     let _l = listen_in_server(&hosts, 18314);
     for _ in 0..3 {
         assert!(connects(&hosts, 18314));
@@ -345,7 +410,9 @@ fn bpf_stats_count_every_run() {
         p >= Some(9.0) && p == r
     });
     assert!(metric(LISTEN, "tcpscope_bpf_program_run_seconds_total{program=\"tcpscope_tc\"}") > Some(0.0));
-    assert!(metric(LISTEN, "tcpscope_bpf_program_runs_total{program=\"lc_inet_sock_set_state\"}") >= Some(1.0));
+    assert!(
+        metric(LISTEN, "tcpscope_bpf_program_runs_total{program=\"lc_inet_sock_set_state\"}") >= Some(1.0)
+    );
     assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
 
     let (mut agent, _) = start(agent_cmd(&dir, LISTEN, &["--netns", &hosts.server_ns, "-i", SERVER_IF]));
@@ -369,34 +436,59 @@ fn events_go_to_a_file_rotated_by_size() {
     let hosts = TestHosts::new("aglog").unwrap();
     let dir = scratch("aglog");
     let config = dir.join("agent.toml");
-    std::fs::write(&config, "[log]\nevents = ['connections', 'resets', 'rules']\nmax_bytes = 8192\nkeep = 50\n").unwrap();
+    std::fs::write(
+        &config,
+        "[log]\nevents = ['connections', 'resets', 'rules']\nmax_bytes = 8192\nkeep = 50\n",
+    )
+    .unwrap();
     let log = dir.join("log/events.ndjson");
     let (mut agent, _) = start(agent_cmd(
         &dir,
         LISTEN,
-        &["--guard", "--config", config.to_str().unwrap(), "--log-file", log.to_str().unwrap(), "--netns", &hosts.server_ns, "-i", SERVER_IF],
+        &[
+            "--guard",
+            "--config",
+            config.to_str().unwrap(),
+            "--log-file",
+            log.to_str().unwrap(),
+            "--netns",
+            &hosts.server_ns,
+            "-i",
+            SERVER_IF,
+        ],
     ));
     let _l = listen_in_server(&hosts, PORT);
     for _ in 0..N {
         assert!(connects(&hosts, PORT));
     }
     assert!(!connects(&hosts, CLOSED), "nothing listens there: a reset");
-    assert_eq!(api(&dir, "POST", "/v1/rules", Some(r#"{"list":"block","cidr":"198.19.9.0/24","comment":"logged"}"#)).0, 200);
+    assert_eq!(
+        api(&dir, "POST", "/v1/rules", Some(r#"{"list":"block","cidr":"198.19.9.0/24","comment":"logged"}"#))
+            .0,
+        200
+    );
     let read_all = || -> Vec<serde_json::Value> {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("log")).unwrap().flatten().map(|e| e.path()).collect();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(dir.join("log")).unwrap().flatten().map(|e| e.path()).collect();
         // Oldest first: .N ... .1, then the file itself.
-        files.sort_by_key(|p| std::cmp::Reverse(p.extension().and_then(|e| e.to_str()?.parse::<u32>().ok()).unwrap_or(0)));
+        files.sort_by_key(|p| {
+            std::cmp::Reverse(p.extension().and_then(|e| e.to_str()?.parse::<u32>().ok()).unwrap_or(0))
+        });
         let mut out = Vec::new();
         for f in files {
             let text = std::fs::read_to_string(&f).unwrap();
             assert!(text.len() <= 8192, "{} is over the size limit", f.display());
             assert!(text.is_empty() || text.ends_with('\n'), "{} ends mid-line", f.display());
-            out.extend(text.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"))));
+            out.extend(text.lines().map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{l}: {e}"))
+            }));
         }
         out
     };
     let ours = |v: &Vec<serde_json::Value>, event: &str| {
-        v.iter().filter(|e| e["event"] == event && e["lport"] == PORT && e["peer"] == CLIENT_V4.to_string()).count()
+        v.iter()
+            .filter(|e| e["event"] == event && e["lport"] == PORT && e["peer"] == CLIENT_V4.to_string())
+            .count()
     };
     wait_until("every connection logged", Duration::from_secs(30), || {
         let v = read_all();
@@ -445,7 +537,8 @@ fn workload_identity_names_the_pod_container_unit_and_user() {
     let id = format!("{:064x}", u128::from(me) * 0x1_0000_0001);
     // Where cgroup v2 is mounted (on a hybrid host, not /sys/fs/cgroup).
     let root = Command::new("findmnt").args(["-n", "-t", "cgroup2", "-o", "TARGET"]).output().unwrap();
-    let root = String::from_utf8_lossy(&root.stdout).lines().next().expect("a cgroup2 mount").trim().to_string();
+    let root =
+        String::from_utf8_lossy(&root.stdout).lines().next().expect("a cgroup2 mount").trim().to_string();
     let top = PathBuf::from(format!("{root}/tcpscope-test-{me}.slice"));
     let pod = top.join(format!("kubepods-besteffort-pod{}.slice", uid.replace('-', "_")));
     let container = pod.join(format!("cri-containerd-{id}.scope"));
@@ -457,18 +550,31 @@ fn workload_identity_names_the_pod_container_unit_and_user() {
     let pods = dir.join("pods");
     std::fs::create_dir_all(pods.join(format!("shop_checkout-7d9f_{uid}"))).unwrap();
     let config = dir.join("agent.toml");
-    std::fs::write(&config, format!("[workload]\nenabled = true\npods_dir = '{}'\n", pods.display())).unwrap();
+    std::fs::write(&config, format!("[workload]\nenabled = true\npods_dir = '{}'\n", pods.display()))
+        .unwrap();
     let log = dir.join("events.ndjson");
     let (mut agent, _) = start(agent_cmd(
         &dir,
         LISTEN,
-        &["--config", config.to_str().unwrap(), "--log-events", "connections", "--log-file", log.to_str().unwrap(), "--netns", &hosts.server_ns, "-i", SERVER_IF],
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--log-events",
+            "connections",
+            "--log-file",
+            log.to_str().unwrap(),
+            "--netns",
+            &hosts.server_ns,
+            "-i",
+            SERVER_IF,
+        ],
     ));
     let _l = listen_in_server(&hosts, PORT);
     // A process that joins the cgroup, enters the client host, becomes
     // nobody, and connects.
     let connect_from = |cg: &Path| {
-        let py = format!("import socket; socket.create_connection(('{SERVER_V4}', {PORT}), timeout=5).close()");
+        let py =
+            format!("import socket; socket.create_connection(('{SERVER_V4}', {PORT}), timeout=5).close()");
         let script = format!(
             "echo $$ > {}/cgroup.procs && exec nsenter --net=/var/run/netns/{} setpriv --reuid=65534 --regid=65534 --clear-groups /usr/bin/python3 -c \"{py}\"",
             cg.display(),
@@ -480,10 +586,20 @@ fn workload_identity_names_the_pod_container_unit_and_user() {
     connect_from(&container);
     connect_from(&unit);
     let events = || -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&log).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     };
     let out_from = |v: &Vec<serde_json::Value>, cg: &str| {
-        v.iter().find(|e| e["event"] == "established_out" && e["pport"] == PORT && e["workload"]["cgroup"].as_str().is_some_and(|c| c.ends_with(cg))).cloned()
+        v.iter()
+            .find(|e| {
+                e["event"] == "established_out"
+                    && e["pport"] == PORT
+                    && e["workload"]["cgroup"].as_str().is_some_and(|c| c.ends_with(cg))
+            })
+            .cloned()
     };
     let cname = container.file_name().unwrap().to_str().unwrap().to_string();
     let uname = unit.file_name().unwrap().to_str().unwrap().to_string();
@@ -493,7 +609,11 @@ fn workload_identity_names_the_pod_container_unit_and_user() {
     });
     let v = events();
     let c = out_from(&v, &cname).unwrap();
-    assert_eq!((c["uid"].as_u64(), c["gid"].as_u64(), c["comm"].as_str()), (Some(65534), Some(65534), Some("python3")), "{c}");
+    assert_eq!(
+        (c["uid"].as_u64(), c["gid"].as_u64(), c["comm"].as_str()),
+        (Some(65534), Some(65534), Some("python3")),
+        "{c}"
+    );
     let w = &c["workload"];
     assert_eq!(w["container_id"], id.as_str(), "{c}");
     assert_eq!(w["runtime"], "containerd");
@@ -502,7 +622,12 @@ fn workload_identity_names_the_pod_container_unit_and_user() {
     let u = out_from(&v, &uname).unwrap();
     assert_eq!(u["workload"]["unit"], uname.as_str(), "{u}");
     assert!(u["workload"].get("container_id").is_none());
-    let metric = |label: &str| metric(LISTEN, &format!("tcpscope_workload_connections_opened_total{{direction=\"out\",workload=\"{label}\"}}"));
+    let metric = |label: &str| {
+        metric(
+            LISTEN,
+            &format!("tcpscope_workload_connections_opened_total{{direction=\"out\",workload=\"{label}\"}}"),
+        )
+    };
     wait_until("the workload metric", Duration::from_secs(30), || {
         metric("pod/shop/checkout-7d9f") == Some(1.0) && metric(&format!("unit/{uname}")) == Some(1.0)
     });
@@ -585,7 +710,9 @@ fn top_sources_rank_the_heavy_hitter_among_thousands() {
             syn_from([198, 18, 9, 2], i);
         }
         let now = rows("packets");
-        if now.iter().any(|(s, n)| s == "198.18.9.2" && *n >= 50) && !now.iter().any(|(s, _)| s == "198.18.9.1") {
+        if now.iter().any(|(s, n)| s == "198.18.9.2" && *n >= 50)
+            && !now.iter().any(|(s, _)| s == "198.18.9.1")
+        {
             break;
         }
         assert!(Instant::now() < deadline, "the old rows stay: {now:?}");

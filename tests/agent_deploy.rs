@@ -62,8 +62,12 @@ fn the_kubernetes_manifests_validate_and_ask_for_no_more_than_the_unit() {
     let sc = &c["securityContext"];
     assert_eq!(sc["privileged"], false);
     assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
-    let mut added: Vec<String> =
-        sc["capabilities"]["add"].as_array().unwrap().iter().map(|c| format!("CAP_{}", c.as_str().unwrap())).collect();
+    let mut added: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("CAP_{}", c.as_str().unwrap()))
+        .collect();
     added.sort();
     let unit = std::fs::read_to_string(format!("{ROOT}/deploy/systemd/tcpscope-agent.service")).unwrap();
     let mut unit_caps: Vec<String> = unit
@@ -80,12 +84,16 @@ fn the_kubernetes_manifests_validate_and_ask_for_no_more_than_the_unit() {
             assert!(c["resources"][key][what].is_string(), "resources.{key}.{what}");
         }
     }
-    let mounts: Vec<&str> = c["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
+    let mounts: Vec<&str> =
+        c["volumeMounts"].as_array().unwrap().iter().map(|m| m["mountPath"].as_str().unwrap()).collect();
     for needed in ["/sys/fs/bpf", "/sys/kernel/btf", "/sys/fs/cgroup", "/run/tcpscope", "/var/lib/tcpscope"] {
         assert!(mounts.contains(&needed), "{needed} mounted: {mounts:?}");
     }
     let ann = &ds["spec"]["template"]["metadata"]["annotations"];
-    assert_eq!((ann["prometheus.io/scrape"].as_str(), ann["prometheus.io/port"].as_str()), (Some("true"), Some("9917")));
+    assert_eq!(
+        (ann["prometheus.io/scrape"].as_str(), ann["prometheus.io/port"].as_str()),
+        (Some("true"), Some("9917"))
+    );
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
 
     // The ConfigMap's config, as the container gets it, passes the agent's
@@ -98,7 +106,12 @@ fn the_kubernetes_manifests_validate_and_ask_for_no_more_than_the_unit() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|a| a.as_str().unwrap().replace("$(NODE_IP)", "198.18.0.2").replace("/etc/tcpscope/agent.toml", config.to_str().unwrap()))
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .replace("$(NODE_IP)", "198.18.0.2")
+                .replace("/etc/tcpscope/agent.toml", config.to_str().unwrap())
+        })
         .collect();
     let out = Command::new(tcpscope_bin()).args(&args).arg("--check").output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
@@ -107,7 +120,9 @@ fn the_kubernetes_manifests_validate_and_ask_for_no_more_than_the_unit() {
     // The validator is strict: a misspelt field, or a value of the wrong
     // type, fails.
     let text = std::fs::read_to_string(&file).unwrap();
-    for (from, to) in [("hostNetwork: true", "hostNetworking: true"), ("containerPort: 9917", "containerPort: \"9917\"")] {
+    for (from, to) in
+        [("hostNetwork: true", "hostNetworking: true"), ("containerPort: 9917", "containerPort: \"9917\"")]
+    {
         let bad = dir.join("bad.yaml");
         std::fs::write(&bad, text.replace(from, to)).unwrap();
         assert!(validate(&bad).is_err(), "{to} passes the validator");
@@ -137,7 +152,12 @@ fn the_image_has_every_library_the_binary_links_and_every_file_the_build_reads()
         // dpkg knows each file by one of its names (/lib or /usr/lib, the
         // link or its target, since the /usr merge).
         let real = std::fs::canonicalize(path).unwrap().display().to_string();
-        let names = [path.to_string(), real.clone(), real.replacen("/usr/lib/", "/lib/", 1), path.replacen("/lib/", "/usr/lib/", 1)];
+        let names = [
+            path.to_string(),
+            real.clone(),
+            real.replacen("/usr/lib/", "/lib/", 1),
+            path.replacen("/lib/", "/usr/lib/", 1),
+        ];
         let pkg = names
             .iter()
             .find_map(|n| {
@@ -149,15 +169,23 @@ fn the_image_has_every_library_the_binary_links_and_every_file_the_build_reads()
         // libc6 and what it depends on are in every Debian image.
         let deps = Command::new("dpkg-query").args(["-W", "-f=${Depends}", "libc6"]).output().unwrap();
         let deps = String::from_utf8_lossy(&deps.stdout).to_string();
-        let base = pkg == "libc6" || deps.split(',').any(|d| d.split_whitespace().next() == Some(pkg.as_str()));
-        assert!(base || installed.contains(&pkg.as_str()), "{path} ({pkg}) is not installed in the image: {installed:?}");
+        let base =
+            pkg == "libc6" || deps.split(',').any(|d| d.split_whitespace().next() == Some(pkg.as_str()));
+        assert!(
+            base || installed.contains(&pkg.as_str()),
+            "{path} ({pkg}) is not installed in the image: {installed:?}"
+        );
     }
     // What the build stage copies is enough for cargo to read the
     // workspace, its lock file unchanged.
     let dir = std::env::temp_dir().join(format!("tcpscope-image-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    for line in stages[stages.len() - 2].lines().filter_map(|l| l.strip_prefix("COPY ")).filter(|l| !l.starts_with("--from")) {
+    for line in stages[stages.len() - 2]
+        .lines()
+        .filter_map(|l| l.strip_prefix("COPY "))
+        .filter(|l| !l.starts_with("--from"))
+    {
         // As COPY does: into a directory given as `dir/`, else as the name given.
         let words: Vec<&str> = line.split_whitespace().collect();
         let (dest, sources) = words.split_last().unwrap();
@@ -174,7 +202,11 @@ fn the_image_has_every_library_the_binary_links_and_every_file_the_build_reads()
         .stdout(Stdio::null())
         .output()
         .unwrap();
-    assert!(meta.status.success(), "cargo metadata on the image's sources: {}", String::from_utf8_lossy(&meta.stderr));
+    assert!(
+        meta.status.success(),
+        "cargo metadata on the image's sources: {}",
+        String::from_utf8_lossy(&meta.stderr)
+    );
     let build_rs = std::fs::read_to_string(dir.join("build.rs")).unwrap();
     for src in build_rs.split('"').filter(|s| s.starts_with("bpf/")) {
         assert!(dir.join(src).exists(), "build.rs reads {src}, which the image's sources lack");

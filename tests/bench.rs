@@ -47,7 +47,8 @@ fn bench_agent_runs_every_case_and_reports_the_agents_cost() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bench agent failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     for case in ["baseline", "agent (every view, counting)", "agent --guard"] {
-        let line = stdout.lines().find(|l| l.starts_with(case)).unwrap_or_else(|| panic!("no {case}: {stdout}"));
+        let line =
+            stdout.lines().find(|l| l.starts_with(case)).unwrap_or_else(|| panic!("no {case}: {stdout}"));
         assert!(line.contains(" conn/s"), "{line}");
         if case.starts_with("agent") {
             assert!(line.contains("ms/1k conns") && line.contains("peak RSS"), "{line}");
@@ -56,6 +57,7 @@ fn bench_agent_runs_every_case_and_reports_the_agents_cost() {
     // 42 series per port label (1,000 listening, 32 remote and "other"),
     // 39 for the interface, one per drop reason, 24 more.
     let worst = stdout.lines().find(|l| l.starts_with("worst case")).expect("the scrape line");
-    let series: usize = worst.split(" series").next().and_then(|b| b.split_whitespace().last()?.parse().ok()).expect(worst);
+    let series: usize =
+        worst.split(" series").next().and_then(|b| b.split_whitespace().last()?.parse().ok()).expect(worst);
     assert!(series > 42 * 1033 + 39 + 24, "{worst}");
 }

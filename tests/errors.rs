@@ -206,7 +206,10 @@ fn the_demo_shows_the_agents_metrics_of_its_connections() {
     let out = Command::new(tcpscope_bin()).args(["demo", "--connections", "3"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.lines().any(|l| l == "tcpscope_tcp_flags_total{flag=\"SYN\",interface=\"tsc-server\"} 6"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "tcpscope_tcp_flags_total{flag=\"SYN\",interface=\"tsc-server\"} 6"),
+        "{stdout}"
+    );
     let opened = stdout
         .lines()
         .find_map(|l| l.strip_prefix("tcpscope_connections_opened_total{direction=\"in\",port=\"8080\"} "))

@@ -114,15 +114,84 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     let pcap = dir.join("l7.pcap");
     let mut cmd = TestHosts::command_in(&hosts.server_ns, "tcpdump");
     cmd.args(["-i", SERVER_IF, "--immediate-mode", "-U", "-s", "0", "-w"]).arg(&pcap).arg("tcp");
-    let (mut tcpdump, _) = ChildGuard::spawn_until_ready(cmd, "listening on", Duration::from_secs(20)).unwrap();
+    let (mut tcpdump, _) =
+        ChildGuard::spawn_until_ready(cmd, "listening on", Duration::from_secs(20)).unwrap();
     let servers = serve(&hosts);
     let server = "198.18.0.2";
 
-    in_client(&hosts, "curl", &["-sS", "--max-time", "2", "--local-port", "41001", "-H", "Host: a.example", "-A", "tcpscope-l7/1", &format!("http://{server}:8080/l7/curl?x=1")]);
-    in_client(&hosts, "curl", &["-sS", "--max-time", "2", "--local-port", "41002", "-H", "Content-Type: text/plain", "-d", "hello", &format!("http://{server}:443/post")]);
-    in_client(&hosts, "curl", &["-sS", "--max-time", "2", "--local-port", "41003", "--http2-prior-knowledge", &format!("http://{server}:8081/h2")]);
-    in_client(&hosts, "curl", &["-sS", "--max-time", "2", "--local-port", "41004", "-g", "-H", "Host: v6.example", "http://[2001:db8::2]:8080/v6"]);
-    in_client(&hosts, "openssl", &["s_client", "-connect", &format!("{server}:443"), "-servername", "tls.example", "-alpn", "h2,http/1.1"]);
+    in_client(
+        &hosts,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "2",
+            "--local-port",
+            "41001",
+            "-H",
+            "Host: a.example",
+            "-A",
+            "tcpscope-l7/1",
+            &format!("http://{server}:8080/l7/curl?x=1"),
+        ],
+    );
+    in_client(
+        &hosts,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "2",
+            "--local-port",
+            "41002",
+            "-H",
+            "Content-Type: text/plain",
+            "-d",
+            "hello",
+            &format!("http://{server}:443/post"),
+        ],
+    );
+    in_client(
+        &hosts,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "2",
+            "--local-port",
+            "41003",
+            "--http2-prior-knowledge",
+            &format!("http://{server}:8081/h2"),
+        ],
+    );
+    in_client(
+        &hosts,
+        "curl",
+        &[
+            "-sS",
+            "--max-time",
+            "2",
+            "--local-port",
+            "41004",
+            "-g",
+            "-H",
+            "Host: v6.example",
+            "http://[2001:db8::2]:8080/v6",
+        ],
+    );
+    in_client(
+        &hosts,
+        "openssl",
+        &[
+            "s_client",
+            "-connect",
+            &format!("{server}:443"),
+            "-servername",
+            "tls.example",
+            "-alpn",
+            "h2,http/1.1",
+        ],
+    );
     let tls_py = |port: u16, local: u16, sni: &str, alpn: &str| {
         format!(
             "import socket, ssl\nctx = ssl.create_default_context()\nctx.set_alpn_protocols([{alpn}])\ns = socket.socket()\ns.bind(('', {local}))\ns.settimeout(2)\ns.connect(('{server}', {port}))\ntry:\n    ctx.wrap_socket(s, server_hostname='{sni}')\nexcept Exception:\n    pass\n"
@@ -146,8 +215,8 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     // (crafted), and tshark needs them in order to agree.
 
     drop(servers); // they end by themselves; the namespaces go with `hosts`
-    // tcpdump has written the last connection's FIN before it is stopped
-    // (packets still in its ring at SIGINT are not written).
+                   // tcpdump has written the last connection's FIN before it is stopped
+                   // (packets still in its ring at SIGINT are not written).
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
         let seen = Command::new("tshark")
@@ -168,13 +237,38 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let ours: Vec<serde_json::Value> =
         String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let by_sport: HashMap<u64, &serde_json::Value> = ours.iter().map(|r| (r["sport"].as_u64().unwrap(), r)).collect();
-    let of = |sport: u64| &by_sport.get(&sport).unwrap_or_else(|| panic!("no record for client port {sport}: {ours:#?}"))["l7"];
+    let by_sport: HashMap<u64, &serde_json::Value> =
+        ours.iter().map(|r| (r["sport"].as_u64().unwrap(), r)).collect();
+    let of = |sport: u64| {
+        &by_sport.get(&sport).unwrap_or_else(|| panic!("no record for client port {sport}: {ours:#?}"))["l7"]
+    };
 
     // tshark's view, by client port.
-    let fields = ["tcp.srcport", "http.request.method", "http.request.uri", "http.host", "http.user_agent", "tls.handshake.extensions_server_name", "tls.handshake.extensions_alpn_str", "dns.qry.name", "dns.qry.type", "ssh.protocol"];
+    let fields = [
+        "tcp.srcport",
+        "http.request.method",
+        "http.request.uri",
+        "http.host",
+        "http.user_agent",
+        "tls.handshake.extensions_server_name",
+        "tls.handshake.extensions_alpn_str",
+        "dns.qry.name",
+        "dns.qry.type",
+        "ssh.protocol",
+    ];
     let mut ts = Command::new("tshark");
-    ts.args(["-r"]).arg(&pcap).args(["-o", "tcp.reassemble_out_of_order:TRUE", "-d", "tcp.port==4443,tls", "-Y", "http.request or tls.handshake.type == 1 or dns.flags.response == 0 or ssh.protocol", "-T", "fields", "-E", "separator=|"]);
+    ts.args(["-r"]).arg(&pcap).args([
+        "-o",
+        "tcp.reassemble_out_of_order:TRUE",
+        "-d",
+        "tcp.port==4443,tls",
+        "-Y",
+        "http.request or tls.handshake.type == 1 or dns.flags.response == 0 or ssh.protocol",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+    ]);
     for f in fields {
         ts.args(["-e", f]);
     }
@@ -194,7 +288,13 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
         let (ours_f, theirs): (Vec<String>, &[String]) = match l["proto"].as_str() {
             Some("http") => (vec![s("method"), s("path"), s("host"), s("user_agent")], &row[1..5]),
             Some("tls") => (
-                vec![s("sni"), l["alpn"].as_array().map(|a| a.iter().map(|x| x.as_str().unwrap()).collect::<Vec<_>>().join(",")).unwrap_or_default()],
+                vec![
+                    s("sni"),
+                    l["alpn"]
+                        .as_array()
+                        .map(|a| a.iter().map(|x| x.as_str().unwrap()).collect::<Vec<_>>().join(","))
+                        .unwrap_or_default(),
+                ],
                 &row[5..7],
             ),
             Some("dns") => (vec![s("qname"), l["qtype"].to_string()], &row[7..9]),
@@ -206,7 +306,8 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     }
     // What tshark must have decoded: HTTP on 8080 (v4 and v6), TLS on 443
     // and 4443, DNS on 53, SSH on 22.
-    let tls_443 = ours.iter().find(|r| r["dport"] == 443 && r["l7"]["proto"] == "tls").expect("openssl's connection");
+    let tls_443 =
+        ours.iter().find(|r| r["dport"] == 443 && r["l7"]["proto"] == "tls").expect("openssl's connection");
     for sport in [41001, 41004, 41005, 41007, 41008, tls_443["sport"].as_u64().unwrap()] {
         assert!(tshark.contains_key(&sport), "tshark did not decode client port {sport}: {tshark:?}");
     }
@@ -217,15 +318,33 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
 
     // Where tshark goes by the port: the generator's truth.
     let mismatch = of(41006);
-    assert_eq!((mismatch["proto"].as_str(), mismatch["sni"].as_str(), mismatch["port_mismatch"].as_bool()), (Some("tls"), Some("mismatch.example"), Some(true)));
+    assert_eq!(
+        (mismatch["proto"].as_str(), mismatch["sni"].as_str(), mismatch["port_mismatch"].as_bool()),
+        (Some("tls"), Some("mismatch.example"), Some(true))
+    );
     let http_443 = of(41002);
-    assert_eq!((http_443["proto"].as_str(), http_443["method"].as_str(), http_443["port_mismatch"].as_bool()), (Some("http"), Some("POST"), Some(true)));
-    assert_eq!((http_443["content_type"].as_str(), http_443["content_length"].as_u64()), (Some("text/plain"), Some(5)));
+    assert_eq!(
+        (http_443["proto"].as_str(), http_443["method"].as_str(), http_443["port_mismatch"].as_bool()),
+        (Some("http"), Some("POST"), Some(true))
+    );
+    assert_eq!(
+        (http_443["content_type"].as_str(), http_443["content_length"].as_u64()),
+        (Some("text/plain"), Some(5))
+    );
     assert_eq!(of(41003)["proto"], "http2");
-    assert_eq!((of(41009)["proto"].as_str(), of(41009)["banner"].as_str()), (Some("ssh"), Some("SSH-2.0-OtherPort_1.0")));
-    assert_eq!((of(41010)["proto"].as_str(), of(41010)["first_bytes"].as_str()), (Some("unknown"), Some("00010262696e6172792d70726f746f63")));
+    assert_eq!(
+        (of(41009)["proto"].as_str(), of(41009)["banner"].as_str()),
+        (Some("ssh"), Some("SSH-2.0-OtherPort_1.0"))
+    );
+    assert_eq!(
+        (of(41010)["proto"].as_str(), of(41010)["first_bytes"].as_str()),
+        (Some("unknown"), Some("00010262696e6172792d70726f746f63"))
+    );
     let silent = of(41011);
-    assert_eq!((silent["proto"].as_str(), silent["gave_up"].as_str(), silent["port_mismatch"].as_bool()), (Some("unknown"), Some("closed"), Some(true)));
+    assert_eq!(
+        (silent["proto"].as_str(), silent["gave_up"].as_str(), silent["port_mismatch"].as_bool()),
+        (Some("unknown"), Some("closed"), Some(true))
+    );
     for (sport, l) in [(41001u64, of(41001)), (41004, of(41004)), (41007, of(41007))] {
         assert_eq!(l["port_mismatch"], false, "client port {sport}: {l}");
     }
@@ -238,13 +357,18 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
         .args(["-Y", "tcp.srcport == 41005 && tcp.len > 0", "-T", "fields", "-e", "tcp.len"])
         .output()
         .unwrap();
-    let lens: Vec<u32> = String::from_utf8_lossy(&segs.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
+    let lens: Vec<u32> =
+        String::from_utf8_lossy(&segs.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert!(lens.len() >= 3 && lens.iter().all(|l| *l <= 120), "the ClientHello in small segments: {lens:?}");
 
     // Text mode: one line per connection.
     let text = Command::new(tcpscope_bin()).args(["l7", "-r"]).arg(&pcap).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);
     assert_eq!(text.lines().count(), ours.len());
-    assert!(text.lines().any(|l| l.contains("> 198.18.0.2.80: tls sni mismatch.example") && l.contains("[unexpected on this port]")), "{text}");
+    assert!(
+        text.lines().any(|l| l.contains("> 198.18.0.2.80: tls sni mismatch.example")
+            && l.contains("[unexpected on this port]")),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -75,7 +75,10 @@ impl AgentClient {
         let text = String::from_utf8_lossy(&answer[start..]);
         let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| Value::String(text.trim().to_string()));
         if !(200..300).contains(&code) {
-            let why = v.get("error").and_then(Value::as_str).map_or_else(|| text.trim().to_string(), str::to_string);
+            let why = v
+                .get("error")
+                .and_then(Value::as_str)
+                .map_or_else(|| text.trim().to_string(), str::to_string);
             bail!("the agent says: {why}");
         }
         Ok(v)
@@ -90,8 +93,10 @@ impl AgentClient {
     }
 
     pub fn add_many(&self, rules: &[Rule], comment: Option<&str>) -> Result<usize> {
-        let rules: Vec<NewRule> = rules.iter().map(|r| NewRule::from_rule(r, comment.map(str::to_string))).collect();
-        let v = self.request("POST", "/v1/rules", Some(&json!({"rules": rules, "interface": self.interface})))?;
+        let rules: Vec<NewRule> =
+            rules.iter().map(|r| NewRule::from_rule(r, comment.map(str::to_string))).collect();
+        let v =
+            self.request("POST", "/v1/rules", Some(&json!({"rules": rules, "interface": self.interface})))?;
         Ok(v["added"].as_u64().unwrap_or(0) as usize)
     }
 

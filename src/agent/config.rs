@@ -199,7 +199,11 @@ fn read_token(path: &Path) -> Result<String> {
 
 /// The guard table's options as `tcpscope guard` flags, each checked on its
 /// own so that an error names its line.
-fn guard_args(table: BTreeMap<String, Spanned<toml::Value>>, lines: &Lines, file: &str) -> Result<(GuardArgs, Option<PathBuf>)> {
+fn guard_args(
+    table: BTreeMap<String, Spanned<toml::Value>>,
+    lines: &Lines,
+    file: &str,
+) -> Result<(GuardArgs, Option<PathBuf>)> {
     let mut flags: Vec<String> = vec!["guard".into(), "-i".into(), "-".into()];
     // The agent's metrics want every counter: the guard inspects unless
     // told `inspect = false`.
@@ -249,8 +253,8 @@ impl AgentConfig {
             None => (File::default(), None, String::new(), Lines::new("")),
             Some(path) => {
                 let name = path.display().to_string();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| UsageError(format!("config {name}: {e}")))?;
+                let text =
+                    std::fs::read_to_string(path).map_err(|e| UsageError(format!("config {name}: {e}")))?;
                 let lines = Lines::new(&text);
                 let mut f: File = toml::from_str(&text).map_err(|e| {
                     let line = e.span().map(|s| lines.of(s.start)).unwrap_or(0);
@@ -263,32 +267,42 @@ impl AgentConfig {
         let enabled = guard_table
             .as_ref()
             .and_then(|t| t.get("enabled"))
-            .map(|v| v.get_ref().as_bool().ok_or_else(|| UsageError(format!("{name}:{}: [guard] enabled: true or false", lines.of(v.span().start)))))
+            .map(|v| {
+                v.get_ref().as_bool().ok_or_else(|| {
+                    UsageError(format!("{name}:{}: [guard] enabled: true or false", lines.of(v.span().start)))
+                })
+            })
             .transpose()?
             .unwrap_or(false);
         let (guard, rules_file) = match guard_table {
             Some(t) => guard_args(t, &lines, &name)?,
             None => guard_args(BTreeMap::new(), &lines, &name)?,
         };
-        let interfaces = if args.ifaces.is_empty() { file.interfaces.unwrap_or_default() } else { args.ifaces.clone() };
+        let interfaces =
+            if args.ifaces.is_empty() { file.interfaces.unwrap_or_default() } else { args.ifaces.clone() };
         crate::ensure_usage!(
             !interfaces.is_empty(),
             "no interface to follow: give -i IFACE (a name, a glob such as 'veth*', or all), or interfaces = [...] in the config"
         );
         let interval = args.interval.or(file.interval).unwrap_or(1.0);
-        crate::ensure_usage!(interval.is_finite() && interval >= 0.1, "interval {interval}: use at least 0.1 seconds");
+        crate::ensure_usage!(
+            interval.is_finite() && interval >= 0.1,
+            "interval {interval}: use at least 0.1 seconds"
+        );
         let control = file.control.unwrap_or_default();
         let log_file = file.log.unwrap_or_default();
         let events = match (&args.log_events, log_file.events) {
             (Some(list), _) => {
-                let kinds: Vec<String> = list.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
+                let kinds: Vec<String> =
+                    list.split(',').map(|k| k.trim().to_string()).filter(|k| !k.is_empty()).collect();
                 check_log_kinds(&kinds).map_err(|e| UsageError(format!("--log-events: {e}")))?;
                 kinds
             }
             (None, Some(spanned)) => {
                 let line = lines.of(spanned.span().start);
                 let kinds = spanned.into_inner();
-                check_log_kinds(&kinds).map_err(|e| UsageError(format!("{name}:{line}: [log] events: {e}")))?;
+                check_log_kinds(&kinds)
+                    .map_err(|e| UsageError(format!("{name}:{line}: [log] events: {e}")))?;
                 kinds
             }
             (None, None) => vec!["alerts".into(), "rules".into()],
@@ -302,7 +316,12 @@ impl AgentConfig {
         let control_tcp = match args.control_listen.clone().or(control.listen) {
             None => None,
             Some(addr) => {
-                let token = args.control_token_file.clone().or(control.token_file).map(|f| read_token(&f)).transpose()?;
+                let token = args
+                    .control_token_file
+                    .clone()
+                    .or(control.token_file)
+                    .map(|f| read_token(&f))
+                    .transpose()?;
                 Some(TcpListen { addr, token })
             }
         };
@@ -310,8 +329,14 @@ impl AgentConfig {
         let top_sources = if args.top_sources.is_some() || tf.enabled.unwrap_or(false) {
             let k = args.top_sources.or(tf.k).unwrap_or(10);
             let window = tf.window.unwrap_or(10.0);
-            crate::ensure_usage!((1..=1000).contains(&k), "top sources: K {k}: use 1 to 1000 (each is two series)");
-            crate::ensure_usage!(window.is_finite() && window >= 1.0, "top sources: window {window}: use at least 1 second");
+            crate::ensure_usage!(
+                (1..=1000).contains(&k),
+                "top sources: K {k}: use 1 to 1000 (each is two series)"
+            );
+            crate::ensure_usage!(
+                window.is_finite() && window >= 1.0,
+                "top sources: window {window}: use at least 1 second"
+            );
             Some(TopConfig { k, window: Duration::from_secs_f64(window) })
         } else {
             None
@@ -330,7 +355,11 @@ impl AgentConfig {
             netns: args.netns.clone().or(file.netns),
             listen: args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:9917".into()),
             interval: Duration::from_secs_f64(interval),
-            state_dir: args.state_dir.clone().or(file.state_dir).unwrap_or_else(|| "/var/lib/tcpscope".into()),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| "/var/lib/tcpscope".into()),
             bpf_stats: args.bpf_stats || file.bpf_stats.unwrap_or(false),
             control_socket: args
                 .control_socket
@@ -357,7 +386,8 @@ mod tests {
     use super::*;
 
     fn resolve(text: &str, extra: &[&str]) -> Result<AgentConfig> {
-        let path = std::env::temp_dir().join(format!("tcpscope-agent-{}-{}.toml", std::process::id(), text.len()));
+        let path =
+            std::env::temp_dir().join(format!("tcpscope-agent-{}-{}.toml", std::process::id(), text.len()));
         std::fs::write(&path, text).unwrap();
         #[derive(Parser)]
         struct A {

@@ -104,7 +104,12 @@ impl NewRule {
     pub fn rule(&self) -> Result<Rule> {
         let list = parse_list(&self.list)?;
         let cidr = self.cidr.parse().map_err(|e| anyhow!("{e}"))?;
-        let ttl = self.ttl.as_deref().map(crate::policy::parse_duration).transpose().map_err(|e| anyhow!("ttl: {e}"))?;
+        let ttl = self
+            .ttl
+            .as_deref()
+            .map(crate::policy::parse_duration)
+            .transpose()
+            .map_err(|e| anyhow!("ttl: {e}"))?;
         if list == crate::policy::List::Allow && self.port.is_some() {
             bail!("allow rules take no port: an allowed source is allowed to every port");
         }
@@ -175,7 +180,10 @@ impl Control {
             }
         }
         if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-            bail!("another agent answers on {}: stop it, or give this one another control socket", socket.display());
+            bail!(
+                "another agent answers on {}: stop it, or give this one another control socket",
+                socket.display()
+            );
         }
         let _ = std::fs::remove_file(socket);
         if let Some(dir) = socket.parent() {
@@ -204,7 +212,10 @@ impl Control {
             let thread = std::thread::spawn(move || {
                 for mut req in s.incoming_requests() {
                     let (status, body) = if token.as_ref().is_some_and(|t| !authorized(&req, t)) {
-                        (401, json!({"error": "a bearer token is needed: Authorization: Bearer <the token file's contents>"}))
+                        (
+                            401,
+                            json!({"error": "a bearer token is needed: Authorization: Bearer <the token file's contents>"}),
+                        )
                     } else {
                         answer(&mut req, &shared)
                     };
@@ -215,7 +226,9 @@ impl Control {
                     };
                     let kind = if body.is_string() { "text/plain" } else { "application/json" };
                     let header = tiny_http::Header::from_bytes("Content-Type", kind).expect("a valid header");
-                    let _ = req.respond(tiny_http::Response::from_string(text).with_status_code(status).with_header(header));
+                    let _ = req.respond(
+                        tiny_http::Response::from_string(text).with_status_code(status).with_header(header),
+                    );
                 }
             });
             control.servers.push((server, Some(thread)));
@@ -265,7 +278,10 @@ fn answer(req: &mut tiny_http::Request, shared: &Shared) -> (u16, Value) {
         return bad("could not read the request body");
     }
     if body.len() as u64 > MAX_BODY {
-        return (413, json!({"error": format!("request body over {} MiB: send the rules in parts", MAX_BODY >> 20)}));
+        return (
+            413,
+            json!({"error": format!("request body over {} MiB: send the rules in parts", MAX_BODY >> 20)}),
+        );
     }
     let parsed = || -> std::result::Result<Value, (u16, Value)> {
         serde_json::from_slice(&body).map_err(|e| bad(format!("the body is not JSON: {e}")))
@@ -301,26 +317,40 @@ fn answer(req: &mut tiny_http::Request, shared: &Shared) -> (u16, Value) {
         (_, "/v1/rules" | "/v1/rules/flush" | "/healthz" | "/readyz" | "/v1/interfaces" | "/v1/alerts") => {
             Err((405, json!({"error": format!("{method} is not allowed on {path}")})))
         }
-        _ => Err((404, json!({"error": format!("no {path}: see /v1/rules, /v1/alerts, /v1/interfaces, /healthz, /readyz")}))),
+        _ => Err((
+            404,
+            json!({"error": format!("no {path}: see /v1/rules, /v1/alerts, /v1/interfaces, /healthz, /readyz")}),
+        )),
     };
     outcome.unwrap_or_else(|e| e)
 }
 
 /// The pinned maps of each guarded interface `interface` selects (all, if
 /// none), or an error naming what to do.
-fn targets(shared: &Shared, interface: Option<&str>) -> std::result::Result<Vec<(String, PolicyMaps)>, (u16, Value)> {
+fn targets(
+    shared: &Shared,
+    interface: Option<&str>,
+) -> std::result::Result<Vec<(String, PolicyMaps)>, (u16, Value)> {
     let guarded = shared.guarded.lock().unwrap_or_else(|e| e.into_inner()).clone();
     if guarded.is_empty() {
-        return Err((409, json!({"error": "the agent guards no interface: start it with --guard (or guard = true in its config)"})));
+        return Err((
+            409,
+            json!({"error": "the agent guards no interface: start it with --guard (or guard = true in its config)"}),
+        ));
     }
     let chosen: Vec<_> = guarded.into_iter().filter(|(n, _)| interface.is_none_or(|i| i == n)).collect();
     if chosen.is_empty() {
         let i = interface.unwrap_or_default();
-        return Err((404, json!({"error": format!("the agent does not guard '{i}': see GET /v1/interfaces")})));
+        return Err((
+            404,
+            json!({"error": format!("the agent does not guard '{i}': see GET /v1/interfaces")}),
+        ));
     }
     chosen
         .into_iter()
-        .map(|(n, id)| PolicyMaps::open(Some(&id)).map(|m| (n, m)).map_err(|e| (500, json!({"error": format!("{e:#}")}))))
+        .map(|(n, id)| {
+            PolicyMaps::open(Some(&id)).map(|m| (n, m)).map_err(|e| (500, json!({"error": format!("{e:#}")})))
+        })
         .collect()
 }
 
@@ -359,14 +389,28 @@ fn add_rules(shared: &Shared, v: Value) -> std::result::Result<(u16, Value), (u1
     for (_, maps) in &targets {
         maps.add_many(&rules).map_err(|e| (500, json!({"error": format!("{e:#}")})))?;
     }
-    let stored = items.into_iter().zip(&rules).map(|(i, r)| StoredRule::new(r, i.comment, interface.clone())).collect();
-    shared.store.lock().unwrap_or_else(|e| e.into_inner()).add(stored).map_err(|e| (500, json!({"error": format!("{e:#}")})))?;
-    shared.changes.lock().unwrap_or_else(|e| e.into_inner()).push(json!({"change": "add", "rules": rules.len(), "interface": interface}));
+    let stored = items
+        .into_iter()
+        .zip(&rules)
+        .map(|(i, r)| StoredRule::new(r, i.comment, interface.clone()))
+        .collect();
+    shared
+        .store
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .add(stored)
+        .map_err(|e| (500, json!({"error": format!("{e:#}")})))?;
+    shared
+        .changes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(json!({"change": "add", "rules": rules.len(), "interface": interface}));
     Ok((200, json!({ "added": rules.len() })))
 }
 
 fn delete_rule(shared: &Shared, v: Value, flush: bool) -> std::result::Result<(u16, Value), (u16, Value)> {
-    let w: Which = serde_json::from_value(v).map_err(|e| bad(format!("give {{\"list\",\"cidr\",\"port\"?,\"interface\"?}}: {e}")))?;
+    let w: Which = serde_json::from_value(v)
+        .map_err(|e| bad(format!("give {{\"list\",\"cidr\",\"port\"?,\"interface\"?}}: {e}")))?;
     let list = parse_list(&w.list).map_err(bad)?;
     let targets = targets(shared, w.interface.as_deref())?;
     let mut store = shared.store.lock().unwrap_or_else(|e| e.into_inner());
@@ -377,7 +421,11 @@ fn delete_rule(shared: &Shared, v: Value, flush: bool) -> std::result::Result<(u
             n += maps.flush(list).map_err(internal)?;
         }
         store.flush(list, w.interface.as_deref()).map_err(internal)?;
-        shared.changes.lock().unwrap_or_else(|e| e.into_inner()).push(json!({"change": "flush", "list": w.list, "removed": n, "interface": w.interface}));
+        shared
+            .changes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(json!({"change": "flush", "list": w.list, "removed": n, "interface": w.interface}));
         return Ok((200, json!({ "removed": n })));
     }
     let cidr = w.cidr.as_deref().ok_or_else(|| bad("which rule? give its cidr"))?;
@@ -387,6 +435,10 @@ fn delete_rule(shared: &Shared, v: Value, flush: bool) -> std::result::Result<(u
     if n == 0 {
         return Err((404, json!({"error": format!("no such rule: {}", crate::policy::describe(&rule))})));
     }
-    shared.changes.lock().unwrap_or_else(|e| e.into_inner()).push(json!({"change": "delete", "rule": crate::policy::describe(&rule), "interface": w.interface}));
+    shared
+        .changes
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(json!({"change": "delete", "rule": crate::policy::describe(&rule), "interface": w.interface}));
     Ok((200, json!({ "deleted": n })))
 }

@@ -144,7 +144,9 @@ impl LinkEvents {
         let mut buf = [0u8; 8192];
         loop {
             // SAFETY: reading into a buffer we own, without waiting.
-            let n = unsafe { libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::recv(self.0.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+            };
             if n > 0 {
                 any = true;
                 continue;
@@ -214,7 +216,11 @@ impl Interfaces {
         let args = GuardArgs { attach, rules: None, top_sources: self.top_sources, ..template.clone() };
         let guard = Guard::start(&args)?;
         guard.maps.sync_file_rules(&guard.id, &rules(name))?;
-        Ok(Attached::Guarding(Box::new(Guarded { guard, settings: Settings::from(&args), ratio: RatioWatch::default() })))
+        Ok(Attached::Guarding(Box::new(Guarded {
+            guard,
+            settings: Settings::from(&args),
+            ratio: RatioWatch::default(),
+        })))
     }
 
     /// Interfaces a glob matches that are not followed yet are attached;
@@ -396,7 +402,10 @@ impl Interfaces {
             }
         }
         if guard_changed {
-            said.push(format!("guard {}", if self.guard.is_some() { "on, or its settings changed" } else { "off" }));
+            said.push(format!(
+                "guard {}",
+                if self.guard.is_some() { "on, or its settings changed" } else { "off" }
+            ));
             for e in &mut self.list {
                 e.state = None; // detached; attached again below
             }

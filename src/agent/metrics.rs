@@ -139,7 +139,10 @@ impl Metrics {
             alerts: counter(r, "tcpscope_alerts_total", "Alerts the guard raised, by kind.", &["kind"])?,
             guard_rules: {
                 let g = IntGaugeVec::new(
-                    Opts::new("tcpscope_guard_rules", "Rules in the guard's lists (the largest over guarded interfaces)."),
+                    Opts::new(
+                        "tcpscope_guard_rules",
+                        "Rules in the guard's lists (the largest over guarded interfaces).",
+                    ),
                     &["list"],
                 )?;
                 r.register(Box::new(g.clone()))?;
@@ -268,8 +271,11 @@ impl Metrics {
     /// A connection opened by `workload`.
     pub fn observe_workload(&mut self, direction: &str, workload: &str) {
         let Some((c, seen, cap)) = &mut self.workloads else { return };
-        let label =
-            if seen.contains(workload) || seen.len() < *cap && seen.insert(workload.to_string()) { workload } else { "other" };
+        let label = if seen.contains(workload) || seen.len() < *cap && seen.insert(workload.to_string()) {
+            workload
+        } else {
+            "other"
+        };
         c.with_label_values(&[direction, label]).inc();
     }
 
@@ -277,11 +283,19 @@ impl Metrics {
     pub fn declare_bpf_stats(&mut self) -> Result<()> {
         if self.bpf_runs.is_none() {
             let time = CounterVec::new(
-                Opts::new("tcpscope_bpf_program_run_seconds_total", "Time the kernel spent running each BPF program."),
+                Opts::new(
+                    "tcpscope_bpf_program_run_seconds_total",
+                    "Time the kernel spent running each BPF program.",
+                ),
                 &["program"],
             )?;
             self.registry.register(Box::new(time.clone()))?;
-            let runs = counter(&self.registry, "tcpscope_bpf_program_runs_total", "Runs of each BPF program.", &["program"])?;
+            let runs = counter(
+                &self.registry,
+                "tcpscope_bpf_program_runs_total",
+                "Runs of each BPF program.",
+                &["program"],
+            )?;
             self.bpf_runs = Some((time, runs));
         }
         Ok(())

@@ -91,7 +91,10 @@ impl RuleStore {
     pub fn load(path: &Path) -> Result<Self> {
         let rules = match std::fs::read(path) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| {
-                anyhow!("{}: not a rules store ({e}): move it away to start with no agent rules", path.display())
+                anyhow!(
+                    "{}: not a rules store ({e}): move it away to start with no agent rules",
+                    path.display()
+                )
             })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
             Err(e) => return Err(anyhow!("cannot read {}: {e}", path.display())),
@@ -144,8 +147,9 @@ impl RuleStore {
 
     /// Removes every rule of `list` (for `interface`, or all of them).
     pub fn flush(&mut self, list: List, interface: Option<&str>) -> Result<()> {
-        self.rules
-            .retain(|s| s.list != list_name(list) || interface.is_some_and(|i| s.interface.as_deref() != Some(i)));
+        self.rules.retain(|s| {
+            s.list != list_name(list) || interface.is_some_and(|i| s.interface.as_deref() != Some(i))
+        });
         self.save()
     }
 
@@ -219,7 +223,10 @@ mod tests {
 
     #[test]
     fn expired_rules_are_not_given_and_a_broken_store_says_what_to_do() {
-        let r = StoredRule { expires_unix_ms: Some(unix_ms() - 1), ..StoredRule::new(&rule("198.18.0.3/32", None, None), None, None) };
+        let r = StoredRule {
+            expires_unix_ms: Some(unix_ms() - 1),
+            ..StoredRule::new(&rule("198.18.0.3/32", None, None), None, None)
+        };
         assert_eq!(r.rule(unix_ms()), None);
         let dir = std::env::temp_dir().join(format!("tcpscope-store-bad-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -72,24 +72,30 @@ impl Server {
                         let mut body = Vec::new();
                         let _ = TextEncoder::new().encode(&registry.gather(), &mut body);
                         let open = req.headers().iter().any(|h| {
-                            h.field.equiv("Accept") && h.value.as_str().contains("application/openmetrics-text")
+                            h.field.equiv("Accept")
+                                && h.value.as_str().contains("application/openmetrics-text")
                         });
                         let (body, kind) = if open {
                             (openmetrics(&String::from_utf8_lossy(&body)).into_bytes(), OPENMETRICS)
                         } else {
                             (body, prometheus::TEXT_FORMAT)
                         };
-                        let header = tiny_http::Header::from_bytes("Content-Type", kind).expect("a valid header");
+                        let header =
+                            tiny_http::Header::from_bytes("Content-Type", kind).expect("a valid header");
                         tiny_http::Response::from_data(body).with_header(header)
                     }
                     "/healthz" => tiny_http::Response::from_data(b"ok\n".to_vec()),
                     "/readyz" if ready.load(std::sync::atomic::Ordering::SeqCst) => {
                         tiny_http::Response::from_data(b"ready\n".to_vec())
                     }
-                    "/readyz" => tiny_http::Response::from_data(b"not ready: not every configured view is attached yet\n".to_vec())
-                        .with_status_code(503),
-                    _ => tiny_http::Response::from_data(b"not found: try /metrics, /healthz or /readyz\n".to_vec())
-                        .with_status_code(404),
+                    "/readyz" => tiny_http::Response::from_data(
+                        b"not ready: not every configured view is attached yet\n".to_vec(),
+                    )
+                    .with_status_code(503),
+                    _ => tiny_http::Response::from_data(
+                        b"not found: try /metrics, /healthz or /readyz\n".to_vec(),
+                    )
+                    .with_status_code(404),
                 };
                 let _ = req.respond(response);
             }

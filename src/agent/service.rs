@@ -152,7 +152,11 @@ impl Agent {
             top: None,
             notes,
         };
-        agent.top = agent.config.top_sources.as_ref().map(|t| crate::agent::top_sources::TopSources::new(t.k, t.window));
+        agent.top = agent
+            .config
+            .top_sources
+            .as_ref()
+            .map(|t| crate::agent::top_sources::TopSources::new(t.k, t.window));
         agent.publish();
         Ok(agent)
     }
@@ -188,13 +192,16 @@ impl Agent {
             let opened = kind == types::conn_event_kind::CONN_ESTABLISHED_IN.0
                 || kind == types::conn_event_kind::CONN_ESTABLISHED_OUT.0;
             let logs = logged.contains(&crate::names::conn_kind_name(e.kind));
-            let owner = if logs || opened { workloads.as_mut().and_then(|w| w.get(e.cgroup_id)) } else { None };
+            let owner =
+                if logs || opened { workloads.as_mut().and_then(|w| w.get(e.cgroup_id)) } else { None };
             if let Some(w) = owner.filter(|_| opened) {
-                let direction = if kind == types::conn_event_kind::CONN_ESTABLISHED_IN.0 { "in" } else { "out" };
+                let direction =
+                    if kind == types::conn_event_kind::CONN_ESTABLISHED_IN.0 { "in" } else { "out" };
                 metrics.observe_workload(direction, &w.label());
             }
             if logs {
-                let why = if crate::conn::has::reason(e) { reasons.name(e.kind, e.reason) } else { String::new() };
+                let why =
+                    if crate::conn::has::reason(e) { reasons.name(e.kind, e.reason) } else { String::new() };
                 crate::output::json::write_conn_event(&mut out, e, e.ts_ns + offset, &why);
                 if let Some(w) = owner {
                     // The object gains one key: `"workload":{...}`.
@@ -210,7 +217,8 @@ impl Agent {
         step.lines.extend(String::from_utf8_lossy(&out).lines().map(str::to_string));
         if last || Instant::now() >= self.next {
             let mut alerts = Vec::new();
-            step.said = self.ifaces.poll(&mut self.metrics, &rules_for(&self.file_rules, &self.shared), &mut alerts);
+            step.said =
+                self.ifaces.poll(&mut self.metrics, &rules_for(&self.file_rules, &self.shared), &mut alerts);
             self.metrics.observe_conns_lost(self.conns.lost());
             self.metrics.observe_latency(&crate::view::latency::read_histograms(&self.conns.lc));
             if self.run_stats.is_some() {
@@ -261,7 +269,9 @@ impl Agent {
         if new.listen != self.config.listen || new.control_socket != self.config.control_socket {
             said.push("the listen address and control socket stay as they were until a restart".to_string());
         }
-        if new.bpf_stats != self.config.bpf_stats || new.control_tcp.is_some() != self.config.control_tcp.is_some() {
+        if new.bpf_stats != self.config.bpf_stats
+            || new.control_tcp.is_some() != self.config.control_tcp.is_some()
+        {
             said.push("bpf_stats and the control API's TCP listener change at the next restart".to_string());
         }
         if new.guard.is_some() {
@@ -277,7 +287,8 @@ impl Agent {
         let (listen, socket, stats) =
             (self.config.listen.clone(), self.config.control_socket.clone(), self.config.bpf_stats);
         let tcp = self.config.control_tcp.take();
-        self.config = AgentConfig { listen, control_socket: socket, bpf_stats: stats, control_tcp: tcp, ..new };
+        self.config =
+            AgentConfig { listen, control_socket: socket, bpf_stats: stats, control_tcp: tcp, ..new };
         self.publish();
         Ok(said)
     }

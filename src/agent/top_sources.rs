@@ -78,7 +78,9 @@ impl TopSources {
             for key in &keys {
                 let (mut k, mut v) = (top_key::default(), top_counts::default());
                 let Ok(Some(val)) = maps.top_candidates.lookup(key, MapFlags::ANY) else { continue };
-                if plain::copy_from_bytes(&mut k, key).is_err() || plain::copy_from_bytes(&mut v, &val).is_err() {
+                if plain::copy_from_bytes(&mut k, key).is_err()
+                    || plain::copy_from_bytes(&mut v, &val).is_err()
+                {
                     continue;
                 }
                 if let Some(a) = address(&k) {

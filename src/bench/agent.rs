@@ -22,7 +22,8 @@ const LISTEN: &str = "127.0.0.1:19899";
 
 /// user + system CPU time of process `pid`, in ns.
 fn cpu_ns(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading the agent's /proc stat")?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading the agent's /proc stat")?;
     // After the command's closing parenthesis: state (field 3), then
     // ppid, ...; utime and stime are fields 14 and 15.
     let after: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
@@ -37,7 +38,8 @@ fn cpu_ns(pid: u32) -> Result<u64> {
 
 /// Peak resident set of process `pid`, in KiB.
 fn peak_rss_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the agent's status")?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading the agent's status")?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -73,8 +75,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     let rig = LoopRig::start("bagent", client_cpu, server_cpu)?;
     let dir = std::env::temp_dir().join(format!("tcpscope-bench-agent-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let cases: [(&str, Option<&[&str]>); 3] =
-        [("baseline", None), ("agent (every view, counting)", Some(&[])), ("agent --guard", Some(&["--guard"]))];
+    let cases: [(&str, Option<&[&str]>); 3] = [
+        ("baseline", None),
+        ("agent (every view, counting)", Some(&[])),
+        ("agent --guard", Some(&["--guard"])),
+    ];
     let rounds = args.rounds.max(1) as usize;
     let mut rates = vec![Vec::new(); cases.len()];
     let mut agent_ms_per_k = vec![Vec::new(); cases.len()];
@@ -135,7 +140,9 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
 /// served and scraped.
 fn worst_case_scrape(out: &mut dyn Report, listening: u16) -> Result<()> {
     use crate::agent::metrics::{Metrics, REMOTE_PORTS};
-    use crate::bpf::lifecycle::types::{conn_event, conn_event_kind as K, latency_hist, latency_key, latency_kind as L};
+    use crate::bpf::lifecycle::types::{
+        conn_event, conn_event_kind as K, latency_hist, latency_key, latency_kind as L,
+    };
     let mut m = Metrics::new()?;
     m.declare_interface("eth0", "xdp");
     m.declare_guard();
@@ -170,7 +177,10 @@ fn worst_case_scrape(out: &mut dyn Report, listening: u16) -> Result<()> {
         hists.push((latency_key { port, kind: L::LAT_RTT.0 as u8, ..Default::default() }, hist));
     }
     for r in reasons.drop_reasons() {
-        m.observe_conn_event(&conn_event { kind: K::CONN_DROP.0 as u8, reason: r, ..Default::default() }, &name);
+        m.observe_conn_event(
+            &conn_event { kind: K::CONN_DROP.0 as u8, reason: r, ..Default::default() },
+            &name,
+        );
     }
     m.observe_latency(&hists);
     let ready = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));

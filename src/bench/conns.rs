@@ -144,7 +144,8 @@ impl LoopRig {
         // (connect() searching for a free port), whatever the case.
         TestHosts::run_in(&hosts.client_ns, || -> Result<()> {
             // /proc/sys/net is the namespace of the thread that opens it.
-            for (path, value) in [("net/ipv4/tcp_tw_reuse", "1"), ("net/ipv4/ip_local_port_range", "1024 65535")]
+            for (path, value) in
+                [("net/ipv4/tcp_tw_reuse", "1"), ("net/ipv4/ip_local_port_range", "1024 65535")]
             {
                 std::fs::write(format!("/proc/sys/{path}"), value)
                     .with_context(|| format!("setting {path} in the client namespace"))?;
@@ -185,8 +186,10 @@ impl LoopRig {
 impl Drop for LoopRig {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        let _ = TestHosts::run_in(&self.hosts.client_ns, || TcpStream::connect(SocketAddr::from((SERVER_V4, PORT))))
-            .join();
+        let _ = TestHosts::run_in(&self.hosts.client_ns, || {
+            TcpStream::connect(SocketAddr::from((SERVER_V4, PORT)))
+        })
+        .join();
         if let Some(s) = self.server.take() {
             let _ = s.join();
         }

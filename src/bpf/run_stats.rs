@@ -42,9 +42,7 @@ pub fn of_skel<'a>(skel: &impl Skel<'a>) -> Vec<(String, u64, u64)> {
         let mut info = libbpf_sys::bpf_prog_info::default();
         let mut len = std::mem::size_of_val(&info) as u32;
         // SAFETY: info is a valid bpf_prog_info of `len` bytes.
-        let r = unsafe {
-            libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len)
-        };
+        let r = unsafe { libbpf_sys::bpf_prog_get_info_by_fd(fd, &mut info, &mut len) };
         if r == 0 {
             out.push((p.name().to_string_lossy().into_owned(), info.run_time_ns, info.run_cnt));
         }

@@ -50,19 +50,33 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     // The always-on agent on the same interface, on a free port.
     let run = std::env::temp_dir().join(format!("tcpscope-demo-{}", std::process::id()));
     let mut cmd = std::process::Command::new(exe);
-    cmd.args(["agent", "--netns", &hosts.server_ns, "-i", SERVER_IF, "--listen", "127.0.0.1:0", "--log-events", "rules"])
-        .arg("--control-socket")
-        .arg(run.join("agent.sock"))
-        .arg("--state-dir")
-        .arg(run.join("state"));
-    let (mut agent, said) = ChildGuard::spawn_until_ready(cmd, "metrics on http://", Duration::from_secs(20))?;
+    cmd.args([
+        "agent",
+        "--netns",
+        &hosts.server_ns,
+        "-i",
+        SERVER_IF,
+        "--listen",
+        "127.0.0.1:0",
+        "--log-events",
+        "rules",
+    ])
+    .arg("--control-socket")
+    .arg(run.join("agent.sock"))
+    .arg("--state-dir")
+    .arg(run.join("state"));
+    let (mut agent, said) =
+        ChildGuard::spawn_until_ready(cmd, "metrics on http://", Duration::from_secs(20))?;
     let metrics_at = said
         .lock()
         .map_err(|_| anyhow::anyhow!("agent stderr reader panicked"))?
         .iter()
         .find_map(|l| Some(l.split("metrics on http://").nth(1)?.split('/').next()?.to_string()))
         .context("the agent did not say where its metrics are")?;
-    eprintln!("demo: running `tcpscope agent --netns {} -i {SERVER_IF}` (metrics on http://{metrics_at}/metrics)", hosts.server_ns);
+    eprintln!(
+        "demo: running `tcpscope agent --netns {} -i {SERVER_IF}` (metrics on http://{metrics_at}/metrics)",
+        hosts.server_ns
+    );
 
     // Server: echo one message per connection. One dual-stack listener on
     // [::] takes both the IPv4 and the IPv6 connections.

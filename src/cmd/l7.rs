@@ -1,12 +1,8 @@
 //! `tcpscope l7 -r FILE`: each connection of a capture named by its
 //! client's first bytes, as text or NDJSON.
 
-use std::fs::File;
-use std::io::{self, BufReader, Read};
-
 use anyhow::{Context, Result};
 
-use crate::capture::Capture;
 use crate::cli::L7Args;
 use crate::filter::EventFilter;
 use crate::output::{l7, print_line};
@@ -14,15 +10,7 @@ use crate::view::capture::read_packets;
 use tcpscope_wire::l7::track::{Record, Tracker};
 
 pub fn run(args: &L7Args) -> Result<()> {
-    let input: Box<dyn Read + Send> = if args.file == "-" {
-        Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
-    } else {
-        Box::new(BufReader::with_capacity(
-            1 << 16,
-            File::open(&args.file).with_context(|| format!("cannot open '{}'", args.file))?,
-        ))
-    };
-    let cap = Capture::open(input).with_context(|| format!("reading '{}'", args.file))?;
+    let cap = crate::view::capture::open(&args.file)?;
     // Every payload byte: the first message may take several segments.
     let filter = EventFilter { snaplen: u32::from(u16::MAX), ..Default::default() };
     let mut tracker = Tracker::default();

@@ -1,26 +1,16 @@
 //! `tcpscope read`: decode a pcap/pcapng capture offline, without
 //! privileges, into the same text and JSON as `watch`.
 
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Read};
+use std::io::{self, BufWriter};
 
 use anyhow::{Context, Result};
 
-use crate::capture::Capture;
 use crate::cli::ReadArgs;
 use crate::output::{Emitter, Format};
 use crate::view::capture::read_packets;
 
 pub fn run(args: &ReadArgs) -> Result<()> {
-    let input: Box<dyn Read + Send> = if args.file == "-" {
-        Box::new(BufReader::with_capacity(1 << 16, io::stdin()))
-    } else {
-        Box::new(BufReader::with_capacity(
-            1 << 16,
-            File::open(&args.file).with_context(|| format!("cannot open '{}'", args.file))?,
-        ))
-    };
-    let cap = Capture::open(input).with_context(|| format!("reading '{}'", args.file))?;
+    let cap = crate::view::capture::open(&args.file)?;
     let filter = args.filter.to_filter();
     filter.to_kernel(true)?; // the same limits as live mode
     let format = if args.json { Format::Json } else { Format::Text };

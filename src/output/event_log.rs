@@ -24,12 +24,9 @@ enum Sink {
 
 fn open(path: &Path) -> Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o640)
-        .open(path)
-        .with_context(|| format!("cannot open the event log {}: check the directory and its permissions", path.display()))
+    OpenOptions::new().create(true).append(true).mode(0o640).open(path).with_context(|| {
+        format!("cannot open the event log {}: check the directory and its permissions", path.display())
+    })
 }
 
 impl EventLog {
@@ -45,7 +42,10 @@ impl EventLog {
         }
         let file = open(path)?;
         let written = file.metadata().map_or(0, |m| m.len());
-        Ok(EventLog { sink: Sink::File { path: path.to_path_buf(), file, written, max_bytes, keep }, lost: 0 })
+        Ok(EventLog {
+            sink: Sink::File { path: path.to_path_buf(), file, written, max_bytes, keep },
+            lost: 0,
+        })
     }
 
     /// Writes lines (each without its newline).
@@ -111,7 +111,8 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         let path = dir.join("events.ndjson");
         let mut log = EventLog::file(&path, 100, 2).unwrap();
-        let lines: Vec<String> = (0..20).map(|i| format!("{{\"n\":{i:03},\"pad\":\"xxxxxxxxxxxxxxxxxxxxx\"}}")).collect();
+        let lines: Vec<String> =
+            (0..20).map(|i| format!("{{\"n\":{i:03},\"pad\":\"xxxxxxxxxxxxxxxxxxxxx\"}}")).collect();
         log.write(&lines); // 36 bytes each: two per file
         assert_eq!(log.lost, 0);
         let read = |p: PathBuf| std::fs::read_to_string(p).unwrap();

@@ -38,7 +38,8 @@ fn details(l: &L7) -> String {
 
 /// "13:05:09.123456 198.18.0.1.40000 > 198.18.0.2.443: tls sni a.example alpn h2,http/1.1 versions 1.3,1.2"
 pub fn text(r: &Record) -> String {
-    let ep = |a: std::net::IpAddr, p: u16| if a.is_ipv6() { format!("[{a}].{p}") } else { format!("{a}.{p}") };
+    let ep =
+        |a: std::net::IpAddr, p: u16| if a.is_ipv6() { format!("[{a}].{p}") } else { format!("{a}.{p}") };
     format!(
         "{} {} > {}: {} {}",
         super::time_of_day(r.ts_ns),

@@ -73,6 +73,21 @@ const BATCH: usize = 2048;
 /// with each packet that passes `filter`, in order, until it returns false
 /// (its reader has gone). Returns what was found, `printed` counting the
 /// packets `take` accepted, and the capture's own error if it ended in one.
+/// A capture file opened and its header read: `file`, or standard input
+/// for `-`. Errors name the file.
+pub fn open(file: &str) -> Result<Capture<Box<dyn Read + Send>>> {
+    use anyhow::Context;
+    let input: Box<dyn Read + Send> = if file == "-" {
+        Box::new(std::io::BufReader::with_capacity(1 << 16, std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::with_capacity(
+            1 << 16,
+            std::fs::File::open(file).with_context(|| format!("cannot open '{file}'"))?,
+        ))
+    };
+    Capture::open(input).with_context(|| format!("reading '{file}'"))
+}
+
 pub fn read_packets<R: Read + Send + 'static>(
     cap: Capture<R>,
     filter: EventFilter,

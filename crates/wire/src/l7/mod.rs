@@ -5,8 +5,8 @@
 //! `identify` says whether the bytes so far are enough; `track` reassembles
 //! each client stream from its segments.
 
-pub mod track;
 mod tls;
+pub mod track;
 
 use serde::Serialize;
 
@@ -106,7 +106,9 @@ fn http(data: &[u8]) -> Option<Identified> {
         Err(httparse::Error::TooManyHeaders) | Err(_) if data.len() <= token => Some(Identified::More),
         Err(_) => None,
         Ok(httparse::Status::Complete(_)) => {
-            let header = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| text(h.value));
+            let header = |name: &str| {
+                req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| text(h.value))
+            };
             Some(Identified::Done(Box::new(L7 {
                 proto: "http",
                 method: req.method.map(str::to_string),
@@ -129,7 +131,11 @@ fn ssh(data: &[u8]) -> Option<Identified> {
         Some(end) => {
             let line = &data[..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
-            Some(Identified::Done(Box::new(L7 { proto: "ssh", banner: Some(text(line)), ..Default::default() })))
+            Some(Identified::Done(Box::new(L7 {
+                proto: "ssh",
+                banner: Some(text(line)),
+                ..Default::default()
+            })))
         }
         None if data.len() < 255 => Some(Identified::More),
         None => None,
@@ -254,8 +260,13 @@ mod tests {
         assert_eq!((d.proto, d.qname.as_deref(), d.qtype), ("dns", Some("www.example.com"), Some(28)));
         assert_eq!(identify(&framed[..10], 53, false), Identified::More);
         let u = done(b"\x00\x01binary protocol here", 9000);
-        assert_eq!((u.proto, u.first_bytes.as_deref()), ("unknown", Some("000162696e6172792070726f746f636f")));
+        assert_eq!(
+            (u.proto, u.first_bytes.as_deref()),
+            ("unknown", Some("000162696e6172792070726f746f636f"))
+        );
         // Nothing sent and closed: unknown without bytes.
-        assert!(matches!(identify(b"", 80, true), Identified::Done(l) if l.proto == "unknown" && l.first_bytes.is_none()));
+        assert!(
+            matches!(identify(b"", 80, true), Identified::Done(l) if l.proto == "unknown" && l.first_bytes.is_none())
+        );
     }
 }

@@ -3,7 +3,8 @@
 //! parsed by tls-parser.
 
 use tls_parser::{
-    parse_tls_client_hello_extensions, parse_tls_message_handshake, TlsExtension, TlsMessage, TlsMessageHandshake,
+    parse_tls_client_hello_extensions, parse_tls_message_handshake, TlsExtension, TlsMessage,
+    TlsMessageHandshake,
 };
 
 use super::{Identified, L7, MAX_STREAM};
@@ -103,13 +104,16 @@ pub(super) fn client_hello(data: &[u8]) -> Option<Identified> {
             }
         }
     }
-    let Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ClientHello(ch)))) = parse_tls_message_handshake(&hs) else {
+    let Ok((_, TlsMessage::Handshake(TlsMessageHandshake::ClientHello(ch)))) =
+        parse_tls_message_handshake(&hs)
+    else {
         return None;
     };
     let mut l7 = L7 { proto: "tls", ..Default::default() };
     let mut versions = Vec::new();
     let (mut groups, mut shares) = (Vec::new(), Vec::new());
-    let exts = ch.ext.and_then(|e| parse_tls_client_hello_extensions(e).ok()).map(|(_, v)| v).unwrap_or_default();
+    let exts =
+        ch.ext.and_then(|e| parse_tls_client_hello_extensions(e).ok()).map(|(_, v)| v).unwrap_or_default();
     for e in &exts {
         match e {
             TlsExtension::SNI(names) => {

@@ -122,13 +122,23 @@ impl Tracker {
             } else {
                 s.segments += 1;
                 s.place(off, payload);
-                if s.data.len() >= MAX_STREAM || s.segments > MAX_SEGMENTS || s.pending.len() > MAX_SEGMENTS as usize {
+                if s.data.len() >= MAX_STREAM
+                    || s.segments > MAX_SEGMENTS
+                    || s.pending.len() > MAX_SEGMENTS as usize
+                {
                     return self.give_up(key, "too_large", ts_ns);
                 }
                 if let Identified::Done(l7) = identify(&s.data, key.3, false) {
                     s.done = true;
                     self.identified += 1;
-                    return Some(Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, l7: *l7 });
+                    return Some(Record {
+                        ts_ns,
+                        src: key.0,
+                        sport: key.1,
+                        dst: key.2,
+                        dport: key.3,
+                        l7: *l7,
+                    });
                 }
             }
         }
@@ -233,7 +243,10 @@ mod tests {
         let cuts = [5, 20, 40];
         for order in [&[0, 1, 2, 3][..], &[3, 1, 0, 2], &[0, 0, 2, 1, 1, 3], &[2, 3, 1, 0]] {
             let r = run(order, &cuts);
-            assert_eq!((r.l7.proto, r.l7.host.as_deref(), r.l7.path.as_deref()), ("http", Some("h.example"), Some("/x")));
+            assert_eq!(
+                (r.l7.proto, r.l7.host.as_deref(), r.l7.path.as_deref()),
+                ("http", Some("h.example"), Some("/x"))
+            );
             assert_eq!((r.sport, r.dport), (40000, 80));
         }
     }
