@@ -361,6 +361,94 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
         String::from_utf8_lossy(&segs.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect();
     assert!(lens.len() >= 3 && lens.iter().all(|l| *l <= 120), "the ClientHello in small segments: {lens:?}");
 
+    // JA4, computed here a second way: from tshark's fields for each
+    // ClientHello, hashed by coreutils' sha256sum.
+    let mut hellos = Command::new("tshark");
+    hellos.arg("-r").arg(&pcap).args([
+        "-o",
+        "tcp.reassemble_out_of_order:TRUE",
+        "-d",
+        "tcp.port==4443,tls",
+        "-d",
+        "tcp.port==80,tls",
+        "-Y",
+        "tls.handshake.type == 1",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+    ]);
+    for f in [
+        "tcp.srcport",
+        "tls.handshake.version",
+        "tls.handshake.ciphersuite",
+        "tls.handshake.extension.type",
+        "tls.handshake.sig_hash_alg",
+        "tls.handshake.extensions.supported_version",
+        "tls.handshake.extensions_alpn_str",
+    ] {
+        hellos.args(["-e", f]);
+    }
+    let hellos = String::from_utf8_lossy(&hellos.output().unwrap().stdout).to_string();
+    let mut checked = 0;
+    for line in hellos.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        let num = |s: &str| {
+            if let Some(h) = s.strip_prefix("0x") {
+                u16::from_str_radix(h, 16).unwrap()
+            } else {
+                s.parse().unwrap()
+            }
+        };
+        let list = |s: &str| -> Vec<u16> {
+            s.split(',')
+                .filter(|x| !x.is_empty())
+                .map(num)
+                .filter(|v| !(v & 0x0f0f == 0x0a0a && v >> 8 == v & 0xff))
+                .collect()
+        };
+        let hex = |v: &[u16]| v.iter().map(|x| format!("{x:04x}")).collect::<Vec<_>>().join(",");
+        let sha = |s: &str| {
+            let mut c =
+                Command::new("sha256sum").stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().unwrap();
+            std::io::Write::write_all(&mut c.stdin.take().unwrap(), s.as_bytes()).unwrap();
+            String::from_utf8_lossy(&c.wait_with_output().unwrap().stdout)[..12].to_string()
+        };
+        let (mut ciphers, exts, sigs) = (list(f[2]), list(f[3]), list(f[4]));
+        let version = list(f[5]).into_iter().max().unwrap_or_else(|| num(f[1]));
+        let v = match version {
+            0x0304 => "13",
+            0x0303 => "12",
+            0x0302 => "11",
+            0x0301 => "10",
+            _ => "00",
+        };
+        let alpn = f[6]
+            .split(',')
+            .next()
+            .filter(|a| !a.is_empty())
+            .map_or("00".to_string(), |a| format!("{}{}", &a[..1], &a[a.len() - 1..]));
+        let a = format!(
+            "t{v}{}{:02}{:02}{alpn}",
+            if exts.contains(&0) { "d" } else { "i" },
+            ciphers.len(),
+            exts.len()
+        );
+        ciphers.sort();
+        let mut sorted: Vec<u16> = exts.iter().copied().filter(|t| *t != 0 && *t != 16).collect();
+        sorted.sort();
+        let c = if sigs.is_empty() {
+            sha(&hex(&sorted))
+        } else {
+            sha(&format!("{}_{}", hex(&sorted), hex(&sigs)))
+        };
+        let expected = format!("{a}_{}_{c}", sha(&hex(&ciphers)));
+        let sport: u64 = f[0].parse().unwrap();
+        assert_eq!(of(sport)["ja4"], expected.as_str(), "client port {sport}: tshark's fields {line}");
+        checked += 1;
+    }
+    assert!(checked >= 3, "ClientHellos checked: {checked}\n{hellos}");
+
     // Text mode: one line per connection.
     let text = Command::new(tcpscope_bin()).args(["l7", "-r"]).arg(&pcap).output().unwrap();
     let text = String::from_utf8_lossy(&text.stdout);

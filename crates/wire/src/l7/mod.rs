@@ -46,6 +46,9 @@ pub struct L7 {
     /// A post-quantum (ML-KEM or Kyber hybrid) group is offered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pq: Option<bool>,
+    /// FoxIO's JA4 fingerprint of the ClientHello.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ja4: Option<String>,
     /// An encrypted_client_hello extension is there (the SNI is the outer one).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ech: Option<bool>,

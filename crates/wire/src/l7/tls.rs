@@ -66,6 +66,95 @@ fn key_share_groups(raw: &[u8]) -> Vec<u16> {
     out
 }
 
+/// The extensions of a ClientHello's extension block, in wire order:
+/// (type, body). Stops at the first that does not fit.
+fn raw_extensions(mut ext: &[u8]) -> Vec<(u16, &[u8])> {
+    let mut out = Vec::new();
+    while ext.len() >= 4 {
+        let t = u16::from_be_bytes([ext[0], ext[1]]);
+        let len = usize::from(u16::from_be_bytes([ext[2], ext[3]]));
+        let Some(body) = ext.get(4..4 + len) else { break };
+        out.push((t, body));
+        ext = &ext[4 + len..];
+    }
+    out
+}
+
+/// A list of u16 behind a length prefix of `prefix` bytes.
+fn u16_list(body: &[u8], prefix: usize) -> Vec<u16> {
+    body.get(prefix..).unwrap_or(&[]).chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect()
+}
+
+fn sha12(s: &str) -> String {
+    use sha2::Digest;
+    let d = sha2::Sha256::digest(s.as_bytes());
+    d.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+fn hex4(v: &[u16]) -> String {
+    v.iter().map(|x| format!("{x:04x}")).collect::<Vec<_>>().join(",")
+}
+
+/// JA4 (FoxIO's TLS client fingerprint, technical_details/JA4.md) of a
+/// ClientHello over TCP: its legacy version, cipher suites, and extension
+/// block.
+pub fn ja4(legacy_version: u16, ciphers: &[u16], ext: &[u8]) -> String {
+    let exts = raw_extensions(ext);
+    let types: Vec<u16> = exts.iter().map(|(t, _)| *t).filter(|t| !grease(*t)).collect();
+    let body = |t: u16| exts.iter().find(|(x, _)| *x == t).map(|(_, b)| *b);
+    let version = body(0x002b)
+        .map(|b| u16_list(b, 1).into_iter().filter(|v| !grease(*v)).max().unwrap_or(0))
+        .unwrap_or(legacy_version);
+    let version = match version {
+        0x0304 => "13",
+        0x0303 => "12",
+        0x0302 => "11",
+        0x0301 => "10",
+        0x0300 => "s3",
+        0x0002 => "s2",
+        _ => "00",
+    };
+    let sni = if body(0x0000).is_some() { 'd' } else { 'i' };
+    // The first ALPN value: its first and last characters, or of its hex
+    // form when either is not alphanumeric.
+    let alpn = body(0x0010)
+        .and_then(|b| {
+            let len = usize::from(*b.get(2)?);
+            b.get(3..3 + len).filter(|v| !v.is_empty())
+        })
+        .map_or_else(
+            || "00".to_string(),
+            |v| {
+                let (first, last) = (v[0], v[v.len() - 1]);
+                if first.is_ascii_alphanumeric() && last.is_ascii_alphanumeric() {
+                    format!("{}{}", first as char, last as char)
+                } else {
+                    let h = hex(v);
+                    format!("{}{}", &h[..1], &h[h.len() - 1..])
+                }
+            },
+        );
+    let mut cs: Vec<u16> = ciphers.iter().copied().filter(|c| !grease(*c)).collect();
+    let a = format!("t{version}{sni}{:02}{:02}{alpn}", cs.len().min(99), types.len().min(99));
+    cs.sort_unstable();
+    let b = if cs.is_empty() { "000000000000".to_string() } else { sha12(&hex4(&cs)) };
+    let mut sorted: Vec<u16> = types.iter().copied().filter(|t| *t != 0x0000 && *t != 0x0010).collect();
+    sorted.sort_unstable();
+    let sigs: Vec<u16> = body(0x000d).map(|b| u16_list(b, 2)).unwrap_or_default();
+    let c = if sorted.is_empty() {
+        "000000000000".to_string()
+    } else if sigs.is_empty() {
+        sha12(&hex4(&sorted))
+    } else {
+        sha12(&format!("{}_{}", hex4(&sorted), hex4(&sigs)))
+    };
+    format!("{a}_{b}_{c}")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 /// A ClientHello at the stream's start: None if it is not TLS, More until
 /// the handshake message is whole.
 pub(super) fn client_hello(data: &[u8]) -> Option<Identified> {
@@ -138,9 +227,82 @@ pub(super) fn client_hello(data: &[u8]) -> Option<Identified> {
     if versions.is_empty() {
         versions.push(ch.version.0);
     }
+    let ciphers: Vec<u16> = ch.ciphers.iter().map(|c| c.0).collect();
+    l7.ja4 = Some(ja4(ch.version.0, &ciphers, ch.ext.unwrap_or(&[])));
     l7.versions = Some(versions.into_iter().map(version_name).collect());
     l7.pq = Some(groups.iter().chain(&shares).any(|g| post_quantum(*g)));
     l7.groups = Some(groups.into_iter().map(group_name).collect());
     l7.key_share_groups = Some(shares.into_iter().map(group_name).collect());
     Some(Identified::Done(Box::new(l7)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(t: u16, body: &[u8]) -> Vec<u8> {
+        let mut v = t.to_be_bytes().to_vec();
+        v.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn list16(prefix: usize, v: &[u16]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let n = v.len() * 2;
+        if prefix == 1 {
+            out.push(n as u8);
+        } else {
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        for x in v {
+            out.extend_from_slice(&x.to_be_bytes());
+        }
+        out
+    }
+
+    /// The example of FoxIO's JA4 specification (technical_details/JA4.md,
+    /// "Example" and "Raw Output"): its ciphers, extensions and signature
+    /// algorithms in their original order, with GREASE values added (which
+    /// must not count), give its published fingerprint.
+    #[test]
+    fn ja4_of_the_specifications_example() {
+        let ciphers = [
+            0x1a1a, 0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013, 0xc014,
+            0x009c, 0x009d, 0x002f, 0x0035,
+        ];
+        let sigs = [0x0403, 0x0804, 0x0401, 0x0503, 0x0805, 0x0501, 0x0806, 0x0601];
+        let order = [
+            0x2a2a, 0x001b, 0x0000, 0x0033, 0x0010, 0x4469, 0x0017, 0x002d, 0x000d, 0x0005, 0x0023, 0x0012,
+            0x002b, 0xff01, 0x000b, 0x000a, 0x0015,
+        ];
+        let mut block = Vec::new();
+        for t in order {
+            let body = match t {
+                0x0000 => [&[0, 12, 0, 0, 9][..], b"a.example"].concat(),
+                0x0010 => [&[0, 12, 2][..], b"h2", &[8], b"http/1.1"].concat(),
+                0x002b => list16(1, &[0x3a3a, 0x0304, 0x0303]),
+                0x000d => list16(2, &sigs),
+                _ => Vec::new(),
+            };
+            block.extend(ext(t, &body));
+        }
+        assert_eq!(ja4(0x0303, &ciphers, &block), "t13d1516h2_8daaf6152771_e5627efa2ab1");
+        // Without signature algorithms, the spec's hash of the extensions alone.
+        let no_sigs: Vec<u8> = raw_extensions(&block)
+            .into_iter()
+            .filter(|(t, _)| *t != 0x000d)
+            .flat_map(|(t, b)| ext(t, b))
+            .collect();
+        // (one extension fewer: 15; and 000d gone from the sorted list, so
+        // not the spec's 6d807ffa2a79, which keeps 000d in the list)
+        assert!(ja4(0x0303, &ciphers, &no_sigs).starts_with("t13d1515h2_8daaf6152771_"));
+        assert_eq!(
+            sha12("0005,000a,000b,000d,0012,0015,0017,001b,0023,002b,002d,0033,4469,ff01"),
+            "6d807ffa2a79"
+        );
+        // No SNI, no ALPN, TLS 1.2 only.
+        let bare = ext(0x000a, &list16(2, &[0x001d]));
+        assert_eq!(&ja4(0x0303, &[0xc02f], &bare)[..10], "t12i010100");
+    }
 }
