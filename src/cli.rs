@@ -198,6 +198,10 @@ pub struct L7Args {
     /// One JSON object per connection (schema: docs/l7-schema.md).
     #[arg(long)]
     pub json: bool,
+    /// Custom protocols (TOML; deploy/l7/protocols.toml is an example),
+    /// tried before the built-in ones.
+    #[arg(long, value_name = "FILE")]
+    pub protocols: Option<PathBuf>,
 }
 
 const GUARD_HOOK_HELP: &str = "Ingress hook [default: xdp]. \

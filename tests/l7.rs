@@ -19,7 +19,7 @@ use std::time::Duration;
 use common::*;
 use tcpscope::testhost::{ChildGuard, TestHosts, SERVER_IF};
 
-const PORTS: [u16; 9] = [8080, 443, 80, 4443, 53, 22, 2222, 9000, 8081];
+const PORTS: [u16; 10] = [8080, 443, 80, 4443, 53, 22, 2222, 9000, 8081, 7000];
 
 /// Listeners that read what each client sends (for a second at most), then close.
 fn serve(hosts: &TestHosts) -> Vec<std::thread::JoinHandle<()>> {
@@ -211,6 +211,9 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     send(2222, 41009, b"SSH-2.0-OtherPort_1.0\r\n");
     send(9000, 41010, b"\x00\x01\x02binary-protocol-frame");
     send(80, 41011, b"");
+    // The custom protocol of deploy/l7/protocols.toml: "MC", version 1,
+    // message type 2 (status), transaction id 0x01020304, length 6.
+    send(7000, 41012, b"MC\x01\x02\x01\x02\x03\x04\x00\x06status");
     // Out of order and retransmitted segments are the tracker's unit tests'
     // (crafted), and tshark needs them in order to agree.
 
@@ -222,7 +225,7 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
         let seen = Command::new("tshark")
             .arg("-r")
             .arg(&pcap)
-            .args(["-Y", "tcp.srcport == 41011 && tcp.flags.fin == 1"])
+            .args(["-Y", "tcp.srcport == 41012 && tcp.flags.fin == 1"])
             .output()
             .expect("tshark (scripts/setup.sh installs it)");
         if !seen.stdout.is_empty() {
@@ -448,6 +451,43 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
         checked += 1;
     }
     assert!(checked >= 3, "ClientHellos checked: {checked}\n{hellos}");
+
+    // Without its description, the custom protocol is unknown; with it,
+    // named, its fields read.
+    assert_eq!(of(41012)["proto"], "unknown");
+    let custom = Command::new(tcpscope_bin())
+        .args([
+            "l7",
+            "--json",
+            "--protocols",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/l7/protocols.toml"),
+            "-r",
+        ])
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    let line = String::from_utf8_lossy(&custom.stdout)
+        .lines()
+        .find(|l| l.contains("\"sport\":41012"))
+        .expect("the MC connection")
+        .to_string();
+    let mc: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        mc["l7"],
+        serde_json::json!({"proto": "mc", "version": 1, "msg_type": 2, "txid": 0x01020304, "length": 6, "port_mismatch": false}),
+        "{line}"
+    );
+    let bad = dir.join("bad.toml");
+    std::fs::write(&bad, "[[protocol]]\nname = 'x'\nmagic = [{ offset = 0, value = 'q1' }]\n").unwrap();
+    let out = Command::new(tcpscope_bin())
+        .args(["l7", "--protocols"])
+        .arg(&bad)
+        .arg("-r")
+        .arg(&pcap)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.code() == Some(2) && err.lines().count() == 1 && err.contains("not hex"), "{err}");
 
     // Text mode: one line per connection.
     let text = Command::new(tcpscope_bin()).args(["l7", "-r"]).arg(&pcap).output().unwrap();

@@ -7,13 +7,23 @@ use crate::cli::L7Args;
 use crate::filter::EventFilter;
 use crate::output::{l7, print_line};
 use crate::view::capture::read_packets;
+use tcpscope_wire::l7::custom::Protocols;
 use tcpscope_wire::l7::track::{Record, Tracker};
 
 pub fn run(args: &L7Args) -> Result<()> {
+    let custom = match &args.protocols {
+        Some(f) => {
+            let text =
+                std::fs::read_to_string(f).with_context(|| format!("cannot read '{}'", f.display()))?;
+            Protocols::parse(&text, &f.display().to_string())
+                .map_err(|e| crate::cli::UsageError(format!("{e:#}")))?
+        }
+        None => Protocols::default(),
+    };
     let cap = crate::view::capture::open(&args.file)?;
     // Every payload byte: the first message may take several segments.
     let filter = EventFilter { snaplen: u32::from(u16::MAX), ..Default::default() };
-    let mut tracker = Tracker::default();
+    let mut tracker = Tracker::with_protocols(custom);
     let (mut last_ts, mut next_expiry) = (0u64, 0u64);
     let mut open = true;
     let emit = |r: Record, open: &mut bool| {

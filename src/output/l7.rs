@@ -31,6 +31,9 @@ fn details(l: &L7) -> String {
     put("type", l.qtype.map(|t| t.to_string()));
     put("", q(&l.banner));
     put("bytes", l.first_bytes.clone());
+    for (k, v) in &l.fields {
+        put(k, Some(v.as_str().map_or_else(|| v.to_string(), |s| format!("{s:?}"))));
+    }
     put("", l.port_mismatch.then(|| "[unexpected on this port]".to_string()));
     put("", l.gave_up.map(|g| format!("(gave up: {g})")));
     parts.join(" ")

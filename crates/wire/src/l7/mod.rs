@@ -5,6 +5,7 @@
 //! `identify` says whether the bytes so far are enough; `track` reassembles
 //! each client stream from its segments.
 
+pub mod custom;
 mod tls;
 pub mod track;
 
@@ -16,8 +17,8 @@ pub const MAX_STREAM: usize = 16 * 1024;
 /// One connection's L7 hint: a flat object, fields present where known.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct L7 {
-    /// http, http2, tls, dns, ssh or unknown.
-    pub proto: &'static str,
+    /// http, http2, tls, dns, ssh, a custom protocol's name, or unknown.
+    pub proto: std::borrow::Cow<'static, str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -66,7 +67,38 @@ pub struct L7 {
     /// state_evicted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gave_up: Option<&'static str>,
+    /// A custom protocol's fields (see `custom`), at the same level.
+    #[serde(flatten)]
+    pub fields: std::collections::BTreeMap<String, serde_json::Value>,
 }
+
+/// The keys of the object: a custom protocol's fields may not take them.
+pub const KEYS: [&str; 24] = [
+    "proto",
+    "method",
+    "path",
+    "host",
+    "user_agent",
+    "content_type",
+    "content_length",
+    "sni",
+    "alpn",
+    "versions",
+    "groups",
+    "key_share_groups",
+    "pq",
+    "ja4",
+    "ech",
+    "qname",
+    "qtype",
+    "banner",
+    "first_bytes",
+    "port_mismatch",
+    "gave_up",
+    "ts_ns",
+    "src",
+    "dst",
+];
 
 /// What the bytes so far say.
 #[derive(Debug, PartialEq)]
@@ -113,7 +145,7 @@ fn http(data: &[u8]) -> Option<Identified> {
                 req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| text(h.value))
             };
             Some(Identified::Done(Box::new(L7 {
-                proto: "http",
+                proto: "http".into(),
                 method: req.method.map(str::to_string),
                 path: req.path.map(str::to_string),
                 host: header("host"),
@@ -135,7 +167,7 @@ fn ssh(data: &[u8]) -> Option<Identified> {
             let line = &data[..end];
             let line = line.strip_suffix(b"\r").unwrap_or(line);
             Some(Identified::Done(Box::new(L7 {
-                proto: "ssh",
+                proto: "ssh".into(),
                 banner: Some(text(line)),
                 ..Default::default()
             })))
@@ -176,7 +208,7 @@ fn dns(data: &[u8]) -> Option<Identified> {
     let name = q.name().to_utf8();
     let qname = name.strip_suffix('.').unwrap_or(&name).to_string();
     Some(Identified::Done(Box::new(L7 {
-        proto: "dns",
+        proto: "dns".into(),
         qname: Some(qname),
         qtype: Some(u16::from(q.query_type())),
         ..Default::default()
@@ -186,11 +218,23 @@ fn dns(data: &[u8]) -> Option<Identified> {
 /// What the client's first bytes `data` (in order, from the stream's
 /// start) say, for a connection to `port`. `closed`: no more will come.
 pub fn identify(data: &[u8], port: u16, closed: bool) -> Identified {
+    identify_with(&custom::Protocols::default(), data, port, closed)
+}
+
+/// As `identify`, trying the `custom` protocols first.
+pub fn identify_with(custom: &custom::Protocols, data: &[u8], port: u16, closed: bool) -> Identified {
     let found = if data.is_empty() {
         None
+    } else if let Some(c) = custom.identify(data, port) {
+        Some(match c {
+            Ok((name, fields)) => {
+                Identified::Done(Box::new(L7 { proto: name.into(), fields, ..Default::default() }))
+            }
+            Err(()) => Identified::More,
+        })
     } else if H2_PREFACE.starts_with(&data[..data.len().min(H2_PREFACE.len())]) {
         if data.len() >= H2_PREFACE.len() {
-            Some(Identified::Done(Box::new(L7 { proto: "http2", ..Default::default() })))
+            Some(Identified::Done(Box::new(L7 { proto: "http2".into(), ..Default::default() })))
         } else {
             Some(Identified::More)
         }
@@ -202,12 +246,12 @@ pub fn identify(data: &[u8], port: u16, closed: bool) -> Identified {
         Some(Identified::More) if !closed && data.len() < MAX_STREAM => return Identified::More,
         _ if data.len() < 16 && !closed => return Identified::More,
         _ => Box::new(L7 {
-            proto: "unknown",
+            proto: "unknown".into(),
             first_bytes: (!data.is_empty()).then(|| hex(&data[..data.len().min(16)])),
             ..Default::default()
         }),
     };
-    l7.port_mismatch = port_mismatch(l7.proto, port);
+    l7.port_mismatch = port_mismatch(&l7.proto, port);
     Identified::Done(l7)
 }
 
@@ -247,7 +291,10 @@ mod tests {
         assert_eq!(done(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00", 80).proto, "http2");
         assert_eq!(identify(b"PRI * HTTP/2", 80, false), Identified::More);
         let ssh = done(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", 2222);
-        assert_eq!((ssh.proto, ssh.banner.as_deref()), ("ssh", Some("SSH-2.0-OpenSSH_9.2p1 Debian-2")));
+        assert_eq!(
+            (ssh.proto.as_ref(), ssh.banner.as_deref()),
+            ("ssh", Some("SSH-2.0-OpenSSH_9.2p1 Debian-2"))
+        );
         assert!(!ssh.port_mismatch);
         assert!(done(b"SSH-2.0-x\r\n", 80).port_mismatch, "not HTTP on 80");
         // A DNS query for www.example.com, type AAAA (28), with its length prefix.
@@ -260,11 +307,14 @@ mod tests {
         let mut framed = (q.len() as u16).to_be_bytes().to_vec();
         framed.extend_from_slice(&q);
         let d = done(&framed, 53);
-        assert_eq!((d.proto, d.qname.as_deref(), d.qtype), ("dns", Some("www.example.com"), Some(28)));
+        assert_eq!(
+            (d.proto.as_ref(), d.qname.as_deref(), d.qtype),
+            ("dns", Some("www.example.com"), Some(28))
+        );
         assert_eq!(identify(&framed[..10], 53, false), Identified::More);
         let u = done(b"\x00\x01binary protocol here", 9000);
         assert_eq!(
-            (u.proto, u.first_bytes.as_deref()),
+            (u.proto.as_ref(), u.first_bytes.as_deref()),
             ("unknown", Some("000162696e6172792070726f746f636f"))
         );
         // Nothing sent and closed: unknown without bytes.

@@ -198,7 +198,7 @@ pub(super) fn client_hello(data: &[u8]) -> Option<Identified> {
     else {
         return None;
     };
-    let mut l7 = L7 { proto: "tls", ..Default::default() };
+    let mut l7 = L7 { proto: "tls".into(), ..Default::default() };
     let mut versions = Vec::new();
     let (mut groups, mut shares) = (Vec::new(), Vec::new());
     let exts =

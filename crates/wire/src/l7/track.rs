@@ -8,7 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use super::{identify, Identified, L7, MAX_STREAM};
+use super::custom::Protocols;
+use super::{identify_with, Identified, L7, MAX_STREAM};
 use crate::types::packet_event;
 
 /// Segments with payload kept per stream before giving up.
@@ -52,6 +53,8 @@ pub struct Tracker {
     pub gave_up: BTreeMap<&'static str, u64>,
     /// Connections identified.
     pub identified: u64,
+    /// Custom protocols, tried first.
+    pub custom: Protocols,
 }
 
 fn addr(version: u8, raw: &[u8; 16]) -> IpAddr {
@@ -59,6 +62,11 @@ fn addr(version: u8, raw: &[u8; 16]) -> IpAddr {
 }
 
 impl Tracker {
+    /// A tracker that tries `custom` protocols before the built-in ones.
+    pub fn with_protocols(custom: Protocols) -> Self {
+        Tracker { custom, ..Default::default() }
+    }
+
     fn give_up(&mut self, key: Key, why: &'static str, ts_ns: u64) -> Option<Record> {
         let s = self.conns.get_mut(&key)?;
         if s.done {
@@ -66,14 +74,14 @@ impl Tracker {
         }
         s.done = true;
         let closed = why == "closed";
-        let mut l7 = match identify(&s.data, key.3, true) {
+        let mut l7 = match identify_with(&self.custom, &s.data, key.3, true) {
             Identified::Done(l7) if closed && l7.proto != "unknown" => {
                 // Whole after all (the close came with the last bytes).
                 self.identified += 1;
                 return Some(Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, l7: *l7 });
             }
             Identified::Done(l7) => *l7,
-            Identified::More => L7 { proto: "unknown", ..Default::default() },
+            Identified::More => L7 { proto: "unknown".into(), ..Default::default() },
         };
         l7.gave_up = Some(why);
         *self.gave_up.entry(why).or_insert(0) += 1;
@@ -128,7 +136,7 @@ impl Tracker {
                 {
                     return self.give_up(key, "too_large", ts_ns);
                 }
-                if let Identified::Done(l7) = identify(&s.data, key.3, false) {
+                if let Identified::Done(l7) = identify_with(&self.custom, &s.data, key.3, false) {
                     s.done = true;
                     self.identified += 1;
                     return Some(Record {
@@ -244,7 +252,7 @@ mod tests {
         for order in [&[0, 1, 2, 3][..], &[3, 1, 0, 2], &[0, 0, 2, 1, 1, 3], &[2, 3, 1, 0]] {
             let r = run(order, &cuts);
             assert_eq!(
-                (r.l7.proto, r.l7.host.as_deref(), r.l7.path.as_deref()),
+                (r.l7.proto.as_ref(), r.l7.host.as_deref(), r.l7.path.as_deref()),
                 ("http", Some("h.example"), Some("/x"))
             );
             assert_eq!((r.sport, r.dport), (40000, 80));
@@ -257,7 +265,7 @@ mod tests {
         // Sends nothing, then closes.
         t.packet(&ev(40001, 80, 5, SYN, true), 1, &[]);
         let r = t.packet(&ev(40001, 80, 6, FIN | ACK, true), 2, &[]).unwrap();
-        assert_eq!((r.l7.proto, r.l7.gave_up), ("unknown", Some("closed")));
+        assert_eq!((r.l7.proto.as_ref(), r.l7.gave_up), ("unknown", Some("closed")));
         // A header that never ends: too large.
         t.packet(&ev(40002, 80, 0, SYN, true), 1, &[]);
         let mut big = b"GET / HTTP/1.1\r\nX: ".to_vec();
