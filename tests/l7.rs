@@ -119,66 +119,19 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     let servers = serve(&hosts);
     let server = "198.18.0.2";
 
-    in_client(
-        &hosts,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "2",
-            "--local-port",
-            "41001",
-            "-H",
-            "Host: a.example",
-            "-A",
-            "tcpscope-l7/1",
-            &format!("http://{server}:8080/l7/curl?x=1"),
-        ],
+    // curl, bounded, from a known client port.
+    let curl = |port: &str, args: &[&str]| {
+        let mut all = vec!["-sS", "--max-time", "2", "--local-port", port];
+        all.extend_from_slice(args);
+        in_client(&hosts, "curl", &all);
+    };
+    curl(
+        "41001",
+        &["-H", "Host: a.example", "-A", "tcpscope-l7/1", &format!("http://{server}:8080/l7/curl?x=1")],
     );
-    in_client(
-        &hosts,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "2",
-            "--local-port",
-            "41002",
-            "-H",
-            "Content-Type: text/plain",
-            "-d",
-            "hello",
-            &format!("http://{server}:443/post"),
-        ],
-    );
-    in_client(
-        &hosts,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "2",
-            "--local-port",
-            "41003",
-            "--http2-prior-knowledge",
-            &format!("http://{server}:8081/h2"),
-        ],
-    );
-    in_client(
-        &hosts,
-        "curl",
-        &[
-            "-sS",
-            "--max-time",
-            "2",
-            "--local-port",
-            "41004",
-            "-g",
-            "-H",
-            "Host: v6.example",
-            "http://[2001:db8::2]:8080/v6",
-        ],
-    );
+    curl("41002", &["-H", "Content-Type: text/plain", "-d", "hello", &format!("http://{server}:443/post")]);
+    curl("41003", &["--http2-prior-knowledge", &format!("http://{server}:8081/h2")]);
+    curl("41004", &["-g", "-H", "Host: v6.example", "http://[2001:db8::2]:8080/v6"]);
     in_client(
         &hosts,
         "openssl",
