@@ -60,17 +60,19 @@ pub enum Command {
         Rules file (TOML):\n  [[block]]\n  cidr = \"198.18.0.0/24\"\n  port = 22      # optional: only this destination port\n  \
         ttl = \"10m\"    # optional\n  [[allow]]\n  cidr = \"198.18.1.5\"   # never blocked")]
     Guard(GuardArgs),
-    /// Add, remove, list, flush or save the running guard's block rules (live, no reload).
+    /// Add, remove, list, flush or save the block rules of the running agent or guard (live, no reload).
     Block(BlockArgs),
-    /// Add, remove, list or flush the running guard's allow rules.
+    /// Add, remove, list or flush the allow rules of the running agent or guard.
     Allow(AllowArgs),
-    /// Run as a service: count every interface's packets and every connection,
-    /// and serve them as Prometheus metrics (http://127.0.0.1:9917/metrics).
+    /// Run as a service: count (or guard) every interface's packets and follow
+    /// every connection; Prometheus metrics (http://127.0.0.1:9917/metrics), a
+    /// control API for rules, NDJSON event logs (docs/agent.md).
     #[command(after_help = "Examples:\n  \
-        tcpscope agent -i eth0 -i eth1\n  \
-        tcpscope agent -i eth0 --listen 127.0.0.1:9917 --netns blue")]
+        tcpscope agent -i eth0 -i 'veth*'\n  \
+        tcpscope agent --guard -i eth0 --top-sources 10\n  \
+        tcpscope agent --config /etc/tcpscope/agent.toml --check")]
     Agent(AgentArgs),
-    /// Benchmarks: programs (ns/packet), read (vs tcpdump), conns (overhead), rules (vs xdp-filter).
+    /// Benchmarks: programs (ns/packet), read (vs tcpdump), conns (overhead), rules (vs xdp-filter), agent.
     Bench(BenchArgs),
     /// Build two test hosts (netns + veth), watch real connections and their sockets, clean up.
     Demo(DemoArgs),
