@@ -51,6 +51,9 @@ struct Entry {
     /// Named, not matched by a glob: kept while gone, attached again.
     named: bool,
     state: Option<Attached>,
+    /// The interface index an attach failed on: not tried again (a BPF
+    /// load, and a line said, every poll) until the index changes.
+    refused: Option<u32>,
 }
 
 /// The rules a guard on an interface is to hold: the agent's rules file
@@ -190,7 +193,7 @@ impl Interfaces {
         for name in patterns.iter().filter(|p| !is_glob(p)) {
             let a = me.attach(name, rules)?;
             metrics.declare_interface(name, a.session().hook.name());
-            me.list.push(Entry { name: name.clone(), named: true, state: Some(a) });
+            me.list.push(Entry { name: name.clone(), named: true, state: Some(a), refused: None });
         }
         let mut said = Vec::new();
         me.rescan(metrics, rules, &mut said);
@@ -238,7 +241,7 @@ impl Interfaces {
                     let id = a.session().link.id().map_or("?".into(), |i| i.to_string());
                     said.push(format!("{name} appeared: attached (link id {id})"));
                     metrics.declare_interface(name, a.session().hook.name());
-                    self.list.push(Entry { name: name.clone(), named: false, state: Some(a) });
+                    self.list.push(Entry { name: name.clone(), named: false, state: Some(a), refused: None });
                 }
                 Err(e) => {
                     said.push(format!("{name} appeared but cannot be followed: {e:#}"));
@@ -293,7 +296,8 @@ impl Interfaces {
                 }
                 (None, _) => {
                     let name = entry.name.clone();
-                    if crate::bpf::attach::ifindex(&name).is_err() {
+                    let Ok(index) = crate::bpf::attach::ifindex(&name) else { continue };
+                    if entry.refused == Some(index) {
                         continue;
                     }
                     match self.attach(&name, rules) {
@@ -304,7 +308,10 @@ impl Interfaces {
                             metrics.declare_interface(&name, a.session().hook.name());
                             self.list[i].state = Some(a);
                         }
-                        Err(e) => said.push(format!("{name} is back but cannot be attached: {e:#}")),
+                        Err(e) => {
+                            said.push(format!("{name} is there but cannot be attached (tried again when it is made anew): {e:#}"));
+                            self.list[i].refused = Some(index);
+                        }
                     }
                 }
             }
@@ -398,7 +405,7 @@ impl Interfaces {
         });
         for name in patterns.iter().filter(|p| !is_glob(p)) {
             if !self.list.iter().any(|e| &e.name == name) {
-                self.list.push(Entry { name: name.clone(), named: true, state: None });
+                self.list.push(Entry { name: name.clone(), named: true, state: None, refused: None });
             }
         }
         if guard_changed {
@@ -411,6 +418,9 @@ impl Interfaces {
             }
         }
         self.refused.clear();
+        for e in &mut self.list {
+            e.refused = None; // new settings may attach where the old failed
+        }
         // The named ones are attached by the next poll.
         self.rescan(metrics, rules, &mut said);
         said

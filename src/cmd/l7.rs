@@ -36,6 +36,9 @@ pub fn run(args: &L7Args) -> Result<()> {
         if let Some(r) = tracker.packet(p.ev, p.ts_ns, p.payload.unwrap_or(&[])) {
             emit(r, &mut open);
         }
+        for r in tracker.take_evicted() {
+            emit(r, &mut open);
+        }
         if p.ts_ns >= next_expiry {
             for r in tracker.expire(p.ts_ns) {
                 emit(r, &mut open);

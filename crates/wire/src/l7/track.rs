@@ -55,7 +55,13 @@ pub struct Tracker {
     pub identified: u64,
     /// Custom protocols, tried first.
     pub custom: Protocols,
+    /// Records of streams given up to make room, until taken.
+    evicted: Vec<Record>,
 }
+
+/// Streams let go at once when the table is full: one walk of the table
+/// per this many new connections, not one per SYN.
+const EVICT_BATCH: usize = MAX_CONNS / 16;
 
 fn addr(version: u8, raw: &[u8; 16]) -> IpAddr {
     crate::model::address(version, raw)
@@ -95,13 +101,7 @@ impl Tracker {
         let key = (src, ev.sport, dst, ev.dport);
         if ev.flags_raw & (SYN | ACK) == SYN {
             if self.conns.len() >= MAX_CONNS {
-                let stalest = self.conns.iter().min_by_key(|(_, s)| (!s.done, s.last_ns)).map(|(k, _)| *k)?;
-                let out = self.give_up(stalest, "state_evicted", ts_ns);
-                self.conns.remove(&stalest);
-                if out.is_some() {
-                    self.conns.insert(key, Stream::new(ev.seq, ts_ns));
-                    return out;
-                }
+                self.evict(ts_ns);
             }
             self.conns.insert(key, Stream::new(ev.seq, ts_ns));
             return None;
@@ -158,6 +158,28 @@ impl Tracker {
         None
     }
 
+    /// Makes room: the EVICT_BATCH stalest streams go, those already
+    /// identified first; the others are given up (`state_evicted`).
+    fn evict(&mut self, ts_ns: u64) {
+        let mut by_age: Vec<((bool, u64), Key)> =
+            self.conns.iter().map(|(k, s)| ((!s.done, s.last_ns), *k)).collect();
+        let n = EVICT_BATCH.min(by_age.len());
+        if n < by_age.len() {
+            by_age.select_nth_unstable(n);
+        }
+        for (_, k) in by_age.into_iter().take(n) {
+            if let Some(r) = self.give_up(k, "state_evicted", ts_ns) {
+                self.evicted.push(r);
+            }
+            self.conns.remove(&k);
+        }
+    }
+
+    /// The records of streams given up to make room since the last call.
+    pub fn take_evicted(&mut self) -> Vec<Record> {
+        std::mem::take(&mut self.evicted)
+    }
+
     /// Streams idle past IDLE_NS at `now_ns` are given up.
     pub fn expire(&mut self, now_ns: u64) -> Vec<Record> {
         let idle: Vec<Key> = self
@@ -172,10 +194,12 @@ impl Tracker {
     /// The end of the input: every stream still waiting is given up
     /// (`timeout`: its first message did not come whole in time).
     pub fn finish(&mut self, now_ns: u64) -> Vec<Record> {
+        let mut out = self.take_evicted();
         let mut keys: Vec<(u64, Key)> =
             self.conns.iter().filter(|(_, s)| !s.done).map(|(k, s)| (s.last_ns, *k)).collect();
         keys.sort();
-        keys.into_iter().filter_map(|(_, k)| self.give_up(k, "timeout", now_ns)).collect()
+        out.extend(keys.into_iter().filter_map(|(_, k)| self.give_up(k, "timeout", now_ns)));
+        out
     }
 }
 
@@ -283,6 +307,26 @@ mod tests {
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].l7.gave_up, Some("timeout"));
         assert_eq!(t.gave_up, BTreeMap::from([("closed", 1), ("timeout", 1), ("too_large", 1)]));
+        // A full table lets the stalest go in a batch: identified ones
+        // first, then the rest, given up and counted.
+        let mut t = Tracker::default();
+        for i in 0..MAX_CONNS as u32 + 1 {
+            let mut e = ev((i % 60000) as u16, 80, 0, SYN, true);
+            e.src[2] = (i / 60000) as u8;
+            t.packet(&e, u64::from(i), &[]);
+        }
+        let evicted = t.take_evicted();
+        assert_eq!(evicted.len(), EVICT_BATCH);
+        assert!(evicted.iter().all(|r| r.l7.gave_up == Some("state_evicted") && r.ts_ns == MAX_CONNS as u64));
+        assert!(
+            evicted
+                .iter()
+                .all(|r| usize::from(r.sport) < EVICT_BATCH && r.src == IpAddr::from([198, 18, 0, 1])),
+            "the stalest go"
+        );
+        assert_eq!(t.gave_up.get("state_evicted"), Some(&(EVICT_BATCH as u64)));
+        assert_eq!(t.conns.len(), MAX_CONNS - EVICT_BATCH + 1);
+        let mut t = Tracker::default();
         // The server's reset ends a stream too.
         t.packet(&ev(40004, 80, 0, SYN, true), 1, &[]);
         let r = t.packet(&ev(40004, 80, 0, RST | ACK, false), 2, &[]).unwrap();
