@@ -50,19 +50,18 @@ fn machine_busy_ns() -> Result<u64> {
     Ok(busy * (1_000_000_000 / hz))
 }
 
-/// The events `conns` lost, from its exit line ("N events printed, M lost
-/// ..."), which its stderr reader may still be passing on.
-fn lost_events(stderr: &std::sync::Mutex<Vec<String>>) -> Result<u64> {
+/// The events `conns` printed and lost, from its exit line ("N events
+/// printed, M lost ..."), which its stderr reader may still be passing on.
+fn printed_and_lost(stderr: &std::sync::Mutex<Vec<String>>) -> Result<(u64, u64)> {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let lines = stderr.lock().map_err(|_| anyhow::anyhow!("conns stderr reader panicked"))?;
         if let Some(line) = lines.iter().find(|l| l.contains(" events printed, ")) {
-            return line
-                .split(" events printed, ")
-                .nth(1)
-                .and_then(|rest| rest.split(' ').next())
-                .and_then(|n| n.parse().ok())
-                .with_context(|| format!("conns' exit line has no lost count: {line}"));
+            let count = |s: Option<&str>| s.and_then(|n| n.trim_start_matches("tcpscope: ").parse().ok());
+            let mut parts = line.split(" events printed, ");
+            let printed = count(parts.next());
+            let lost = count(parts.next().and_then(|rest| rest.split(' ').next()));
+            return printed.zip(lost).with_context(|| format!("conns' exit line has no counts: {line}"));
         }
         drop(lines);
         anyhow::ensure!(Instant::now() < deadline, "conns exited without its events printed/lost line");
@@ -219,7 +218,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     let mut rates = vec![Vec::new(); cases.len()];
     let mut cpu_costs = vec![Vec::new(); cases.len()];
     let mut syscalls = vec![Vec::new(); cases.len()];
-    let mut lost = vec![0u64; cases.len()];
+    // Per case: events printed, events lost, connections the loop made.
+    let mut events = vec![(0u64, 0u64, 0u64); cases.len()];
     for round in 0..rounds {
         // The order rotates each round, so slow drift of this VM does not
         // always favour the same case.
@@ -242,7 +242,9 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
                     let round = rig.round()?;
                     let syscall = syscall_ns();
                     conns.interrupt_and_wait(Duration::from_secs(20))?;
-                    lost[case] += lost_events(&stderr)?;
+                    let (printed, lost) = printed_and_lost(&stderr)?;
+                    let e = &mut events[case];
+                    (e.0, e.1, e.2) = (e.0 + printed, e.1 + lost, e.2 + round.n);
                     (round, syscall)
                 }
             };
@@ -263,7 +265,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
          machine's busy CPU time per connection (median, and the median of each round's change from \
          its baseline: every CPU and process, tcpscope's reader included; time the hypervisor took \
          is not counted), the median cost of one getppid() syscall meanwhile, and the events \
-         `conns` lost (all rounds)",
+         `conns` printed and lost per connection of the loop (all rounds; it sees the whole \
+         host, so others' connections count too)",
         ROUND.as_secs()
     ));
     for (case, (name, _)) in cases.iter().enumerate() {
@@ -277,7 +280,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
             cpu_costs[case].iter().zip(&cpu_costs[0]).map(|(t, b)| (t / b - 1.0) * 100.0).collect();
         let cpu_change = median(changes);
         let lost = match cases[case].1 {
-            Case::Conns(_) => format!("   lost {}", lost[case]),
+            Case::Conns(_) => {
+                let (printed, lost, n) = events[case];
+                let per_conn = |e: u64| e as f64 / n.max(1) as f64;
+                format!("   per conn {:.2} printed {:.3} lost ({lost} lost)", per_conn(printed), per_conn(lost))
+            }
             _ => String::new(),
         };
         out.line(&format!(
