@@ -154,6 +154,7 @@ struct tcpscope_counters {
 	__u64 policy_allowed;     /* packets from allow-listed sources */
 	__u64 sample_tick;        /* sampling state, not a statistic */
 	__u64 guard_dropped[GUARD_DROP_MAX]; /* by enum guard_drop_reason; [0] unused */
+	__u64 l7_untracked;       /* L7 hints: SYNs not followed, the flow table full */
 };
 
 /* One address as the kernel stores it: IPv4 in the first 4 bytes. */
@@ -200,7 +201,9 @@ struct tcpscope_config {
 	__u8 drop_unparsable;
 	/* agent: count packets and SYNs per source (top_sources_kern.h) */
 	__u8 top_sources;
-	__u8 _pad2[1];
+	/* L7 hints: follow client streams from their SYN (l7_kern.h) in place
+	 * of the packet events */
+	__u8 l7;
 };
 
 /*
@@ -290,6 +293,44 @@ struct packet_event {
 struct packet_event_snap {
 	struct packet_event ev;
 	__u8 frame[TCPSCOPE_MAX_CAPTURE];
+};
+
+/*
+ * L7 hints (`tcpscope l7 -i`, the agent's [l7]): from a SYN on, the kernel
+ * follows the client's stream and copies its first L7_MAX_STREAM bytes to
+ * user space, in chunks, until user space (which reassembles and parses
+ * them) deletes the flow: identified, or given up on. The flow also goes at
+ * the client's FIN or RST. Every other packet costs one failed hash lookup.
+ */
+enum l7_limits {
+	L7_MAX_FLOWS = 65536,   /* streams followed at once (the wire crate's MAX_CONNS) */
+	L7_CHUNK = 2048,        /* payload bytes per record, a power of two */
+	L7_MAX_STREAM = 16384,  /* first bytes of a stream copied (the wire crate's MAX_STREAM) */
+	L7_MAX_CHUNKS = L7_MAX_STREAM / L7_CHUNK,
+};
+
+struct l7_flow_key {
+	__u8 src[16];        /* the client (IPv4 in the first 4 bytes) */
+	__u8 dst[16];
+	__u16 sport;
+	__u16 dport;
+	__u8 ip_version;
+	__u8 _pad[3];
+};
+
+struct l7_flow {
+	__u64 syn_ns;        /* the SYN's time: user space sweeps flows it never heard of */
+	__u32 isn;           /* the client's initial sequence number */
+	__u32 _pad;
+};
+
+/* Payload bytes [data_off, data_off + data_len) of the segment `ev`. A
+ * segment cut in chunks has FIN and RST only in its last. */
+struct l7_chunk {
+	struct packet_event ev;
+	__u32 data_off;
+	__u32 data_len;
+	__u8 data[L7_CHUNK];
 };
 
 /* ---- Policy (tcpscope guard): LPM tries, changed at runtime ---- */

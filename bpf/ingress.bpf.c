@@ -41,6 +41,10 @@ enum tcp_flag_bits _tcp_flag_bits = TCPF_FIN;
 enum ip_flag_bits _ip_flag_bits = IPF_HAS_ID;
 enum tcp_opt_bits _tcp_opt_bits = OPT_MSS;
 struct expiring_key _expiring_key = {};
+struct l7_chunk _l7_chunk = {};
+struct l7_flow_key _l7_flow_key = {};
+struct l7_flow _l7_flow = {};
+enum l7_limits _l7_limits = L7_CHUNK;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -259,6 +263,8 @@ static __always_inline void emit_event(void *ctx, struct tcpscope_counters *c,
 	bpf_ringbuf_submit(out, ringbuf_wakeup_flags(&events, sizeof(*out), WAKEUP_BYTES));
 	c->events++;
 }
+
+#include "l7_kern.h"
 
 /* Per-source detector state (IPv6 sources by /64). */
 struct src_key {
@@ -707,6 +713,17 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	    rules_and_detectors(c, &ev, used) == VERDICT_DROP)
 		return VERDICT_DROP;
 
+	__u32 tcp_off = tcp_start - data;
+	__u32 payload_off = tcp_off + ev.hdr_len;
+	ev.hook = hook;
+	ev.ifindex = ifindex;
+	ev.frame_len = frame_len;
+	if (cfg.l7) {
+		ev.ts_ns = bpf_ktime_get_ns();
+		ev.payload_off = ev.malformed ? 0 : payload_off;
+		l7_packet(ctx, c, &ev, payload_off, frame_len);
+		return VERDICT_PASS;
+	}
 	if (!cfg.events_enabled)
 		return VERDICT_PASS;
 	if (!event_wanted(&ev)) {
@@ -720,11 +737,6 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 		}
 	}
 
-	__u32 tcp_off = tcp_start - data;
-	__u32 payload_off = tcp_off + ev.hdr_len;
-	ev.hook = hook;
-	ev.ifindex = ifindex;
-	ev.frame_len = frame_len;
 	ev.payload_off = ev.malformed ? 0 : payload_off;
 	emit_event(ctx, c, &ev, tcp_off, payload_off, frame_len, hook);
 	return VERDICT_PASS;

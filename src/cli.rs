@@ -39,8 +39,12 @@ pub enum Command {
         tcpscope read capture.pcapng --json\n  \
         tcpdump -w - -i eth0 tcp | tcpscope read - --port 443")]
     Read(ReadArgs),
-    /// Name what each connection speaks (HTTP, TLS, DNS, SSH, h2c) from its
-    /// client's first bytes, offline from a capture.
+    /// Name what each incoming connection speaks (HTTP, TLS, DNS, SSH, h2c,
+    /// custom protocols) from its client's first bytes, live or from a capture.
+    #[command(after_help = "Examples:\n  \
+        tcpscope l7 -i eth0 --port 443,80\n  \
+        tcpscope l7 -r capture.pcapng --json\n  \
+        tcpscope l7 -i eth0 --protocols deploy/l7/protocols.toml")]
     L7(L7Args),
     /// Print the kernel's packet counters and rates every interval.
     #[command(after_help = "Example:\n  tcpscope stats -i eth0 --interval 1")]
@@ -192,18 +196,45 @@ pub struct ReadArgs {
 #[derive(Debug, Args)]
 pub struct L7Args {
     /// Capture file (pcap or pcapng), or - for standard input.
-    #[arg(short = 'r', long = "read", value_name = "FILE")]
-    pub file: String,
-    /// Only connections to these server ports.
-    #[arg(long = "port", value_name = "P")]
+    #[arg(short = 'r', long = "read", value_name = "FILE", conflicts_with = "iface")]
+    pub file: Option<String>,
+    /// Live: the interface whose incoming connections to name.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE")]
+    pub iface: Option<String>,
+    #[arg(long, value_enum, help = HOOK_HELP, requires = "iface")]
+    pub hook: Option<HookKind>,
+    /// Live: network namespace of the interface (a name from `ip netns`).
+    #[arg(long, value_name = "NAME", requires = "iface")]
+    pub netns: Option<String>,
+    /// Only connections to these server ports (up to 8 live).
+    #[arg(long = "port", value_name = "P", value_delimiter = ',')]
     pub ports: Vec<u16>,
     /// One JSON object per connection (schema: docs/l7-schema.md).
     #[arg(long)]
     pub json: bool,
+    /// Exit after COUNT connections.
+    #[arg(short = 'c', long = "count", value_name = "COUNT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub count: Option<u64>,
     /// Custom protocols (TOML; deploy/l7/protocols.toml is an example),
     /// tried before the built-in ones.
     #[arg(long, value_name = "FILE")]
     pub protocols: Option<PathBuf>,
+    /// Live: ring buffer size in MiB (a power of two).
+    #[arg(long, value_name = "MIB", default_value_t = 4, requires = "iface")]
+    pub ringbuf_mib: u32,
+}
+
+impl L7Args {
+    /// Where to attach, live.
+    pub fn attach(&self) -> Option<AttachArgs> {
+        Some(AttachArgs {
+            iface: self.iface.clone()?,
+            hook: self.hook,
+            xdp_mode: None,
+            btf: None,
+            netns: self.netns.clone(),
+        })
+    }
 }
 
 const GUARD_HOOK_HELP: &str = "Ingress hook [default: xdp]. \

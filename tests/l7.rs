@@ -7,6 +7,10 @@
 //! gives the fields it decodes; where tshark goes by the port and we do
 //! not (TLS on 80, SSH on 2222, h2c on 8081, HTTP on 443, the rest), our
 //! answer is checked against what the generator sent.
+//!
+//! `tcpscope l7 -i` runs live beside tcpdump, at TC and at XDP at once, and
+//! must give the same record for every connection as the capture read
+//! offline.
 
 mod common;
 
@@ -18,6 +22,8 @@ use std::time::Duration;
 
 use common::*;
 use tcpscope::testhost::{ChildGuard, TestHosts, SERVER_IF};
+
+const PROTOCOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/l7/protocols.toml");
 
 const PORTS: [u16; 10] = [8080, 443, 80, 4443, 53, 22, 2222, 9000, 8081, 7000];
 
@@ -116,6 +122,14 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     cmd.args(["-i", SERVER_IF, "--immediate-mode", "-U", "-s", "0", "-w"]).arg(&pcap).arg("tcp");
     let (mut tcpdump, _) =
         ChildGuard::spawn_until_ready(cmd, "listening on", Duration::from_secs(20)).unwrap();
+    // Live, at both hooks, beside tcpdump.
+    let mut live: Vec<(&str, ChildGuard)> = ["tc", "xdp"]
+        .into_iter()
+        .map(|hook| {
+            let args = ["l7", "-i", SERVER_IF, "--hook", hook, "--json", "--protocols", PROTOCOLS];
+            (hook, start_tcpscope(&hosts.server_ns, &args))
+        })
+        .collect();
     let servers = serve(&hosts);
     let server = "198.18.0.2";
 
@@ -408,28 +422,45 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     // Without its description, the custom protocol is unknown; with it,
     // named, its fields read.
     assert_eq!(of(41012)["proto"], "unknown");
-    let custom = Command::new(tcpscope_bin())
-        .args([
-            "l7",
-            "--json",
-            "--protocols",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/l7/protocols.toml"),
-            "-r",
-        ])
-        .arg(&pcap)
-        .output()
-        .unwrap();
-    let line = String::from_utf8_lossy(&custom.stdout)
+    let custom = Command::new(tcpscope_bin()).args(["l7", "--json", "--protocols", PROTOCOLS, "-r"]).arg(&pcap).output().unwrap();
+    let offline: HashMap<u64, serde_json::Value> = String::from_utf8_lossy(&custom.stdout)
         .lines()
-        .find(|l| l.contains("\"sport\":41012"))
-        .expect("the MC connection")
-        .to_string();
-    let mc: serde_json::Value = serde_json::from_str(&line).unwrap();
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| (r["sport"].as_u64().unwrap(), r))
+        .collect();
     assert_eq!(
-        mc["l7"],
+        offline[&41012]["l7"],
         serde_json::json!({"proto": "mc", "version": 1, "msg_type": 2, "txid": 0x01020304, "length": 6, "port_mismatch": false}),
-        "{line}"
+        "{:?}",
+        offline[&41012]
     );
+
+    // Live: the same record for every connection as offline, at either
+    // hook, with the connection's key.
+    for (hook, mut child) in live.drain(..) {
+        assert!(child.interrupt_and_wait(Duration::from_secs(20)).unwrap().success(), "{hook}");
+        let text = stdout_of(&mut child);
+        let records: HashMap<u64, serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .map(|r| (r["sport"].as_u64().unwrap(), r))
+            .collect();
+        assert_eq!(records.len(), text.lines().count(), "{hook}: one record per connection\n{text}");
+        let mut sports: Vec<&u64> = records.keys().collect();
+        let mut expected: Vec<&u64> = offline.keys().collect();
+        (sports.sort(), expected.sort());
+        assert_eq!(sports, expected, "{hook}: the same connections live as offline\n{text}");
+        for (sport, r) in &records {
+            assert_eq!(r["l7"], offline[sport]["l7"], "{hook}, client port {sport}");
+            let conn = r["conn"].as_str().unwrap_or_else(|| panic!("{hook}: no conn in {r}"));
+            let (server, client) = if r["src"].as_str().unwrap().contains(':') {
+                (format!("[{}]", r["dst"].as_str().unwrap()), format!("[{}]", r["src"].as_str().unwrap()))
+            } else {
+                (r["dst"].as_str().unwrap().to_string(), r["src"].as_str().unwrap().to_string())
+            };
+            assert!(conn.ends_with(&format!("/{server}:{}-{client}:{sport}", r["dport"])), "{hook}: {conn}");
+        }
+    }
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, "[[protocol]]\nname = 'x'\nmagic = [{ offset = 0, value = 'q1' }]\n").unwrap();
     let out = Command::new(tcpscope_bin())

@@ -60,6 +60,10 @@ pub fn monotonic_to_realtime_offset() -> u64 {
 unsafe impl plain::Plain for types::tcpscope_counters {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::alert_event {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::l7_flow {}
+// SAFETY: as above.
+unsafe impl plain::Plain for types::l7_flow_key {}
 
 /// How to load the ingress programs.
 #[derive(Debug, Clone)]

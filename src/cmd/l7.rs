@@ -1,5 +1,9 @@
-//! `tcpscope l7 -r FILE`: each connection of a capture named by its
-//! client's first bytes, as text or NDJSON.
+//! `tcpscope l7`: each incoming connection named by its client's first
+//! bytes, live (`-i`) or from a capture (`-r`), as text or NDJSON.
+
+use std::cell::Cell;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -7,6 +11,7 @@ use crate::cli::L7Args;
 use crate::filter::EventFilter;
 use crate::output::{l7, print_line};
 use crate::view::capture::read_packets;
+use crate::view::l7::{L7Stats, L7View};
 use tcpscope_wire::l7::custom::Protocols;
 use tcpscope_wire::l7::track::{Record, Tracker};
 
@@ -20,43 +25,111 @@ pub fn run(args: &L7Args) -> Result<()> {
         }
         None => Protocols::default(),
     };
-    let cap = crate::view::capture::open(&args.file)?;
+    match (&args.file, args.attach()) {
+        (Some(file), None) => offline(args, file, custom),
+        (None, Some(attach)) => live(args, &attach, custom),
+        _ => Err(crate::cli::UsageError(
+            "name an interface to watch (-i IFACE) or a capture to read (-r FILE)".into(),
+        )
+        .into()),
+    }
+}
+
+/// Prints records until the count is reached or the output closes.
+struct Printer<'a> {
+    args: &'a L7Args,
+    printed: Cell<u64>,
+    open: Cell<bool>,
+}
+
+impl Printer<'_> {
+    fn print(&self, r: &Record) {
+        if !self.wants_more() || !(self.args.ports.is_empty() || self.args.ports.contains(&r.dport)) {
+            return;
+        }
+        // `| head` closes the pipe: stop.
+        self.open.set(print_line(&if self.args.json { l7::json(r) } else { l7::text(r) }));
+        self.printed.set(self.printed.get() + 1);
+    }
+
+    fn wants_more(&self) -> bool {
+        self.open.get() && self.printed.get() < self.args.count.unwrap_or(u64::MAX)
+    }
+}
+
+fn live(args: &L7Args, attach: &crate::cli::AttachArgs, custom: Protocols) -> Result<()> {
+    let mib = args.ringbuf_mib;
+    crate::ensure_usage!(
+        mib.is_power_of_two() && mib <= 1024,
+        "--ringbuf-mib {mib}: use a power of two from 1 to 1024"
+    );
+    let stop = crate::cmd::stop_flag()?;
+    let mut view = L7View::start(attach, &args.ports, custom, mib << 20)?;
+    crate::cmd::announce(&view.session, "naming incoming connections");
+    let out = Printer { args, printed: Cell::new(0), open: Cell::new(true) };
+    while !stop.load(Ordering::SeqCst) && out.wants_more() {
+        view.poll(Duration::from_millis(100), |r| out.print(&r))?;
+        view.session.check_present()?;
+    }
+    if out.wants_more() {
+        // What came before the stop, then the streams still waiting.
+        view.poll(Duration::ZERO, |r| out.print(&r))?;
+        view.finish(|r| out.print(&r));
+    }
+    let stats = view.stats()?;
+    eprintln!("tcpscope: {}; {} packets seen", summary(&stats), stats.packets);
+    Ok(())
+}
+
+/// "N connections identified, M given up (closed 1, timeout 2)", and what
+/// the kernel could not follow or write.
+fn summary(s: &L7Stats) -> String {
+    let gave: Vec<String> = s.gave_up.iter().map(|(why, n)| format!("{why} {n}")).collect();
+    let mut line = format!(
+        "{} connections identified, {} given up{}",
+        s.identified,
+        s.gave_up.values().sum::<u64>(),
+        if gave.is_empty() { String::new() } else { format!(" ({})", gave.join(", ")) },
+    );
+    for (n, what) in [
+        (s.untracked, "not followed (the kernel's flow table was full)"),
+        (s.swept, "followed without their SYN (ring buffer full) and swept"),
+        (s.events_lost, "records lost (ring buffer full: --ringbuf-mib)"),
+    ] {
+        if n > 0 {
+            line.push_str(&format!("; {n} {what}"));
+        }
+    }
+    line
+}
+
+fn offline(args: &L7Args, file: &str, custom: Protocols) -> Result<()> {
+    let cap = crate::view::capture::open(file)?;
     // Every payload byte: the first message may take several segments.
     let filter = EventFilter { snaplen: u32::from(u16::MAX), ..Default::default() };
     let mut tracker = Tracker::with_protocols(custom);
     let (mut last_ts, mut next_expiry) = (0u64, 0u64);
-    let mut open = true;
-    let emit = |r: Record, open: &mut bool| {
-        if *open && (args.ports.is_empty() || args.ports.contains(&r.dport)) {
-            *open = print_line(&if args.json { l7::json(&r) } else { l7::text(&r) });
-        }
-    };
-    let (summary, result) = read_packets(cap, filter, u64::MAX, |p| {
+    let out = Printer { args, printed: Cell::new(0), open: Cell::new(true) };
+    let (summary_read, result) = read_packets(cap, filter, u64::MAX, |p| {
         last_ts = p.ts_ns;
         if let Some(r) = tracker.packet(p.ev, p.ts_ns, p.payload.unwrap_or(&[])) {
-            emit(r, &mut open);
+            out.print(&r);
         }
         for r in tracker.take_evicted() {
-            emit(r, &mut open);
+            out.print(&r);
         }
         if p.ts_ns >= next_expiry {
             for r in tracker.expire(p.ts_ns) {
-                emit(r, &mut open);
+                out.print(&r);
             }
             next_expiry = p.ts_ns + 1_000_000_000;
         }
-        open
+        out.wants_more()
     })?;
     for r in tracker.finish(last_ts) {
-        emit(r, &mut open);
+        out.print(&r);
     }
-    let gave: Vec<String> = tracker.gave_up.iter().map(|(why, n)| format!("{why} {n}")).collect();
-    eprintln!(
-        "tcpscope: {} connections identified, {} given up{}; {} packets read",
-        tracker.identified,
-        tracker.gave_up.values().sum::<u64>(),
-        if gave.is_empty() { String::new() } else { format!(" ({})", gave.join(", ")) },
-        summary.packets
-    );
-    result.with_context(|| format!("reading '{}'", args.file))
+    let stats = L7Stats { identified: tracker.identified, gave_up: tracker.gave_up.clone(), ..Default::default() };
+    eprintln!("tcpscope: {}; {} packets read", summary(&stats), summary_read.packets);
+    result.with_context(|| format!("reading '{file}'"))
 }

@@ -6,4 +6,5 @@ pub mod capture;
 pub mod conns;
 pub mod guard;
 pub mod ingress;
+pub mod l7;
 pub mod latency;

@@ -108,6 +108,18 @@ pub fn address(ip_version: u8, raw: &[u8; 16]) -> IpAddr {
     }
 }
 
+/// The inverse of [`address`]: the IP version and the 16 bytes.
+pub fn raw_address(a: IpAddr) -> (u8, [u8; 16]) {
+    match a {
+        IpAddr::V4(v4) => {
+            let mut raw = [0u8; 16];
+            raw[..4].copy_from_slice(&v4.octets());
+            (4, raw)
+        }
+        IpAddr::V6(v6) => (6, v6.octets()),
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut s = String::with_capacity(bytes.len() * 2);

@@ -1,9 +1,9 @@
 //! Each connection's client stream, from its SYN until its first message is
 //! identified or given up on: segments placed by sequence number (out of
 //! order ones wait, retransmitted ones add only what is new), at most
-//! MAX_STREAM bytes and MAX_SEGMENTS segments. Once a connection is done,
-//! its later packets cost one hash lookup. Every give-up is counted by
-//! reason.
+//! MAX_STREAM bytes and MAX_SEGMENTS segments. Once a connection is done
+//! its stream is let go, and its later packets cost two failed hash
+//! lookups. Every give-up is counted by reason.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -32,6 +32,10 @@ pub struct Record {
     pub sport: u16,
     pub dst: IpAddr,
     pub dport: u16,
+    /// Live: the connection's key, as `watch --json` and `conns --json`
+    /// give it (netns/local:port-peer:port).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conn: Option<String>,
     pub l7: L7,
 }
 
@@ -43,7 +47,6 @@ struct Stream {
     pending: BTreeMap<u32, Vec<u8>>,
     segments: u32,
     last_ns: u64,
-    done: bool,
 }
 
 #[derive(Default)]
@@ -73,25 +76,23 @@ impl Tracker {
         Tracker { custom, ..Default::default() }
     }
 
+    /// Lets the stream go: its record, identified after all if it closed
+    /// with its last bytes, or given up on for `why`.
     fn give_up(&mut self, key: Key, why: &'static str, ts_ns: u64) -> Option<Record> {
-        let s = self.conns.get_mut(&key)?;
-        if s.done {
-            return None;
-        }
-        s.done = true;
+        let s = self.conns.remove(&key)?;
         let closed = why == "closed";
         let mut l7 = match identify_with(&self.custom, &s.data, key.3, true) {
             Identified::Done(l7) if closed && l7.proto != "unknown" => {
                 // Whole after all (the close came with the last bytes).
                 self.identified += 1;
-                return Some(Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, l7: *l7 });
+                return Some(Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, conn: None, l7: *l7 });
             }
             Identified::Done(l7) => *l7,
             Identified::More => L7 { proto: "unknown".into(), ..Default::default() },
         };
         l7.gave_up = Some(why);
         *self.gave_up.entry(why).or_insert(0) += 1;
-        Some(Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, l7 })
+        Some(Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, conn: None, l7 })
     }
 
     /// One packet (its decoded event and payload); returns the connection's
@@ -116,12 +117,6 @@ impl Tracker {
         };
         let s = self.conns.get_mut(&key)?;
         let ends = ev.flags_raw & (FIN | RST) != 0;
-        if s.done {
-            if ends {
-                self.conns.remove(&key);
-            }
-            return None;
-        }
         if from_client && !payload.is_empty() {
             s.last_ns = ts_ns;
             let off = ev.seq.wrapping_sub(s.isn.wrapping_add(1));
@@ -137,7 +132,7 @@ impl Tracker {
                     return self.give_up(key, "too_large", ts_ns);
                 }
                 if let Identified::Done(l7) = identify_with(&self.custom, &s.data, key.3, false) {
-                    s.done = true;
+                    self.conns.remove(&key);
                     self.identified += 1;
                     return Some(Record {
                         ts_ns,
@@ -145,24 +140,22 @@ impl Tracker {
                         sport: key.1,
                         dst: key.2,
                         dport: key.3,
+                        conn: None,
                         l7: *l7,
                     });
                 }
             }
         }
         if ends {
-            let out = self.give_up(key, "closed", ts_ns);
-            self.conns.remove(&key);
-            return out;
+            return self.give_up(key, "closed", ts_ns);
         }
         None
     }
 
-    /// Makes room: the EVICT_BATCH stalest streams go, those already
-    /// identified first; the others are given up (`state_evicted`).
+    /// Makes room: the EVICT_BATCH stalest streams are given up
+    /// (`state_evicted`).
     fn evict(&mut self, ts_ns: u64) {
-        let mut by_age: Vec<((bool, u64), Key)> =
-            self.conns.iter().map(|(k, s)| ((!s.done, s.last_ns), *k)).collect();
+        let mut by_age: Vec<(u64, Key)> = self.conns.iter().map(|(k, s)| (s.last_ns, *k)).collect();
         let n = EVICT_BATCH.min(by_age.len());
         if n < by_age.len() {
             by_age.select_nth_unstable(n);
@@ -171,7 +164,6 @@ impl Tracker {
             if let Some(r) = self.give_up(k, "state_evicted", ts_ns) {
                 self.evicted.push(r);
             }
-            self.conns.remove(&k);
         }
     }
 
@@ -185,7 +177,7 @@ impl Tracker {
         let idle: Vec<Key> = self
             .conns
             .iter()
-            .filter(|(_, s)| !s.done && now_ns.saturating_sub(s.last_ns) > IDLE_NS)
+            .filter(|(_, s)| now_ns.saturating_sub(s.last_ns) > IDLE_NS)
             .map(|(k, _)| *k)
             .collect();
         idle.into_iter().filter_map(|k| self.give_up(k, "timeout", now_ns)).collect()
@@ -196,7 +188,7 @@ impl Tracker {
     pub fn finish(&mut self, now_ns: u64) -> Vec<Record> {
         let mut out = self.take_evicted();
         let mut keys: Vec<(u64, Key)> =
-            self.conns.iter().filter(|(_, s)| !s.done).map(|(k, s)| (s.last_ns, *k)).collect();
+            self.conns.iter().map(|(k, s)| (s.last_ns, *k)).collect();
         keys.sort();
         out.extend(keys.into_iter().filter_map(|(_, k)| self.give_up(k, "timeout", now_ns)));
         out
@@ -205,7 +197,7 @@ impl Tracker {
 
 impl Stream {
     fn new(isn: u32, ts_ns: u64) -> Self {
-        Stream { isn, data: Vec::new(), pending: BTreeMap::new(), segments: 0, last_ns: ts_ns, done: false }
+        Stream { isn, data: Vec::new(), pending: BTreeMap::new(), segments: 0, last_ns: ts_ns }
     }
 
     /// Places `payload` at stream offset `off`: what is new is appended, or
@@ -307,8 +299,7 @@ mod tests {
         assert_eq!(late.len(), 1);
         assert_eq!(late[0].l7.gave_up, Some("timeout"));
         assert_eq!(t.gave_up, BTreeMap::from([("closed", 1), ("timeout", 1), ("too_large", 1)]));
-        // A full table lets the stalest go in a batch: identified ones
-        // first, then the rest, given up and counted.
+        // A full table lets the stalest go in a batch, given up and counted.
         let mut t = Tracker::default();
         for i in 0..MAX_CONNS as u32 + 1 {
             let mut e = ev((i % 60000) as u16, 80, 0, SYN, true);

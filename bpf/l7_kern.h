@@ -1,0 +1,126 @@
+/* SPDX-License-Identifier: (LGPL-2.1 OR BSD-2-Clause) */
+/*
+ * L7 hints: the client streams the kernel follows (struct l7_flow in
+ * common_kern_user.h says how), and the chunks it copies of them into the
+ * `events` ring buffer. Included by ingress.bpf.c after its maps.
+ */
+#ifndef TCPSCOPE_L7_KERN_H
+#define TCPSCOPE_L7_KERN_H
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, L7_MAX_FLOWS);
+	__type(key, struct l7_flow_key);
+	__type(value, struct l7_flow);
+} l7_flows SEC(".maps");
+
+/* The key, in a per-CPU scratch slot: the ingress program's stack is
+ * nearly full (see top_sources_kern.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct l7_flow_key);
+} l7_scratch SEC(".maps");
+
+/* A packet of a followed flow with nothing to copy (a FIN or RST): the
+ * event alone. */
+static __always_inline void l7_emit_bare(struct tcpscope_counters *c, const struct packet_event *ev)
+{
+	struct packet_event *out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
+	if (!out) {
+		c->events_lost++;
+		return;
+	}
+	__builtin_memcpy(out, ev, sizeof(*out));
+	bpf_ringbuf_submit(out, ringbuf_wakeup_flags(&events, sizeof(*out), WAKEUP_BYTES));
+	c->events++;
+}
+
+/* Payload bytes [0, len) of the segment, in chunks. */
+static __always_inline void l7_emit_chunks(void *ctx, struct tcpscope_counters *c,
+					   const struct packet_event *ev, __u32 payload_off,
+					   __u32 len, __u8 hook)
+{
+	for (int i = 0; i < L7_MAX_CHUNKS; i++) {
+		__u32 off = i * L7_CHUNK;
+		if (off >= len)
+			break;
+		struct l7_chunk *out = bpf_ringbuf_reserve(&events, sizeof(*out), 0);
+		if (!out) {
+			c->events_lost++;
+			return;
+		}
+		__builtin_memcpy(&out->ev, ev, sizeof(*ev));
+		if (off + L7_CHUNK < len)
+			out->ev.flags_raw &= ~(TCPF_FIN | TCPF_RST);
+		/* 1..L7_CHUNK, in a form the verifier can bound. */
+		__u64 n = len - off;
+		asm volatile("" : "+r"(n));
+		n = ((n - 1) & (L7_CHUNK - 1)) + 1;
+		long err;
+		if (hook == TCPSCOPE_HOOK_XDP)
+			err = bpf_xdp_load_bytes(ctx, payload_off + off, out->data, n);
+		else
+			err = bpf_skb_load_bytes(ctx, payload_off + off, out->data, n);
+		out->data_off = off;
+		out->data_len = err ? 0 : n;
+		bpf_ringbuf_submit(out, ringbuf_wakeup_flags(&events, sizeof(*out), WAKEUP_BYTES));
+		c->events++;
+	}
+}
+
+/* One TCP packet, with L7 hints on: a SYN (that the filter wants) starts
+ * following its flow; a followed flow's first L7_MAX_STREAM client bytes
+ * are copied; its FIN or RST ends it. */
+static __always_inline void l7_packet(void *ctx, struct tcpscope_counters *c, struct packet_event *ev,
+				      __u32 payload_off, __u32 frame_len)
+{
+	__u32 zero = 0;
+	struct l7_flow_key *k = bpf_map_lookup_elem(&l7_scratch, &zero);
+	if (!k)
+		return; /* cannot happen: a 1-slot array */
+	__builtin_memcpy(k->src, ev->src, 16);
+	__builtin_memcpy(k->dst, ev->dst, 16);
+	k->sport = ev->sport;
+	k->dport = ev->dport;
+	k->ip_version = ev->ip_version;
+
+	__u16 f = ev->flags_raw;
+	if ((f & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN) {
+		if (!event_wanted(ev)) {
+			c->filtered_out++;
+			return;
+		}
+		struct l7_flow v = { .syn_ns = ev->ts_ns, .isn = ev->seq };
+		if (bpf_map_update_elem(&l7_flows, k, &v, BPF_ANY)) {
+			c->l7_untracked++;
+			return;
+		}
+		l7_emit_bare(c, ev);
+		return;
+	}
+	struct l7_flow *fl = bpf_map_lookup_elem(&l7_flows, k);
+	if (!fl)
+		return;
+	bool ends = f & (TCPF_FIN | TCPF_RST);
+	/* The stream offset of the segment's first byte; past the copied
+	 * bytes, or before the stream (an old segment): nothing to copy. */
+	__u32 at = ev->seq - fl->isn - 1;
+	__u32 len = 0;
+	if (at < L7_MAX_STREAM && payload_off < frame_len && !ev->malformed) {
+		len = frame_len - payload_off;
+		if (len > ev->payload_len)
+			len = ev->payload_len;
+		if (len > L7_MAX_STREAM - at)
+			len = L7_MAX_STREAM - at;
+	}
+	if (len)
+		l7_emit_chunks(ctx, c, ev, payload_off, len, ev->hook);
+	else if (ends)
+		l7_emit_bare(c, ev);
+	if (ends)
+		bpf_map_delete_elem(&l7_flows, k);
+}
+
+#endif /* TCPSCOPE_L7_KERN_H */

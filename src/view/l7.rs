@@ -1,0 +1,218 @@
+//! The L7 view: the ingress program with L7 hints on (bpf/l7_kern.h), on
+//! one interface. The kernel copies the first bytes of each incoming
+//! connection's client stream; this view reassembles and names them
+//! ([`Tracker`]), and lets the kernel forget each flow as soon as its
+//! record is made, so that the connection's later packets cost the kernel
+//! one failed lookup. It never prints; dropping it detaches.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libbpf_rs::MapCore;
+
+use crate::bpf::types::{l7_chunk, l7_flow, l7_flow_key, l7_limits, packet_event};
+use crate::bpf::{self, LoadOptions};
+use crate::cli::AttachArgs;
+use crate::view::ingress::Session;
+use tcpscope_wire::l7::custom::Protocols;
+use tcpscope_wire::l7::track::{Record, Tracker, IDLE_NS, MAX_CONNS};
+use tcpscope_wire::model::raw_address;
+
+// The kernel copies what the tracker keeps, and follows as many flows.
+const _: () = assert!(l7_limits::L7_MAX_STREAM.0 as usize == tcpscope_wire::l7::MAX_STREAM);
+const _: () = assert!(l7_limits::L7_MAX_FLOWS.0 as usize == MAX_CONNS);
+
+const EVENT_SIZE: usize = std::mem::size_of::<packet_event>();
+const CHUNK_SIZE: usize = std::mem::size_of::<l7_chunk>();
+
+/// How often streams idle past the tracker's timeout are given up, and the
+/// kernel's table is swept of flows user space never heard of.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+
+/// One record of the ring: a flow's packet, and the payload bytes copied
+/// with it.
+struct Piece {
+    ev: packet_event,
+    ts_ns: u64,
+    data: Vec<u8>,
+}
+
+/// What the view has done so far; nothing it let go is left out.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct L7Stats {
+    /// Connections whose first message was named.
+    pub identified: u64,
+    /// Connections given up on, by reason (closed, too_large, timeout,
+    /// state_evicted).
+    pub gave_up: BTreeMap<&'static str, u64>,
+    /// SYNs the kernel could not follow: its flow table was full.
+    pub untracked: u64,
+    /// Flows the kernel followed whose SYN never reached user space (the
+    /// ring buffer was full): swept from the table after the idle timeout.
+    pub swept: u64,
+    /// Records the kernel could not write: the ring buffer was full.
+    pub events_lost: u64,
+    /// Packets the kernel saw on the interface.
+    pub packets: u64,
+}
+
+pub struct L7View {
+    // The ring first: it is dropped before the programs it reads.
+    ring: libbpf_rs::RingBuffer<'static>,
+    pub session: Session,
+    queue: Rc<RefCell<Vec<Piece>>>,
+    tracker: Tracker,
+    clock_offset: u64,
+    next_housekeeping: Instant,
+    swept: u64,
+}
+
+impl L7View {
+    /// Loads the ingress program with L7 hints on, for connections to
+    /// `ports` (all if empty), and attaches it to the interface.
+    pub fn start(args: &AttachArgs, ports: &[u16], custom: Protocols, ringbuf_bytes: u32) -> Result<Self> {
+        let filter = crate::filter::EventFilter { dports: ports.to_vec(), ..Default::default() };
+        let mut config = filter.to_kernel(false)?;
+        config.l7 = 1;
+        let opts = LoadOptions { ringbuf_bytes, ..LoadOptions::new(config) };
+        let session = Session::start_with(args, args.hook(), opts)?;
+        let queue: Rc<RefCell<Vec<Piece>>> = Rc::default();
+        let clock_offset = bpf::monotonic_to_realtime_offset();
+        let q = queue.clone();
+        let mut builder = libbpf_rs::RingBufferBuilder::new();
+        builder
+            .add(&session.skel.maps.events, move |data: &[u8]| {
+                if let Some(p) = decode(data, clock_offset) {
+                    q.borrow_mut().push(p);
+                }
+                0
+            })
+            .context("setting up the ring buffer")?;
+        let ring = builder.build().context("setting up the ring buffer")?;
+        Ok(L7View {
+            ring,
+            session,
+            queue,
+            tracker: Tracker::with_protocols(custom),
+            clock_offset,
+            next_housekeeping: Instant::now() + HOUSEKEEPING,
+            swept: 0,
+        })
+    }
+
+    /// Waits up to `timeout` for the kernel's records, and hands over each
+    /// connection's record as it is made.
+    pub fn poll(&mut self, timeout: Duration, mut take: impl FnMut(Record)) -> Result<()> {
+        match self.ring.poll(timeout).and_then(|()| self.ring.consume()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading the ring buffer"),
+        }
+        let pieces = std::mem::take(&mut *self.queue.borrow_mut());
+        for p in pieces {
+            if let Some(r) = self.tracker.packet(&p.ev, p.ts_ns, &p.data) {
+                self.done(r, &mut take);
+            }
+            for r in self.tracker.take_evicted() {
+                self.done(r, &mut take);
+            }
+        }
+        if Instant::now() >= self.next_housekeeping {
+            self.next_housekeeping = Instant::now() + HOUSEKEEPING;
+            let now = self.now_ns();
+            for r in self.tracker.expire(now) {
+                self.done(r, &mut take);
+            }
+            self.sweep(now);
+        }
+        Ok(())
+    }
+
+    /// The end: every stream still waiting is given up (`timeout`).
+    pub fn finish(&mut self, mut take: impl FnMut(Record)) {
+        let now = self.now_ns();
+        for r in self.tracker.finish(now) {
+            self.done(r, &mut take);
+        }
+    }
+
+    /// Now, on the records' clock (wall-clock ns).
+    fn now_ns(&self) -> u64 {
+        bpf::clock_ns(libc::CLOCK_MONOTONIC) + self.clock_offset
+    }
+
+    /// A connection's record is made: the kernel stops copying its bytes.
+    fn done(&mut self, mut r: Record, take: &mut impl FnMut(Record)) {
+        let key = flow_key(&r);
+        r.conn = crate::view::ingress::own_netns()
+            .map(|ns| tcpscope_wire::model::conn_key(ns, r.dst, r.dport, r.src, r.sport));
+        // SAFETY: l7_flow_key is plain data.
+        let bytes = unsafe { plain::as_bytes(&key) };
+        // Gone already when the client's FIN or RST ended it in the kernel.
+        let _ = self.session.skel.maps.l7_flows.delete(bytes);
+        take(r);
+    }
+
+    /// Flows in the kernel's table whose SYN user space never had (the
+    /// ring was full), older than the idle timeout: deleted, and counted.
+    fn sweep(&mut self, now_ns: u64) {
+        let map = &self.session.skel.maps.l7_flows;
+        let cutoff = now_ns.saturating_sub(IDLE_NS + self.clock_offset);
+        let stale: Vec<Vec<u8>> = map
+            .keys()
+            .filter(|k| {
+                let mut v = l7_flow::default();
+                match map.lookup(k, libbpf_rs::MapFlags::ANY) {
+                    Ok(Some(bytes)) => plain::copy_from_bytes(&mut v, &bytes).is_ok() && v.syn_ns < cutoff,
+                    _ => false,
+                }
+            })
+            .collect();
+        for k in stale {
+            if map.delete(&k).is_ok() {
+                self.swept += 1;
+            }
+        }
+    }
+
+    /// What the view has done, with the kernel's counters now.
+    pub fn stats(&self) -> Result<L7Stats> {
+        let c = self.session.counters()?;
+        Ok(L7Stats {
+            identified: self.tracker.identified,
+            gave_up: self.tracker.gave_up.clone(),
+            untracked: c.0.l7_untracked,
+            swept: self.swept,
+            events_lost: c.0.events_lost,
+            packets: c.0.packets,
+        })
+    }
+}
+
+/// The kernel's key of a record's flow.
+fn flow_key(r: &Record) -> l7_flow_key {
+    let (ip_version, src) = raw_address(r.src);
+    let (_, dst) = raw_address(r.dst);
+    l7_flow_key { src, dst, sport: r.sport, dport: r.dport, ip_version, ..Default::default() }
+}
+
+/// One ring record: a bare event (a SYN, a FIN or RST), or a chunk.
+fn decode(data: &[u8], clock_offset: u64) -> Option<Piece> {
+    use std::mem::offset_of;
+    let mut ev = packet_event::default();
+    plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
+    let mut bytes = Vec::new();
+    if data.len() >= CHUNK_SIZE {
+        let word = |at: usize| data.get(at..at + 4).map(|w| u32::from_ne_bytes(w.try_into().unwrap_or_default()));
+        let (off, len) = (word(offset_of!(l7_chunk, data_off))?, word(offset_of!(l7_chunk, data_len))?);
+        let at = offset_of!(l7_chunk, data);
+        bytes = data.get(at..at + (len as usize).min(l7_limits::L7_CHUNK.0 as usize))?.to_vec();
+        // The chunk's first byte is data_off bytes into the segment.
+        ev.seq = ev.seq.wrapping_add(off);
+    }
+    Some(Piece { ts_ns: ev.ts_ns + clock_offset, ev, data: bytes })
+}
+
