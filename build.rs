@@ -12,22 +12,6 @@ const PROGRAMS: &[(&str, &str, &[&str])] = &[
     ("bpf/baseline.bpf.c", "baseline.skel.rs", &[]),
     ("bpf/lifecycle.bpf.c", "lifecycle.skel.rs", &["-mcpu=v3"]),
 ];
-/// Headers every program includes; a change to any rebuilds all.
-const HEADERS: &[&str] = &[
-    "bpf/common_kern_user.h",
-    "bpf/lat_slot_kern.h",
-    "bpf/lc_accept_kern.h",
-    "bpf/lc_hist_kern.h",
-    "bpf/lc_slots_kern.h",
-    "bpf/lc_socks_kern.h",
-    "bpf/lc_syn_table_kern.h",
-    "bpf/net_defs_kern.h",
-    "bpf/parse_kern.h",
-    "bpf/peer_conns_kern.h",
-    "bpf/ringbuf_kern.h",
-    "bpf/top_sources_kern.h",
-    "bpf/vmlinux.h",
-];
 
 /// The shared types the wire crate (crates/wire, no BPF) needs, taken from
 /// the ingress skeleton: its checked-in `src/generated.rs` must equal what
@@ -120,7 +104,6 @@ fn main() {
     let skel = std::fs::read_to_string(out.join("ingress.skel.rs")).expect("the ingress skeleton");
     std::fs::write(out.join("wire_types.rs"), wire_types(&skel, WIRE_TYPES)).expect("writing wire_types.rs");
     println!("cargo:rerun-if-changed=build.rs");
-    for h in HEADERS {
-        println!("cargo:rerun-if-changed={h}");
-    }
+    // Every header under bpf/, a new one too (a directory is watched whole).
+    println!("cargo:rerun-if-changed=bpf");
 }

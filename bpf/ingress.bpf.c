@@ -719,7 +719,6 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	ev.ifindex = ifindex;
 	ev.frame_len = frame_len;
 	if (cfg.l7) {
-		ev.ts_ns = bpf_ktime_get_ns();
 		ev.payload_off = ev.malformed ? 0 : payload_off;
 		l7_packet(ctx, c, &ev, payload_off, frame_len);
 		return VERDICT_PASS;

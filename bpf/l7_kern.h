@@ -76,6 +76,13 @@ static __always_inline void l7_emit_chunks(void *ctx, struct tcpscope_counters *
 static __always_inline void l7_packet(void *ctx, struct tcpscope_counters *c, struct packet_event *ev,
 				      __u32 payload_off, __u32 frame_len)
 {
+	__u16 f = ev->flags_raw;
+	bool syn = (f & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN;
+	bool ends = f & (TCPF_FIN | TCPF_RST);
+	/* A bare ACK tells a stream nothing: the most common incoming packet
+	 * (a download's) costs no lookup. */
+	if (!syn && !ends && !ev->payload_len)
+		return;
 	__u32 zero = 0;
 	struct l7_flow_key *k = bpf_map_lookup_elem(&l7_scratch, &zero);
 	if (!k)
@@ -86,12 +93,16 @@ static __always_inline void l7_packet(void *ctx, struct tcpscope_counters *c, st
 	k->dport = ev->dport;
 	k->ip_version = ev->ip_version;
 
-	__u16 f = ev->flags_raw;
-	if ((f & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN) {
+	if (syn) {
 		if (!event_wanted(ev)) {
 			c->filtered_out++;
 			return;
 		}
+		/* The clock only for packets that go out: read for every
+		 * segment, it cost a named connection's 1,400-byte segments 25
+		 * ns more at TC (57 ns, against 33 only counting; bench l7 on
+		 * the development VM). The rest is this flow table's lookup. */
+		ev->ts_ns = bpf_ktime_get_ns();
 		struct l7_flow v = { .syn_ns = ev->ts_ns, .isn = ev->seq };
 		if (bpf_map_update_elem(&l7_flows, k, &v, BPF_ANY)) {
 			c->l7_untracked++;
@@ -103,7 +114,7 @@ static __always_inline void l7_packet(void *ctx, struct tcpscope_counters *c, st
 	struct l7_flow *fl = bpf_map_lookup_elem(&l7_flows, k);
 	if (!fl)
 		return;
-	bool ends = f & (TCPF_FIN | TCPF_RST);
+	ev->ts_ns = bpf_ktime_get_ns();
 	/* The stream offset of the segment's first byte; past the copied
 	 * bytes, or before the stream (an old segment): nothing to copy. */
 	__u32 at = ev->seq - fl->isn - 1;

@@ -568,6 +568,8 @@ pub enum BenchWhat {
     Rules,
     /// The agent: the connection loop with and without it, its CPU and RSS, and one scrape's time.
     Agent,
+    /// L7 hints: ns/packet in the kernel (named connections, SYNs, followed segments) and ns/connection in user space.
+    L7,
 }
 
 #[derive(Debug, Args)]

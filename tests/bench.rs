@@ -79,3 +79,31 @@ fn bench_agent_runs_every_case_and_reports_the_agents_cost() {
         worst.split(" series").next().and_then(|b| b.split_whitespace().last()?.parse().ok()).expect(worst);
     assert!(series > 42 * 1033 + 39 + 24, "{worst}");
 }
+
+#[test]
+fn bench_l7_runs_every_case_and_accounts_for_every_record() {
+    let _load = alone();
+    let out = Command::new(tcpscope_bin())
+        .args(["bench", "l7", "--rounds", "1", "--repeat", "10000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bench l7 failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
+    for hook in ["tc ", "xdp"] {
+        for case in ["bare ACK", "data of a named connection", "SYN (starts", "data of a followed flow"] {
+            let line = stdout
+                .lines()
+                .find(|l| l.starts_with(hook) && l.contains(case))
+                .unwrap_or_else(|| panic!("no {hook} {case}: {stdout}"));
+            assert!(line.contains(" ns   ratio "), "{line}");
+        }
+    }
+    // "records: W written, R read, L lost": each SYN and each followed
+    // segment (1,400 bytes: one chunk) wrote one or counted one lost, and
+    // every one written was read.
+    let records = stdout.lines().find(|l| l.starts_with("records:")).expect(&stdout);
+    let n: Vec<u64> = records.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert_eq!(n.len(), 3, "{records}");
+    assert_eq!((n[0] + n[2], n[1]), (2 * 2 * 20_000, n[0]), "{records}");
+    assert!(stdout.lines().any(|l| l.starts_with("user space:") && l.contains("ns/connection")), "{stdout}");
+}

@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod conns;
+pub mod l7;
 pub mod programs;
 pub mod read;
 pub mod rules;

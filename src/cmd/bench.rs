@@ -27,5 +27,6 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         BenchWhat::Conns => bench::conns::run(args, out),
         BenchWhat::Rules => bench::rules::run(args, out),
         BenchWhat::Agent => bench::agent::run(args, out),
+        BenchWhat::L7 => bench::l7::run(args, out),
     }
 }

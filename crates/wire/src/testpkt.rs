@@ -106,3 +106,59 @@ pub fn pad_to_min_frame(mut frame: Vec<u8>) -> Vec<u8> {
     }
     frame
 }
+
+/// A TLS ClientHello record like a current browser's: SNI `sni`, ALPN h2
+/// and http/1.1, TLS 1.3 and 1.2, and, with `pq`, an X25519MLKEM768 key
+/// share (1,216 bytes) beside the x25519 one and a padding extension
+/// (as Chrome's), which make the record 1,718 bytes and the name: more than one segment
+/// of a 1,460-byte MSS.
+pub fn client_hello(sni: &str, pq: bool) -> Vec<u8> {
+    fn u16s(v: &[u16]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_be_bytes()).collect()
+    }
+    fn with_len16(body: &[u8]) -> Vec<u8> {
+        [&(body.len() as u16).to_be_bytes()[..], body].concat()
+    }
+    fn ext(kind: u16, body: &[u8]) -> Vec<u8> {
+        [&kind.to_be_bytes()[..], &with_len16(body)].concat()
+    }
+    let name = [&[0u8][..], &with_len16(sni.as_bytes())].concat();
+    let groups: &[u16] = if pq { &[0x11ec, 0x001d, 0x0017] } else { &[0x001d, 0x0017] };
+    let mut shares = Vec::new();
+    if pq {
+        shares.extend([&0x11ecu16.to_be_bytes()[..], &with_len16(&[0x5a; 1216])].concat());
+    }
+    shares.extend([&0x001du16.to_be_bytes()[..], &with_len16(&[0x33; 32])].concat());
+    let alpn = [&[2u8][..], b"h2", &[8], b"http/1.1"].concat();
+    let extensions = [
+        ext(0x0000, &with_len16(&name)),
+        ext(0x000a, &with_len16(&u16s(groups))),
+        ext(0x000d, &with_len16(&u16s(&[0x0403, 0x0804, 0x0401]))),
+        ext(0x0010, &with_len16(&alpn)),
+        ext(0x002b, &[&[4u8][..], &u16s(&[0x0304, 0x0303])].concat()),
+        ext(0x0033, &with_len16(&shares)),
+        if pq { ext(0x0015, &[0; 300]) } else { Vec::new() },
+    ]
+    .concat();
+    let mut hello = vec![0x03, 0x03];
+    hello.extend_from_slice(&[0x11; 32]); // random
+    hello.push(32);
+    hello.extend_from_slice(&[0x22; 32]); // session id
+    hello.extend(with_len16(&u16s(&[0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f])));
+    hello.extend_from_slice(&[1, 0]); // compression: null
+    hello.extend(with_len16(&extensions));
+    let len = hello.len() as u32;
+    let handshake = [&[1u8][..], &len.to_be_bytes()[1..], &hello].concat();
+    [&[0x16u8, 0x03, 0x01][..], &with_len16(&handshake)].concat()
+}
+
+/// A frame of `payload` from the client (198.18.0.1:40000) to the server
+/// (198.18.0.2:`dport`), sequence number `seq`, ACK and PSH set.
+pub fn data_v4(dport: u16, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+        .ipv4(V4_SRC, V4_DST, 64)
+        .tcp(40000, dport, seq, 502)
+        .ack(5001)
+        .psh();
+    finish(b, payload)
+}

@@ -266,6 +266,19 @@ mod tests {
     /// algorithms in their original order, with GREASE values added (which
     /// must not count), give its published fingerprint.
     #[test]
+    fn a_post_quantum_client_hello_is_named_whole_and_not_before() {
+        let hello = crate::testpkt::client_hello("pq.example", true);
+        // 5 + 4 + 83 (to the extensions) + 1,636 (SNI 19, groups 12, signatures 12,
+        // ALPN 18, versions 9, key shares 1,262, padding 304): counted by hand.
+        assert_eq!(hello.len(), 1728);
+        assert!(matches!(super::super::identify(&hello[..1400], 443, false), Identified::More));
+        let Identified::Done(l7) = super::super::identify(&hello, 443, false) else { panic!("not named") };
+        assert_eq!((l7.proto.as_ref(), l7.sni.as_deref(), l7.pq), ("tls", Some("pq.example"), Some(true)));
+        assert_eq!(l7.alpn, Some(vec!["h2".to_string(), "http/1.1".to_string()]));
+        assert_eq!(l7.versions, Some(vec!["1.3".to_string(), "1.2".to_string()]));
+    }
+
+    #[test]
     fn ja4_of_the_specifications_example() {
         let ciphers = [
             0x1a1a, 0x1301, 0x1302, 0x1303, 0xc02b, 0xc02f, 0xc02c, 0xc030, 0xcca9, 0xcca8, 0xc013, 0xc014,

@@ -1,0 +1,169 @@
+//! `tcpscope bench l7`: what L7 hints cost. In the kernel, ns per packet of
+//! the ingress programs with L7 hints on, next to the same programs only
+//! counting and to empty ones (BPF_PROG_TEST_RUN, interleaved rounds): for
+//! the packets of a connection already named (the steady state, one
+//! failed hash lookup), for a SYN (a flow starts being followed) and for a
+//! segment of a followed flow (1,400 bytes copied out). In user space, ns
+//! per connection of reassembling and naming a post-quantum ClientHello
+//! that came in two segments.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libbpf_rs::{MapCore, ProgramMut};
+
+use super::programs::ns_per_packet;
+use super::{median, Report};
+use crate::bpf::types::{l7_flow, l7_flow_key};
+use crate::bpf::{self, preflight, LoadOptions};
+use crate::cli::BenchArgs;
+use crate::filter::EventFilter;
+use crate::testpkt;
+use tcpscope_wire::l7::track::Tracker;
+use tcpscope_wire::types::packet_event;
+
+/// Runs of the cases that write records: what the ring (64 MiB) holds
+/// between two drains.
+const WRITING_RUNS: u32 = 20_000;
+
+/// Median and range of `on[i] / off[i]`.
+fn ratio(on: &[f64], off: &[f64]) -> (f64, f64, f64) {
+    let r: Vec<f64> = on.iter().zip(off).map(|(a, b)| a / b).collect();
+    let (lo, hi) = r.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    (median(r), lo, hi)
+}
+
+pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
+    preflight::check_privileges()?;
+    let rounds = args.rounds.max(1) as usize;
+    let baseline = bpf::load_baseline(false)?;
+    let counting = bpf::load_ingress(&LoadOptions::new(EventFilter::default().to_kernel(false)?))?;
+    let mut l7_cfg = EventFilter::default().to_kernel(false)?;
+    l7_cfg.l7 = 1;
+    let l7 = bpf::load_ingress(&LoadOptions { ringbuf_bytes: 64 << 20, ..LoadOptions::new(l7_cfg) })?;
+
+    // The followed flow: the client 198.18.0.1:40000 to 198.18.0.2:443,
+    // its stream starting at sequence number 1001.
+    let mut key = l7_flow_key { sport: 40000, dport: 443, ip_version: 4, ..Default::default() };
+    key.src[..4].copy_from_slice(&testpkt::V4_SRC);
+    key.dst[..4].copy_from_slice(&testpkt::V4_DST);
+    let flow = l7_flow { isn: 1000, ..Default::default() };
+    // SAFETY: both are plain data.
+    let (key_bytes, flow_bytes) = unsafe { (plain::as_bytes(&key).to_vec(), plain::as_bytes(&flow).to_vec()) };
+    let payload = [0x42u8; 1400];
+    // Not in the table (nothing here sends a SYN to 8080).
+    let named = testpkt::data_v4(8080, 1001, &payload);
+    let followed = testpkt::data_v4(443, 1001, &payload);
+    let syn = testpkt::syn_v4();
+    let ack = testpkt::pad_to_min_frame(testpkt::ack_v4());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let read = Arc::new(AtomicU64::new(0));
+    let handle = libbpf_rs::MapHandle::try_from(&l7.maps.events).context("ring buffer handle")?;
+    let consumer = {
+        let (stop, read) = (stop.clone(), read.clone());
+        std::thread::spawn(move || -> Result<()> {
+            let mut b = libbpf_rs::RingBufferBuilder::new();
+            b.add(&handle, |_d: &[u8]| {
+                read.fetch_add(1, Ordering::Relaxed);
+                0
+            })?;
+            let ring = b.build()?;
+            while !stop.load(Ordering::Relaxed) {
+                let _ = ring.poll(Duration::from_millis(10));
+                let _ = ring.consume();
+            }
+            let _ = ring.consume();
+            Ok(())
+        })
+    };
+    let drain = |emitted: u64| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while read.load(Ordering::Relaxed) < emitted && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    };
+
+    out.line(&format!(
+        "bench l7: BPF_PROG_TEST_RUN, {rounds} rounds, median ns/packet; with L7 hints on, the ratio to \
+         the same program only counting (median, and min-max of the rounds' ratios). Packets of named \
+         connections: {} runs; SYNs and followed segments (which write records, read by a consumer \
+         thread): {WRITING_RUNS} runs",
+        args.repeat
+    ));
+    for hook in ["tc", "xdp"] {
+        let (empty, count, on): (&ProgramMut<'_>, &ProgramMut<'_>, &ProgramMut<'_>) = if hook == "tc" {
+            (&baseline.progs.baseline_tc_ok, &counting.progs.tcpscope_tc, &l7.progs.tcpscope_tc)
+        } else {
+            (&baseline.progs.baseline_xdp_pass, &counting.progs.tcpscope_xdp, &l7.progs.tcpscope_xdp)
+        };
+        let cases: [(&str, &[u8], u32); 4] = [
+            ("bare ACK (a download's)", &ack, args.repeat),
+            ("data of a named connection (1,400 B)", &named, args.repeat),
+            ("SYN (starts following its flow)", &syn, WRITING_RUNS),
+            ("data of a followed flow (1,400 B copied)", &followed, WRITING_RUNS),
+        ];
+        for (name, frame, runs) in cases {
+            let (mut e, mut c, mut l) = (Vec::new(), Vec::new(), Vec::new());
+            for _ in 0..rounds {
+                l7.maps.l7_flows.update(&key_bytes, &flow_bytes, libbpf_rs::MapFlags::ANY)?;
+                e.push(ns_per_packet(empty, frame, runs)?);
+                c.push(ns_per_packet(count, frame, runs)?);
+                l.push(ns_per_packet(on, frame, runs)?);
+                drain(bpf::read_counters(&l7)?.0.events);
+            }
+            let (r, lo, hi) = ratio(&l, &c);
+            if !out.line(&format!(
+                "{hook:<3} {name:<42} empty {:>6.1}   counting {:>6.1}   l7 {:>6.1} ns   ratio {r:.2} ({lo:.2}-{hi:.2})",
+                median(e),
+                median(c),
+                median(l)
+            )) {
+                break;
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    consumer.join().map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
+    let c = bpf::read_counters(&l7)?;
+    out.line(&format!(
+        "records: {} written, {} read, {} lost (ring full while the consumer lagged)",
+        c.0.events,
+        read.load(Ordering::Relaxed),
+        c.0.events_lost
+    ));
+
+    // User space: SYN, then the ClientHello in two segments, per connection.
+    let hello = testpkt::client_hello("bench.example", true);
+    let (first, rest) = hello.split_at(1400);
+    let conns: u16 = 50_000;
+    let mut per_conn = Vec::new();
+    for _ in 0..rounds {
+        let mut t = Tracker::default();
+        let mut ev = packet_event { ip_version: 4, dport: 443, ..Default::default() };
+        ev.src[..4].copy_from_slice(&testpkt::V4_SRC);
+        ev.dst[..4].copy_from_slice(&testpkt::V4_DST);
+        let start = Instant::now();
+        for sport in 0..conns {
+            ev.sport = 10_000 + sport;
+            (ev.seq, ev.flags_raw) = (1000, 0x02);
+            t.packet(&ev, 1, &[]);
+            (ev.seq, ev.flags_raw) = (1001, 0x10);
+            t.packet(&ev, 2, first);
+            ev.seq = 1001 + first.len() as u32;
+            let r = t.packet(&ev, 3, rest);
+            anyhow::ensure!(r.is_some_and(|r| r.l7.sni.as_deref() == Some("bench.example")), "not named");
+        }
+        per_conn.push(start.elapsed().as_nanos() as f64 / f64::from(conns));
+    }
+    let (lo, hi) = per_conn.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+    out.line(&format!(
+        "user space: {conns} connections, each a SYN and a {}-byte post-quantum ClientHello in 2 segments, \
+         reassembled and named: {:.0} ns/connection (median; {lo:.0}-{hi:.0})",
+        hello.len(),
+        median(per_conn)
+    ));
+    Ok(())
+}
