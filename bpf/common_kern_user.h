@@ -155,6 +155,7 @@ struct tcpscope_counters {
 	__u64 sample_tick;        /* sampling state, not a statistic */
 	__u64 guard_dropped[GUARD_DROP_MAX]; /* by enum guard_drop_reason; [0] unused */
 	__u64 l7_untracked;       /* L7 hints: SYNs not followed, the flow table full */
+	__u64 l7_not_listening;   /* L7 hints: SYNs not followed, no socket would take them */
 };
 
 /* One address as the kernel stores it: IPv4 in the first 4 bytes. */

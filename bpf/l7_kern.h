@@ -14,14 +14,50 @@ struct {
 	__type(value, struct l7_flow);
 } l7_flows SEC(".maps");
 
-/* The key, in a per-CPU scratch slot: the ingress program's stack is
- * nearly full (see top_sources_kern.h). */
+/* The key and a socket lookup's tuple, in a per-CPU scratch slot: the
+ * ingress program's stack is nearly full (see top_sources_kern.h). */
+struct l7_scratch {
+	struct l7_flow_key k;
+	struct bpf_sock_tuple t;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, struct l7_flow_key);
+	__type(value, struct l7_scratch);
 } l7_scratch SEC(".maps");
+
+#ifndef BPF_F_CURRENT_NETNS
+#define BPF_F_CURRENT_NETNS (-1L)
+#endif
+
+/* Whether a socket of this host (in the interface's network namespace)
+ * would take the SYN: a listener, or a connection it retransmits for.
+ * Only such SYNs are followed: a scan's SYNs to closed ports would fill
+ * the flow table and wait out the idle timeout. */
+static __always_inline bool l7_listening(void *ctx, struct bpf_sock_tuple *t, const struct packet_event *ev)
+{
+	__u32 size;
+	if (ev->ip_version == 4) {
+		__builtin_memcpy(&t->ipv4.saddr, ev->src, 4);
+		__builtin_memcpy(&t->ipv4.daddr, ev->dst, 4);
+		t->ipv4.sport = bpf_htons(ev->sport);
+		t->ipv4.dport = bpf_htons(ev->dport);
+		size = sizeof(t->ipv4);
+	} else {
+		__builtin_memcpy(t->ipv6.saddr, ev->src, 16);
+		__builtin_memcpy(t->ipv6.daddr, ev->dst, 16);
+		t->ipv6.sport = bpf_htons(ev->sport);
+		t->ipv6.dport = bpf_htons(ev->dport);
+		size = sizeof(t->ipv6);
+	}
+	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return false;
+	bpf_sk_release(sk);
+	return true;
+}
 
 /* A packet of a followed flow with nothing to copy (a FIN or RST): the
  * event alone. */
@@ -84,9 +120,10 @@ static __always_inline void l7_packet(void *ctx, struct tcpscope_counters *c, st
 	if (!syn && !ends && !ev->payload_len)
 		return;
 	__u32 zero = 0;
-	struct l7_flow_key *k = bpf_map_lookup_elem(&l7_scratch, &zero);
-	if (!k)
+	struct l7_scratch *scratch = bpf_map_lookup_elem(&l7_scratch, &zero);
+	if (!scratch)
 		return; /* cannot happen: a 1-slot array */
+	struct l7_flow_key *k = &scratch->k;
 	__builtin_memcpy(k->src, ev->src, 16);
 	__builtin_memcpy(k->dst, ev->dst, 16);
 	k->sport = ev->sport;
@@ -96,6 +133,10 @@ static __always_inline void l7_packet(void *ctx, struct tcpscope_counters *c, st
 	if (syn) {
 		if (!event_wanted(ev)) {
 			c->filtered_out++;
+			return;
+		}
+		if (!l7_listening(ctx, &scratch->t, ev)) {
+			c->l7_not_listening++;
 			return;
 		}
 		/* The clock only for packets that go out: read for every

@@ -545,6 +545,10 @@ pub struct AgentArgs {
     /// pod) on logged connection events, and a capped `workload` label.
     #[arg(long)]
     pub workload: bool,
+    /// Name each incoming connection's protocol from its first bytes (L7
+    /// hints: HTTP, TLS, DNS, SSH, h2c), counted by protocol and port.
+    #[arg(long)]
+    pub l7: bool,
     /// Check the configuration (file and options) and exit: 0 and a summary
     /// if it is good, else the error with its line.
     #[arg(long)]

@@ -90,7 +90,9 @@ fn bench_l7_runs_every_case_and_accounts_for_every_record() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bench l7 failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     for hook in ["tc ", "xdp"] {
-        for case in ["bare ACK", "data of a named connection", "SYN (starts", "data of a followed flow"] {
+        for case in
+            ["bare ACK", "data of a named connection", "SYN to a closed", "SYN to a listener", "data of a followed flow"]
+        {
             let line = stdout
                 .lines()
                 .find(|l| l.starts_with(hook) && l.contains(case))

@@ -32,6 +32,13 @@
 //! pods_dir = "/var/log/pods"           # pod names and namespaces
 //! max_labels = 64                      # workload labels; the rest "other"
 //!
+//! [l7]                                # L7 hints (off by default; or --l7)
+//! enabled = true
+//! protocols = "/etc/tcpscope/protocols.toml"   # custom protocols
+//! top_names = 10                       # opt-in: the 10 most seen SNIs and
+//! window = 60.0                        # Hosts per window; 0 (default): none
+//! log = false                          # or "l7" in [log] events
+//!
 //! [guard]
 //! enabled = true
 //! rules = "/etc/tcpscope/rules.toml"
@@ -66,7 +73,27 @@ struct File {
     log: Option<LogFile>,
     workload: Option<WorkloadFile>,
     top_sources: Option<TopFile>,
+    l7: Option<L7File>,
     guard: Option<BTreeMap<String, Spanned<toml::Value>>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct L7File {
+    enabled: Option<bool>,
+    protocols: Option<PathBuf>,
+    top_names: Option<usize>,
+    window: Option<f64>,
+}
+
+/// L7 hints on every counting interface.
+#[derive(Debug, Clone)]
+pub struct L7Config {
+    /// Custom protocols, tried first.
+    pub protocols: tcpscope_wire::l7::custom::Protocols,
+    /// The most seen TLS server names and HTTP hosts per window, as
+    /// labels: opt-in, K of each.
+    pub top_names: Option<TopConfig>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -125,7 +152,7 @@ pub struct LogConfig {
 
 /// The kinds of events the agent can log, and the connection events of
 /// each (their `event` names in docs/conns-schema.md).
-pub const LOG_KINDS: [(&str, &[&str]); 7] = [
+pub const LOG_KINDS: [(&str, &[&str]); 8] = [
     ("connections", &["connect", "established_out", "established_in", "accept", "close"]),
     ("retransmits", &["retransmit", "retransmit_synack"]),
     ("resets", &["reset_received", "reset_sent"]),
@@ -133,6 +160,7 @@ pub const LOG_KINDS: [(&str, &[&str]); 7] = [
     ("windows", &["zero_window", "window_reopen", "rcvqueue_full"]),
     ("alerts", &[]),
     ("rules", &[]),
+    ("l7", &[]),
 ];
 
 fn check_log_kinds(kinds: &[String]) -> std::result::Result<(), String> {
@@ -180,6 +208,8 @@ pub struct AgentConfig {
     pub workload: Option<WorkloadConfig>,
     /// None: off (the default).
     pub top_sources: Option<TopConfig>,
+    /// None: off (the default).
+    pub l7: Option<L7Config>,
 }
 
 /// Reads a token file: root-only, not empty.
@@ -350,7 +380,31 @@ impl AgentConfig {
             pods_dir: wf.pods_dir.unwrap_or_else(|| "/var/log/pods".into()),
             max_labels: wf.max_labels.unwrap_or(64),
         });
+        let lf = file.l7.unwrap_or_default();
+        let l7 = if args.l7 || lf.enabled.unwrap_or(false) {
+            let protocols = match &lf.protocols {
+                None => Default::default(),
+                Some(f) => {
+                    let text = std::fs::read_to_string(f)
+                        .map_err(|e| UsageError(format!("{name}: [l7] protocols {}: {e}", f.display())))?;
+                    tcpscope_wire::l7::custom::Protocols::parse(&text, &f.display().to_string())
+                        .map_err(|e| UsageError(format!("{e:#}")))?
+                }
+            };
+            let k = lf.top_names.unwrap_or(0);
+            let window = lf.window.unwrap_or(60.0);
+            crate::ensure_usage!(k <= 100, "[l7] top_names {k}: use 0 (none) to 100");
+            crate::ensure_usage!(
+                window.is_finite() && window >= 1.0,
+                "[l7] window {window}: use at least 1 second"
+            );
+            let top_names = (k > 0).then(|| TopConfig { k, window: Duration::from_secs_f64(window) });
+            Some(L7Config { protocols, top_names })
+        } else {
+            None
+        };
         Ok(AgentConfig {
+            l7,
             interfaces,
             netns: args.netns.clone().or(file.netns),
             listen: args.listen.clone().or(file.listen).unwrap_or_else(|| "127.0.0.1:9917".into()),

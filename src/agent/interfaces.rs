@@ -24,11 +24,23 @@ use crate::output::alert::Alert;
 use crate::policy::Rule;
 use crate::view::guard::Guard;
 use crate::view::ingress::Session;
+use crate::view::l7::L7Reader;
+use tcpscope_wire::l7::custom::Protocols;
+use tcpscope_wire::l7::track::Record;
+
+/// The ring of an interface with L7 hints: 16 MiB.
+const L7_RING: u32 = 16 << 20;
 
 /// The programs on one interface.
 pub enum Attached {
-    Counting(Session),
+    Counting(Box<Counted>),
     Guarding(Box<Guarded>),
+}
+
+pub struct Counted {
+    /// L7 hints, when on: read before the session goes.
+    pub l7: Option<L7Reader>,
+    pub session: Session,
 }
 
 pub struct Guarded {
@@ -40,7 +52,7 @@ pub struct Guarded {
 impl Attached {
     pub fn session(&self) -> &Session {
         match self {
-            Attached::Counting(s) => s,
+            Attached::Counting(c) => &c.session,
             Attached::Guarding(g) => &g.guard.session,
         }
     }
@@ -72,6 +84,8 @@ pub struct Interfaces {
     refused: HashSet<String>,
     /// Count packets and SYNs per source in the kernel.
     pub top_sources: bool,
+    /// L7 hints on counting interfaces, with these custom protocols.
+    pub l7: Option<Protocols>,
     /// Rule counts (allow, block), read every few polls.
     pub rules: Option<(usize, usize)>,
     polls: u64,
@@ -169,6 +183,7 @@ impl Interfaces {
         netns: Option<&str>,
         guard: Option<GuardArgs>,
         top_sources: bool,
+        l7: Option<Protocols>,
         metrics: &mut Metrics,
         rules: RulesFor,
     ) -> Result<Self> {
@@ -183,6 +198,7 @@ impl Interfaces {
             links: LinkEvents::open(),
             refused: HashSet::new(),
             top_sources,
+            l7,
             rules: None,
             polls: 0,
         };
@@ -214,7 +230,16 @@ impl Interfaces {
         let Some(template) = &self.guard else {
             let mut config = EventFilter::default().to_kernel(false)?;
             config.top_sources = u8::from(self.top_sources);
-            return Ok(Attached::Counting(Session::start(&attach, config, 4096)?));
+            let counted = match &self.l7 {
+                // Records of 2 KiB chunks: room for a few thousand
+                // connections' first bytes between two reads.
+                Some(protocols) => {
+                    let session = crate::view::l7::start_session(&attach, config, L7_RING)?;
+                    Counted { l7: Some(L7Reader::new(&session, protocols.clone())?), session }
+                }
+                None => Counted { l7: None, session: Session::start(&attach, config, 4096)? },
+            };
+            return Ok(Attached::Counting(Box::new(counted)));
         };
         let args = GuardArgs { attach, rules: None, top_sources: self.top_sources, ..template.clone() };
         let guard = Guard::start(&args)?;
@@ -334,6 +359,26 @@ impl Interfaces {
         said
     }
 
+    /// The L7 records that came on every interface with L7 hints, and, with
+    /// `stats_too`, what each reader has done so far (by interface).
+    pub fn poll_l7(
+        &mut self,
+        stats_too: bool,
+        mut take: impl FnMut(&str, Record),
+    ) -> Vec<(String, crate::view::l7::L7Stats)> {
+        let mut stats = Vec::new();
+        for e in &mut self.list {
+            let Some(Attached::Counting(c)) = &mut e.state else { continue };
+            let Some(reader) = &mut c.l7 else { continue };
+            let name = &e.name;
+            let _ = reader.poll(&c.session, std::time::Duration::ZERO, |r| take(name, r));
+            if let Some(s) = stats_too.then(|| reader.stats(&c.session).ok()).flatten() {
+                stats.push((name.clone(), s));
+            }
+        }
+        stats
+    }
+
     fn guards(&self) -> impl Iterator<Item = &Guard> {
         self.list.iter().filter_map(|e| match &e.state {
             Some(Attached::Guarding(g)) => Some(&g.guard),
@@ -384,13 +429,16 @@ impl Interfaces {
         &mut self,
         patterns: &[String],
         guard: Option<GuardArgs>,
+        l7: Option<Protocols>,
         metrics: &mut Metrics,
         rules: RulesFor,
     ) -> Vec<String> {
         let mut said = Vec::new();
         let guard_changed = format!("{guard:?}") != format!("{:?}", self.guard);
+        let l7_changed = format!("{l7:?}") != format!("{:?}", self.l7);
         self.patterns = patterns.to_vec();
         self.guard = guard;
+        self.l7 = l7;
         self.list.retain(|e| {
             let keep = if e.named {
                 patterns.contains(&e.name)
@@ -408,11 +456,19 @@ impl Interfaces {
                 self.list.push(Entry { name: name.clone(), named: true, state: None, refused: None });
             }
         }
-        if guard_changed {
+        if l7_changed {
             said.push(format!(
-                "guard {}",
-                if self.guard.is_some() { "on, or its settings changed" } else { "off" }
+                "L7 hints {}",
+                if self.l7.is_some() { "on, or their protocols changed" } else { "off" }
             ));
+        }
+        if guard_changed || l7_changed {
+            if guard_changed {
+                said.push(format!(
+                    "guard {}",
+                    if self.guard.is_some() { "on, or its settings changed" } else { "off" }
+                ));
+            }
             for e in &mut self.list {
                 e.state = None; // detached; attached again below
             }

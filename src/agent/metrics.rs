@@ -41,12 +41,92 @@ pub struct Metrics {
     workloads: Option<(IntCounterVec, HashSet<String>, usize)>,
     /// The programs' cost, when BPF run-time statistics are on.
     bpf_runs: Option<(CounterVec, IntCounterVec)>,
+    /// L7 hints, when on.
+    l7: Option<L7Metrics>,
+    /// Local ports that completed an incoming handshake: the port labels
+    /// L7 records may take (a scan's SYNs to every port must not make a
+    /// series each).
+    in_ports: HashSet<u16>,
     /// The last total seen per series, to add only what is new.
     last: HashMap<(&'static str, Vec<String>), u64>,
     remote_ports: HashSet<u16>,
     /// Open connections seen: cookie to (direction, port label).
     open: HashMap<u64, (&'static str, String)>,
     latency: LatencyHistograms,
+}
+
+/// The reasons an L7 record gives up, all exported from the start.
+pub const GAVE_UP_REASONS: [&str; 4] = ["closed", "too_large", "timeout", "state_evicted"];
+
+struct L7Metrics {
+    connections: IntCounterVec,
+    gave_up: IntCounterVec,
+    hellos: IntCounterVec,
+    names: Option<TopNames>,
+}
+
+/// The most seen TLS server names and HTTP hosts over a window. Counted
+/// with the space-saving algorithm in a table of 8·K names per kind, so
+/// that a flood of distinct names costs fixed memory: a name that is truly
+/// among the K most seen is kept (its count may be over by at most the
+/// smallest count in the table).
+struct TopNames {
+    k: usize,
+    gauge: IntGaugeVec,
+    counts: HashMap<&'static str, HashMap<String, u64>>,
+    totals: HashMap<&'static str, u64>,
+    started: std::time::Instant,
+    shown: HashSet<(&'static str, String)>,
+}
+
+impl TopNames {
+    fn new(k: usize, gauge: IntGaugeVec) -> Self {
+        TopNames {
+            k,
+            gauge,
+            counts: HashMap::new(),
+            totals: HashMap::new(),
+            started: std::time::Instant::now(),
+            shown: HashSet::new(),
+        }
+    }
+
+    fn count(&mut self, kind: &'static str, name: &str) {
+        *self.totals.entry(kind).or_insert(0) += 1;
+        let table = self.counts.entry(kind).or_default();
+        if let Some(n) = table.get_mut(name) {
+            *n += 1;
+        } else if table.len() < 8 * self.k {
+            table.insert(name.to_string(), 1);
+        } else if let Some((least, n)) = table.iter().min_by_key(|(_, n)| **n).map(|(k, n)| (k.clone(), *n)) {
+            table.remove(&least);
+            table.insert(name.to_string(), n + 1);
+        }
+    }
+
+    fn publish_if_due(&mut self, window: std::time::Duration) {
+        if self.started.elapsed() < window {
+            return;
+        }
+        self.started = std::time::Instant::now();
+        let mut now = HashSet::new();
+        for kind in ["sni", "host"] {
+            let mut rows: Vec<(String, u64)> = self.counts.remove(kind).unwrap_or_default().into_iter().collect();
+            rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+            rows.truncate(self.k);
+            let total = self.totals.remove(kind).unwrap_or(0);
+            let shown: u64 = rows.iter().map(|(_, n)| n).sum();
+            self.gauge.with_label_values(&[kind, "other"]).set(total.saturating_sub(shown) as i64);
+            for (name, n) in rows {
+                self.gauge.with_label_values(&[kind, &name]).set(n as i64);
+                now.insert((kind, name));
+            }
+        }
+        for (kind, name) in self.shown.difference(&now) {
+            let _ = self.gauge.remove_label_values(&[kind, name.as_str()]);
+        }
+        self.shown = now;
+    }
 }
 
 /// A remote port's label: its number for the first REMOTE_PORTS ports seen,
@@ -149,6 +229,8 @@ impl Metrics {
                 g
             },
             bpf_runs: None,
+            l7: None,
+            in_ports: HashSet::new(),
             workloads: None,
             top: None,
             registry,
@@ -424,6 +506,9 @@ impl Metrics {
             if self.open.len() < 1 << 20 {
                 self.open.insert(e.cookie, (direction, port));
             }
+            if direction == "in" {
+                self.in_ports.insert(e.sport);
+            }
         } else if kind == K::CONN_CLOSE.0 {
             if let Some((direction, port)) = self.open.remove(&e.cookie) {
                 self.closed.with_label_values(&[direction, &port]).inc();
@@ -440,6 +525,112 @@ impl Metrics {
         } else if kind == K::CONN_ZERO_WINDOW.0 {
             let port = self.known_port(e.cookie);
             self.zero_windows.with_label_values(&[&port]).inc();
+        }
+    }
+
+    /// L7 hints are on: their series, the give-ups at 0 by reason, and the
+    /// top names' gauge if `top_names` asks for K of each kind.
+    pub fn declare_l7(&mut self, top_names: Option<usize>) -> Result<()> {
+        if self.l7.is_none() {
+            let r = &self.registry;
+            let l7 = L7Metrics {
+                connections: counter(
+                    r,
+                    "tcpscope_l7_connections_total",
+                    "Incoming connections by the protocol their first bytes spoke (unknown included), and local port (a port that completed no handshake: \"other\").",
+                    &["proto", "port"],
+                )?,
+                gave_up: counter(
+                    r,
+                    "tcpscope_l7_gave_up_total",
+                    "Connections whose first message was not named: closed first, too large, timed out, or its state evicted (or never kept: the kernel's flow table was full).",
+                    &["reason"],
+                )?,
+                hellos: counter(
+                    r,
+                    "tcpscope_tls_client_hellos_total",
+                    "TLS ClientHellos by the highest version offered, and whether a post-quantum key exchange group was offered.",
+                    &["version", "pq"],
+                )?,
+                names: None,
+            };
+            for reason in GAVE_UP_REASONS {
+                l7.gave_up.with_label_values(&[reason]);
+            }
+            self.events_lost.with_label_values(&["l7"]);
+            self.l7 = Some(l7);
+        }
+        let l7 = self.l7.as_mut().expect("just made");
+        match (top_names, &mut l7.names) {
+            (Some(k), Some(names)) => names.k = k,
+            (Some(k), None) => {
+                let gauge = IntGaugeVec::new(
+                    Opts::new(
+                        "tcpscope_l7_top_names",
+                        "Connections per TLS server name (kind=\"sni\") or HTTP host (kind=\"host\") over the last window: the K most seen, the rest as name=\"other\".",
+                    ),
+                    &["kind", "name"],
+                )?;
+                self.registry.register(Box::new(gauge.clone()))?;
+                for kind in ["sni", "host"] {
+                    gauge.with_label_values(&[kind, "other"]);
+                }
+                l7.names = Some(TopNames::new(k, gauge));
+            }
+            (None, Some(_)) => {
+                if let Some(names) = l7.names.take() {
+                    let _ = self.registry.unregister(Box::new(names.gauge));
+                }
+            }
+            (None, None) => {}
+        }
+        Ok(())
+    }
+
+    /// One connection's L7 record.
+    pub fn observe_l7(&mut self, r: &tcpscope_wire::l7::track::Record) {
+        let port = if self.in_ports.contains(&r.dport) { r.dport.to_string() } else { "other".to_string() };
+        let Some(m) = &mut self.l7 else { return };
+        let l = &r.l7;
+        if let Some(why) = l.gave_up {
+            m.gave_up.with_label_values(&[why]).inc();
+            return;
+        }
+        m.connections.with_label_values(&[l.proto.as_ref(), port.as_str()]).inc();
+        if l.proto == "tls" {
+            let version = l.versions.as_ref().and_then(|v| v.iter().max()).map_or("unknown", String::as_str);
+            let pq = if l.pq == Some(true) { "true" } else { "false" };
+            m.hellos.with_label_values(&[version, pq]).inc();
+        }
+        if let Some(names) = &mut m.names {
+            if let Some(sni) = &l.sni {
+                names.count("sni", sni);
+            }
+            if let Some(host) = &l.host {
+                names.count("host", host);
+            }
+        }
+    }
+
+    /// An interface's L7 totals since its program was attached: records
+    /// the kernel could not write, and SYNs it could not follow (counted as
+    /// `state_evicted` give-ups: no state could be kept for them).
+    pub fn observe_l7_totals(&mut self, iface: &str, lost: u64, untracked: u64) {
+        let Some(m) = &self.l7 else { return };
+        let (gave_up, lost_c) = (m.gave_up.clone(), self.events_lost.clone());
+        for (name, total, c, label) in
+            [("l7-lost", lost, &lost_c, "l7"), ("l7-untracked", untracked, &gave_up, "state_evicted")]
+        {
+            let last = self.last.insert((name, vec![iface.to_string()]), total).unwrap_or(0);
+            c.with_label_values(&[label]).inc_by(if total >= last { total - last } else { total });
+        }
+    }
+
+    /// The top names' window, if it is over: its rows shown, the rest
+    /// gone.
+    pub fn l7_names_window(&mut self, window: std::time::Duration) {
+        if let Some(names) = self.l7.as_mut().and_then(|m| m.names.as_mut()) {
+            names.publish_if_due(window);
         }
     }
 

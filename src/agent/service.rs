@@ -117,11 +117,15 @@ impl Agent {
         if config.top_sources.is_some() {
             metrics.declare_top_sources()?;
         }
+        if let Some(l7) = &config.l7 {
+            metrics.declare_l7(l7.top_names.as_ref().map(|t| t.k))?;
+        }
         let ifaces = Interfaces::start(
             &config.interfaces,
             config.netns.as_deref(),
             config.guard.clone(),
             config.top_sources.is_some(),
+            config.l7.as_ref().map(|l| l.protocols.clone()),
             &mut metrics,
             &rules_for(&file_rules, &shared),
         )?;
@@ -215,7 +219,18 @@ impl Agent {
         });
         let mut step = Step::default();
         step.lines.extend(String::from_utf8_lossy(&out).lines().map(str::to_string));
-        if last || Instant::now() >= self.next {
+        // L7 records: every step, after the connection events that named
+        // their ports.
+        let log_l7 = self.config.log.events.iter().any(|k| k == "l7");
+        let metrics = &mut self.metrics;
+        let due = last || Instant::now() >= self.next;
+        let l7_stats = self.ifaces.poll_l7(due, |iface, r| {
+            metrics.observe_l7(&r);
+            if log_l7 {
+                step.lines.push(crate::output::l7::log_line(&r, iface));
+            }
+        });
+        if due {
             let mut alerts = Vec::new();
             step.said =
                 self.ifaces.poll(&mut self.metrics, &rules_for(&self.file_rules, &self.shared), &mut alerts);
@@ -235,6 +250,12 @@ impl Agent {
             }
             if let Some(counts) = self.ifaces.rules {
                 self.metrics.observe_guard_rules(counts);
+            }
+            for (iface, s) in &l7_stats {
+                self.metrics.observe_l7_totals(iface, s.events_lost, s.untracked);
+            }
+            if let Some(top) = self.config.l7.as_ref().and_then(|l| l.top_names.as_ref()) {
+                self.metrics.l7_names_window(top.window);
             }
             let log = |kind: &str| self.config.log.events.iter().any(|k| k == kind);
             for a in &alerts {
@@ -279,7 +300,11 @@ impl Agent {
         }
         self.file_rules = file_rules;
         let rules = rules_for(&self.file_rules, &self.shared);
-        said.extend(self.ifaces.reconfigure(&new.interfaces, new.guard.clone(), &mut self.metrics, &rules));
+        if let Some(l7) = &new.l7 {
+            self.metrics.declare_l7(l7.top_names.as_ref().map(|t| t.k))?;
+        }
+        let protocols = new.l7.as_ref().map(|l| l.protocols.clone());
+        said.extend(self.ifaces.reconfigure(&new.interfaces, new.guard.clone(), protocols, &mut self.metrics, &rules));
         let (added, removed) = self.ifaces.sync_rules(&rules)?;
         said.push(format!("configuration reloaded: {added} rules added, {removed} removed"));
         let change = serde_json::json!({"change": "reload", "added": added, "removed": removed});

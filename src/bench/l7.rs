@@ -2,7 +2,8 @@
 //! the ingress programs with L7 hints on, next to the same programs only
 //! counting and to empty ones (BPF_PROG_TEST_RUN, interleaved rounds): for
 //! the packets of a connection already named (the steady state, one
-//! failed hash lookup), for a SYN (a flow starts being followed) and for a
+//! failed hash lookup), for SYNs (a socket lookup, and a flow followed if a
+//! socket would take it) and for a
 //! segment of a followed flow (1,400 bytes copied out). In user space, ns
 //! per connection of reassembling and naming a post-quantum ClientHello
 //! that came in two segments.
@@ -56,7 +57,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     // Not in the table (nothing here sends a SYN to 8080).
     let named = testpkt::data_v4(8080, 1001, &payload);
     let followed = testpkt::data_v4(443, 1001, &payload);
-    let syn = testpkt::syn_v4();
+    // A SYN is followed only if a socket would take it: a listener of this
+    // namespace on every address, for as long as the benchmark runs.
+    let listener = std::net::TcpListener::bind("0.0.0.0:0").context("a listener for the SYN case")?;
+    let syn = testpkt::syn_v4_to(listener.local_addr()?.port());
+    let syn_closed = testpkt::syn_v4_to(9); // discard: nothing listens
     let ack = testpkt::pad_to_min_frame(testpkt::ack_v4());
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -99,10 +104,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
         } else {
             (&baseline.progs.baseline_xdp_pass, &counting.progs.tcpscope_xdp, &l7.progs.tcpscope_xdp)
         };
-        let cases: [(&str, &[u8], u32); 4] = [
+        let cases: [(&str, &[u8], u32); 5] = [
             ("bare ACK (a download's)", &ack, args.repeat),
             ("data of a named connection (1,400 B)", &named, args.repeat),
-            ("SYN (starts following its flow)", &syn, WRITING_RUNS),
+            ("SYN to a closed port (socket lookup)", &syn_closed, args.repeat),
+            ("SYN to a listener (starts following)", &syn, WRITING_RUNS),
             ("data of a followed flow (1,400 B copied)", &followed, WRITING_RUNS),
         ];
         for (name, frame, runs) in cases {
@@ -125,6 +131,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
             }
         }
     }
+    drop(listener);
     stop.store(true, Ordering::Relaxed);
     consumer.join().map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
     let c = bpf::read_counters(&l7)?;

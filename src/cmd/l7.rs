@@ -73,8 +73,7 @@ fn live(args: &L7Args, attach: &crate::cli::AttachArgs, custom: Protocols) -> Re
     }
     if out.wants_more() {
         // What came before the stop, then the streams still waiting.
-        view.poll(Duration::ZERO, |r| out.print(&r))?;
-        view.finish(|r| out.print(&r));
+        view.finish(|r| out.print(&r))?;
     }
     let stats = view.stats()?;
     eprintln!("tcpscope: {}; {} packets seen", summary(&stats), stats.packets);
@@ -93,6 +92,7 @@ fn summary(s: &L7Stats) -> String {
     );
     for (n, what) in [
         (s.untracked, "not followed (the kernel's flow table was full)"),
+        (s.not_listening, "SYNs to ports nothing listens on, not followed"),
         (s.swept, "followed without their SYN (ring buffer full) and swept"),
         (s.events_lost, "records lost (ring buffer full: --ringbuf-mib)"),
     ] {

@@ -7,6 +7,17 @@ pub fn json(r: &Record) -> String {
     serde_json::to_string(r).expect("a record always serializes")
 }
 
+/// A record as an event log line: `{"event":"l7","interface":..,` then
+/// the record's own keys.
+pub fn log_line(r: &Record, iface: &str) -> String {
+    let record = json(r);
+    format!(
+        "{{\"event\":\"l7\",\"interface\":{},{}",
+        serde_json::Value::from(iface),
+        record.strip_prefix('{').unwrap_or(&record)
+    )
+}
+
 fn details(l: &L7) -> String {
     let q = |s: &Option<String>| s.as_deref().map(|v| format!("{v:?}"));
     let mut parts: Vec<String> = Vec::new();

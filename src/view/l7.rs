@@ -50,6 +50,8 @@ pub struct L7Stats {
     pub gave_up: BTreeMap<&'static str, u64>,
     /// SYNs the kernel could not follow: its flow table was full.
     pub untracked: u64,
+    /// SYNs not followed because no socket would take them (closed ports).
+    pub not_listening: u64,
     /// Flows the kernel followed whose SYN never reached user space (the
     /// ring buffer was full): swept from the table after the idle timeout.
     pub swept: u64,
@@ -59,10 +61,11 @@ pub struct L7Stats {
     pub packets: u64,
 }
 
-pub struct L7View {
-    // The ring first: it is dropped before the programs it reads.
+/// The L7 records of an ingress session loaded with L7 hints on (its
+/// `events` ring and `l7_flows` table): a session's own view, or the
+/// agent's beside its counters. Drop it before the session.
+pub struct L7Reader {
     ring: libbpf_rs::RingBuffer<'static>,
-    pub session: Session,
     queue: Rc<RefCell<Vec<Piece>>>,
     tracker: Tracker,
     clock_offset: u64,
@@ -70,15 +73,10 @@ pub struct L7View {
     swept: u64,
 }
 
-impl L7View {
-    /// Loads the ingress program with L7 hints on, for connections to
-    /// `ports` (all if empty), and attaches it to the interface.
-    pub fn start(args: &AttachArgs, ports: &[u16], custom: Protocols, ringbuf_bytes: u32) -> Result<Self> {
-        let filter = crate::filter::EventFilter { dports: ports.to_vec(), ..Default::default() };
-        let mut config = filter.to_kernel(false)?;
-        config.l7 = 1;
-        let opts = LoadOptions { ringbuf_bytes, ..LoadOptions::new(config) };
-        let session = Session::start_with(args, args.hook(), opts)?;
+impl L7Reader {
+    /// Reads `session`'s records, naming them with `custom` protocols
+    /// first, then the built-in ones.
+    pub fn new(session: &Session, custom: Protocols) -> Result<Self> {
         let queue: Rc<RefCell<Vec<Piece>>> = Rc::default();
         let clock_offset = bpf::monotonic_to_realtime_offset();
         let q = queue.clone();
@@ -92,9 +90,8 @@ impl L7View {
             })
             .context("setting up the ring buffer")?;
         let ring = builder.build().context("setting up the ring buffer")?;
-        Ok(L7View {
+        Ok(L7Reader {
             ring,
-            session,
             queue,
             tracker: Tracker::with_protocols(custom),
             clock_offset,
@@ -105,7 +102,7 @@ impl L7View {
 
     /// Waits up to `timeout` for the kernel's records, and hands over each
     /// connection's record as it is made.
-    pub fn poll(&mut self, timeout: Duration, mut take: impl FnMut(Record)) -> Result<()> {
+    pub fn poll(&mut self, session: &Session, timeout: Duration, mut take: impl FnMut(Record)) -> Result<()> {
         match self.ring.poll(timeout).and_then(|()| self.ring.consume()) {
             Ok(()) => {}
             Err(e) if e.kind() == libbpf_rs::ErrorKind::Interrupted => {}
@@ -114,29 +111,32 @@ impl L7View {
         let pieces = std::mem::take(&mut *self.queue.borrow_mut());
         for p in pieces {
             if let Some(r) = self.tracker.packet(&p.ev, p.ts_ns, &p.data) {
-                self.done(r, &mut take);
+                done(session, r, &mut take);
             }
             for r in self.tracker.take_evicted() {
-                self.done(r, &mut take);
+                done(session, r, &mut take);
             }
         }
         if Instant::now() >= self.next_housekeeping {
             self.next_housekeeping = Instant::now() + HOUSEKEEPING;
             let now = self.now_ns();
             for r in self.tracker.expire(now) {
-                self.done(r, &mut take);
+                done(session, r, &mut take);
             }
-            self.sweep(now);
+            self.sweep(session, now);
         }
         Ok(())
     }
 
-    /// The end: every stream still waiting is given up (`timeout`).
-    pub fn finish(&mut self, mut take: impl FnMut(Record)) {
+    /// The end: what came, then every stream still waiting, given up
+    /// (`timeout`).
+    pub fn finish(&mut self, session: &Session, mut take: impl FnMut(Record)) -> Result<()> {
+        self.poll(session, Duration::ZERO, &mut take)?;
         let now = self.now_ns();
         for r in self.tracker.finish(now) {
-            self.done(r, &mut take);
+            done(session, r, &mut take);
         }
+        Ok(())
     }
 
     /// Now, on the records' clock (wall-clock ns).
@@ -144,22 +144,10 @@ impl L7View {
         bpf::clock_ns(libc::CLOCK_MONOTONIC) + self.clock_offset
     }
 
-    /// A connection's record is made: the kernel stops copying its bytes.
-    fn done(&mut self, mut r: Record, take: &mut impl FnMut(Record)) {
-        let key = flow_key(&r);
-        r.conn = crate::view::ingress::own_netns()
-            .map(|ns| tcpscope_wire::model::conn_key(ns, r.dst, r.dport, r.src, r.sport));
-        // SAFETY: l7_flow_key is plain data.
-        let bytes = unsafe { plain::as_bytes(&key) };
-        // Gone already when the client's FIN or RST ended it in the kernel.
-        let _ = self.session.skel.maps.l7_flows.delete(bytes);
-        take(r);
-    }
-
     /// Flows in the kernel's table whose SYN user space never had (the
     /// ring was full), older than the idle timeout: deleted, and counted.
-    fn sweep(&mut self, now_ns: u64) {
-        let map = &self.session.skel.maps.l7_flows;
+    fn sweep(&mut self, session: &Session, now_ns: u64) {
+        let map = &session.skel.maps.l7_flows;
         let cutoff = now_ns.saturating_sub(IDLE_NS + self.clock_offset);
         let stale: Vec<Vec<u8>> = map
             .keys()
@@ -178,18 +166,75 @@ impl L7View {
         }
     }
 
-    /// What the view has done, with the kernel's counters now.
-    pub fn stats(&self) -> Result<L7Stats> {
-        let c = self.session.counters()?;
+    /// What the reader has done, with the session's counters now.
+    pub fn stats(&self, session: &Session) -> Result<L7Stats> {
+        let c = session.counters()?;
         Ok(L7Stats {
             identified: self.tracker.identified,
             gave_up: self.tracker.gave_up.clone(),
             untracked: c.0.l7_untracked,
+            not_listening: c.0.l7_not_listening,
             swept: self.swept,
             events_lost: c.0.events_lost,
             packets: c.0.packets,
         })
     }
+}
+
+/// A connection's record is made: the kernel stops copying its bytes.
+fn done(session: &Session, mut r: Record, take: &mut impl FnMut(Record)) {
+    let key = flow_key(&r);
+    r.conn = crate::view::ingress::own_netns()
+        .map(|ns| tcpscope_wire::model::conn_key(ns, r.dst, r.dport, r.src, r.sport));
+    // SAFETY: l7_flow_key is plain data.
+    let bytes = unsafe { plain::as_bytes(&key) };
+    // Gone already when the client's FIN or RST ended it in the kernel.
+    let _ = session.skel.maps.l7_flows.delete(bytes);
+    take(r);
+}
+
+/// The L7 view: one interface's ingress program with L7 hints on, and its
+/// records. Dropping it detaches.
+pub struct L7View {
+    // The reader first: its ring goes before the programs it reads.
+    reader: L7Reader,
+    pub session: Session,
+}
+
+impl L7View {
+    /// Loads the ingress program with L7 hints on, for connections to
+    /// `ports` (all if empty), and attaches it to the interface.
+    pub fn start(args: &AttachArgs, ports: &[u16], custom: Protocols, ringbuf_bytes: u32) -> Result<Self> {
+        let filter = crate::filter::EventFilter { dports: ports.to_vec(), ..Default::default() };
+        let config = filter.to_kernel(false)?;
+        let session = start_session(args, config, ringbuf_bytes)?;
+        Ok(L7View { reader: L7Reader::new(&session, custom)?, session })
+    }
+
+    /// Waits up to `timeout`, and hands over each connection's record.
+    pub fn poll(&mut self, timeout: Duration, take: impl FnMut(Record)) -> Result<()> {
+        self.reader.poll(&self.session, timeout, take)
+    }
+
+    /// What came, then every stream still waiting, given up.
+    pub fn finish(&mut self, take: impl FnMut(Record)) -> Result<()> {
+        self.reader.finish(&self.session, take)
+    }
+
+    pub fn stats(&self) -> Result<L7Stats> {
+        self.reader.stats(&self.session)
+    }
+}
+
+/// An ingress session with `config` and L7 hints on.
+pub fn start_session(
+    args: &AttachArgs,
+    mut config: crate::bpf::types::tcpscope_config,
+    ringbuf_bytes: u32,
+) -> Result<Session> {
+    config.l7 = 1;
+    let opts = LoadOptions { ringbuf_bytes, ..LoadOptions::new(config) };
+    Session::start_with(args, args.hook(), opts)
 }
 
 /// The kernel's key of a record's flow.

@@ -40,9 +40,14 @@ fn syn(
 
 /// IPv4 SYN with the full Linux option set.
 pub fn syn_v4() -> Vec<u8> {
+    syn_v4_to(80)
+}
+
+/// As `syn_v4`, to port `dport`.
+pub fn syn_v4_to(dport: u16) -> Vec<u8> {
     syn(
         PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_SRC, V4_DST, 64),
-        80,
+        dport,
         1000,
         64240,
         &linux_syn_options(),
