@@ -45,7 +45,9 @@ fn bench_conns_runs_every_case_and_conns_accounts_for_every_event() {
             let per_conn: Vec<f64> = line
                 .split("per conn ")
                 .nth(1)
-                .map(|rest| rest.split_whitespace().step_by(2).take(2).filter_map(|n| n.parse().ok()).collect())
+                .map(|rest| {
+                    rest.split_whitespace().step_by(2).take(2).filter_map(|n| n.parse().ok()).collect()
+                })
                 .unwrap_or_default();
             assert_eq!(per_conn.len(), 2, "{line}");
             let accounted = per_conn[0] + per_conn[1];
@@ -90,9 +92,13 @@ fn bench_l7_runs_every_case_and_accounts_for_every_record() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bench l7 failed: {}\n{stdout}", String::from_utf8_lossy(&out.stderr));
     for hook in ["tc ", "xdp"] {
-        for case in
-            ["bare ACK", "data of a named connection", "SYN to a closed", "SYN to a listener", "data of a followed flow"]
-        {
+        for case in [
+            "bare ACK",
+            "data of a named connection",
+            "SYN to a closed",
+            "SYN to a listener",
+            "data of a followed flow",
+        ] {
             let line = stdout
                 .lines()
                 .find(|l| l.starts_with(hook) && l.contains(case))

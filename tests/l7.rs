@@ -28,8 +28,8 @@ const PROTOCOLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/l7/protocol
 const PORTS: [u16; 10] = [8080, 443, 80, 4443, 53, 22, 2222, 9000, 8081, 7000];
 
 /// Listeners that read what each client sends (for a second at most), then close.
-fn serve(hosts: &TestHosts) -> Vec<std::thread::JoinHandle<()>> {
-    PORTS
+fn serve(hosts: &TestHosts, ports: &[u16]) -> Vec<std::thread::JoinHandle<()>> {
+    ports
         .iter()
         .map(|&port| {
             let l = TestHosts::run_in(&hosts.server_ns, move || TcpListener::bind(("::", port)).unwrap())
@@ -130,7 +130,7 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
             (hook, start_tcpscope(&hosts.server_ns, &args))
         })
         .collect();
-    let servers = serve(&hosts);
+    let servers = serve(&hosts, &PORTS);
     let server = "198.18.0.2";
 
     // curl, bounded, from a known client port.
@@ -422,7 +422,11 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     // Without its description, the custom protocol is unknown; with it,
     // named, its fields read.
     assert_eq!(of(41012)["proto"], "unknown");
-    let custom = Command::new(tcpscope_bin()).args(["l7", "--json", "--protocols", PROTOCOLS, "-r"]).arg(&pcap).output().unwrap();
+    let custom = Command::new(tcpscope_bin())
+        .args(["l7", "--json", "--protocols", PROTOCOLS, "-r"])
+        .arg(&pcap)
+        .output()
+        .unwrap();
     let offline: HashMap<u64, serde_json::Value> = String::from_utf8_lossy(&custom.stdout)
         .lines()
         .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
@@ -482,5 +486,137 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
             && l.contains("[unexpected on this port]")),
         "{text}"
     );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Sends `bytes` on a new connection from the client host to the server's
+/// `port`, then closes it.
+fn send_from_client(hosts: &TestHosts, port: u16, bytes: &'static [u8]) {
+    TestHosts::run_in(&hosts.client_ns, move || {
+        let mut s = std::net::TcpStream::connect((tcpscope::testhost::SERVER_V4, port))?;
+        std::io::Write::write_all(&mut s, bytes)?;
+        std::thread::sleep(Duration::from_millis(50));
+        Ok::<_, std::io::Error>(())
+    })
+    .join()
+    .unwrap()
+    .unwrap()
+    .unwrap_or_else(|e| panic!("port {port}: {e}"));
+}
+
+/// The agent with L7 hints: every connection counted once by protocol and
+/// port, TLS ClientHellos by version and post-quantum offer (a crafted
+/// ClientHello with an X25519MLKEM768 key share, larger than one segment),
+/// the give-ups by reason, the opt-in top names with their `other` row,
+/// and one log line per connection. A SYN to a closed port is not followed
+/// (no socket would take it), so it makes neither a record nor a series.
+#[test]
+fn the_agent_counts_l7_by_protocol_port_and_version_and_logs_each_record() {
+    const LISTEN: &str = "127.0.0.1:19932";
+    let _load = side_by_side();
+    let hosts = TestHosts::new("l7agent").unwrap();
+    let dir = std::env::temp_dir().join(format!("tcpscope-l7agent-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("events.ndjson");
+    let config = dir.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interfaces = ['{SERVER_IF}']\nnetns = '{}'\nlisten = '{LISTEN}'\nstate_dir = '{}'\n\
+             [control]\nsocket = '/run/tcpscope/test-l7-{}.sock'\n\
+             [log]\nevents = ['l7']\nfile = '{}'\n\
+             [l7]\nenabled = true\nprotocols = '{PROTOCOLS}'\ntop_names = 1\nwindow = 1.0\n",
+            hosts.server_ns,
+            dir.join("state").display(),
+            std::process::id(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(tcpscope_bin());
+    cmd.args(["agent", "--config"]).arg(&config).stdout(Stdio::null());
+    let (mut agent, _) =
+        ChildGuard::spawn_until_ready(cmd, "metrics on http://", Duration::from_secs(30)).unwrap();
+    let servers = serve(&hosts, &[18401, 18402, 18403]);
+
+    send_from_client(&hosts, 18401, b"GET /1 HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    send_from_client(&hosts, 18401, b"GET /2 HTTP/1.1\r\nHost: a.example\r\n\r\n");
+    send_from_client(&hosts, 18401, b"POST /3 HTTP/1.1\r\nHost: b.example\r\nContent-Length: 0\r\n\r\n");
+    send_from_client(&hosts, 18401, b""); // sends nothing: given up, closed
+    let pq: &'static [u8] = Box::leak(tcpscope::testpkt::client_hello("pq.example", true).into_boxed_slice());
+    let classic: &'static [u8] =
+        Box::leak(tcpscope::testpkt::client_hello("classic.example", false).into_boxed_slice());
+    send_from_client(&hosts, 18402, pq);
+    send_from_client(&hosts, 18402, classic);
+    send_from_client(&hosts, 18403, b"MC\x01\x01\x00\x00\x00\x07\x00\x02go");
+    // A closed port: refused.
+    let refused = TestHosts::run_in(&hosts.client_ns, || {
+        std::net::TcpStream::connect((tcpscope::testhost::SERVER_V4, 18404)).is_err()
+    })
+    .join()
+    .unwrap()
+    .unwrap();
+    assert!(refused);
+
+    let metrics = || {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5", &format!("http://{LISTEN}/metrics")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let value = |text: &str, series: &str| -> Option<u64> {
+        text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+    };
+    let want = [
+        ("tcpscope_l7_connections_total{port=\"18401\",proto=\"http\"}", 3),
+        ("tcpscope_l7_connections_total{port=\"18402\",proto=\"tls\"}", 2),
+        ("tcpscope_l7_connections_total{port=\"18403\",proto=\"mc\"}", 1),
+        ("tcpscope_tls_client_hellos_total{pq=\"true\",version=\"1.3\"}", 1),
+        ("tcpscope_tls_client_hellos_total{pq=\"false\",version=\"1.3\"}", 1),
+        ("tcpscope_l7_gave_up_total{reason=\"closed\"}", 1),
+        ("tcpscope_l7_gave_up_total{reason=\"timeout\"}", 0),
+        ("tcpscope_l7_gave_up_total{reason=\"too_large\"}", 0),
+        ("tcpscope_l7_gave_up_total{reason=\"state_evicted\"}", 0),
+        ("tcpscope_events_lost_total{view=\"l7\"}", 0),
+        // Top 1 of each kind over the window, the rest as "other".
+        ("tcpscope_l7_top_names{kind=\"host\",name=\"a.example\"}", 2),
+        ("tcpscope_l7_top_names{kind=\"host\",name=\"other\"}", 1),
+        ("tcpscope_l7_top_names{kind=\"sni\",name=\"classic.example\"}", 1),
+        ("tcpscope_l7_top_names{kind=\"sni\",name=\"other\"}", 1),
+    ];
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        let text = metrics();
+        if want.iter().all(|(s, n)| value(&text, s) == Some(*n)) {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "not the counts made: {want:?}\n{text}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(!text.contains("18404"), "a closed port makes no series:\n{text}");
+    assert!(!text.contains("pq.example") && !text.contains("b.example"), "past the top 1: only in other");
+    let check = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut check.stdin.as_ref().unwrap(), text.as_bytes()).unwrap();
+    let checked = check.wait_with_output().unwrap();
+    assert!(checked.status.success(), "promtool: {}", String::from_utf8_lossy(&checked.stderr));
+
+    assert!(agent.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    drop(servers);
+    let logged: Vec<serde_json::Value> =
+        std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(logged.len(), 7, "one line per connection, none for the refused SYN: {logged:#?}");
+    assert!(logged
+        .iter()
+        .all(|l| l["event"] == "l7" && l["interface"] == SERVER_IF && l["conn"].is_string()));
+    let pq_line = logged.iter().find(|l| l["l7"]["sni"] == "pq.example").expect("the post-quantum hello");
+    assert_eq!(pq_line["l7"]["pq"], true);
+    assert_eq!(pq_line["l7"]["key_share_groups"], serde_json::json!(["X25519MLKEM768", "x25519"]));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -111,7 +111,8 @@ impl TopNames {
         self.started = std::time::Instant::now();
         let mut now = HashSet::new();
         for kind in ["sni", "host"] {
-            let mut rows: Vec<(String, u64)> = self.counts.remove(kind).unwrap_or_default().into_iter().collect();
+            let mut rows: Vec<(String, u64)> =
+                self.counts.remove(kind).unwrap_or_default().into_iter().collect();
             rows.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
             rows.truncate(self.k);
             let total = self.totals.remove(kind).unwrap_or(0);

@@ -304,7 +304,13 @@ impl Agent {
             self.metrics.declare_l7(l7.top_names.as_ref().map(|t| t.k))?;
         }
         let protocols = new.l7.as_ref().map(|l| l.protocols.clone());
-        said.extend(self.ifaces.reconfigure(&new.interfaces, new.guard.clone(), protocols, &mut self.metrics, &rules));
+        said.extend(self.ifaces.reconfigure(
+            &new.interfaces,
+            new.guard.clone(),
+            protocols,
+            &mut self.metrics,
+            &rules,
+        ));
         let (added, removed) = self.ifaces.sync_rules(&rules)?;
         said.push(format!("configuration reloaded: {added} rules added, {removed} removed"));
         let change = serde_json::json!({"change": "reload", "added": added, "removed": removed});

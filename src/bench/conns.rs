@@ -283,7 +283,11 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
             Case::Conns(_) => {
                 let (printed, lost, n) = events[case];
                 let per_conn = |e: u64| e as f64 / n.max(1) as f64;
-                format!("   per conn {:.2} printed {:.3} lost ({lost} lost)", per_conn(printed), per_conn(lost))
+                format!(
+                    "   per conn {:.2} printed {:.3} lost ({lost} lost)",
+                    per_conn(printed),
+                    per_conn(lost)
+                )
             }
             _ => String::new(),
         };

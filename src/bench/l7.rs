@@ -52,7 +52,8 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     key.dst[..4].copy_from_slice(&testpkt::V4_DST);
     let flow = l7_flow { isn: 1000, ..Default::default() };
     // SAFETY: both are plain data.
-    let (key_bytes, flow_bytes) = unsafe { (plain::as_bytes(&key).to_vec(), plain::as_bytes(&flow).to_vec()) };
+    let (key_bytes, flow_bytes) =
+        unsafe { (plain::as_bytes(&key).to_vec(), plain::as_bytes(&flow).to_vec()) };
     let payload = [0x42u8; 1400];
     // Not in the table (nothing here sends a SYN to 8080).
     let named = testpkt::data_v4(8080, 1001, &payload);

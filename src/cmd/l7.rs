@@ -129,7 +129,8 @@ fn offline(args: &L7Args, file: &str, custom: Protocols) -> Result<()> {
     for r in tracker.finish(last_ts) {
         out.print(&r);
     }
-    let stats = L7Stats { identified: tracker.identified, gave_up: tracker.gave_up.clone(), ..Default::default() };
+    let stats =
+        L7Stats { identified: tracker.identified, gave_up: tracker.gave_up.clone(), ..Default::default() };
     eprintln!("tcpscope: {}; {} packets read", summary(&stats), summary_read.packets);
     result.with_context(|| format!("reading '{file}'"))
 }

@@ -251,7 +251,8 @@ fn decode(data: &[u8], clock_offset: u64) -> Option<Piece> {
     plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
     let mut bytes = Vec::new();
     if data.len() >= CHUNK_SIZE {
-        let word = |at: usize| data.get(at..at + 4).map(|w| u32::from_ne_bytes(w.try_into().unwrap_or_default()));
+        let word =
+            |at: usize| data.get(at..at + 4).map(|w| u32::from_ne_bytes(w.try_into().unwrap_or_default()));
         let (off, len) = (word(offset_of!(l7_chunk, data_off))?, word(offset_of!(l7_chunk, data_len))?);
         let at = offset_of!(l7_chunk, data);
         bytes = data.get(at..at + (len as usize).min(l7_limits::L7_CHUNK.0 as usize))?.to_vec();
@@ -260,4 +261,3 @@ fn decode(data: &[u8], clock_offset: u64) -> Option<Piece> {
     }
     Some(Piece { ts_ns: ev.ts_ns + clock_offset, ev, data: bytes })
 }
-

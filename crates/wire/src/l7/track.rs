@@ -85,7 +85,15 @@ impl Tracker {
             Identified::Done(l7) if closed && l7.proto != "unknown" => {
                 // Whole after all (the close came with the last bytes).
                 self.identified += 1;
-                return Some(Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, conn: None, l7: *l7 });
+                return Some(Record {
+                    ts_ns,
+                    src: key.0,
+                    sport: key.1,
+                    dst: key.2,
+                    dport: key.3,
+                    conn: None,
+                    l7: *l7,
+                });
             }
             Identified::Done(l7) => *l7,
             Identified::More => L7 { proto: "unknown".into(), ..Default::default() },
@@ -187,8 +195,7 @@ impl Tracker {
     /// (`timeout`: its first message did not come whole in time).
     pub fn finish(&mut self, now_ns: u64) -> Vec<Record> {
         let mut out = self.take_evicted();
-        let mut keys: Vec<(u64, Key)> =
-            self.conns.iter().map(|(k, s)| (s.last_ns, *k)).collect();
+        let mut keys: Vec<(u64, Key)> = self.conns.iter().map(|(k, s)| (s.last_ns, *k)).collect();
         keys.sort();
         out.extend(keys.into_iter().filter_map(|(_, k)| self.give_up(k, "timeout", now_ns)));
         out
