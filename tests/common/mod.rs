@@ -2,6 +2,7 @@
 //! the independent decoder, and a TCP exchange between the test hosts.
 #![allow(dead_code)] // each test file uses a different part
 
+pub mod l7gen;
 pub mod raw;
 
 /// Tests that load the machine on purpose (a CPU saturated with

@@ -118,6 +118,13 @@ pub fn pad_to_min_frame(mut frame: Vec<u8>) -> Vec<u8> {
 /// (as Chrome's), which make the record 1,718 bytes and the name: more than one segment
 /// of a 1,460-byte MSS.
 pub fn client_hello(sni: &str, pq: bool) -> Vec<u8> {
+    client_hello_with(sni, pq, &[])
+}
+
+/// As `client_hello`, with `extra` extensions (type, body) after the
+/// others: an ECH outer ClientHello carries encrypted_client_hello
+/// (0xfe0d).
+pub fn client_hello_with(sni: &str, pq: bool, extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
     fn u16s(v: &[u16]) -> Vec<u8> {
         v.iter().flat_map(|x| x.to_be_bytes()).collect()
     }
@@ -143,6 +150,7 @@ pub fn client_hello(sni: &str, pq: bool) -> Vec<u8> {
         ext(0x002b, &[&[4u8][..], &u16s(&[0x0304, 0x0303])].concat()),
         ext(0x0033, &with_len16(&shares)),
         if pq { ext(0x0015, &[0; 300]) } else { Vec::new() },
+        extra.iter().flat_map(|(t, b)| ext(*t, b)).collect(),
     ]
     .concat();
     let mut hello = vec![0x03, 0x03];
