@@ -286,7 +286,8 @@ struct packet_event {
 	__u8 mptcp_subtype;   /* MPTCP option subtype (RFC 8684), with OPT_MPTCP */
 	__u8 tfo_cookie_len;  /* Fast Open cookie bytes, with OPT_TFO */
 	__u16 payload_off;    /* frame offset of the TCP payload */
-	__u16 _pad2;
+	__u8 l7;              /* an L7 hints record (l7_kern.h), not a packet event */
+	__u8 _pad2;
 };
 
 /* An event followed by the first cap_len bytes of its frame: the headers,

@@ -720,8 +720,10 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	ev.frame_len = frame_len;
 	if (cfg.l7) {
 		ev.payload_off = ev.malformed ? 0 : payload_off;
+		/* Its records go before the packet's own event (watch --l7):
+		 * the packet that completes a first message is printed with
+		 * the message's hints. */
 		l7_packet(ctx, c, &ev, payload_off, frame_len);
-		return VERDICT_PASS;
 	}
 	if (!cfg.events_enabled)
 		return VERDICT_PASS;

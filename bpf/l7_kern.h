@@ -69,6 +69,7 @@ static __always_inline void l7_emit_bare(struct tcpscope_counters *c, const stru
 		return;
 	}
 	__builtin_memcpy(out, ev, sizeof(*out));
+	out->l7 = 1;
 	bpf_ringbuf_submit(out, ringbuf_wakeup_flags(&events, sizeof(*out), WAKEUP_BYTES));
 	c->events++;
 }
@@ -88,6 +89,7 @@ static __always_inline void l7_emit_chunks(void *ctx, struct tcpscope_counters *
 			return;
 		}
 		__builtin_memcpy(&out->ev, ev, sizeof(*ev));
+		out->ev.l7 = 1;
 		if (off + L7_CHUNK < len)
 			out->ev.flags_raw &= ~(TCPF_FIN | TCPF_RST);
 		/* 1..L7_CHUNK, in a form the verifier can bound. */

@@ -176,6 +176,11 @@ pub struct WatchArgs {
     /// Ring buffer size in MiB (power of two).
     #[arg(long, value_name = "MIB", default_value_t = 4)]
     pub ringbuf_mib: u32,
+    /// Name each connection's protocol from its client's first bytes (L7
+    /// hints: HTTP, TLS, DNS, SSH, h2c), and give its packets an `l7` object
+    /// (JSON) or its hints (text) once named.
+    #[arg(long)]
+    pub l7: bool,
 }
 
 #[derive(Debug, Args)]
@@ -455,6 +460,14 @@ pub struct ConnsArgs {
     /// Where the process of an accepted connection comes from.
     #[arg(long, value_enum, value_name = "HOOK", default_value = "cgroup")]
     pub accept_via: AcceptVia,
+    /// Name the protocol of incoming connections on IFACE from their first
+    /// bytes (L7 hints), and give their later events an `l7` object (JSON)
+    /// or their hints (text).
+    #[arg(long, value_name = "IFACE")]
+    pub l7: Option<String>,
+    /// The network namespace of the --l7 interface (a name from `ip netns`).
+    #[arg(long, value_name = "NAME", requires = "l7")]
+    pub l7_netns: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -763,3 +763,60 @@ fn the_generated_corpus_is_read_as_sent_offline_and_live() {
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `watch --l7` gives every packet of a named connection, from the one
+/// that completed its first message on, the same `l7` object as `l7`;
+/// `conns --l7 IFACE` gives it to the connection's later events on the
+/// server's side.
+#[test]
+fn watch_and_conns_carry_the_l7_object_once_known() {
+    let _load = side_by_side();
+    let hosts = TestHosts::new("l7watch").unwrap();
+    let servers = serve(&hosts, &[18501]);
+    let watch =
+        start_tcpscope(&hosts.server_ns, &["watch", "-i", SERVER_IF, "--json", "--l7", "--port", "18501"]);
+    let mut conns = Command::new(tcpscope_bin());
+    conns
+        .args([
+            "conns",
+            "--json",
+            "--port",
+            "18501",
+            "-c",
+            "6",
+            "--l7",
+            SERVER_IF,
+            "--l7-netns",
+            &hosts.server_ns,
+        ])
+        .stdout(Stdio::piped());
+    let (mut conns, _) =
+        ChildGuard::spawn_until_ready(conns, "following TCP connections", Duration::from_secs(30)).unwrap();
+    send_from_client(&hosts, 18501, b"GET /w HTTP/1.1\r\nHost: w.example\r\nUser-Agent: l7-watch\r\n\r\n");
+    let ended = conns.wait_timeout(Duration::from_secs(30));
+    assert!(ended.as_ref().is_ok_and(|s| s.success()), "conns: {ended:?}");
+    let mut watch = watch;
+    assert!(watch.interrupt_and_wait(Duration::from_secs(20)).unwrap().success());
+    drop(servers);
+    let want = serde_json::json!({"proto": "http", "method": "GET", "path": "/w", "host": "w.example", "user_agent": "l7-watch", "port_mismatch": false});
+
+    let packets: Vec<serde_json::Value> =
+        stdout_of(&mut watch).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let from_client: Vec<&serde_json::Value> = packets.iter().filter(|p| p["dport"] == 18501).collect();
+    let first = from_client.iter().position(|p| p["payload_len"].as_u64() > Some(0)).expect("the request");
+    assert!(from_client[..first].iter().all(|p| p.get("l7").is_none()), "not known before: {packets:#?}");
+    assert!(from_client[first..].len() >= 2, "the request and the FIN at least: {packets:#?}");
+    for p in &from_client[first..] {
+        assert_eq!(p["l7"], want, "{p}");
+    }
+
+    let events: Vec<serde_json::Value> =
+        stdout_of(&mut conns).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(events.len(), 6, "{events:#?}");
+    let server_close =
+        events.iter().find(|e| e["event"] == "close" && e["lport"] == 18501).expect("the server's close");
+    assert_eq!(server_close["l7"], want, "{server_close}");
+    for e in events.iter().filter(|e| e["lport"] != 18501) {
+        assert!(e.get("l7").is_none(), "the client's side is not named: {e}");
+    }
+}

@@ -14,6 +14,44 @@ use crate::conn::{has, ConnRecord};
 use crate::output::conn_text;
 use crate::output::json;
 use crate::view::conns::{ConnsView, ReasonNames};
+use crate::view::l7::L7View;
+use tcpscope_wire::l7::track::Record;
+use tcpscope_wire::l7::L7;
+
+/// The hints of named connections by their key (as `conns` and `l7` give
+/// it), at most MAX_CONNS: the oldest go first.
+#[derive(Default)]
+struct L7ByConn {
+    known: std::collections::HashMap<String, L7>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl L7ByConn {
+    fn insert(&mut self, r: Record) {
+        let Some(key) = r.conn else { return };
+        if self.known.len() >= tcpscope_wire::l7::track::MAX_CONNS {
+            if let Some(old) = self.order.pop_front() {
+                self.known.remove(&old);
+            }
+        }
+        self.order.push_back(key.clone());
+        self.known.insert(key, r.l7);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.known.is_empty()
+    }
+
+    fn get(&self, key: &str) -> Option<&L7> {
+        self.known.get(key)
+    }
+}
+
+/// A connection event's key: netns/local:port-peer:port.
+fn event_conn_key(e: &types::conn_event) -> String {
+    let (local, peer) = (crate::conn::addr(e.family, &e.saddr), crate::conn::addr(e.family, &e.daddr));
+    tcpscope_wire::model::conn_key(e.netns, local, e.sport, peer, e.dport)
+}
 
 pub fn run(args: &ConnsArgs) -> Result<()> {
     let stop = stop_flag()?;
@@ -23,6 +61,21 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         ..lifecycle::config_for_ports(&args.ports)?
     };
     let mut view = ConnsView::start(config, Some(args.accept_via))?;
+    // L7 hints on one interface: its connections' later events carry them.
+    let mut l7 = match &args.l7 {
+        Some(iface) => {
+            let attach = crate::cli::AttachArgs {
+                iface: iface.clone(),
+                hook: None,
+                xdp_mode: None,
+                btf: None,
+                netns: args.l7_netns.clone(),
+            };
+            Some(L7View::start(&attach, &[], Default::default(), 16 << 20)?)
+        }
+        None => None,
+    };
+    let named: RefCell<L7ByConn> = RefCell::default();
     // Before the ready line below: scripts start measuring at it.
     let reasons = ReasonNames::load();
     report_unavailable(&view.lc);
@@ -61,13 +114,30 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
             return;
         }
         let mut out = out.borrow_mut();
+        let named = named.borrow();
+        let hints = if named.is_empty() { None } else { named.get(&event_conn_key(e)) };
         if args.json {
             // Straight from the event, no record built.
             let why = if has::reason(e) { reason(e.kind, e.reason) } else { String::new() };
             json::write_conn_event(&mut out, e, e.ts_ns + offset, &why);
+            if let Some(l) = hints {
+                out.pop(); // the closing brace
+                out.extend_from_slice(b",\"l7\":");
+                out.extend_from_slice(&serde_json::to_vec(l).unwrap_or_else(|_| b"null".to_vec()));
+                out.push(b'}');
+            }
             out.push(b'\n');
         } else {
-            let _ = writeln!(out, "{}", conn_text(&ConnRecord::from_event(e, e.ts_ns + offset, &reason)));
+            let text = conn_text(&ConnRecord::from_event(e, e.ts_ns + offset, &reason));
+            match hints {
+                Some(l) => {
+                    let _ =
+                        writeln!(out, "{text} [{} {}]", l.proto, crate::output::l7::details(l).trim_end());
+                }
+                None => {
+                    let _ = writeln!(out, "{text}");
+                }
+            }
         }
         printed.set(printed.get() + 1);
         let full = out.len() >= FLUSH_BYTES;
@@ -78,6 +148,9 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     };
     loop {
         let last = stop.load(Ordering::SeqCst) || printed.get() >= limit || failed.get();
+        if let Some(v) = &mut l7 {
+            v.poll(std::time::Duration::ZERO, |r| named.borrow_mut().insert(r))?;
+        }
         let wait = view.pass(last, print);
         write_out();
         if last {

@@ -11,6 +11,7 @@ use crate::cli::WatchArgs;
 use crate::cmd::{stop_flag, Session};
 use crate::output::pcapng::PcapNgExport;
 use crate::output::{Emitter, Format};
+use crate::view::l7::L7Join;
 
 pub fn run(args: &WatchArgs) -> Result<()> {
     let mut filter = args.filter.to_filter();
@@ -42,7 +43,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     };
     let print = args.write.is_none() || args.print;
     let export_failed = RefCell::new(None::<anyhow::Error>);
-    let config = filter.to_kernel(true)?;
+    let mut config = filter.to_kernel(true)?;
+    config.l7 = u8::from(args.l7);
+    let join = RefCell::new(args.l7.then(|| L7Join::new(Default::default())));
     let ringbuf_mib = args.ringbuf_mib;
     crate::ensure_usage!(
         ringbuf_mib.is_power_of_two() && ringbuf_mib <= 1024,
@@ -59,6 +62,13 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let limit = args.count.unwrap_or(u64::MAX);
     let ifname = session.ifname.clone();
     let records = session.records(snaplen, |r| {
+        if r.ev.l7 != 0 {
+            // An L7 hints record: it names its connection, and is no packet.
+            if let Some(j) = join.borrow_mut().as_mut() {
+                j.take(&session, &r.ev, r.ts_ns, r.payload.unwrap_or(&[]));
+            }
+            return;
+        }
         if printed.get() >= limit || out_failed.get() {
             return;
         }
@@ -68,7 +78,15 @@ pub fn run(args: &WatchArgs) -> Result<()> {
                 out_failed.set(true);
             }
         }
-        if print && out.borrow_mut().emit(&r.packet(&ifname)).is_err() {
+        let join = join.borrow();
+        let extra = join.as_ref().and_then(|j| j.of(&r.ev)).map(|l| {
+            (
+                serde_json::to_vec(l).unwrap_or_default(),
+                format!("[{} {}]", l.proto, crate::output::l7::details(l)),
+            )
+        });
+        let extra = extra.as_ref().map(|(json, text)| ("l7", json.as_slice(), text.trim_end()));
+        if print && out.borrow_mut().emit_with(&r.packet(&ifname), extra).is_err() {
             out_failed.set(true); // e.g. `| head` closed the pipe
         }
         printed.set(printed.get() + 1);
@@ -99,6 +117,10 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     }
     if print {
         eprintln!("tcpscope: {} packets printed", printed.get());
+    }
+    if let Some(j) = join.borrow().as_ref() {
+        let (named, gave_up) = j.counts();
+        eprintln!("tcpscope: L7 hints: {named} connections named, {gave_up} given up");
     }
     eprintln!("{}", counters.summary());
     if counters.0.events_lost > 0 {

@@ -18,7 +18,8 @@ pub fn log_line(r: &Record, iface: &str) -> String {
     )
 }
 
-fn details(l: &L7) -> String {
+/// The hints' fields, as text: "sni a.example alpn h2,http/1.1 ...".
+pub fn details(l: &L7) -> String {
     let q = |s: &Option<String>| s.as_deref().map(|v| format!("{v:?}"));
     let mut parts: Vec<String> = Vec::new();
     let mut put = |k: &str, v: Option<String>| {

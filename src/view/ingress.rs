@@ -192,6 +192,11 @@ pub fn own_netns() -> Option<u32> {
 /// Decodes one ring-buffer record: an event, maybe followed by the frame's
 /// first bytes.
 pub fn decode_record(data: &[u8], clock_offset: u64, snaplen: u32) -> Option<LiveRecord<'_>> {
+    if data.get(std::mem::offset_of!(types::packet_event, l7)).is_some_and(|l7| *l7 != 0) {
+        // An L7 hints record (`watch --l7`): its bytes as the payload.
+        let (ev, bytes) = crate::view::l7::decode_l7(data)?;
+        return Some(LiveRecord { ts_ns: ev.ts_ns + clock_offset, ev, frame: &[], payload: Some(bytes) });
+    }
     let mut ev = types::packet_event::default();
     plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
     let frame = data.get(EVENT_SIZE..EVENT_SIZE + usize::from(ev.cap_len)).unwrap_or(&[]);

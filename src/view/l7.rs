@@ -6,7 +6,8 @@
 //! one failed lookup. It never prints; dropping it detaches.
 
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use crate::cli::AttachArgs;
 use crate::view::ingress::Session;
 use tcpscope_wire::l7::custom::Protocols;
 use tcpscope_wire::l7::track::{Record, Tracker, IDLE_NS, MAX_CONNS};
+use tcpscope_wire::l7::L7;
 use tcpscope_wire::model::raw_address;
 
 // The kernel copies what the tracker keeps, and follows as many flows.
@@ -244,20 +246,75 @@ fn flow_key(r: &Record) -> l7_flow_key {
     l7_flow_key { src, dst, sport: r.sport, dport: r.dport, ip_version, ..Default::default() }
 }
 
-/// One ring record: a bare event (a SYN, a FIN or RST), or a chunk.
-fn decode(data: &[u8], clock_offset: u64) -> Option<Piece> {
+/// One L7 record of the ring: its event (the sequence number moved to the
+/// chunk's first byte) and the bytes it carries (none for a bare SYN, FIN
+/// or RST).
+pub fn decode_l7(data: &[u8]) -> Option<(packet_event, &[u8])> {
     use std::mem::offset_of;
     let mut ev = packet_event::default();
     plain::copy_from_bytes(&mut ev, data.get(..EVENT_SIZE)?).ok()?;
-    let mut bytes = Vec::new();
-    if data.len() >= CHUNK_SIZE {
-        let word =
-            |at: usize| data.get(at..at + 4).map(|w| u32::from_ne_bytes(w.try_into().unwrap_or_default()));
-        let (off, len) = (word(offset_of!(l7_chunk, data_off))?, word(offset_of!(l7_chunk, data_len))?);
-        let at = offset_of!(l7_chunk, data);
-        bytes = data.get(at..at + (len as usize).min(l7_limits::L7_CHUNK.0 as usize))?.to_vec();
-        // The chunk's first byte is data_off bytes into the segment.
-        ev.seq = ev.seq.wrapping_add(off);
+    if data.len() < CHUNK_SIZE {
+        return Some((ev, &[]));
     }
-    Some(Piece { ts_ns: ev.ts_ns + clock_offset, ev, data: bytes })
+    let word = |at: usize| data.get(at..at + 4).map(|w| u32::from_ne_bytes(w.try_into().unwrap_or_default()));
+    let (off, len) = (word(offset_of!(l7_chunk, data_off))?, word(offset_of!(l7_chunk, data_len))?);
+    let at = offset_of!(l7_chunk, data);
+    let bytes = data.get(at..at + (len as usize).min(l7_limits::L7_CHUNK.0 as usize))?;
+    // The chunk's first byte is data_off bytes into the segment.
+    ev.seq = ev.seq.wrapping_add(off);
+    Some((ev, bytes))
+}
+
+fn decode(data: &[u8], clock_offset: u64) -> Option<Piece> {
+    let (ev, bytes) = decode_l7(data)?;
+    Some(Piece { ts_ns: ev.ts_ns + clock_offset, ev, data: bytes.to_vec() })
+}
+
+/// L7 hints beside packet events (`watch --l7`): the L7 records of a
+/// session's ring are named here, and each packet of a named connection
+/// can be given its connection's hints.
+pub struct L7Join {
+    tracker: Tracker,
+    known: HashMap<FlowKey, Rc<L7>>,
+    order: VecDeque<FlowKey>,
+}
+
+type FlowKey = (IpAddr, u16, IpAddr, u16);
+
+impl L7Join {
+    pub fn new(custom: Protocols) -> Self {
+        L7Join { tracker: Tracker::with_protocols(custom), known: HashMap::new(), order: VecDeque::new() }
+    }
+
+    /// An L7 record of `session`'s ring (`ev.l7` set): the connection's
+    /// record once it is made (the kernel then stops copying its bytes).
+    pub fn take(&mut self, session: &Session, ev: &packet_event, ts_ns: u64, data: &[u8]) -> Vec<Record> {
+        let mut out = Vec::new();
+        let made = self.tracker.packet(ev, ts_ns, data).into_iter().chain(self.tracker.take_evicted());
+        for r in made.collect::<Vec<_>>() {
+            done(session, r, &mut |r: Record| {
+                let key = (r.src, r.sport, r.dst, r.dport);
+                if self.known.len() >= MAX_CONNS {
+                    if let Some(old) = self.order.pop_front() {
+                        self.known.remove(&old);
+                    }
+                }
+                self.known.insert(key, Rc::new(r.l7.clone()));
+                self.order.push_back(key);
+                out.push(r);
+            });
+        }
+        out
+    }
+
+    /// The hints of the connection a packet from its client belongs to.
+    pub fn of(&self, ev: &packet_event) -> Option<&L7> {
+        let a = |raw: &[u8; 16]| tcpscope_wire::model::address(ev.ip_version, raw);
+        self.known.get(&(a(&ev.src), ev.sport, a(&ev.dst), ev.dport)).map(Rc::as_ref)
+    }
+
+    /// Connections named and given up on so far.
+    pub fn counts(&self) -> (u64, u64) {
+        (self.tracker.identified, self.tracker.gave_up.values().sum())
+    }
 }

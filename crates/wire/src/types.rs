@@ -44,7 +44,8 @@ pub struct packet_event {
     pub mptcp_subtype: u8,
     pub tfo_cookie_len: u8,
     pub payload_off: u16,
-    pub _pad2: u16,
+    pub l7: u8,
+    pub _pad2: u8,
 }
 #[derive(Debug, Copy, Clone, Eq, PartialEq)]
 #[repr(transparent)]

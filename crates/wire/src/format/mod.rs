@@ -70,12 +70,30 @@ impl<W: Write> Emitter<W> {
     }
 
     pub fn emit(&mut self, p: &Packet<'_>) -> io::Result<()> {
+        self.emit_with(p, None)
+    }
+
+    /// As `emit`, with one more key: (key, its JSON value, its text form
+    /// appended to a text line).
+    pub fn emit_with(&mut self, p: &Packet<'_>, extra: Option<(&str, &[u8], &str)>) -> io::Result<()> {
         self.line.clear();
         match self.format {
             Format::Json => {
-                json::write_event(&mut self.line, p.ev, p.ts_ns, p.payload, p.frame, p.conn_key().as_deref())
+                json::write_event(&mut self.line, p.ev, p.ts_ns, p.payload, p.frame, p.conn_key().as_deref());
+                if let Some((key, value, _)) = extra {
+                    self.line.pop(); // the closing brace
+                    self.line.extend_from_slice(format!(",\"{key}\":").as_bytes());
+                    self.line.extend_from_slice(value);
+                    self.line.push(b'}');
+                }
             }
-            Format::Text => self.line.extend_from_slice(format_text(&p.record(), p.ifname).as_bytes()),
+            Format::Text => {
+                self.line.extend_from_slice(format_text(&p.record(), p.ifname).as_bytes());
+                if let Some((_, _, text)) = extra {
+                    self.line.push(b' ');
+                    self.line.extend_from_slice(text.as_bytes());
+                }
+            }
         }
         self.line.push(b'\n');
         self.out.write_all(&self.line)
