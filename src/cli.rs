@@ -544,7 +544,7 @@ pub struct AgentArgs {
     #[arg(long, value_name = "FILE")]
     pub control_token_file: Option<PathBuf>,
     /// Events to log as NDJSON, comma-separated: connections, retransmits,
-    /// resets, drops, windows, alerts, rules [default: alerts,rules].
+    /// resets, drops, windows, alerts, rules, l7 [default: alerts,rules].
     #[arg(long, value_name = "KINDS")]
     pub log_events: Option<String>,
     /// Log the events to this file (rotated by size) instead of standard output.

@@ -55,6 +55,9 @@ pub struct Metrics {
     latency: LatencyHistograms,
 }
 
+/// TLS versions as `version` labels, highest first; anything else "other".
+const TLS_VERSIONS: [&str; 5] = ["1.3", "1.2", "1.1", "1.0", "ssl3"];
+
 /// The reasons an L7 record gives up, all exported from the start.
 pub const GAVE_UP_REASONS: [&str; 4] = ["closed", "too_large", "timeout", "state_evicted"];
 
@@ -599,7 +602,11 @@ impl Metrics {
         }
         m.connections.with_label_values(&[l.proto.as_ref(), port.as_str()]).inc();
         if l.proto == "tls" {
-            let version = l.versions.as_ref().and_then(|v| v.iter().max()).map_or("unknown", String::as_str);
+            // The highest known version offered; a label from a fixed set
+            // (a client may offer any number).
+            let offered = l.versions.as_deref().unwrap_or_default();
+            let version =
+                TLS_VERSIONS.iter().find(|v| offered.iter().any(|o| o == *v)).copied().unwrap_or("other");
             let pq = if l.pq == Some(true) { "true" } else { "false" };
             m.hellos.with_label_values(&[version, pq]).inc();
         }
