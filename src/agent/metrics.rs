@@ -43,10 +43,6 @@ pub struct Metrics {
     bpf_runs: Option<(CounterVec, IntCounterVec)>,
     /// L7 hints, when on.
     l7: Option<L7Metrics>,
-    /// Local ports that completed an incoming handshake: the port labels
-    /// L7 records may take (a scan's SYNs to every port must not make a
-    /// series each).
-    in_ports: HashSet<u16>,
     /// The last total seen per series, to add only what is new.
     last: HashMap<(&'static str, Vec<String>), u64>,
     remote_ports: HashSet<u16>,
@@ -234,7 +230,6 @@ impl Metrics {
             },
             bpf_runs: None,
             l7: None,
-            in_ports: HashSet::new(),
             workloads: None,
             top: None,
             registry,
@@ -510,9 +505,6 @@ impl Metrics {
             if self.open.len() < 1 << 20 {
                 self.open.insert(e.cookie, (direction, port));
             }
-            if direction == "in" {
-                self.in_ports.insert(e.sport);
-            }
         } else if kind == K::CONN_CLOSE.0 {
             if let Some((direction, port)) = self.open.remove(&e.cookie) {
                 self.closed.with_label_values(&[direction, &port]).inc();
@@ -541,7 +533,7 @@ impl Metrics {
                 connections: counter(
                     r,
                     "tcpscope_l7_connections_total",
-                    "Incoming connections by the protocol their first bytes spoke (unknown included), and local port (a port that completed no handshake: \"other\").",
+                    "Incoming connections by the protocol their first bytes spoke (unknown included), and the local (listening) port.",
                     &["proto", "port"],
                 )?,
                 gave_up: counter(
@@ -593,7 +585,9 @@ impl Metrics {
 
     /// One connection's L7 record.
     pub fn observe_l7(&mut self, r: &tcpscope_wire::l7::track::Record) {
-        let port = if self.in_ports.contains(&r.dport) { r.dport.to_string() } else { "other".to_string() };
+        // A listening port: the kernel follows only connections that a
+        // listening socket takes (a scan's SYNs to every port make none).
+        let port = r.dport.to_string();
         let Some(m) = &mut self.l7 else { return };
         let l = &r.l7;
         if let Some(why) = l.gave_up {
