@@ -713,17 +713,16 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	    rules_and_detectors(c, &ev, used) == VERDICT_DROP)
 		return VERDICT_DROP;
 
-	__u32 tcp_off = tcp_start - data;
-	__u32 payload_off = tcp_off + ev.hdr_len;
-	ev.hook = hook;
-	ev.ifindex = ifindex;
-	ev.frame_len = frame_len;
 	if (cfg.l7) {
-		ev.payload_off = ev.malformed ? 0 : payload_off;
+		__u32 l7_off = (__u32)(tcp_start - data) + ev.hdr_len;
+		ev.hook = hook;
+		ev.ifindex = ifindex;
+		ev.frame_len = frame_len;
+		ev.payload_off = ev.malformed ? 0 : l7_off;
 		/* Its records go before the packet's own event (watch --l7):
 		 * the packet that completes a first message is printed with
 		 * the message's hints. */
-		l7_packet(ctx, c, &ev, payload_off, frame_len);
+		l7_packet(ctx, c, &ev, l7_off, frame_len);
 	}
 	if (!cfg.events_enabled)
 		return VERDICT_PASS;
@@ -738,6 +737,11 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 		}
 	}
 
+	__u32 tcp_off = tcp_start - data;
+	__u32 payload_off = tcp_off + ev.hdr_len;
+	ev.hook = hook;
+	ev.ifindex = ifindex;
+	ev.frame_len = frame_len;
 	ev.payload_off = ev.malformed ? 0 : payload_off;
 	emit_event(ctx, c, &ev, tcp_off, payload_off, frame_len, hook);
 	return VERDICT_PASS;

@@ -208,6 +208,9 @@ pub struct L7Args {
     pub iface: Option<String>,
     #[arg(long, value_enum, help = HOOK_HELP, requires = "iface")]
     pub hook: Option<HookKind>,
+    /// XDP attach mode, with --hook xdp [default: native].
+    #[arg(long, value_enum, requires = "iface")]
+    pub xdp_mode: Option<XdpMode>,
     /// Live: network namespace of the interface (a name from `ip netns`).
     #[arg(long, value_name = "NAME", requires = "iface")]
     pub netns: Option<String>,
@@ -235,7 +238,7 @@ impl L7Args {
         Some(AttachArgs {
             iface: self.iface.clone()?,
             hook: self.hook,
-            xdp_mode: None,
+            xdp_mode: self.xdp_mode,
             btf: None,
             netns: self.netns.clone(),
         })

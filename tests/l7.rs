@@ -820,3 +820,22 @@ fn watch_and_conns_carry_the_l7_object_once_known() {
         assert!(e.get("l7").is_none(), "the client's side is not named: {e}");
     }
 }
+
+/// `l7 -i ... | head -1`: one connection named, nothing more ever written
+/// that would fail on the closed pipe; `l7` notices the pipe by itself.
+#[test]
+fn l7_piped_into_head_exits_after_the_first_line() {
+    let _load = side_by_side();
+    let hosts = TestHosts::new("l7head").unwrap();
+    let servers = serve(&hosts, &[18601]);
+    let mut cmd = TestHosts::command_in(&hosts.server_ns, "sh");
+    cmd.args(["-c", &format!("{} l7 -i {SERVER_IF} | head -1", tcpscope_bin())]).stdout(Stdio::piped());
+    let (mut pipeline, _) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+    send_from_client(&hosts, 18601, b"SSH-2.0-head_test\r\n");
+    let st = pipeline.wait_timeout(Duration::from_secs(20)).expect("l7 | head -1 ends");
+    assert!(st.success());
+    let out = pipeline.stdout_text();
+    assert_eq!(out.lines().count(), 1, "{out}");
+    assert!(out.contains("ssh \"SSH-2.0-head_test\""), "{out}");
+    drop(servers);
+}

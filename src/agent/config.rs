@@ -485,5 +485,16 @@ mod tests {
         assert!(guard_value.contains(":3: [guard] scan_window"), "{guard_value}");
         let none = e("listen = '127.0.0.1:1'\n");
         assert!(none.contains("no interface"), "{none}");
+        let l7_key = e("interfaces = ['a']\n[l7]\nenabled = true\nprotocol = 'p.toml'\n");
+        assert!(l7_key.contains(":4: ") && l7_key.contains("protocol"), "{l7_key}");
+        let l7_k = e("interfaces = ['a']\n[l7]\nenabled = true\ntop_names = 500\n");
+        assert!(l7_k.contains("top_names 500"), "{l7_k}");
+        let l7_file = e("interfaces = ['a']\n[l7]\nenabled = true\nprotocols = '/nonexistent/p.toml'\n");
+        assert!(l7_file.contains("[l7] protocols /nonexistent/p.toml"), "{l7_file}");
+        let on = resolve("interfaces = ['a']\n[l7]\nenabled = true\ntop_names = 3\n", &[]).unwrap();
+        assert_eq!(
+            on.l7.and_then(|l| l.top_names).map(|t| (t.k, t.window)),
+            Some((3, Duration::from_secs(60)))
+        );
     }
 }

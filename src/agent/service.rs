@@ -119,6 +119,11 @@ impl Agent {
         }
         if let Some(l7) = &config.l7 {
             metrics.declare_l7(l7.top_names.as_ref().map(|t| t.k))?;
+            if config.guard.is_some() {
+                notes.push(
+                    "L7 hints are not on guarded interfaces yet, and this agent guards every one: no connection will be named (drop --guard, or run `tcpscope l7 -i IFACE` beside it)".to_string(),
+                );
+            }
         }
         let ifaces = Interfaces::start(
             &config.interfaces,

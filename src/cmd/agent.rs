@@ -17,11 +17,12 @@ pub fn run(args: &AgentArgs) -> Result<()> {
     if args.check {
         config.file_rules()?;
         eprintln!(
-            "tcpscope: configuration good: interfaces {}, metrics on {}, control socket {}, guard {}",
+            "tcpscope: configuration good: interfaces {}, metrics on {}, control socket {}, guard {}, L7 hints {}",
             config.interfaces.join(", "),
             config.listen,
             config.control_socket.display(),
-            if config.guard.is_some() { "on" } else { "off" }
+            if config.guard.is_some() { "on" } else { "off" },
+            if config.l7.is_some() { "on" } else { "off" }
         );
         return Ok(());
     }

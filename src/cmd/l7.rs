@@ -70,6 +70,9 @@ fn live(args: &L7Args, attach: &crate::cli::AttachArgs, custom: Protocols) -> Re
     while !stop.load(Ordering::SeqCst) && out.wants_more() {
         view.poll(Duration::from_millis(100), |r| out.print(&r))?;
         view.session.check_present()?;
+        if crate::cmd::stdout_closed() {
+            break; // `| head -1` has what it wanted
+        }
     }
     if out.wants_more() {
         // What came before the stop, then the streams still waiting.
