@@ -713,17 +713,11 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 	    rules_and_detectors(c, &ev, used) == VERDICT_DROP)
 		return VERDICT_DROP;
 
-	if (cfg.l7) {
-		__u32 l7_off = (__u32)(tcp_start - data) + ev.hdr_len;
-		ev.hook = hook;
-		ev.ifindex = ifindex;
-		ev.frame_len = frame_len;
-		ev.payload_off = ev.malformed ? 0 : l7_off;
+	if (cfg.l7)
 		/* Its records go before the packet's own event (watch --l7):
 		 * the packet that completes a first message is printed with
 		 * the message's hints. */
-		l7_packet(ctx, c, &ev, l7_off, frame_len);
-	}
+		l7_hand_over(ctx, c, &ev, (__u32)(tcp_start - data) + ev.hdr_len, frame_len, ifindex, hook);
 	if (!cfg.events_enabled)
 		return VERDICT_PASS;
 	if (!event_wanted(&ev)) {

@@ -693,3 +693,85 @@ fn kernel_lat_slot_buckets_hold_their_values() {
     // Distinct values in distinct powers of two land in distinct buckets.
     assert_ne!(out[16], out[18]);
 }
+
+/// The verifier takes every combination of the ingress programs' features
+/// that the commands ask for, at both hooks, and each passes a SYN and a
+/// data segment. Without a guard (watch, stats, l7, the counting agent):
+/// events (every filter list full, 1,024 payload bytes, sampling) or none,
+/// times L7 hints or none, times top sources or none. With a guard (guard,
+/// the guarding agent; no events, no L7 hints): lean or inspecting with
+/// every detector, times top sources or none. A feature that adds paths to
+/// the programs can push a combination past the verifier's limits (it
+/// did: E2BIG for the inspecting guard, the stack for `watch --l7`); this
+/// finds it before a user does.
+///
+/// No command combines a guard with events or L7 hints, and the verifier
+/// does not take those yet (E2BIG: the guard's paths times the others'),
+/// which the guard's L7 rules will have to solve. The agent names no
+/// connection on the interfaces it guards, and says so.
+#[test]
+fn every_combination_of_features_loads_and_passes_packets() {
+    use tcpscope::bpf::types::detect_config;
+    let full = EventFilter {
+        ports: (1..=8).collect(),
+        sports: (1..=8).collect(),
+        dports: (1..=8).collect(),
+        src: (0..8).map(|i| format!("198.18.{i}.0/24").parse().unwrap()).collect(),
+        dst: (0..8).map(|i| format!("2001:db8:{i}::/48").parse().unwrap()).collect(),
+        sample_every: 2,
+        snaplen: 1024,
+        ..Default::default()
+    };
+    let frames = [testpkt::syn_v4(), testpkt::data_v4(443, 1001, &[0x16; 600])];
+    let mut loaded = 0;
+    let mut combos = Vec::new();
+    for events in [false, true] {
+        for l7 in [false, true] {
+            for top in [false, true] {
+                combos.push((events, l7, "none", top));
+            }
+        }
+    }
+    for guard in ["lean", "inspect"] {
+        for top in [false, true] {
+            combos.push((false, false, guard, top));
+        }
+    }
+    for (events, l7, guard, top) in combos {
+        let mut cfg = if events {
+            full.to_kernel(true).unwrap()
+        } else {
+            EventFilter::default().to_kernel(false).unwrap()
+        };
+        cfg.l7 = u8::from(l7);
+        cfg.top_sources = u8::from(top);
+        let mut opts = LoadOptions::new(cfg);
+        if guard != "none" {
+            opts.config.policy = 1;
+            opts.config.lean = u8::from(guard == "lean");
+            opts.config.drop_unparsable = 1;
+            opts.detect = detect_config {
+                enabled: 1,
+                scan_ports: 20,
+                scan_window_ns: 1_000_000_000,
+                syn_rate: 100,
+                syn_burst: 200,
+                alert_interval_ns: 1_000_000_000,
+                mitigate_ttl_ns: 60_000_000_000,
+                conn_limit: 10,
+                enforce_conn_limit: 1,
+                ..Default::default()
+            };
+        }
+        let what = format!("events {events}, l7 {l7}, guard {guard}, top sources {top}");
+        let skel = bpf::load_ingress(&opts).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+        for frame in &frames {
+            let input = || ProgramInput { data_in: Some(frame), ..Default::default() };
+            let xdp = skel.progs.tcpscope_xdp.test_run(input()).unwrap().return_value;
+            let tc = skel.progs.tcpscope_tc.test_run(input()).unwrap().return_value;
+            assert_eq!((xdp, tc), (XDP_PASS, TCX_NEXT), "{what}");
+        }
+        loaded += 1;
+    }
+    assert_eq!(loaded, 12);
+}
