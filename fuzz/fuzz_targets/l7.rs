@@ -1,7 +1,10 @@
 //! Fuzzes the L7 hints: any bytes as a client's first bytes, whole and cut
 //! into segments sent in a shuffled order (some twice), must be identified,
 //! wanted more of, or given up on; never panic, loop or grow past the
-//! stream limit.
+//! stream limit. With the selector's top bit set, the input is instead a
+//! custom protocols file (TOML) up to its first NUL and bytes after it: a
+//! file is read or refused with an error, never a panic, and bytes are
+//! then identified with what it describes.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -11,6 +14,14 @@ use tcpscope_wire::types::packet_event;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&sel, bytes)) = data.split_first() else { return };
+    if sel & 0x80 != 0 {
+        let (text, rest) = bytes.split_at(bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len()));
+        let Ok(text) = std::str::from_utf8(text) else { return };
+        if let Ok(p) = tcpscope_wire::l7::custom::Protocols::parse(text, "fuzz.toml") {
+            let _ = tcpscope_wire::l7::identify_with(&p, rest.get(1..).unwrap_or_default(), 7000, sel & 1 == 1);
+        }
+        return;
+    }
     let port = [80u16, 443, 53, 22, 8080][usize::from(sel) % 5];
     let _ = identify(bytes, port, sel & 1 == 1);
     let mut ev = packet_event { ip_version: 4, sport: 40000, dport: port, seq: 1000, flags_raw: 0x02, ..Default::default() };

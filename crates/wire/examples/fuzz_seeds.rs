@@ -47,6 +47,15 @@ fn main() -> anyhow::Result<()> {
             n += 1;
         }
     }
+    // The custom protocols branch of the l7 target: selector 0x80, the
+    // shipped example file, a NUL, then a message it describes.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/l7/protocols.toml");
+    if let Ok(text) = std::fs::read(&example) {
+        let mut seed = vec![0x80];
+        seed.extend_from_slice(&text);
+        seed.extend_from_slice(b"\0MC\x01\x02\x01\x02\x03\x04\x00\x06status");
+        std::fs::write(l7.join("custom-protocols"), seed)?;
+    }
     eprintln!("fuzz_seeds: {n} frame seeds in {}", dec.display());
     Ok(())
 }
