@@ -55,6 +55,27 @@ fn serve(hosts: &TestHosts, ports: &[u16]) -> Vec<std::thread::JoinHandle<()>> {
         .collect()
 }
 
+/// tshark's fields of the packets `filter` takes, `|`-separated, one line
+/// each; it reassembles out-of-order segments, and decodes `decode_as`
+/// ("tcp.port==N,proto") beside what it finds by itself.
+fn tshark_fields(pcap: &std::path::Path, decode_as: &[&str], filter: &str, fields: &[&str]) -> String {
+    let mut ts = Command::new("tshark");
+    ts.arg("-r").arg(pcap).args(["-o", "tcp.reassemble_out_of_order:TRUE"]);
+    for d in decode_as {
+        ts.args(["-d", d]);
+    }
+    ts.args(["-Y", filter, "-T", "fields", "-E", "separator=|"]);
+    for f in fields {
+        ts.args(["-e", f]);
+    }
+    let out = ts.output().expect("tshark (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "tshark: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The first messages tshark decodes.
+const DECODED: &str = "http.request or tls.handshake.type == 1 or dns.flags.response == 0 or ssh.protocol";
+
 fn in_client(hosts: &TestHosts, program: &str, args: &[&str]) {
     let out = TestHosts::command_in(&hosts.client_ns, "timeout")
         .arg("5")
@@ -226,25 +247,9 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
         "dns.qry.type",
         "ssh.protocol",
     ];
-    let mut ts = Command::new("tshark");
-    ts.args(["-r"]).arg(&pcap).args([
-        "-o",
-        "tcp.reassemble_out_of_order:TRUE",
-        "-d",
-        "tcp.port==4443,tls",
-        "-Y",
-        "http.request or tls.handshake.type == 1 or dns.flags.response == 0 or ssh.protocol",
-        "-T",
-        "fields",
-        "-E",
-        "separator=|",
-    ]);
-    for f in fields {
-        ts.args(["-e", f]);
-    }
-    let t = ts.output().expect("tshark (scripts/setup.sh installs it)");
+    let t = tshark_fields(&pcap, &["tcp.port==4443,tls"], DECODED, &fields);
     let mut tshark: HashMap<u64, Vec<String>> = HashMap::new();
-    for line in String::from_utf8_lossy(&t.stdout).lines() {
+    for line in t.lines() {
         let v: Vec<String> = line.split('|').map(str::to_string).collect();
         if let Ok(p) = v[0].parse() {
             tshark.entry(p).or_insert(v);
@@ -333,33 +338,20 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
 
     // JA4, computed here a second way: from tshark's fields for each
     // ClientHello, hashed by coreutils' sha256sum.
-    let mut hellos = Command::new("tshark");
-    hellos.arg("-r").arg(&pcap).args([
-        "-o",
-        "tcp.reassemble_out_of_order:TRUE",
-        "-d",
-        "tcp.port==4443,tls",
-        "-d",
-        "tcp.port==80,tls",
-        "-Y",
+    let hellos = tshark_fields(
+        &pcap,
+        &["tcp.port==4443,tls", "tcp.port==80,tls"],
         "tls.handshake.type == 1",
-        "-T",
-        "fields",
-        "-E",
-        "separator=|",
-    ]);
-    for f in [
-        "tcp.srcport",
-        "tls.handshake.version",
-        "tls.handshake.ciphersuite",
-        "tls.handshake.extension.type",
-        "tls.handshake.sig_hash_alg",
-        "tls.handshake.extensions.supported_version",
-        "tls.handshake.extensions_alpn_str",
-    ] {
-        hellos.args(["-e", f]);
-    }
-    let hellos = String::from_utf8_lossy(&hellos.output().unwrap().stdout).to_string();
+        &[
+            "tcp.srcport",
+            "tls.handshake.version",
+            "tls.handshake.ciphersuite",
+            "tls.handshake.extension.type",
+            "tls.handshake.sig_hash_alg",
+            "tls.handshake.extensions.supported_version",
+            "tls.handshake.extensions_alpn_str",
+        ],
+    );
     let mut checked = 0;
     for line in hellos.lines() {
         let f: Vec<&str> = line.split('|').collect();
@@ -661,36 +653,25 @@ fn the_generated_corpus_is_read_as_sent_offline_and_live() {
     }
 
     // tshark, reassembling out-of-order segments, where it decodes.
-    let mut ts = Command::new("tshark");
-    ts.arg("-r").arg(&pcap).args([
-        "-o",
-        "tcp.reassemble_out_of_order:TRUE",
-        "-d",
-        "tcp.port==2222,ssh",
-        "-Y",
-        "http.request or tls.handshake.type == 1 or dns.flags.response == 0 or ssh.protocol",
-        "-T",
-        "fields",
-        "-E",
-        "separator=|",
-    ]);
-    for f in [
-        "tcp.srcport",
-        "tls.handshake.extensions_server_name",
-        "tls.handshake.extensions_alpn_str",
-        "http.request.method",
-        "http.request.uri",
-        "http.host",
-        "http.user_agent",
-        "dns.qry.name",
-        "dns.qry.type",
-        "ssh.protocol",
-    ] {
-        ts.args(["-e", f]);
-    }
-    let t = ts.output().expect("tshark (scripts/setup.sh installs it)");
+    let t = tshark_fields(
+        &pcap,
+        &["tcp.port==2222,ssh"],
+        DECODED,
+        &[
+            "tcp.srcport",
+            "tls.handshake.extensions_server_name",
+            "tls.handshake.extensions_alpn_str",
+            "http.request.method",
+            "http.request.uri",
+            "http.host",
+            "http.user_agent",
+            "dns.qry.name",
+            "dns.qry.type",
+            "ssh.protocol",
+        ],
+    );
     let mut decoded = Vec::new();
-    for line in String::from_utf8_lossy(&t.stdout).lines() {
+    for line in t.lines() {
         let f: Vec<&str> = line.split('|').collect();
         let sport: u64 = f[0].parse().unwrap();
         let l = &offline[&sport]["l7"];
@@ -715,12 +696,7 @@ fn the_generated_corpus_is_read_as_sent_offline_and_live() {
     // Not decoded by tshark, which goes by the port: TLS on 80, and the
     // connection that sent nothing. Checked above against the truth alone.
     // (tshark's heuristics find HTTP on 443.)
-    assert_eq!(
-        decoded,
-        [42001, 42002, 42003, 42004, 42006, 42007, 42008, 42009, 42010, 42011],
-        "{}",
-        String::from_utf8_lossy(&t.stdout)
-    );
+    assert_eq!(decoded, [42001, 42002, 42003, 42004, 42006, 42007, 42008, 42009, 42010, 42011], "{}", t);
 
     // Live: the same frames through the veth, `l7 -i` at both hooks.
     let hosts = TestHosts::new("l7gen").unwrap();

@@ -41,6 +41,12 @@ pub struct Record {
 
 type Key = (IpAddr, u16, IpAddr, u16);
 
+impl Record {
+    fn new(key: Key, ts_ns: u64, l7: L7) -> Self {
+        Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, conn: None, l7 }
+    }
+}
+
 struct Stream {
     isn: u32,
     data: Vec<u8>,
@@ -85,22 +91,14 @@ impl Tracker {
             Identified::Done(l7) if closed && l7.proto != "unknown" => {
                 // Whole after all (the close came with the last bytes).
                 self.identified += 1;
-                return Some(Record {
-                    ts_ns,
-                    src: key.0,
-                    sport: key.1,
-                    dst: key.2,
-                    dport: key.3,
-                    conn: None,
-                    l7: *l7,
-                });
+                return Some(Record::new(key, ts_ns, *l7));
             }
             Identified::Done(l7) => *l7,
             Identified::More => L7 { proto: "unknown".into(), ..Default::default() },
         };
         l7.gave_up = Some(why);
         *self.gave_up.entry(why).or_insert(0) += 1;
-        Some(Record { ts_ns, src: key.0, sport: key.1, dst: key.2, dport: key.3, conn: None, l7 })
+        Some(Record::new(key, ts_ns, l7))
     }
 
     /// One packet (its decoded event and payload); returns the connection's
@@ -142,15 +140,7 @@ impl Tracker {
                 if let Identified::Done(l7) = identify_with(&self.custom, &s.data, key.3, false) {
                     self.conns.remove(&key);
                     self.identified += 1;
-                    return Some(Record {
-                        ts_ns,
-                        src: key.0,
-                        sport: key.1,
-                        dst: key.2,
-                        dport: key.3,
-                        conn: None,
-                        l7: *l7,
-                    });
+                    return Some(Record::new(key, ts_ns, *l7));
                 }
             }
         }
