@@ -8,8 +8,6 @@
 //! per connection of reassembling and naming a post-quantum ClientHello
 //! that came in two segments.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -65,29 +63,10 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     let syn_closed = testpkt::syn_v4_to(9); // discard: nothing listens
     let ack = testpkt::pad_to_min_frame(testpkt::ack_v4());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let read = Arc::new(AtomicU64::new(0));
-    let handle = libbpf_rs::MapHandle::try_from(&l7.maps.events).context("ring buffer handle")?;
-    let consumer = {
-        let (stop, read) = (stop.clone(), read.clone());
-        std::thread::spawn(move || -> Result<()> {
-            let mut b = libbpf_rs::RingBufferBuilder::new();
-            b.add(&handle, |_d: &[u8]| {
-                read.fetch_add(1, Ordering::Relaxed);
-                0
-            })?;
-            let ring = b.build()?;
-            while !stop.load(Ordering::Relaxed) {
-                let _ = ring.poll(Duration::from_millis(10));
-                let _ = ring.consume();
-            }
-            let _ = ring.consume();
-            Ok(())
-        })
-    };
+    let reader = super::RingDrain::start(&l7.maps.events)?;
     let drain = |emitted: u64| {
         let deadline = Instant::now() + Duration::from_secs(10);
-        while read.load(Ordering::Relaxed) < emitted && Instant::now() < deadline {
+        while reader.count() < emitted && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(5));
         }
     };
@@ -133,14 +112,12 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
         }
     }
     drop(listener);
-    stop.store(true, Ordering::Relaxed);
-    consumer.join().map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
+    let read = reader.count();
+    reader.finish()?;
     let c = bpf::read_counters(&l7)?;
     out.line(&format!(
         "records: {} written, {} read, {} lost (ring full while the consumer lagged)",
-        c.0.events,
-        read.load(Ordering::Relaxed),
-        c.0.events_lost
+        c.0.events, read, c.0.events_lost
     ));
 
     // User space: SYN, then the ClientHello in two segments, per connection.

@@ -4,10 +4,6 @@
 //! Figures are printed, never asserted: this is a noisy VM. Each case is
 //! measured `rounds` times, interleaved with the others, and the median kept.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
-
 use anyhow::{Context, Result};
 use libbpf_rs::{ProgramInput, ProgramMut};
 
@@ -56,27 +52,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     // Events on for every TCP packet, with a consumer draining the ring.
     let all = bpf::load_ingress(&LoadOptions::new(EventFilter::default().to_kernel(true)?))?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let events_read = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let handle = libbpf_rs::MapHandle::try_from(&all.maps.events).context("ring buffer handle")?;
-    let consumer = {
-        let stop = stop.clone();
-        let events_read = events_read.clone();
-        std::thread::spawn(move || -> Result<()> {
-            let mut b = libbpf_rs::RingBufferBuilder::new();
-            b.add(&handle, |_d: &[u8]| {
-                events_read.fetch_add(1, Ordering::Relaxed);
-                0
-            })?;
-            let ring = b.build()?;
-            while !stop.load(Ordering::Relaxed) {
-                let _ = ring.poll(Duration::from_millis(10));
-                let _ = ring.consume(); // events submitted without a wakeup
-            }
-            let _ = ring.consume();
-            Ok(())
-        })
-    };
+    let reader = super::RingDrain::start(&all.maps.events)?;
 
     emit!(
         out,
@@ -145,14 +121,14 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
         median(off),
         median(ratios)
     );
-    stop.store(true, Ordering::Relaxed);
-    consumer.join().map_err(|_| anyhow::anyhow!("ring buffer consumer panicked"))??;
+    let read = reader.count();
+    reader.finish()?;
     let c = bpf::read_counters(&all)?;
     emit!(
         out,
         "events run: {} emitted, {} read by the consumer, {} lost (ring buffer full while the consumer lagged)",
         c.0.events,
-        events_read.load(Ordering::Relaxed),
+        read,
         c.0.events_lost
     );
     Ok(())
