@@ -600,6 +600,19 @@ static __always_inline int rules_and_detectors(struct tcpscope_counters *c, cons
 	return VERDICT_PASS;
 }
 
+/* The TCP header's frame offset, from numbers the parser kept: not from
+ * its packet pointer, which kept live to the L7 hand-over stopped the
+ * verifier from merging the parser's paths (their pointers differ) and
+ * took the inspecting guard with L7 hints past its limit. */
+static __always_inline __u32 l4_offset(const struct packet_event *ev, const struct l3_info *l3, __u32 l3_off,
+				       __u32 frame_len)
+{
+	if (ev->ip_flags & IPF_JUMBO)
+		return frame_len > l3->ip_payload_len ? frame_len - l3->ip_payload_len : 0;
+	__u32 ip_total = ev->ip_version == 6 ? (__u32)ev->ip_len + 40 : ev->ip_len;
+	return l3_off + ip_total - l3->ip_payload_len;
+}
+
 /* The whole per-packet path. data..data_end is the linear packet.
  * Returns VERDICT_DROP only for packets a guard rule drops. */
 static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
@@ -717,7 +730,8 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 		/* Its records go before the packet's own event (watch --l7):
 		 * the packet that completes a first message is printed with
 		 * the message's hints. */
-		l7_hand_over(ctx, c, &ev, (__u32)(tcp_start - data) + ev.hdr_len, frame_len, ifindex, hook);
+		l7_hand_over(ctx, c, &ev, l4_offset(&ev, &l3, l3_off, frame_len) + ev.hdr_len, frame_len, ifindex,
+			     hook);
 	if (!cfg.events_enabled)
 		return VERDICT_PASS;
 	if (!event_wanted(&ev)) {

@@ -254,6 +254,9 @@ tc (tcx ingress, TC_ACT_SHOT) works on every interface and goes at the head of t
 pub struct GuardArgs {
     #[command(flatten)]
     pub attach: AttachArgs,
+    /// The agent's: L7 hints on the guarded interface too (with --inspect).
+    #[arg(skip)]
+    pub l7: bool,
     /// Rules to load at start (TOML; see the example below).
     #[arg(long, value_name = "FILE")]
     pub rules: Option<PathBuf>,

@@ -502,22 +502,32 @@ fn send_from_client(hosts: &TestHosts, port: u16, bytes: &'static [u8]) {
 /// the give-ups by reason, the opt-in top names with their `other` row,
 /// and one log line per connection. A SYN to a closed port is not followed
 /// (no socket would take it), so it makes neither a record nor a series.
+/// Counting, and guarding (the guard inspects, the agent's default).
 #[test]
 fn the_agent_counts_l7_by_protocol_port_and_version_and_logs_each_record() {
-    const LISTEN: &str = "127.0.0.1:19932";
+    agent_l7("127.0.0.1:19932", false);
+}
+
+#[test]
+fn the_guarding_agent_counts_l7_too() {
+    agent_l7("127.0.0.1:19933", true);
+}
+
+fn agent_l7(listen: &'static str, guard: bool) {
     let _load = side_by_side();
-    let hosts = TestHosts::new("l7agent").unwrap();
-    let dir = std::env::temp_dir().join(format!("tcpscope-l7agent-{}", std::process::id()));
+    let hosts = TestHosts::new(if guard { "l7guard" } else { "l7agent" }).unwrap();
+    let dir = std::env::temp_dir().join(format!("tcpscope-l7agent-{}-{guard}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let log = dir.join("events.ndjson");
     let config = dir.join("agent.toml");
     std::fs::write(
         &config,
         format!(
-            "interfaces = ['{SERVER_IF}']\nnetns = '{}'\nlisten = '{LISTEN}'\nstate_dir = '{}'\n\
-             [control]\nsocket = '/run/tcpscope/test-l7-{}.sock'\n\
+            "interfaces = ['{SERVER_IF}']\nnetns = '{}'\nlisten = '{listen}'\nstate_dir = '{}'\n\
+             [control]\nsocket = '/run/tcpscope/test-l7-{}-{guard}.sock'\n\
              [log]\nevents = ['l7']\nfile = '{}'\n\
-             [l7]\nenabled = true\nprotocols = '{PROTOCOLS}'\ntop_names = 1\nwindow = 1.0\n",
+             [l7]\nenabled = true\nprotocols = '{PROTOCOLS}'\ntop_names = 1\nwindow = 1.0\n\
+             [guard]\nenabled = {guard}\n",
             hosts.server_ns,
             dir.join("state").display(),
             std::process::id(),
@@ -552,7 +562,7 @@ fn the_agent_counts_l7_by_protocol_port_and_version_and_logs_each_record() {
 
     let metrics = || {
         let out = Command::new("curl")
-            .args(["-sS", "--max-time", "5", &format!("http://{LISTEN}/metrics")])
+            .args(["-sS", "--max-time", "5", &format!("http://{listen}/metrics")])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()

@@ -699,16 +699,17 @@ fn kernel_lat_slot_buckets_hold_their_values() {
 /// data segment. Without a guard (watch, stats, l7, the counting agent):
 /// events (every filter list full, 1,024 payload bytes, sampling) or none,
 /// times L7 hints or none, times top sources or none. With a guard (guard,
-/// the guarding agent; no events, no L7 hints): lean or inspecting with
-/// every detector, times top sources or none. A feature that adds paths to
-/// the programs can push a combination past the verifier's limits (it
+/// the guarding agent; no events): lean or inspecting with every detector,
+/// times top sources or none, and inspecting with L7 hints (the guarding
+/// agent's). A feature that adds paths to the programs can push a
+/// combination past the verifier's limits (it
 /// did: E2BIG for the inspecting guard, the stack for `watch --l7`); this
 /// finds it before a user does.
 ///
-/// No command combines a guard with events or L7 hints, and the verifier
-/// does not take those yet (E2BIG: the guard's paths times the others'),
-/// which the guard's L7 rules will have to solve. The agent names no
-/// connection on the interfaces it guards, and says so.
+/// No command combines a guard with events, and the verifier does not take
+/// that (E2BIG: the guard's paths times the events'; the events path keeps
+/// a packet pointer live, as the L7 hand-over did until it computed the
+/// offset from numbers).
 #[test]
 fn every_combination_of_features_loads_and_passes_packets() {
     use tcpscope::bpf::types::detect_config;
@@ -736,6 +737,10 @@ fn every_combination_of_features_loads_and_passes_packets() {
         for top in [false, true] {
             combos.push((false, false, guard, top));
         }
+    }
+    // The agent's guard with L7 hints (it inspects).
+    for top in [false, true] {
+        combos.push((false, true, "inspect", top));
     }
     for (events, l7, guard, top) in combos {
         let mut cfg = if events {
@@ -773,5 +778,5 @@ fn every_combination_of_features_loads_and_passes_packets() {
         }
         loaded += 1;
     }
-    assert_eq!(loaded, 12);
+    assert_eq!(loaded, 14);
 }

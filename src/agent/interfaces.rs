@@ -44,6 +44,8 @@ pub struct Counted {
 }
 
 pub struct Guarded {
+    /// L7 hints, when on (and the guard inspects): read before the guard goes.
+    pub l7: Option<L7Reader>,
     pub guard: Guard,
     settings: Settings,
     ratio: RatioWatch,
@@ -241,10 +243,21 @@ impl Interfaces {
             };
             return Ok(Attached::Counting(Box::new(counted)));
         };
-        let args = GuardArgs { attach, rules: None, top_sources: self.top_sources, ..template.clone() };
+        let args = GuardArgs {
+            attach,
+            rules: None,
+            top_sources: self.top_sources,
+            l7: self.l7.is_some(),
+            ..template.clone()
+        };
         let guard = Guard::start(&args)?;
         guard.maps.sync_file_rules(&guard.id, &rules(name))?;
+        let l7 = match &self.l7 {
+            Some(protocols) if args.inspect => Some(L7Reader::new(&guard.session, protocols.clone())?),
+            _ => None,
+        };
         Ok(Attached::Guarding(Box::new(Guarded {
+            l7,
             guard,
             settings: Settings::from(&args),
             ratio: RatioWatch::default(),
@@ -368,11 +381,15 @@ impl Interfaces {
     ) -> Vec<(String, crate::view::l7::L7Stats)> {
         let mut stats = Vec::new();
         for e in &mut self.list {
-            let Some(Attached::Counting(c)) = &mut e.state else { continue };
-            let Some(reader) = &mut c.l7 else { continue };
+            let (reader, session) = match &mut e.state {
+                Some(Attached::Counting(c)) => (&mut c.l7, &c.session),
+                Some(Attached::Guarding(g)) => (&mut g.l7, &g.guard.session),
+                None => continue,
+            };
+            let Some(reader) = reader else { continue };
             let name = &e.name;
-            let _ = reader.poll(&c.session, std::time::Duration::ZERO, |r| take(name, r));
-            if let Some(s) = stats_too.then(|| reader.stats(&c.session).ok()).flatten() {
+            let _ = reader.poll(session, std::time::Duration::ZERO, |r| take(name, r));
+            if let Some(s) = stats_too.then(|| reader.stats(session).ok()).flatten() {
                 stats.push((name.clone(), s));
             }
         }

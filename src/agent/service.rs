@@ -119,9 +119,9 @@ impl Agent {
         }
         if let Some(l7) = &config.l7 {
             metrics.declare_l7(l7.top_names.as_ref().map(|t| t.k))?;
-            if config.guard.is_some() {
+            if config.guard.as_ref().is_some_and(|g| !g.inspect) {
                 notes.push(
-                    "L7 hints are not on guarded interfaces yet, and this agent guards every one: no connection will be named (drop --guard, or run `tcpscope l7 -i IFACE` beside it)".to_string(),
+                    "L7 hints need the guard to inspect, and [guard] inspect = false: no connection will be named (set inspect = true, the agent's default)".to_string(),
                 );
             }
         }

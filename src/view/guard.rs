@@ -112,6 +112,9 @@ impl Guard {
         config.lean = u8::from(!args.inspect);
         config.drop_unparsable = u8::from(args.unparsable == crate::cli::Unparsable::Drop);
         config.top_sources = u8::from(args.top_sources);
+        // The agent's L7 hints: only where the guard inspects (a lean guard
+        // stops at its decision).
+        config.l7 = u8::from(args.l7 && args.inspect);
         // XDP by default here: dropping before an skb exists is the point.
         let hook = args.attach.hook.unwrap_or(HookKind::Xdp);
         // --mitigate implies --enforce: a source over the connection limit
@@ -131,7 +134,8 @@ impl Guard {
             ..Default::default()
         };
         let opts = bpf::LoadOptions {
-            ringbuf_bytes: 4096,
+            // Only L7 hints write records (the alerts have their own ring).
+            ringbuf_bytes: if config.l7 != 0 { 16 << 20 } else { 4096 },
             detect,
             reuse_pins: Some((dir.clone(), &policy::RULE_MAPS[..])),
             ..bpf::LoadOptions::new(config)
