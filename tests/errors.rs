@@ -126,6 +126,12 @@ fn contradictory_flags_are_refused() {
         (&["block", "add", "198.18.0.7", "--ttl", "30"][..], "give a unit"),
         (&["block", "add", "198.18.0.7", "--ttl", "99999999999d"][..], "too long"),
         (&["stats", "-i", "lo", "--interval", "0"][..], "--interval"),
+        (&["l7"][..], "name an interface to watch (-i IFACE) or a capture to read (-r FILE)"),
+        (
+            &["l7", "-r", "x.pcap", "--hook", "xdp"][..],
+            "--hook applies to an interface (-i), not to a capture",
+        ),
+        (&["l7", "-i", "lo", "--port", "1,2,3,4,5,6,7,8,9"][..], "--port: at most 8 ports live"),
     ] {
         let out = Command::new(tcpscope_bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");

@@ -26,7 +26,21 @@ pub fn run(args: &L7Args) -> Result<()> {
         None => Protocols::default(),
     };
     match (&args.file, args.attach()) {
-        (Some(file), None) => offline(args, file, custom),
+        (Some(file), None) => {
+            let live_only = [
+                (args.hook.is_some(), "--hook"),
+                (args.xdp_mode.is_some(), "--xdp-mode"),
+                (args.netns.is_some(), "--netns"),
+                (args.ringbuf_mib != 4, "--ringbuf-mib"),
+            ];
+            if let Some((_, flag)) = live_only.iter().find(|(given, _)| *given) {
+                return Err(crate::cli::UsageError(format!(
+                    "{flag} applies to an interface (-i), not to a capture (-r): drop {flag}"
+                ))
+                .into());
+            }
+            offline(args, file, custom)
+        }
         (None, Some(attach)) => live(args, &attach, custom),
         _ => Err(crate::cli::UsageError(
             "name an interface to watch (-i IFACE) or a capture to read (-r FILE)".into(),
@@ -58,6 +72,11 @@ impl Printer<'_> {
 }
 
 fn live(args: &L7Args, attach: &crate::cli::AttachArgs, custom: Protocols) -> Result<()> {
+    crate::ensure_usage!(
+        args.ports.len() <= 8,
+        "--port: at most 8 ports live (the kernel's filter holds 8); {} given",
+        args.ports.len()
+    );
     let mib = args.ringbuf_mib;
     crate::ensure_usage!(
         mib.is_power_of_two() && mib <= 1024,
