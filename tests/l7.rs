@@ -712,16 +712,14 @@ fn the_generated_corpus_is_read_as_sent_offline_and_live() {
     let hosts = TestHosts::new("l7gen").unwrap();
     let servers = serve(&hosts, &[443, 80, 8080, 53, 2222]);
     let n = conns.len().to_string();
-    let live: Vec<(&str, ChildGuard)> = ["tc", "xdp"]
+    let live: Vec<_> = ["tc", "xdp"]
         .into_iter()
         .map(|hook| {
-            (
-                hook,
-                start_tcpscope(
-                    &hosts.server_ns,
-                    &["l7", "-i", SERVER_IF, "--hook", hook, "--json", "-c", &n],
-                ),
-            )
+            let mut cmd = TestHosts::command_in(&hosts.server_ns, tcpscope_bin());
+            cmd.args(["l7", "-i", SERVER_IF, "--hook", hook, "--json", "-c", &n]).stdout(Stdio::piped());
+            let (child, said) =
+                ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30)).unwrap();
+            (hook, child, said)
         })
         .collect();
     let link = common::raw::RawLink::open(
@@ -729,12 +727,25 @@ fn the_generated_corpus_is_read_as_sent_offline_and_live() {
         tcpscope::testhost::CLIENT_IF,
         common::raw::mac_of(&hosts.server_ns, SERVER_IF),
     );
+    // First, a SYN to a port nothing listens on: not followed, counted.
+    let (_, closed) = l7gen::packets(&l7gen::Conn {
+        v6: false,
+        sport: 42099,
+        dport: 9,
+        pieces: Vec::new(),
+        truth: serde_json::Value::Null,
+        what: "a SYN to a closed port",
+    })
+    .into_iter()
+    .next()
+    .unwrap();
+    link.send(0x0800, &closed);
     for c in &conns {
         for (ethertype, packet) in l7gen::packets(c) {
             link.send(ethertype, &packet);
         }
     }
-    for (hook, mut child) in live {
+    for (hook, mut child, said) in live {
         let done = child.wait_timeout(Duration::from_secs(60));
         assert!(done.as_ref().is_ok_and(|s| s.success()), "{hook}: {done:?}");
         let records = by_sport(&stdout_of(&mut child));
@@ -745,6 +756,22 @@ fn the_generated_corpus_is_read_as_sent_offline_and_live() {
                 .unwrap_or_else(|| panic!("{hook}: no record for {}: {records:#?}", c.what));
             assert_eq!(r["l7"], offline[&sport]["l7"], "{hook}: {}", c.what);
         }
+        assert!(!records.contains_key(&42099), "{hook}: the closed port's SYN is not followed");
+        // The exit line says what was not followed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let summary = loop {
+            let lines = said.lock().unwrap().clone();
+            if let Some(l) = lines.iter().find(|l| l.contains("connections identified")) {
+                break l.clone();
+            }
+            assert!(std::time::Instant::now() < deadline, "{hook}: no summary line: {lines:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(
+            summary.contains("11 connections identified, 1 given up (closed 1)")
+                && summary.contains("1 SYNs to ports nothing listens on, not followed"),
+            "{hook}: {summary}"
+        );
     }
     drop(servers);
     let _ = std::fs::remove_dir_all(&dir);
