@@ -114,4 +114,11 @@ fn bench_l7_runs_every_case_and_accounts_for_every_record() {
     assert_eq!(n.len(), 3, "{records}");
     assert_eq!((n[0] + n[2], n[1]), (2 * 2 * 20_000, n[0]), "{records}");
     assert!(stdout.lines().any(|l| l.starts_with("user space:") && l.contains("ns/connection")), "{stdout}");
+    // End to end, `l7 -i` named the bulk connection (or the benchmark
+    // fails), and every case has its figure.
+    let e2e = stdout.lines().find(|l| l.starts_with("end to end:")).expect(&stdout);
+    assert!(
+        e2e.contains(" alone, ") && e2e.contains("l7 to stats ") && e2e.contains("stats to alone "),
+        "{e2e}"
+    );
 }

@@ -6,8 +6,12 @@
 //! socket would take it) and for a
 //! segment of a followed flow (1,400 bytes copied out). In user space, ns
 //! per connection of reassembling and naming a post-quantum ClientHello
-//! that came in two segments.
+//! that came in two segments. End to end, bulk throughput through a veth
+//! with and without `tcpscope l7 -i` following the connection.
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -19,6 +23,7 @@ use crate::bpf::types::{l7_flow, l7_flow_key};
 use crate::bpf::{self, preflight, LoadOptions};
 use crate::cli::BenchArgs;
 use crate::filter::EventFilter;
+use crate::testhost::{ChildGuard, TestHosts, SERVER_IF, SERVER_V4};
 use crate::testpkt;
 use tcpscope_wire::l7::track::Tracker;
 use tcpscope_wire::types::packet_event;
@@ -149,6 +154,103 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
          reassembled and named: {:.0} ns/connection (median; {lo:.0}-{hi:.0})",
         hello.len(),
         median(per_conn)
+    ));
+    bulk(rounds, out)
+}
+
+/// One bulk connection between test hosts for `ROUND`, segmentation
+/// offloads off (every segment passes the hook on its own): bytes/s the
+/// server read.
+fn bulk_round(hosts: &TestHosts, port: u16) -> Result<f64> {
+    const ROUND: Duration = Duration::from_secs(2);
+    let listener = TestHosts::run_in(&hosts.server_ns, move || TcpListener::bind((SERVER_V4, port)))
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))???;
+    let server = std::thread::spawn(move || -> u64 {
+        let Ok((mut s, _)) = listener.accept() else { return 0 };
+        let (mut buf, mut total) = (vec![0u8; 1 << 16], 0u64);
+        while let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            total += n as u64;
+        }
+        total
+    });
+    let start = Instant::now();
+    TestHosts::run_in(&hosts.client_ns, move || -> Result<()> {
+        let mut s =
+            TcpStream::connect_timeout(&SocketAddr::from((SERVER_V4, port)), Duration::from_secs(10))?;
+        let buf = vec![0x5au8; 1 << 16];
+        while start.elapsed() < ROUND {
+            s.write_all(&buf)?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))???;
+    let total = server.join().map_err(|_| anyhow::anyhow!("server thread panicked"))?;
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// End to end: bulk throughput through the veth with nothing attached and
+/// with `tcpscope l7 -i` following (the connection is named after its
+/// first bytes; every later segment is the steady state), interleaved
+/// round by round.
+fn bulk(rounds: usize, out: &mut dyn Report) -> Result<()> {
+    let hosts = TestHosts::new("bl7")?;
+    for (ns, ifname) in [(&hosts.client_ns, crate::testhost::CLIENT_IF), (&hosts.server_ns, SERVER_IF)] {
+        let st = TestHosts::command_in(ns, "ethtool")
+            .args(["-K", ifname, "tso", "off", "gso", "off", "gro", "off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .context("running ethtool (scripts/setup.sh installs it)")?;
+        anyhow::ensure!(st.success(), "ethtool -K {ifname} failed");
+    }
+    let exe = std::env::current_exe().context("locating the tcpscope binary")?;
+    // Alone, with `stats` (the same program at TC, counting only), with `l7`.
+    let cases: [(&str, &[&str]); 3] =
+        [("alone", &[]), ("stats", &["stats", "--interval", "60"]), ("l7", &["l7"])];
+    let mut rates = vec![Vec::new(); cases.len()];
+    for round in 0..rounds {
+        // The order rotates, so slow drift favours no case.
+        for k in 0..cases.len() {
+            let case = (round + k) % cases.len();
+            let port = 5301 + (round * cases.len() + case) as u16;
+            let (name, args) = cases[case];
+            if args.is_empty() {
+                rates[case].push(bulk_round(&hosts, port)?);
+                continue;
+            }
+            let mut cmd = TestHosts::command_in(&hosts.server_ns, &exe.to_string_lossy());
+            cmd.args(args).args(["-i", SERVER_IF]).stdout(Stdio::null());
+            let (mut child, said) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30))?;
+            rates[case].push(bulk_round(&hosts, port)?);
+            child.interrupt_and_wait(Duration::from_secs(20))?;
+            if name == "l7" {
+                let named = said
+                    .lock()
+                    .map(|l| l.iter().any(|l| l.contains("1 connections identified")))
+                    .unwrap_or(false);
+                anyhow::ensure!(named, "l7 did not name the bulk connection");
+            }
+        }
+    }
+    let ratio = |a: usize, b: usize| {
+        let r: Vec<f64> = rates[a].iter().zip(&rates[b]).map(|(x, y)| x / y).collect();
+        let (lo, hi) = r.iter().fold((f64::MAX, 0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        format!("{:.3} ({lo:.3}-{hi:.3})", median(r))
+    };
+    out.line(&format!(
+        "end to end: one bulk connection through the veth, offloads off, 2 s per case, {rounds} rounds, \
+         median MB/s: {:.0} alone, {:.0} with `stats` (the program at TC, counting), {:.0} with `l7 -i` \
+         (TC) naming it; l7 to stats {}, stats to alone {}",
+        median(rates[0].clone()) / 1e6,
+        median(rates[1].clone()) / 1e6,
+        median(rates[2].clone()) / 1e6,
+        ratio(2, 1),
+        ratio(1, 0)
     ));
     Ok(())
 }

@@ -197,6 +197,28 @@ fn dns(data: &[u8]) -> Option<Identified> {
     if data.len() >= 8 && u16::from_be_bytes([data[6], data[7]]) == 0 {
         return None;
     }
+    // The rest of a query's header, once it is there: an opcode DNS has
+    // (query 0 to DSO 6), the reserved Z bit clear, a few questions, and a
+    // standard query's empty answer and (but for IXFR's SOA) authority
+    // sections. Without this, any two bytes read as a length, and a stream
+    // of other bytes waited for it (up to 64 KiB) before it was named:
+    // bench l7's bulk connection of 'Z's was given up as too_large.
+    let word = |at: usize| u16::from_be_bytes([data[at], data[at + 1]]);
+    if data.len() >= 14 {
+        let opcode = (data[4] >> 3) & 0x0f;
+        let plausible = opcode <= 6
+            && data[5] & 0x40 == 0
+            && word(6) <= 4
+            && (opcode != 0 || (word(8) == 0 && word(10) <= 1))
+            && word(12) <= 4;
+        if !plausible {
+            return None;
+        }
+    }
+    // Past what a stream keeps, a query could not be read whole anyway.
+    if len > MAX_STREAM - 2 {
+        return None;
+    }
     if data.len() < 2 + len {
         return Some(Identified::More);
     }
@@ -264,6 +286,25 @@ mod tests {
             Identified::Done(l7) => *l7,
             Identified::More => panic!("more wanted for {:?}", String::from_utf8_lossy(data)),
         }
+    }
+
+    #[test]
+    fn bytes_that_only_look_like_a_dns_length_are_named_unknown_at_once() {
+        // "ZZ" reads as a length of 23,130; the header that follows is no
+        // query's (opcode 11).
+        let zs = [b'Z'; 20];
+        match identify(&zs, 5301, false) {
+            Identified::Done(l7) => assert_eq!(l7.proto, "unknown"),
+            Identified::More => panic!("waited for a length that is no DNS length"),
+        }
+        // A real query still waits for its bytes, then is named.
+        let mut q = vec![0, 29, 0xab, 0xcd, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+        q.extend_from_slice(&[
+            7, b'e', b'x', b'a', b'm', b'p', b'l', b'e', 3, b'o', b'r', b'g', 0, 0, 1, 0, 1,
+        ]);
+        assert!(matches!(identify(&q[..16], 53, false), Identified::More));
+        let Identified::Done(l7) = identify(&q, 53, false) else { panic!("a whole query") };
+        assert_eq!((l7.qname.as_deref(), l7.qtype), (Some("example.org"), Some(1)));
     }
 
     #[test]
