@@ -149,6 +149,22 @@ impl TestHosts {
         Ok(())
     }
 
+    /// Segmentation and receive offloads (TSO, GSO, GRO) off on both ends:
+    /// segments cross the link, and reach the hooks, as a NIC would see
+    /// them, not as 64 KiB super-packets.
+    pub fn offloads_off(&self) -> Result<()> {
+        for (ns, ifname) in [(&self.client_ns, CLIENT_IF), (&self.server_ns, SERVER_IF)] {
+            let st = Self::command_in(ns, "ethtool")
+                .args(["-K", ifname, "tso", "off", "gso", "off", "gro", "off"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .context("running ethtool (scripts/setup.sh installs it)")?;
+            anyhow::ensure!(st.success(), "ethtool -K {ifname} failed");
+        }
+        Ok(())
+    }
+
     /// A command that runs `program` inside namespace `ns`.
     pub fn command_in(ns: &str, program: &str) -> Command {
         let mut c = Command::new("ip");

@@ -128,14 +128,7 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     }
     // Segments as sent: no offloads merging them on either side (the
     // capture is taken at the server's interface, after GRO).
-    for (ns, dev) in [(&hosts.server_ns, SERVER_IF), (&hosts.client_ns, tcpscope::testhost::CLIENT_IF)] {
-        let st = TestHosts::command_in(ns, "ethtool")
-            .args(["-K", dev, "tso", "off", "gso", "off", "gro", "off"])
-            .stdout(Stdio::null())
-            .status()
-            .expect("ethtool (scripts/setup.sh installs it)");
-        assert!(st.success());
-    }
+    hosts.offloads_off().unwrap();
     let dir = std::env::temp_dir().join(format!("tcpscope-l7-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let pcap = dir.join("l7.pcap");

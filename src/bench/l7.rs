@@ -199,15 +199,7 @@ fn bulk_round(hosts: &TestHosts, port: u16) -> Result<f64> {
 /// round by round.
 fn bulk(rounds: usize, out: &mut dyn Report) -> Result<()> {
     let hosts = TestHosts::new("bl7")?;
-    for (ns, ifname) in [(&hosts.client_ns, crate::testhost::CLIENT_IF), (&hosts.server_ns, SERVER_IF)] {
-        let st = TestHosts::command_in(ns, "ethtool")
-            .args(["-K", ifname, "tso", "off", "gso", "off", "gro", "off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running ethtool (scripts/setup.sh installs it)")?;
-        anyhow::ensure!(st.success(), "ethtool -K {ifname} failed");
-    }
+    hosts.offloads_off()?;
     let exe = std::env::current_exe().context("locating the tcpscope binary")?;
     // Alone, with `stats` (the same program at TC, counting only), with `l7`.
     let cases: [(&str, &[&str]); 3] =

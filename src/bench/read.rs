@@ -19,19 +19,8 @@ use crate::testhost::{ChildGuard, TestHosts, SERVER_IF};
 /// with snaplen 96 (headers only), one wire-sized packet per record.
 pub fn make_capture(packets: u64, file: &Path) -> Result<()> {
     let hosts = TestHosts::new("bench")?;
-    // Segmentation offloads off, so that the capture holds MTU-sized packets
-    // as a NIC would see them, not 64 KiB GSO super-packets.
-    for (ns, ifname) in [(&hosts.client_ns, crate::testhost::CLIENT_IF), (&hosts.server_ns, SERVER_IF)] {
-        let st = TestHosts::command_in(ns, "ethtool")
-            .args(["-K", ifname, "tso", "off", "gso", "off", "gro", "off"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .context("running ethtool (scripts/setup.sh installs it)")?;
-        if !st.success() {
-            bail!("ethtool -K {ifname} failed");
-        }
-    }
+    // The capture holds MTU-sized packets, as a NIC would see them.
+    hosts.offloads_off()?;
     let mut tcpdump = TestHosts::command_in(&hosts.server_ns, "tcpdump");
     tcpdump
         .args(["-i", SERVER_IF, "-nn", "-s", "96", "-B", "16384", "-c", &packets.to_string(), "-w"])

@@ -14,38 +14,7 @@ use crate::conn::{has, ConnRecord};
 use crate::output::conn_text;
 use crate::output::json;
 use crate::view::conns::{ConnsView, ReasonNames};
-use crate::view::l7::L7View;
-use tcpscope_wire::l7::track::Record;
-use tcpscope_wire::l7::L7;
-
-/// The hints of named connections by their key (as `conns` and `l7` give
-/// it), at most MAX_CONNS: the oldest go first.
-#[derive(Default)]
-struct L7ByConn {
-    known: std::collections::HashMap<String, L7>,
-    order: std::collections::VecDeque<String>,
-}
-
-impl L7ByConn {
-    fn insert(&mut self, r: Record) {
-        let Some(key) = r.conn else { return };
-        if self.known.len() >= tcpscope_wire::l7::track::MAX_CONNS {
-            if let Some(old) = self.order.pop_front() {
-                self.known.remove(&old);
-            }
-        }
-        self.order.push_back(key.clone());
-        self.known.insert(key, r.l7);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.known.is_empty()
-    }
-
-    fn get(&self, key: &str) -> Option<&L7> {
-        self.known.get(key)
-    }
-}
+use crate::view::l7::{L7View, Recent};
 
 /// A connection event's key: netns/local:port-peer:port.
 fn event_conn_key(e: &types::conn_event) -> String {
@@ -75,7 +44,8 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
         }
         None => None,
     };
-    let named: RefCell<L7ByConn> = RefCell::default();
+    // Each named connection's hints by its key, formatted once: (JSON, text).
+    let named: RefCell<Recent<String, (Vec<u8>, String)>> = RefCell::default();
     // Before the ready line below: scripts start measuring at it.
     let reasons = ReasonNames::load();
     report_unavailable(&view.lc);
@@ -120,19 +90,18 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
             // Straight from the event, no record built.
             let why = if has::reason(e) { reason(e.kind, e.reason) } else { String::new() };
             json::write_conn_event(&mut out, e, e.ts_ns + offset, &why);
-            if let Some(l) = hints {
+            if let Some((json, _)) = hints {
                 out.pop(); // the closing brace
                 out.extend_from_slice(b",\"l7\":");
-                out.extend_from_slice(&serde_json::to_vec(l).unwrap_or_else(|_| b"null".to_vec()));
+                out.extend_from_slice(json);
                 out.push(b'}');
             }
             out.push(b'\n');
         } else {
             let text = conn_text(&ConnRecord::from_event(e, e.ts_ns + offset, &reason));
             match hints {
-                Some(l) => {
-                    let _ =
-                        writeln!(out, "{text} [{} {}]", l.proto, crate::output::l7::details(l).trim_end());
+                Some((_, hint)) => {
+                    let _ = writeln!(out, "{text} {hint}");
                 }
                 None => {
                     let _ = writeln!(out, "{text}");
@@ -149,7 +118,11 @@ pub fn run(args: &ConnsArgs) -> Result<()> {
     loop {
         let last = stop.load(Ordering::SeqCst) || printed.get() >= limit || failed.get();
         if let Some(v) = &mut l7 {
-            v.poll(std::time::Duration::ZERO, |r| named.borrow_mut().insert(r))?;
+            v.poll(std::time::Duration::ZERO, |r| {
+                if let Some(conn) = &r.conn {
+                    named.borrow_mut().insert(conn.clone(), crate::output::l7::attached(&r.l7));
+                }
+            })?;
         }
         let wait = view.pass(last, print);
         write_out();

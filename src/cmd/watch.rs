@@ -11,7 +11,7 @@ use crate::cli::WatchArgs;
 use crate::cmd::{stop_flag, Session};
 use crate::output::pcapng::PcapNgExport;
 use crate::output::{Emitter, Format};
-use crate::view::l7::L7Join;
+use crate::view::l7::{packet_key, FlowKey, L7Join, Recent};
 
 pub fn run(args: &WatchArgs) -> Result<()> {
     let mut filter = args.filter.to_filter();
@@ -46,6 +46,8 @@ pub fn run(args: &WatchArgs) -> Result<()> {
     let mut config = filter.to_kernel(true)?;
     config.l7 = u8::from(args.l7);
     let join = RefCell::new(args.l7.then(|| L7Join::new(Default::default())));
+    // Each named connection's hints, formatted once: (JSON, text).
+    let named: RefCell<Recent<FlowKey, (Vec<u8>, String)>> = RefCell::default();
     let ringbuf_mib = args.ringbuf_mib;
     crate::ensure_usage!(
         ringbuf_mib.is_power_of_two() && ringbuf_mib <= 1024,
@@ -65,7 +67,10 @@ pub fn run(args: &WatchArgs) -> Result<()> {
         if r.ev.l7 != 0 {
             // An L7 hints record: it names its connection, and is no packet.
             if let Some(j) = join.borrow_mut().as_mut() {
-                j.take(&session, &r.ev, r.ts_ns, r.payload.unwrap_or(&[]));
+                for rec in j.take(&session, &r.ev, r.ts_ns, r.payload.unwrap_or(&[])) {
+                    let hints = crate::output::l7::attached(&rec.l7);
+                    named.borrow_mut().insert((rec.src, rec.sport, rec.dst, rec.dport), hints);
+                }
             }
             return;
         }
@@ -78,14 +83,9 @@ pub fn run(args: &WatchArgs) -> Result<()> {
                 out_failed.set(true);
             }
         }
-        let join = join.borrow();
-        let extra = join.as_ref().and_then(|j| j.of(&r.ev)).map(|l| {
-            (
-                serde_json::to_vec(l).unwrap_or_default(),
-                format!("[{} {}]", l.proto, crate::output::l7::details(l)),
-            )
-        });
-        let extra = extra.as_ref().map(|(json, text)| ("l7", json.as_slice(), text.trim_end()));
+        let named = named.borrow();
+        let hints = if named.is_empty() { None } else { named.get(&packet_key(&r.ev)) };
+        let extra = hints.map(|(json, text)| ("l7", json.as_slice(), text.as_str()));
         if print && out.borrow_mut().emit_with(&r.packet(&ifname), extra).is_err() {
             out_failed.set(true); // e.g. `| head` closed the pipe
         }

@@ -18,6 +18,13 @@ pub fn log_line(r: &Record, iface: &str) -> String {
     )
 }
 
+/// The hints as another record carries them: the `l7` object's JSON, and
+/// "[tls sni a.example ...]" for a text line.
+pub fn attached(l: &L7) -> (Vec<u8>, String) {
+    let json = serde_json::to_vec(l).expect("hints always serialize");
+    (json, format!("[{} {}]", l.proto, details(l).trim_end()))
+}
+
 /// The hints' fields, as text: "sni a.example alpn h2,http/1.1 ...".
 pub fn details(l: &L7) -> String {
     let q = |s: &Option<String>| s.as_deref().map(|v| format!("{v:?}"));

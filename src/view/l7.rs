@@ -20,7 +20,6 @@ use crate::cli::AttachArgs;
 use crate::view::ingress::Session;
 use tcpscope_wire::l7::custom::Protocols;
 use tcpscope_wire::l7::track::{Record, Tracker, IDLE_NS, MAX_CONNS};
-use tcpscope_wire::l7::L7;
 use tcpscope_wire::model::raw_address;
 
 // The kernel copies what the tracker keeps, and follows as many flows.
@@ -30,9 +29,11 @@ const _: () = assert!(l7_limits::L7_MAX_FLOWS.0 as usize == MAX_CONNS);
 const EVENT_SIZE: usize = std::mem::size_of::<packet_event>();
 const CHUNK_SIZE: usize = std::mem::size_of::<l7_chunk>();
 
-/// How often streams idle past the tracker's timeout are given up, and the
-/// kernel's table is swept of flows user space never heard of.
+/// How often streams idle past the tracker's timeout are given up.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// How often the kernel's table is swept of flows user space never heard
+/// of: a walk of up to 65,536 keys, each looked up.
+const SWEEP: Duration = Duration::from_secs(10);
 
 /// One record of the ring: a flow's packet, and the payload bytes copied
 /// with it.
@@ -72,6 +73,7 @@ pub struct L7Reader {
     tracker: Tracker,
     clock_offset: u64,
     next_housekeeping: Instant,
+    next_sweep: Instant,
     swept: u64,
 }
 
@@ -98,6 +100,7 @@ impl L7Reader {
             tracker: Tracker::with_protocols(custom),
             clock_offset,
             next_housekeeping: Instant::now() + HOUSEKEEPING,
+            next_sweep: Instant::now() + SWEEP,
             swept: 0,
         })
     }
@@ -125,7 +128,10 @@ impl L7Reader {
             for r in self.tracker.expire(now) {
                 done(session, r, &mut take);
             }
-            self.sweep(session, now);
+        }
+        if Instant::now() >= self.next_sweep {
+            self.next_sweep = Instant::now() + SWEEP;
+            self.sweep(session, self.now_ns());
         }
         Ok(())
     }
@@ -148,12 +154,18 @@ impl L7Reader {
 
     /// Flows in the kernel's table whose SYN user space never had (the
     /// ring was full), older than the idle timeout: deleted, and counted.
+    /// A flow the tracker still follows is its to give up.
     fn sweep(&mut self, session: &Session, now_ns: u64) {
         let map = &session.skel.maps.l7_flows;
         let cutoff = now_ns.saturating_sub(IDLE_NS + self.clock_offset);
+        let tracker = &self.tracker;
         let stale: Vec<Vec<u8>> = map
             .keys()
             .filter(|k| {
+                let mut key = l7_flow_key::default();
+                if plain::copy_from_bytes(&mut key, k).is_err() || tracker.follows(flow_of_key(&key)) {
+                    return false;
+                }
                 let mut v = l7_flow::default();
                 match map.lookup(k, libbpf_rs::MapFlags::ANY) {
                     Ok(Some(bytes)) => plain::copy_from_bytes(&mut v, &bytes).is_ok() && v.syn_ns < cutoff,
@@ -239,6 +251,12 @@ pub fn start_session(
     Session::start_with(args, args.hook(), opts)
 }
 
+/// A kernel key's flow, as the tracker keys it.
+fn flow_of_key(k: &l7_flow_key) -> FlowKey {
+    let a = |raw: &[u8; 16]| tcpscope_wire::model::address(k.ip_version, raw);
+    (a(&k.src), k.sport, a(&k.dst), k.dport)
+}
+
 /// The kernel's key of a record's flow.
 fn flow_key(r: &Record) -> l7_flow_key {
     let (ip_version, src) = raw_address(r.src);
@@ -271,50 +289,74 @@ fn decode(data: &[u8], clock_offset: u64) -> Option<Piece> {
 }
 
 /// L7 hints beside packet events (`watch --l7`): the L7 records of a
-/// session's ring are named here, and each packet of a named connection
-/// can be given its connection's hints.
+/// session's ring are named here; the caller keeps what it needs of them
+/// (a [`Recent`] map of its own output, say).
 pub struct L7Join {
     tracker: Tracker,
-    known: HashMap<FlowKey, Rc<L7>>,
-    order: VecDeque<FlowKey>,
 }
-
-type FlowKey = (IpAddr, u16, IpAddr, u16);
 
 impl L7Join {
     pub fn new(custom: Protocols) -> Self {
-        L7Join { tracker: Tracker::with_protocols(custom), known: HashMap::new(), order: VecDeque::new() }
+        L7Join { tracker: Tracker::with_protocols(custom) }
     }
 
-    /// An L7 record of `session`'s ring (`ev.l7` set): the connection's
-    /// record once it is made (the kernel then stops copying its bytes).
+    /// An L7 record of `session`'s ring (`ev.l7` set): the connections'
+    /// records made (the kernel then stops copying their bytes).
     pub fn take(&mut self, session: &Session, ev: &packet_event, ts_ns: u64, data: &[u8]) -> Vec<Record> {
         let mut out = Vec::new();
-        let made = self.tracker.packet(ev, ts_ns, data).into_iter().chain(self.tracker.take_evicted());
-        for r in made.collect::<Vec<_>>() {
-            done(session, r, &mut |r: Record| {
-                let key = (r.src, r.sport, r.dst, r.dport);
-                if self.known.len() >= MAX_CONNS {
-                    if let Some(old) = self.order.pop_front() {
-                        self.known.remove(&old);
-                    }
-                }
-                self.known.insert(key, Rc::new(r.l7.clone()));
-                self.order.push_back(key);
-                out.push(r);
-            });
+        let made: Vec<Record> =
+            self.tracker.packet(ev, ts_ns, data).into_iter().chain(self.tracker.take_evicted()).collect();
+        for r in made {
+            done(session, r, &mut |r| out.push(r));
         }
         out
-    }
-
-    /// The hints of the connection a packet from its client belongs to.
-    pub fn of(&self, ev: &packet_event) -> Option<&L7> {
-        let a = |raw: &[u8; 16]| tcpscope_wire::model::address(ev.ip_version, raw);
-        self.known.get(&(a(&ev.src), ev.sport, a(&ev.dst), ev.dport)).map(Rc::as_ref)
     }
 
     /// Connections named and given up on so far.
     pub fn counts(&self) -> (u64, u64) {
         (self.tracker.identified, self.tracker.gave_up.values().sum())
+    }
+}
+
+/// A connection's key as a record gives it: client, then server.
+pub type FlowKey = (IpAddr, u16, IpAddr, u16);
+
+/// The client-to-server key of a packet from the client.
+pub fn packet_key(ev: &packet_event) -> FlowKey {
+    let a = |raw: &[u8; 16]| tcpscope_wire::model::address(ev.ip_version, raw);
+    (a(&ev.src), ev.sport, a(&ev.dst), ev.dport)
+}
+
+/// What is kept of the most recently named connections, at most MAX_CONNS
+/// of them: the oldest go first.
+pub struct Recent<K, V> {
+    known: HashMap<K, V>,
+    order: VecDeque<K>,
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Default for Recent<K, V> {
+    fn default() -> Self {
+        Recent { known: HashMap::new(), order: VecDeque::new() }
+    }
+}
+
+impl<K: std::hash::Hash + Eq + Clone, V> Recent<K, V> {
+    pub fn insert(&mut self, key: K, value: V) {
+        if self.known.len() >= MAX_CONNS {
+            if let Some(old) = self.order.pop_front() {
+                self.known.remove(&old);
+            }
+        }
+        if self.known.insert(key.clone(), value).is_none() {
+            self.order.push_back(key);
+        }
+    }
+
+    pub fn get(&self, key: &K) -> Option<&V> {
+        self.known.get(key)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.known.is_empty()
     }
 }

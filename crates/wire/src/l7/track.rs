@@ -165,6 +165,12 @@ impl Tracker {
         }
     }
 
+    /// Whether the stream of this connection (client, then server) is
+    /// followed, its first message still to come.
+    pub fn follows(&self, key: Key) -> bool {
+        self.conns.contains_key(&key)
+    }
+
     /// The records of streams given up to make room since the last call.
     pub fn take_evicted(&mut self) -> Vec<Record> {
         std::mem::take(&mut self.evicted)
