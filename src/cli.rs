@@ -76,7 +76,7 @@ pub enum Command {
         tcpscope agent --guard -i eth0 --top-sources 10\n  \
         tcpscope agent --config /etc/tcpscope/agent.toml --check")]
     Agent(AgentArgs),
-    /// Benchmarks: programs (ns/packet), read (vs tcpdump), conns (overhead), rules (vs xdp-filter), agent.
+    /// Benchmarks: programs (ns/packet), read (vs tcpdump), conns (overhead), rules (vs xdp-filter), agent, l7.
     Bench(BenchArgs),
     /// Build two test hosts (netns + veth), watch real connections and their sockets, clean up.
     Demo(DemoArgs),
