@@ -82,6 +82,17 @@ enum guard_drop_reason {
 	                               * (AH, Mobility, HIP, Shim6, experimental 253/254) */
 	GUARD_DROP_CONN_LIMIT,        /* a SYN from a source that holds conn_limit established
 	                               * connections (--enforce) */
+	GUARD_DROP_L7_RULE,           /* a flow whose first message matched an L7 rule
+	                               * (--sni, --host, --http-method): every packet from the
+	                               * one that completed the message on */
+	GUARD_DROP_L7_UNDECIDED,      /* a flow whose first message the guard could not read
+	                               * while L7 rules exist (enum l7_undecided; unless
+	                               * --l7-undecided pass) */
+	GUARD_DROP_L7_CONFLICT,       /* a flow that resent first-message bytes unlike those
+	                               * the guard had read: it could show the server another name */
+	GUARD_DROP_L7_OUT_OF_ORDER,   /* a segment past a hole in a first message: the client
+	                               * sends it again once the hole is filled */
+	GUARD_DROP_L7_TABLE_FULL,     /* a SYN while L7_GUARD_MAX_FLOWS flows are held */
 	GUARD_DROP_MAX,
 };
 
@@ -335,6 +346,66 @@ struct l7_chunk {
 	__u8 data[L7_CHUNK];
 };
 
+/*
+ * Guard rules on L7 names (bpf/l7_guard_kern.h). While any exists, the guard
+ * holds the first L7_GUARD_BUF bytes of each incoming client stream (from a
+ * SYN a socket would take), in order, and reads its first message in the
+ * kernel: the TLS ClientHello's server_name, HTTP/1's method and Host (and
+ * an absolute-form target's host). A match drops the segment that
+ * completed the message and every later packet of the flow. Bytes sent
+ * again must equal those held, or the flow is dropped (a copy the server
+ * never took could name another host).
+ */
+enum l7_rule_kind {
+	L7_RULE_SNI = 1,
+	L7_RULE_HOST,
+	L7_RULE_METHOD,
+	L7_RULE_KINDS,
+};
+
+enum l7_guard_limits {
+	L7_GUARD_NAME_MAX = 128,    /* longest name a rule holds */
+	L7_GUARD_BUF = 4096,        /* first stream bytes held per flow: a power of two */
+	L7_GUARD_MAX_FLOWS = 16384, /* flows held at once (each about 4.2 KiB) */
+};
+
+/* Why a first message could not be read (alert value, flow's reason). */
+enum l7_undecided {
+	L7_UNDECIDED_TOO_LARGE = 1, /* not complete within L7_GUARD_BUF bytes */
+	L7_UNDECIDED_TLS_FRAGMENTED,/* a ClientHello spread over several TLS records */
+	L7_UNDECIDED_TIMEOUT,       /* the client stopped before completing it */
+	L7_UNDECIDED_H2C,           /* h2c prior knowledge: its host is HPACK-coded */
+	L7_UNDECIDED_REASONS,
+};
+
+/* An LPM trie key: the kind, then the name in lower case and reversed
+ * ("moc.elpmaxe"), so that a wildcard rule `*.example.com` is the prefix
+ * "moc.elpmaxe." and an exact rule the whole name with a 0 end mark. */
+struct l7_rule_key {
+	__u32 prefixlen;                  /* 8 (kind) + 8 per name byte that must match */
+	__u8 kind;                        /* enum l7_rule_kind */
+	__u8 name[L7_GUARD_NAME_MAX + 1];
+	__u8 _pad[2];
+};
+
+enum l7_guard_state {
+	L7_GUARD_READING = 0, /* the first message is not complete yet */
+	L7_GUARD_PASSED,      /* read, and no rule matched: held bytes are still compared */
+	L7_GUARD_BLOCKED,     /* every packet is dropped, for `why` */
+};
+
+struct l7_guard_flow {
+	__u64 seen_ns;   /* the SYN's time, then the last time the state changed or a drop */
+	__u32 isn;       /* the client's initial sequence number */
+	__u32 next;      /* stream bytes held: [0, next) */
+	__u8 state;      /* enum l7_guard_state */
+	__u8 why;        /* blocked: enum guard_drop_reason */
+	__u8 closing;    /* a FIN or RST was seen */
+	__u8 undecided;  /* blocked as undecided: enum l7_undecided */
+	__u32 _pad;
+	__u8 buf[L7_GUARD_BUF];
+};
+
 /* ---- Policy (tcpscope guard): LPM tries, changed at runtime ---- */
 
 /* Source prefixes, for the allow and block lists. */
@@ -374,6 +445,7 @@ struct policy_used {
 	__u8 allow_v6;
 	__u8 ports_v4;
 	__u8 ports_v6;
+	__u8 l7[L7_RULE_KINDS]; /* by enum l7_rule_kind; [0]: any */
 };
 
 /* The rule maps, for the expiry index below. */
@@ -418,7 +490,8 @@ struct detect_config {
 	__u32 netns;             /* the guard's network namespace (inode): peer_conns' key */
 	__u8 enabled;
 	__u8 enforce_conn_limit; /* drop SYNs from a source at conn_limit (a rule: on with enabled 0 too) */
-	__u8 _pad[2];
+	__u8 l7_undecided_pass;  /* L7 rules: pass a first message the guard cannot read (else drop) */
+	__u8 _pad;
 };
 
 /* Established incoming connections per peer address and network namespace:
@@ -441,18 +514,31 @@ enum alert_kind {
 	ALERT_MITIGATION,    /* the source is now blocked for mitigate_ttl_ns */
 	ALERT_CONN_LIMIT,    /* a SYN refused: the source holds conn_limit connections
 	                      * (--enforce); value = connections held */
+	ALERT_L7_BLOCKED,    /* a flow's first message matched an L7 rule: value = enum
+	                      * l7_rule_kind, name = the name (or method) it sent */
+	ALERT_L7_UNDECIDED,  /* a first message the guard could not read, dropped: value =
+	                      * enum l7_undecided */
+	ALERT_L7_CONFLICT,   /* a flow resent first-message bytes unlike the first copy */
 	ALERT_KIND_MAX,
+};
+
+enum alert_limits {
+	ALERT_NAME_MAX = 64, /* bytes of an L7 alert's name kept (lower case) */
 };
 
 struct alert_event {
 	__u64 ts_ns;        /* CLOCK_MONOTONIC */
-	__u8 src[16];       /* the source (IPv6: its /64 for flood and scan state) */
+	__u8 src[16];       /* the source (IPv6: its /64 for flood and scan state; the
+	                     * whole address for L7 alerts) */
 	__u32 value;        /* port scan: ports seen; SYN flood: the rate limit */
 	__u16 dport;
 	__u16 flags_raw;
 	__u8 kind;          /* enum alert_kind */
 	__u8 ip_version;
-	__u8 _pad[6];
+	__u16 sport;        /* L7 alerts: the client's port */
+	__u8 name_len;      /* L7 alerts: bytes of name */
+	__u8 _pad[3];
+	__u8 name[ALERT_NAME_MAX];
 };
 
 /* ---- Connection lifecycle (bpf/lifecycle.bpf.c) ---- */

@@ -45,6 +45,13 @@ struct l7_chunk _l7_chunk = {};
 struct l7_flow_key _l7_flow_key = {};
 struct l7_flow _l7_flow = {};
 enum l7_limits _l7_limits = L7_CHUNK;
+enum l7_rule_kind _l7_rule_kind = L7_RULE_SNI;
+enum l7_guard_limits _l7_guard_limits = L7_GUARD_BUF;
+enum l7_undecided _l7_undecided = L7_UNDECIDED_TOO_LARGE;
+enum l7_guard_state _l7_guard_state = L7_GUARD_READING;
+enum alert_limits _alert_limits = ALERT_NAME_MAX;
+struct l7_rule_key _l7_rule_key = {};
+struct l7_guard_flow _l7_guard_flow = {};
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -312,6 +319,8 @@ static __always_inline bool rule_live(struct policy_value *v)
 	__sync_fetch_and_add(&v->hits, 1);
 	return true;
 }
+
+#include "l7_guard_kern.h"
 
 /* Allow and block lists, by source address. */
 static __always_inline int source_verdict(const struct packet_event *ev, const struct policy_used *used)
@@ -581,8 +590,8 @@ static __always_inline __u8 unfollowable(const struct packet_event *ev, int res,
 
 /* Guard, for a TCP packet from a source no list decided: the port rules,
  * then the detectors (which may block the source on this very packet). */
-static __always_inline int rules_and_detectors(struct tcpscope_counters *c, const struct packet_event *ev,
-					       const struct policy_used *used)
+static __always_inline int rules_and_detectors(void *ctx, struct tcpscope_counters *c, const struct packet_event *ev,
+					       const struct policy_used *used, const __u8 hook)
 {
 	if (port_verdict(ev, used) == VERDICT_DROP)
 		return guard_drop(c, GUARD_DROP_PORT_RULE);
@@ -597,6 +606,11 @@ static __always_inline int rules_and_detectors(struct tcpscope_counters *c, cons
 	}
 	if (dcfg.enabled && detect(ev) == VERDICT_DROP)
 		return guard_drop(c, GUARD_DROP_DETECTOR);
+	if (used->l7[0]) {
+		int why = l7g_hand_over(ctx, ev, hook);
+		if (why)
+			return guard_drop(c, why);
+	}
 	return VERDICT_PASS;
 }
 
@@ -693,13 +707,17 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 		count_malformed(c, ev.malformed);
 		return VERDICT_PASS;
 	}
+	/* Where the payload starts, and the frame's length, for the L7 code
+	 * (kept in the event, not in registers: the stack is nearly full). */
+	ev.payload_off = l4_offset(&ev, &l3, l3_off, frame_len) + ev.hdr_len;
+	ev.frame_len = frame_len;
 	if (cfg.lean) {
 		/* guard: decide, count what the SYN-ratio detector needs, stop. */
 		c->tcp_packets++;
 		if ((ev.flags_raw & (TCPF_SYN | TCPF_ACK)) == TCPF_SYN)
 			c->syn_no_ack++;
 		if (verdict == VERDICT_PASS && used)
-			return rules_and_detectors(c, &ev, used);
+			return rules_and_detectors(ctx, c, &ev, used, hook);
 		return VERDICT_PASS;
 	}
 	if (!ev.malformed && !(ev.ip_flags & IPF_JUMBO)) {
@@ -723,15 +741,14 @@ static __always_inline int handle_packet(void *ctx, void *data, void *data_end,
 		count_malformed(c, ev.malformed);
 
 	if (cfg.policy && used && verdict == VERDICT_PASS &&
-	    rules_and_detectors(c, &ev, used) == VERDICT_DROP)
+	    rules_and_detectors(ctx, c, &ev, used, hook) == VERDICT_DROP)
 		return VERDICT_DROP;
 
 	if (cfg.l7)
 		/* Its records go before the packet's own event (watch --l7):
 		 * the packet that completes a first message is printed with
 		 * the message's hints. */
-		l7_hand_over(ctx, c, &ev, l4_offset(&ev, &l3, l3_off, frame_len) + ev.hdr_len, frame_len, ifindex,
-			     hook);
+		l7_hand_over(ctx, c, &ev, ev.payload_off, frame_len, ifindex, hook);
 	if (!cfg.events_enabled)
 		return VERDICT_PASS;
 	if (!event_wanted(&ev)) {

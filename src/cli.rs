@@ -62,7 +62,8 @@ pub enum Command {
     /// runtime with `tcpscope block` and `allow`.
     #[command(after_help = "Example:\n  tcpscope guard -i eth0 --rules rules.toml\n\n\
         Rules file (TOML):\n  [[block]]\n  cidr = \"198.18.0.0/24\"\n  port = 22      # optional: only this destination port\n  \
-        ttl = \"10m\"    # optional\n  [[allow]]\n  cidr = \"198.18.1.5\"   # never blocked")]
+        ttl = \"10m\"    # optional\n  [[block]]\n  sni = \"*.example.com\"  # or host = ..., http_method = ...: L7 rules\n  \
+        [[allow]]\n  cidr = \"198.18.1.5\"   # never blocked")]
     Guard(GuardArgs),
     /// Add, remove, list, flush or save the block rules of the running agent or guard (live, no reload).
     Block(BlockArgs),
@@ -274,6 +275,16 @@ pub struct GuardArgs {
     /// unchecked. Tiny and overlapping fragments are always dropped.
     #[arg(long, value_name = "WHAT", default_value = "drop")]
     pub unparsable: Unparsable,
+    /// While L7 rules (--sni, --host, --http-method) exist: what to do with
+    /// a connection whose first message cannot be read (over 4 KiB, a
+    /// ClientHello over several TLS records, h2c, or nothing complete within
+    /// --l7-timeout). Drop: no rule can be dodged that way.
+    #[arg(long, value_name = "WHAT", default_value = "drop")]
+    pub l7_undecided: Unparsable,
+    /// While L7 rules exist: how long a connection may take to complete its
+    /// first message.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = crate::policy::parse_duration)]
+    pub l7_timeout: std::time::Duration,
     /// Block a source that crosses the port-scan or SYN-flood threshold, for --mitigate-ttl.
     #[arg(long)]
     pub mitigate: bool,
@@ -376,14 +387,18 @@ pub struct BlockArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum BlockCmd {
-    /// Drop packets from each CIDR (to port P only, with --port).
+    /// Drop packets from each CIDR (to port P only, with --port); or drop
+    /// connections whose first message names a host or method (--sni,
+    /// --host, --http-method).
     Add {
         /// One or more CIDRs, or - to read one per line from standard input
         /// (blank lines and # comments skipped); written in batches.
-        #[arg(value_name = "CIDR", required = true)]
+        #[arg(value_name = "CIDR", required_unless_present_any = ["sni", "host", "http_method"])]
         cidrs: Vec<String>,
         #[arg(long, value_name = "P")]
         port: Option<u16>,
+        #[command(flatten)]
+        names: NameArgs,
         /// Remove the rule after this long: 500ms, 30s, 10m, 2h.
         #[arg(long, value_name = "DURATION", value_parser = crate::policy::parse_duration)]
         ttl: Option<std::time::Duration>,
@@ -391,11 +406,14 @@ pub enum BlockCmd {
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
     },
-    /// Remove a block rule.
+    /// Remove a block rule: give its CIDR (and port), or its name.
     Del {
-        cidr: Cidr,
+        #[arg(required_unless_present_any = ["sni", "host", "http_method"])]
+        cidr: Option<Cidr>,
         #[arg(long, value_name = "P")]
         port: Option<u16>,
+        #[command(flatten)]
+        names: NameArgs,
     },
     /// List the rules with their hit counts.
     List {
@@ -410,6 +428,36 @@ pub enum BlockCmd {
         #[arg(value_name = "FILE")]
         file: PathBuf,
     },
+}
+
+/// Block rules on what a connection's first message names (L7 rules). The
+/// guard drops the segment that completes a matching first message and
+/// every later packet of its connection, whatever the source or port.
+#[derive(Debug, Args, Default)]
+pub struct NameArgs {
+    /// A TLS ClientHello's server name (SNI): a.example.com, or
+    /// '*.example.com' for every name under example.com. Repeatable.
+    #[arg(long, value_name = "NAME", conflicts_with = "cidrs")]
+    pub sni: Vec<String>,
+    /// An HTTP/1 request's Host (or absolute-form target's host), as --sni.
+    /// Repeatable.
+    #[arg(long, value_name = "NAME", conflicts_with = "cidrs")]
+    pub host: Vec<String>,
+    /// An HTTP/1 request method: CONNECT, TRACE, ... (any case). Repeatable.
+    #[arg(long = "http-method", value_name = "METHOD", conflicts_with = "cidrs")]
+    pub http_method: Vec<String>,
+}
+
+impl NameArgs {
+    /// The rules named, each checked (one line for a bad one).
+    pub fn rules(&self, ttl: Option<std::time::Duration>) -> Result<Vec<crate::policy::Rule>, String> {
+        use crate::policy::{NameKind, NameRule, Rule};
+        [(NameKind::Sni, &self.sni), (NameKind::Host, &self.host), (NameKind::HttpMethod, &self.http_method)]
+            .into_iter()
+            .flat_map(|(k, names)| names.iter().map(move |n| (k, n)))
+            .map(|(k, n)| NameRule::parse(k, n).map(|n| Rule::on_name(n, ttl)))
+            .collect()
+    }
 }
 
 #[derive(Debug, Args)]

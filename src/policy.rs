@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use libbpf_rs::{MapCore, MapFlags, MapHandle};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::bpf::types;
 use crate::filter::Cidr;
@@ -25,18 +25,28 @@ pub const RUN_ROOT: &str = "/run/tcpscope";
 /// the same interface takes them over with their hit counts and remaining
 /// TTLs. Only `block del`/`flush`, expiry, or the interface going away
 /// removes rules. (Pins live in bpffs, so a reboot clears them.)
-pub const RULE_MAPS: [&str; 8] =
-    ["allow_v4", "allow_v6", "block_v4", "block_v6", "ports_v4", "ports_v6", "policy_used", "expiring"];
-
-/// The maps a guard pins, by name: the rules, and its counters (this
-/// guard's own; a new guard starts them at zero).
-pub const MAPS: [&str; 9] = [
+pub const RULE_MAPS: [&str; 9] = [
     "allow_v4",
     "allow_v6",
     "block_v4",
     "block_v6",
     "ports_v4",
     "ports_v6",
+    "l7_rules",
+    "policy_used",
+    "expiring",
+];
+
+/// The maps a guard pins, by name: the rules, and its counters (this
+/// guard's own; a new guard starts them at zero).
+pub const MAPS: [&str; 10] = [
+    "allow_v4",
+    "allow_v6",
+    "block_v4",
+    "block_v6",
+    "ports_v4",
+    "ports_v6",
+    "l7_rules",
     "policy_used",
     "expiring",
     "counters",
@@ -103,11 +113,210 @@ pub enum List {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rule {
     pub list: List,
+    /// The sources it covers; for a name rule, every source (0.0.0.0/0).
     pub cidr: Cidr,
     /// Block only this destination port (block list only).
     pub port: Option<u16>,
     /// Remove the rule after this long.
     pub ttl: Option<Duration>,
+    /// A rule on what a connection's first message names (block list
+    /// only), instead of its source.
+    pub name: Option<NameRule>,
+}
+
+/// What an L7 rule looks at (`enum l7_rule_kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum NameKind {
+    /// The TLS ClientHello's server_name.
+    Sni,
+    /// HTTP/1's Host header, or an absolute-form request target's host.
+    Host,
+    /// HTTP/1's request method.
+    HttpMethod,
+}
+
+impl NameKind {
+    pub const ALL: [NameKind; 3] = [NameKind::Sni, NameKind::Host, NameKind::HttpMethod];
+
+    /// Its name in rules files and the API; the CLI flag is `--` and this
+    /// with '-' for '_'.
+    pub fn field(self) -> &'static str {
+        match self {
+            NameKind::Sni => "sni",
+            NameKind::Host => "host",
+            NameKind::HttpMethod => "http_method",
+        }
+    }
+
+    fn value(self) -> u8 {
+        use types::l7_rule_kind as K;
+        (match self {
+            NameKind::Sni => K::L7_RULE_SNI.0,
+            NameKind::Host => K::L7_RULE_HOST.0,
+            NameKind::HttpMethod => K::L7_RULE_METHOD.0,
+        }) as u8
+    }
+
+    fn from_value(v: u8) -> Option<Self> {
+        NameKind::ALL.into_iter().find(|k| k.value() == v)
+    }
+}
+
+/// An L7 rule: a name (lower case; `*.suffix` for every name under a
+/// domain) or an HTTP method (upper case).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NameRule {
+    pub kind: NameKind,
+    pub name: String,
+}
+
+const NAME_MAX: usize = types::l7_guard_limits::L7_GUARD_NAME_MAX.0 as usize;
+
+impl NameRule {
+    /// Checks and normalises what the user wrote.
+    pub fn parse(kind: NameKind, text: &str) -> Result<Self, String> {
+        let flag = format!("--{}", kind.field().replace('_', "-"));
+        if kind == NameKind::HttpMethod {
+            let m = text.trim().to_ascii_uppercase();
+            if m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+                return Err(format!(
+                    "{flag} '{text}': an HTTP method is 1 to 16 letters (GET, POST, CONNECT, ...)"
+                ));
+            }
+            return Ok(NameRule { kind, name: m });
+        }
+        let lower = text.trim().to_ascii_lowercase();
+        let lower = lower.strip_suffix('.').unwrap_or(&lower);
+        let (wild, rest) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower),
+        };
+        let literal = rest.starts_with('[') && rest.ends_with(']') && rest[1..rest.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        let ok_name = !rest.is_empty()
+            && rest.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+        if !(ok_name || (literal && !wild)) {
+            return Err(format!(
+                "{flag} '{text}': give a host name (a.example.com), '*.example.com' for every name under a domain, or an address ([2001:db8::1] in brackets)"
+            ));
+        }
+        let name = if wild { format!("*.{rest}") } else { rest.to_string() };
+        // The kernel matches the suffix: for a wildcard, '.' and the rest.
+        let matched = if wild { rest.len() + 1 } else { rest.len() };
+        if matched > NAME_MAX {
+            return Err(format!("{flag} '{text}': longer than {NAME_MAX} bytes"));
+        }
+        Ok(NameRule { kind, name })
+    }
+
+    /// The rule's trie key (struct l7_rule_key): the name reversed, an
+    /// exact name with its end mark.
+    fn key(&self) -> types::l7_rule_key {
+        let mut k = types::l7_rule_key { kind: self.kind.value(), ..Default::default() };
+        let (bytes, exact): (Vec<u8>, bool) = match self.name.strip_prefix('*') {
+            Some(suffix) => (suffix.bytes().rev().collect(), false),
+            None => (self.name.to_ascii_lowercase().bytes().rev().collect(), true),
+        };
+        k.name[..bytes.len()].copy_from_slice(&bytes);
+        k.prefixlen = 8 * (1 + bytes.len() as u32 + u32::from(exact));
+        k
+    }
+
+    fn from_key(k: &types::l7_rule_key) -> Option<Self> {
+        let kind = NameKind::from_value(k.kind)?;
+        let n = (k.prefixlen / 8).checked_sub(1)? as usize;
+        let bytes = k.name.get(..n)?;
+        let (body, exact) = match bytes.split_last() {
+            Some((0, body)) => (body, true),
+            _ => (bytes, false),
+        };
+        let mut name: String = String::from_utf8(body.iter().rev().copied().collect()).ok()?;
+        if kind == NameKind::HttpMethod {
+            name = name.to_ascii_uppercase();
+        }
+        Some(NameRule { kind, name: if exact { name } else { format!("*{name}") } })
+    }
+}
+
+/// What a rule covers, as rules files, the agent's API and its store write
+/// it: a `cidr` (and for a block rule, maybe a `port`), or one of `sni`,
+/// `host` and `http_method`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cidr: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_method: Option<String>,
+}
+
+impl RuleSpec {
+    pub fn of(r: &Rule) -> Self {
+        let Some(n) = &r.name else {
+            return RuleSpec {
+                cidr: Some(format!("{}/{}", r.cidr.addr, r.cidr.prefix)),
+                port: r.port,
+                ..Default::default()
+            };
+        };
+        let mut spec = RuleSpec::default();
+        *match n.kind {
+            NameKind::Sni => &mut spec.sni,
+            NameKind::Host => &mut spec.host,
+            NameKind::HttpMethod => &mut spec.http_method,
+        } = Some(n.name.clone());
+        spec
+    }
+
+    /// The rule, checked: one line saying what is wrong otherwise.
+    pub fn rule(&self, list: List, ttl: Option<Duration>) -> Result<Rule, String> {
+        let given: Vec<(NameKind, &String)> = [
+            (NameKind::Sni, &self.sni),
+            (NameKind::Host, &self.host),
+            (NameKind::HttpMethod, &self.http_method),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+        .collect();
+        match (given.as_slice(), &self.cidr) {
+            ([], None) => Err("a rule needs a cidr, or one of sni, host or http_method".into()),
+            ([], Some(cidr)) => {
+                let cidr: Cidr = cidr.parse().map_err(|e| format!("{e}"))?;
+                if list == List::Allow && self.port.is_some() {
+                    return Err("allow rules take no port (an allow-listed source is never blocked)".into());
+                }
+                Ok(Rule { list, cidr, port: self.port, ttl, name: None })
+            }
+            ([(k, v)], None) if self.port.is_none() => {
+                if list == List::Allow {
+                    return Err("allow rules take a cidr only (sni, host and http_method rules block)".into());
+                }
+                NameRule::parse(*k, v).map(|n| Rule::on_name(n, ttl))
+            }
+            ([(k, _)], _) => Err(format!(
+                "a rule on {} takes no cidr or port: it applies to every source and port",
+                k.field()
+            )),
+            _ => Err("one of sni, host or http_method per rule: write one rule for each".into()),
+        }
+    }
+}
+
+impl Rule {
+    /// A block rule on a name.
+    pub fn on_name(name: NameRule, ttl: Option<Duration>) -> Self {
+        Rule {
+            list: List::Block,
+            cidr: Cidr { addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), prefix: 0 },
+            port: None,
+            ttl,
+            name: Some(name),
+        }
+    }
 }
 
 /// "500ms", "30s", "5m", "2h", "1d": a number and its unit.
@@ -142,12 +351,21 @@ struct RulesFile {
     allow: Vec<toml::Spanned<FileRule>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct FileRule {
-    cidr: String,
+    cidr: Option<String>,
     port: Option<u16>,
     ttl: Option<String>,
+    sni: Option<String>,
+    host: Option<String>,
+    http_method: Option<String>,
+}
+
+impl FileRule {
+    fn spec(self) -> RuleSpec {
+        RuleSpec { cidr: self.cidr, port: self.port, sni: self.sni, host: self.host, http_method: self.http_method }
+    }
 }
 
 /// Line numbers of byte offsets: the offsets of each line's start, found
@@ -190,17 +408,13 @@ pub fn parse_rules(text: &str, file: &str) -> Result<Vec<Rule>> {
     let mut rules = Vec::with_capacity(items.len());
     {
         for (list, line, r) in items {
-            let cidr: Cidr = r.cidr.parse().map_err(|e| anyhow!("{file}:{line}: {e}"))?;
-            if list == List::Allow && r.port.is_some() {
-                bail!("{file}:{line}: allow rules take no port (an allow-listed source is never blocked)");
-            }
             let ttl = r
                 .ttl
                 .as_deref()
                 .map(parse_duration)
                 .transpose()
                 .map_err(|e| anyhow!("{file}:{line}: {e}"))?;
-            rules.push(Rule { list, cidr, port: r.port, ttl });
+            rules.push(r.spec().rule(list, ttl).map_err(|e| anyhow!("{file}:{line}: {e}"))?);
         }
     }
     Ok(rules)
@@ -221,7 +435,7 @@ fn plain_tables(text: &str) -> Option<Vec<(List, usize, FileRule)>> {
     let mut current: Option<(List, usize, Option<String>, Option<u16>, Option<String>)> = None;
     let mut close = |c: Option<(List, usize, Option<String>, Option<u16>, Option<String>)>| -> Option<()> {
         if let Some((list, line, cidr, port, ttl)) = c {
-            let item = (list, line, FileRule { cidr: cidr?, port, ttl });
+            let item = (list, line, FileRule { cidr: Some(cidr?), port, ttl, ..Default::default() });
             if list == List::Block {
                 blocks.push(item)
             } else {
@@ -281,6 +495,9 @@ fn key_bytes<T: plain::Plain>(k: &T) -> Vec<u8> {
 /// generated from bpf/common_kern_user.h. Addresses are masked to the
 /// prefix so that "198.18.0.7/24" and "198.18.0.0/24" are one rule.
 pub fn rule_key(r: &Rule) -> (&'static str, Vec<u8>) {
+    if let Some(n) = &r.name {
+        return ("l7_rules", key_bytes(&n.key()));
+    }
     let prefix = r.cidr.prefix;
     match (r.list, r.port, r.cidr.network()) {
         (List::Block, Some(p), IpAddr::V4(a)) => (
@@ -319,8 +536,9 @@ fn key_rule(map: &str, k: &[u8]) -> Option<Rule> {
         plain::copy_from_bytes(&mut v, k).ok()?;
         Some(v)
     }
-    let rule =
-        |list, port, addr: IpAddr, prefix| Some(Rule { list, cidr: Cidr { addr, prefix }, port, ttl: None });
+    let rule = |list, port, addr: IpAddr, prefix| {
+        Some(Rule { list, cidr: Cidr { addr, prefix }, port, ttl: None, name: None })
+    };
     let list = if map.starts_with("allow") { List::Allow } else { List::Block };
     match map {
         "ports_v4" => read::<types::port_key_v4>(k).and_then(|x| {
@@ -335,6 +553,9 @@ fn key_rule(map: &str, k: &[u8]) -> Option<Rule> {
         "allow_v6" | "block_v6" => {
             read::<types::policy_key_v6>(k).and_then(|x| rule(list, None, x.addr.into(), x.prefixlen))
         }
+        "l7_rules" => read::<types::l7_rule_key>(k)
+            .and_then(|x| NameRule::from_key(&x))
+            .map(|n| Rule::on_name(n, None)),
         _ => None,
     }
 }
@@ -480,7 +701,10 @@ pub fn to_rules_file(rules: &[RuleState]) -> String {
     let mut out = String::new();
     for r in rules {
         let list = if r.rule.list == List::Allow { "allow" } else { "block" };
-        out.push_str(&format!("[[{list}]]\ncidr = \"{}/{}\"\n", r.rule.cidr.addr, r.rule.cidr.prefix));
+        match &r.rule.name {
+            Some(n) => out.push_str(&format!("[[{list}]]\n{} = \"{}\"\n", n.kind.field(), n.name)),
+            None => out.push_str(&format!("[[{list}]]\ncidr = \"{}/{}\"\n", r.rule.cidr.addr, r.rule.cidr.prefix)),
+        }
         if let Some(p) = r.rule.port {
             out.push_str(&format!("port = {p}\n"));
         }
@@ -540,7 +764,11 @@ impl PolicyMaps {
     pub fn restore(&self, entries: &[(String, Vec<u8>, Vec<u8>)]) -> Result<()> {
         for (name, key, value) in entries {
             if let Some((_, m)) = self.maps.iter().find(|(n, _)| n == name) {
-                m.update(key, value, MapFlags::ANY)
+                // A value grown since (policy_used gained fields): the new
+                // fields zero.
+                let mut value = value.clone();
+                value.resize(value.len().max(m.value_size() as usize), 0);
+                m.update(key, &value, MapFlags::ANY)
                     .map_err(|e| anyhow!("restoring a rule in {name}: {e}"))?;
             }
         }
@@ -599,7 +827,7 @@ impl PolicyMaps {
     pub fn count_by_list(&self) -> (usize, usize) {
         let is_allow = |n: &str| n.starts_with("allow_");
         let (mut allow, mut block) = (0, 0);
-        for (name, n) in self.maps.iter().filter(|(n, _)| map_list(n).is_some()).map(|(name, m)| {
+        for (name, n) in self.maps.iter().filter(|(n, _)| map_list(n).is_some() || n == "l7_rules").map(|(name, m)| {
             (name, {
                 // In batches where the kernel can (a million rules took 0.8 s
                 // key by key); key by key where it cannot.
@@ -621,7 +849,7 @@ impl PolicyMaps {
     pub fn flush(&self, list: List) -> Result<usize> {
         let names: &[&str] = match list {
             List::Allow => &["allow_v4", "allow_v6"],
-            List::Block => &["block_v4", "block_v6", "ports_v4", "ports_v6"],
+            List::Block => &["block_v4", "block_v6", "ports_v4", "ports_v6", "l7_rules"],
         };
         let mut n = 0;
         for name in names {
@@ -654,6 +882,9 @@ impl PolicyMaps {
         let index_empty = self.map("expiring").keys().next().is_none();
         let mut by_map: std::collections::BTreeMap<&str, (Vec<u8>, Vec<u8>, u32)> = Default::default();
         for r in rules {
+            if let Some(n) = &r.name {
+                self.mark_l7_used(n.kind)?;
+            }
             let (name, key) = rule_key(r);
             let value = types::policy_value {
                 expires_ns: r.ttl.map_or(0, |t| now.saturating_add(t.as_nanos() as u64)),
@@ -741,7 +972,17 @@ impl PolicyMaps {
             }
             let _ = index.delete(kb);
         }
-        Ok(gone.len())
+        // L7 rules are few, and their keys too long for the index: walked.
+        let l7 = self.map("l7_rules");
+        let mut expired = 0;
+        for kb in l7.keys().collect::<Vec<_>>() {
+            let Ok(Some(v)) = l7.lookup(&kb, MapFlags::ANY) else { continue };
+            let mut value = types::policy_value::default();
+            if plain::copy_from_bytes(&mut value, &v).is_ok() && value.expires_ns != 0 && value.expires_ns <= now {
+                expired += usize::from(l7.delete(&kb).is_ok());
+            }
+        }
+        Ok(gone.len() + expired)
     }
 
     /// Whether an allow rule covers `addr`: one longest-prefix lookup.
@@ -751,6 +992,7 @@ impl PolicyMaps {
             cidr: Cidr { addr, prefix: if addr.is_ipv4() { 32 } else { 128 } },
             port: None,
             ttl: None,
+            name: None,
         });
         let now = crate::bpf::clock_ns(libc::CLOCK_MONOTONIC);
         self.map(name).lookup(&key, MapFlags::ANY).ok().flatten().is_some_and(|v| {
@@ -781,6 +1023,25 @@ impl PolicyMaps {
         *field = 1;
         map.update(&key, &key_bytes(&used), MapFlags::ANY)
             .map_err(|e| anyhow!("enabling the {name} list: {e}"))
+    }
+
+    /// Tells the kernel that L7 rules of `kind` exist: from then on, the
+    /// guard holds each new flow's first bytes (see struct policy_used).
+    fn mark_l7_used(&self, kind: NameKind) -> Result<()> {
+        let map = self.map("policy_used");
+        let key = 0u32.to_ne_bytes();
+        let mut used = types::policy_used::default();
+        if let Some(v) = map.lookup(&key, MapFlags::ANY)? {
+            plain::copy_from_bytes(&mut used, &v).map_err(|_| anyhow!("reading policy_used"))?;
+        }
+        let i = usize::from(kind.value());
+        if used.l7[0] == 1 && used.l7[i] == 1 {
+            return Ok(());
+        }
+        used.l7[0] = 1;
+        used.l7[i] = 1;
+        map.update(&key, &key_bytes(&used), MapFlags::ANY)
+            .map_err(|e| anyhow!("enabling {} rules: {e}", kind.field()))
     }
 
     /// Deletes a rule; an error if there is no such rule.
@@ -834,12 +1095,17 @@ unsafe impl plain::Plain for types::policy_key_v6 {}
 unsafe impl plain::Plain for types::port_key_v4 {}
 // SAFETY: as above.
 unsafe impl plain::Plain for types::port_key_v6 {}
-// SAFETY: four bytes.
+// SAFETY: bytes only.
 unsafe impl plain::Plain for types::policy_used {}
+// SAFETY: an integer and bytes, explicit padding.
+unsafe impl plain::Plain for types::l7_rule_key {}
 
 /// A rule in the words of the CLI.
 pub fn describe(r: &Rule) -> String {
     let list = if r.list == List::Allow { "allow" } else { "block" };
+    if let Some(n) = &r.name {
+        return format!("{list} {} {}", n.kind.field().replace('_', "-"), n.name);
+    }
     let port = r.port.map_or(String::new(), |p| format!(" port {p}"));
     format!("{list} {}/{}{port}", r.cidr.addr, r.cidr.prefix)
 }
@@ -901,6 +1167,7 @@ mod tests {
                 cidr: "198.18.0.0/24".parse().unwrap(),
                 port: Some(80),
                 ttl: None,
+                name: None,
             },
             hits: 3,
             expires_in: Some(Duration::from_millis(1500)),
@@ -916,6 +1183,7 @@ mod tests {
             cidr: Cidr { addr: "198.18.7.9".parse().unwrap(), prefix: 24 },
             port: Some(443),
             ttl: None,
+            name: None,
         };
         let (name, k) = rule_key(&r);
         assert_eq!(name, "ports_v4");
@@ -928,10 +1196,77 @@ mod tests {
             cidr: Cidr { addr: "2001:db8::1".parse().unwrap(), prefix: 64 },
             port: None,
             ttl: None,
+            name: None,
         };
         let (name, k) = rule_key(&r6);
         assert_eq!((name, k.len()), ("allow_v6", 20));
         assert_eq!(key_rule(name, &k).unwrap().cidr.addr.to_string(), "2001:db8::");
+    }
+
+    #[test]
+    fn name_rules_parse_key_and_round_trip() {
+        use NameKind::*;
+        let key = |k, n: &str| NameRule::parse(k, n).unwrap().key();
+        // Exact: the name reversed, then the 0 end mark, all in the prefix.
+        let k = key(Sni, "A.Example.com.");
+        assert_eq!((k.kind, &k.name[..14], k.prefixlen), (1, &b"moc.elpmaxe.a\0"[..], 8 * 15));
+        // Wildcard: ".example.com" reversed, no end mark: a prefix of every
+        // name under it, not of example.com itself.
+        let w = key(Host, "*.example.com");
+        assert_eq!((w.kind, &w.name[..12], w.prefixlen), (2, &b"moc.elpmaxe."[..], 8 * 13));
+        let m = key(HttpMethod, "connect");
+        assert_eq!((m.kind, &m.name[..8], m.prefixlen), (3, &b"tcennoc\0"[..], 8 * 9));
+        for (kind, text, want) in [
+            (Sni, "A.Example.com.", "block sni a.example.com"),
+            (Host, "*.example.com", "block host *.example.com"),
+            (HttpMethod, "connect", "block http-method CONNECT"),
+            (Host, "[2001:db8::1]", "block host [2001:db8::1]"),
+        ] {
+            let r = Rule::on_name(NameRule::parse(kind, text).unwrap(), None);
+            let (map, k) = rule_key(&r);
+            assert_eq!(map, "l7_rules");
+            let back = key_rule(map, &k).unwrap();
+            assert_eq!(describe(&back), want);
+            assert_eq!(back, r);
+        }
+        for (kind, bad) in [
+            (Sni, ""),
+            (Sni, "*"),
+            (Sni, "a..b"),
+            (Sni, "a b"),
+            (Sni, "*.*.a"),
+            (Host, "*.[2001:db8::1]"),
+            (HttpMethod, "GE T"),
+            (HttpMethod, "AVERYLONGMETHODNAME"),
+        ] {
+            assert!(NameRule::parse(kind, bad).is_err(), "{bad:?}");
+        }
+        let long = format!("{}.example", "a".repeat(121));
+        assert!(NameRule::parse(Sni, &long).unwrap_err().contains("longer than 128"));
+    }
+
+    #[test]
+    fn rules_files_take_name_rules() {
+        let text = "[[block]]\nsni = \"*.example.com\"\nttl = \"1h\"\n\n[[block]]\nhttp_method = \"TRACE\"\n\n[[block]]\ncidr = \"198.18.0.1\"\n";
+        let rules = parse_rules(text, "r.toml").unwrap();
+        assert_eq!(rules.len(), 3);
+        assert_eq!(describe(&rules[0]), "block sni *.example.com");
+        assert_eq!(rules[0].ttl, Some(Duration::from_secs(3600)));
+        assert_eq!(describe(&rules[1]), "block http-method TRACE");
+        // Written back and read again: the same rules.
+        let states: Vec<RuleState> =
+            rules.iter().map(|r| RuleState { rule: r.clone(), hits: 0, expires_in: r.ttl }).collect();
+        assert_eq!(parse_rules(&to_rules_file(&states), "s").unwrap(), rules);
+        for (bad, says) in [
+            ("[[block]]\nsni = \"a.example\"\nport = 443\n", "r.toml:1: a rule on sni takes no cidr or port"),
+            ("[[block]]\nsni = \"a.example\"\nhost = \"b.example\"\n", "r.toml:1: one of sni, host or http_method"),
+            ("[[allow]]\nsni = \"a.example\"\n", "r.toml:1: allow rules take a cidr only"),
+            ("[[block]]\nport = 22\n", "r.toml:1: a rule needs a cidr"),
+            ("[[block]]\nhost = \"a b\"\n", "r.toml:1: --host 'a b': give a host name"),
+        ] {
+            let e = parse_rules(bad, "r.toml").unwrap_err().to_string();
+            assert!(e.starts_with(says), "{e}");
+        }
     }
 
     #[test]

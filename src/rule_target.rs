@@ -76,8 +76,7 @@ impl RuleTarget {
                 .map(|l| {
                     let rule = crate::agent::control::NewRule {
                         list: l.list,
-                        cidr: l.cidr,
-                        port: l.port,
+                        spec: l.spec,
                         ttl: None,
                         comment: None,
                     }

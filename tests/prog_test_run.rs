@@ -780,3 +780,230 @@ fn every_combination_of_features_loads_and_passes_packets() {
     }
     assert_eq!(loaded, 14);
 }
+
+const XDP_DROP: u32 = 1;
+const TC_ACT_SHOT: u32 = 2;
+
+/// A guard's programs with L7 rules, fed crafted flows: one per client
+/// port, to `port`, where a listener of this process waits (the guard
+/// holds only flows a socket would take).
+struct L7Guard {
+    skel: IngressSkel<'static>,
+    port: u16,
+    _listener: std::net::TcpListener,
+    alerts: libbpf_rs::RingBuffer<'static>,
+    seen: std::rc::Rc<std::cell::RefCell<Vec<tcpscope::bpf::types::alert_event>>>,
+}
+
+impl L7Guard {
+    fn new(rules: &[(tcpscope::policy::NameKind, &str)], undecided_pass: bool) -> Self {
+        use libbpf_rs::{MapCore, MapFlags};
+        use tcpscope::bpf::types;
+        use tcpscope::policy::{rule_key, NameRule, Rule};
+        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mut opts = LoadOptions::new(EventFilter::default().to_kernel(false).unwrap());
+        opts.config.policy = 1;
+        opts.config.lean = 1;
+        opts.config.drop_unparsable = 1;
+        opts.detect = types::detect_config { l7_undecided_pass: u8::from(undecided_pass), ..Default::default() };
+        let skel = bpf::load_ingress(&opts).unwrap();
+        let mut used = types::policy_used::default();
+        for (kind, name) in rules {
+            let r = Rule::on_name(NameRule::parse(*kind, name).unwrap(), None);
+            let (map, key) = rule_key(&r);
+            assert_eq!(map, "l7_rules");
+            skel.maps.l7_rules.update(&key, &[0u8; 16], MapFlags::ANY).unwrap();
+            used.l7[0] = 1;
+            used.l7[*kind as usize + 1] = 1;
+        }
+        // SAFETY: bytes only.
+        let used_bytes = unsafe { std::slice::from_raw_parts((&used as *const types::policy_used).cast::<u8>(), std::mem::size_of_val(&used)) };
+        skel.maps.policy_used.update(&0u32.to_ne_bytes(), used_bytes, MapFlags::ANY).unwrap();
+        let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+        let sink = seen.clone();
+        let handle = libbpf_rs::MapHandle::try_from(&skel.maps.alerts).unwrap();
+        let mut b = RingBufferBuilder::new();
+        b.add(&handle, move |d: &[u8]| {
+            let mut a = types::alert_event::default();
+            let n = d.len().min(std::mem::size_of_val(&a));
+            plain::copy_from_bytes(&mut a, &d[..n]).unwrap();
+            sink.borrow_mut().push(a);
+            0
+        })
+        .unwrap();
+        let alerts = b.build().unwrap();
+        L7Guard { skel, port, _listener: listener, alerts, seen }
+    }
+
+    /// One segment of the flow from `sport`: true if the guard passed it.
+    fn pass(&self, hook: Hook, sport: u16, seq: u32, syn: bool, payload: &[u8]) -> bool {
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_SRC, V4_DST, 64).tcp(sport, self.port, seq, 502);
+        let b = if syn { b.syn() } else { b.ack(7001).psh() };
+        let mut frame = Vec::new();
+        b.write(&mut frame, payload).unwrap();
+        let prog = match hook {
+            Hook::Xdp => &self.skel.progs.tcpscope_xdp,
+            Hook::Tc => &self.skel.progs.tcpscope_tc,
+        };
+        let r = prog.test_run(ProgramInput { data_in: Some(&frame), ..Default::default() }).unwrap().return_value;
+        match (hook, r) {
+            (Hook::Xdp, XDP_PASS) | (Hook::Tc, TCX_NEXT) => true,
+            (Hook::Xdp, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => false,
+            _ => panic!("{hook:?} returned {r}"),
+        }
+    }
+
+    /// A flow: its SYN (ISN 1000), then `parts` as (stream offset, bytes);
+    /// the verdict of each part.
+    fn flow(&self, hook: Hook, sport: u16, parts: &[(usize, &[u8])]) -> Vec<bool> {
+        assert!(self.pass(hook, sport, 1000, true, &[]), "the SYN passes");
+        parts.iter().map(|(at, bytes)| self.pass(hook, sport, 1001 + *at as u32, false, bytes)).collect()
+    }
+
+    fn dropped(&self, reason: &str) -> u64 {
+        bpf::read_counters(&self.skel).unwrap().guard_dropped_by_reason().into_iter().find(|(r, _)| *r == reason).unwrap().1
+    }
+
+    fn alerts(&self) -> Vec<tcpscope::bpf::types::alert_event> {
+        self.alerts.consume().unwrap();
+        std::mem::take(&mut *self.seen.borrow_mut())
+    }
+
+    fn hits(&self, kind: tcpscope::policy::NameKind, name: &str) -> u64 {
+        use libbpf_rs::{MapCore, MapFlags};
+        use tcpscope::policy::{rule_key, NameRule, Rule};
+        let (_, key) = rule_key(&Rule::on_name(NameRule::parse(kind, name).unwrap(), None));
+        let v = self.skel.maps.l7_rules.lookup(&key, MapFlags::ANY).unwrap().unwrap();
+        u64::from_ne_bytes(v[..8].try_into().unwrap())
+    }
+}
+
+/// `bytes` in segments of `size`, each with its stream offset.
+fn segments(bytes: &[u8], size: usize) -> Vec<(usize, &[u8])> {
+    bytes.chunks(size).enumerate().map(|(i, c)| (i * size, c)).collect()
+}
+
+#[test]
+fn l7_rules_drop_the_completing_segment_and_the_rest_of_the_flow() {
+    use tcpscope::policy::NameKind::*;
+    let g = L7Guard::new(
+        &[(Sni, "blocked.example"), (Sni, "*.evil.example"), (Host, "blocked.example"), (HttpMethod, "DELETE")],
+        false,
+    );
+    for (i, hook) in [Hook::Xdp, Hook::Tc].into_iter().enumerate() {
+        let sport = |n: u16| 41000 + 100 * i as u16 + n;
+        // A post-quantum ClientHello (1,718 bytes) in 3 segments: the last,
+        // which completes it, drops, and so does everything after it.
+        let hello = testpkt::client_hello("blocked.example", true);
+        let parts = segments(&hello, 600);
+        assert_eq!(g.flow(hook, sport(1), &parts), [true, true, false], "{hook:?}");
+        assert!(!g.pass(hook, sport(1), 1001 + hello.len() as u32, false, b""), "a later ACK drops");
+        assert!(!g.pass(hook, sport(1), 1001 + 1200, false, parts[2].1), "the last segment again drops");
+        // In 18 segments (a small MSS), and the name's case does not matter.
+        let upper = testpkt::client_hello("BLOCKED.example", true);
+        let v = g.flow(hook, sport(2), &segments(&upper, 100));
+        assert_eq!((v.iter().filter(|p| **p).count(), v.last()), (v.len() - 1, Some(&false)), "{hook:?}");
+        // Out of order: the segment past the hole drops (the client sends
+        // it again), then the stream completes in order and drops.
+        assert!(g.pass(hook, sport(3), 1000, true, &[]));
+        assert!(!g.pass(hook, sport(3), 1001 + 600, false, parts[1].1), "past a hole");
+        assert!(g.pass(hook, sport(3), 1001, false, parts[0].1));
+        assert!(g.pass(hook, sport(3), 1001 + 600, false, parts[1].1));
+        assert!(!g.pass(hook, sport(3), 1001 + 1200, false, parts[2].1));
+        // Another name passes, all of it, its retransmissions too; a copy
+        // of its first segment with other bytes drops the flow.
+        let ok = testpkt::client_hello("ok.example", true);
+        let okp = segments(&ok, 600);
+        assert_eq!(g.flow(hook, sport(4), &okp), [true, true, true]);
+        assert!(g.pass(hook, sport(4), 1001, false, okp[0].1), "the same bytes again pass");
+        let mut forged = okp[0].1.to_vec();
+        forged[100] ^= 0xff;
+        assert!(!g.pass(hook, sport(4), 1001, false, &forged), "changed bytes drop");
+        assert!(!g.pass(hook, sport(4), 1001 + ok.len() as u32, false, b"later"), "and the rest of the flow");
+        // A first copy the server may never take (a bad checksum, an old
+        // timestamp) cannot name another host: the real one differs.
+        let decoy = testpkt::client_hello("decoy.example", false);
+        let real = testpkt::client_hello("blocked.example", false);
+        assert_eq!(decoy.len() + 2, real.len());
+        assert_eq!(g.flow(hook, sport(5), &[(0, &decoy[..150])]), [true]);
+        assert!(!g.pass(hook, sport(5), 1001, false, &real), "the real hello over the decoy's bytes");
+        // The wildcard: names under evil.example, not evil.example itself.
+        for (n, name, passes) in [(6, "a.b.evil.example", false), (7, "evil.example", true), (8, "notevil.example", true)] {
+            let h = testpkt::client_hello(name, false);
+            assert_eq!(g.flow(hook, sport(n), &[(0, &h)]), [passes], "{name}");
+        }
+        // HTTP/1: Host (any case, with a port), a second Host header, an
+        // absolute-form target, the method; and a request that passes.
+        for (n, req, passes) in [
+            (10, &b"GET / HTTP/1.1\r\nHost: Blocked.Example:8080\r\nAccept: */*\r\n\r\n"[..], false),
+            (11, b"GET / HTTP/1.1\r\nHost: ok.example\r\nhost:blocked.example\r\n\r\n", false),
+            (12, b"GET http://blocked.example/x HTTP/1.1\r\nHost: ok.example\r\n\r\n", false),
+            (13, b"DELETE /x HTTP/1.1\r\nHost: ok.example\r\n\r\n", false),
+            (14, b"GET / HTTP/1.1\r\nHost: ok.example\r\nUser-Agent: blocked.example\r\n\r\n", true),
+        ] {
+            // The head in two segments: the first passes, the second decides.
+            let v = g.flow(hook, sport(n), &[(0, &req[..20]), (20, &req[20..])]);
+            assert_eq!(v, [true, passes], "{}", String::from_utf8_lossy(req));
+        }
+        // Not TLS, not HTTP: passes at once.
+        assert_eq!(g.flow(hook, sport(20), &[(0, b"SSH-2.0-x\r\n")]), [true]);
+    }
+    let alerts = g.alerts();
+    let named: Vec<String> = alerts
+        .iter()
+        .filter(|a| a.kind == tcpscope::bpf::types::alert_kind::ALERT_L7_BLOCKED.0 as u8)
+        .map(|a| String::from_utf8_lossy(&a.name[..a.name_len as usize]).into_owned())
+        .collect();
+    assert!(named.iter().filter(|n| *n == "blocked.example").count() >= 8, "{named:?}");
+    assert!(named.contains(&"a.b.evil.example".to_string()) && named.contains(&"delete".to_string()), "{named:?}");
+    let conflicts = alerts.iter().filter(|a| a.kind == tcpscope::bpf::types::alert_kind::ALERT_L7_CONFLICT.0 as u8);
+    assert_eq!(conflicts.count(), 4, "two per hook");
+    // Per rule: one hit per flow it blocked, on both hooks.
+    assert_eq!(g.hits(Sni, "blocked.example"), 2 * 3, "3 hellos per hook: 3 segments, 18, reordered");
+    assert_eq!(g.hits(Sni, "*.evil.example"), 2);
+    assert_eq!(g.hits(Host, "blocked.example"), 2 * 3);
+    assert_eq!(g.hits(HttpMethod, "DELETE"), 2);
+    assert_eq!(g.dropped("l7_conflict"), 2 * 3, "per hook: the forged copy, the flow's next packet, the real hello");
+    assert_eq!(g.dropped("l7_out_of_order"), 2);
+    assert!(g.dropped("l7_rule") >= 2 * 10);
+}
+
+#[test]
+fn l7_rules_refuse_what_they_cannot_read_unless_told_to_pass_it() {
+    use tcpscope::policy::NameKind::*;
+    // A hello past the 4 KiB held (a padding extension of 5,000 bytes), and
+    // one spread over two TLS records: no name can be read from either.
+    let huge = testpkt::client_hello_with("blocked.example", false, &[(0x0015, vec![0; 5000])]);
+    let small = testpkt::client_hello("blocked.example", false);
+    let body = &small[5..];
+    let (a, b) = body.split_at(40);
+    let two_records = [&[0x16, 0x03, 0x01][..], &(a.len() as u16).to_be_bytes(), a, &[0x16, 0x03, 0x01], &(b.len() as u16).to_be_bytes(), b].concat();
+    // An HTTP head that never ends within 4 KiB.
+    let long_head = [&b"GET / HTTP/1.1\r\nCookie: "[..], &[b'x'; 5000]].concat();
+    for pass in [false, true] {
+        let g = L7Guard::new(&[(Sni, "blocked.example"), (Host, "blocked.example")], pass);
+        let mut sport = 42000;
+        for (what, bytes) in [("huge", &huge), ("two records", &two_records), ("long head", &long_head)] {
+            sport += 1;
+            let v = g.flow(Hook::Xdp, sport, &segments(bytes, 1400));
+            assert_eq!(v.iter().all(|p| *p), pass, "{what}, --l7-undecided pass {pass}: {v:?}");
+        }
+        let reasons: Vec<u32> = g.alerts().iter().map(|a| a.value).collect();
+        if pass {
+            assert_eq!(g.dropped("l7_undecided"), 0);
+            assert!(reasons.is_empty());
+        } else {
+            use tcpscope::bpf::types::l7_undecided as U;
+            assert_eq!(
+                reasons,
+                [U::L7_UNDECIDED_TOO_LARGE.0, U::L7_UNDECIDED_TLS_FRAGMENTED.0, U::L7_UNDECIDED_TOO_LARGE.0]
+            );
+        }
+        // A SYN no socket would take is not held (the kernel answers it
+        // with a reset), nor is a flow whose SYN the guard never saw.
+        let closed = L7Guard { port: 1, ..L7Guard::new(&[(Sni, "blocked.example")], pass) };
+        assert_eq!(closed.flow(Hook::Xdp, 43000, &[(0, &small)]), [true]);
+        assert!(g.pass(Hook::Xdp, 43001, 5000, false, &small), "no SYN seen: passes");
+    }
+}

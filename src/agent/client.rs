@@ -101,12 +101,9 @@ impl AgentClient {
     }
 
     pub fn delete(&self, r: &Rule) -> Result<()> {
-        let body = json!({
-            "list": crate::agent::rules::list_name(r.list),
-            "cidr": format!("{}/{}", r.cidr.addr, r.cidr.prefix),
-            "port": r.port,
-            "interface": self.interface,
-        });
+        let mut body = serde_json::to_value(crate::policy::RuleSpec::of(r))?;
+        body["list"] = crate::agent::rules::list_name(r.list).into();
+        body["interface"] = json!(self.interface);
         self.request("DELETE", "/v1/rules", Some(&body)).map(drop)
     }
 

@@ -12,7 +12,7 @@
 //! | GET | /v1/interfaces | | `{"interfaces":[{"name","guarded"}]}` |
 //! | GET | /v1/rules[?interface=I] | | `{"rules":[ListedRule]}` |
 //! | POST | /v1/rules | `{"rules":[NewRule], "interface"?}` or one NewRule | `{"added":N}` |
-//! | DELETE | /v1/rules | `{"list","cidr","port"?,"interface"?}` | `{"deleted":N}` |
+//! | DELETE | /v1/rules | `{"list","cidr","port"?,"interface"?}`, or `"sni"`, `"host"` or `"http_method"` for `"cidr"` | `{"deleted":N}` |
 //! | POST | /v1/rules/flush | `{"list","interface"?}` | `{"removed":N}` |
 //! | GET | /v1/alerts[?limit=N] | | `{"alerts":[Alert]}`, oldest first |
 //!
@@ -30,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::agent::rules::{list_name, parse_list, RuleStore, StoredRule};
+use crate::policy::RuleSpec;
 use crate::output::alert::Alert;
 use crate::policy::{PolicyMaps, Rule};
 
@@ -77,12 +78,10 @@ impl Shared {
 
 /// A rule to add, as the API takes it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NewRule {
     pub list: String,
-    pub cidr: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
+    #[serde(flatten)]
+    pub spec: RuleSpec,
     /// "500ms", "30s", "10m", "2h".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl: Option<String>,
@@ -94,8 +93,7 @@ impl NewRule {
     pub fn from_rule(r: &Rule, comment: Option<String>) -> Self {
         NewRule {
             list: list_name(r.list).into(),
-            cidr: format!("{}/{}", r.cidr.addr, r.cidr.prefix),
-            port: r.port,
+            spec: RuleSpec::of(r),
             ttl: r.ttl.map(|t| format!("{}ms", t.as_millis())),
             comment,
         }
@@ -103,17 +101,13 @@ impl NewRule {
 
     pub fn rule(&self) -> Result<Rule> {
         let list = parse_list(&self.list)?;
-        let cidr = self.cidr.parse().map_err(|e| anyhow!("{e}"))?;
         let ttl = self
             .ttl
             .as_deref()
             .map(crate::policy::parse_duration)
             .transpose()
             .map_err(|e| anyhow!("ttl: {e}"))?;
-        if list == crate::policy::List::Allow && self.port.is_some() {
-            bail!("allow rules take no port: an allowed source is allowed to every port");
-        }
-        Ok(Rule { list, cidr, port: self.port, ttl })
+        self.spec.rule(list, ttl).map_err(|e| anyhow!("{e}"))
     }
 }
 
@@ -122,9 +116,8 @@ impl NewRule {
 pub struct ListedRule {
     pub interface: String,
     pub list: String,
-    pub cidr: String,
-    #[serde(default)]
-    pub port: Option<u16>,
+    #[serde(flatten)]
+    pub spec: RuleSpec,
     pub hits: u64,
     #[serde(default)]
     pub expires_in_ms: Option<u64>,
@@ -134,13 +127,10 @@ pub struct ListedRule {
 
 /// A rule to delete, or a list to flush.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Which {
     list: String,
-    #[serde(default)]
-    cidr: Option<String>,
-    #[serde(default)]
-    port: Option<u16>,
+    #[serde(flatten)]
+    spec: RuleSpec,
     #[serde(default)]
     interface: Option<String>,
 }
@@ -363,8 +353,7 @@ fn list_rules(shared: &Shared, interface: Option<&str>) -> std::result::Result<(
             out.push(ListedRule {
                 interface: name.clone(),
                 list: list_name(r.rule.list).into(),
-                cidr: format!("{}/{}", r.rule.cidr.addr, r.rule.cidr.prefix),
-                port: r.rule.port,
+                spec: RuleSpec::of(&r.rule),
                 hits: r.hits,
                 expires_in_ms: r.expires_in.map(|d| d.as_millis() as u64),
                 comment: store.comment(&r.rule, &name).map(str::to_string),
@@ -374,13 +363,36 @@ fn list_rules(shared: &Shared, interface: Option<&str>) -> std::result::Result<(
     Ok((200, json!({ "rules": out })))
 }
 
+/// What a rule object may hold besides `extra` (serde's flatten cannot
+/// refuse the rest): a misspelt field is an error, not a rule that covers
+/// more than meant.
+fn check_fields(v: &Value, extra: &[&str]) -> std::result::Result<(), (u16, Value)> {
+    const FIELDS: [&str; 6] = ["list", "cidr", "port", "sni", "host", "http_method"];
+    let Some(obj) = v.as_object() else { return Ok(()) };
+    match obj.keys().find(|k| !FIELDS.contains(&k.as_str()) && !extra.contains(&k.as_str())) {
+        Some(k) => Err(bad(format!(
+            "unknown field '{k}': a rule takes {}",
+            FIELDS.iter().chain(extra).copied().collect::<Vec<_>>().join(", ")
+        ))),
+        None => Ok(()),
+    }
+}
+
 fn add_rules(shared: &Shared, v: Value) -> std::result::Result<(u16, Value), (u16, Value)> {
     let interface = v.get("interface").and_then(Value::as_str).map(str::to_string);
+    match v.get("rules").and_then(Value::as_array) {
+        Some(list) => {
+            for item in list {
+                check_fields(item, &["ttl", "comment"])?;
+            }
+        }
+        None => check_fields(&v, &["ttl", "comment", "interface"])?,
+    }
     let items: Vec<NewRule> = match v.get("rules") {
         Some(list) => serde_json::from_value(list.clone()),
         None => serde_json::from_value(v.clone()).map(|r| vec![r]),
     }
-    .map_err(|e| bad(format!("a rule is {{\"list\":\"block\",\"cidr\":\"198.18.0.0/24\",\"port\"?,\"ttl\"?,\"comment\"?}}: {e}")))?;
+    .map_err(|e| bad(format!("a rule is {{\"list\":\"block\",\"cidr\":\"198.18.0.0/24\",\"port\"?,\"ttl\"?,\"comment\"?}} or {{\"list\":\"block\",\"sni\":\"*.example.com\",...}}: {e}")))?;
     let mut rules = Vec::new();
     for (i, item) in items.iter().enumerate() {
         rules.push(item.rule().map_err(|e| bad(format!("rule {}: {e:#}", i + 1)))?);
@@ -409,6 +421,7 @@ fn add_rules(shared: &Shared, v: Value) -> std::result::Result<(u16, Value), (u1
 }
 
 fn delete_rule(shared: &Shared, v: Value, flush: bool) -> std::result::Result<(u16, Value), (u16, Value)> {
+    check_fields(&v, &["interface"])?;
     let w: Which = serde_json::from_value(v)
         .map_err(|e| bad(format!("give {{\"list\",\"cidr\",\"port\"?,\"interface\"?}}: {e}")))?;
     let list = parse_list(&w.list).map_err(bad)?;
@@ -428,8 +441,10 @@ fn delete_rule(shared: &Shared, v: Value, flush: bool) -> std::result::Result<(u
             .push(json!({"change": "flush", "list": w.list, "removed": n, "interface": w.interface}));
         return Ok((200, json!({ "removed": n })));
     }
-    let cidr = w.cidr.as_deref().ok_or_else(|| bad("which rule? give its cidr"))?;
-    let rule = Rule { list, cidr: cidr.parse().map_err(|e| bad(format!("{e}")))?, port: w.port, ttl: None };
+    if w.spec == RuleSpec::default() {
+        return Err(bad("which rule? give its cidr (and port), or its sni, host or http_method"));
+    }
+    let rule = w.spec.rule(list, None).map_err(bad)?;
     let n = targets.iter().filter(|(_, m)| m.delete(&rule).is_ok()).count();
     store.delete(&rule, w.interface.as_deref()).map_err(internal)?;
     if n == 0 {

@@ -357,6 +357,7 @@ impl Interfaces {
         for e in &mut self.list {
             if let Some(Attached::Guarding(g)) = &mut e.state {
                 g.guard.sweep_expired();
+                alerts.extend(g.guard.sweep_l7_flows());
                 if g.ratio.due() {
                     let got = g.guard.syns_and_handshakes();
                     alerts.extend(got.and_then(|(s, d)| g.ratio.check(s, d, &g.settings)));

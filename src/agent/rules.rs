@@ -11,17 +11,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{anyhow, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::filter::Cidr;
-use crate::policy::{List, Rule};
+use crate::policy::{List, Rule, RuleSpec};
 
 /// One rule as the agent keeps it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredRule {
     /// "allow" or "block".
     pub list: String,
-    pub cidr: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub port: Option<u16>,
+    #[serde(flatten)]
+    pub spec: RuleSpec,
     /// Wall-clock time of expiry, ms since the epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub expires_unix_ms: Option<u64>,
@@ -56,8 +54,7 @@ impl StoredRule {
     pub fn new(rule: &Rule, comment: Option<String>, interface: Option<String>) -> Self {
         StoredRule {
             list: list_name(rule.list).into(),
-            cidr: format!("{}/{}", rule.cidr.addr, rule.cidr.prefix),
-            port: rule.port,
+            spec: RuleSpec::of(rule),
             expires_unix_ms: rule.ttl.map(|t| unix_ms() + t.as_millis() as u64),
             comment,
             interface,
@@ -71,8 +68,7 @@ impl StoredRule {
             Some(at) => Some(std::time::Duration::from_millis(at - now_ms)),
             None => None,
         };
-        let cidr: Cidr = self.cidr.parse().ok()?;
-        Some(Rule { list: parse_list(&self.list).ok()?, cidr, port: self.port, ttl })
+        self.spec.rule(parse_list(&self.list).ok()?, ttl).ok()
     }
 
     fn same(&self, r: &Rule, interface: Option<&str>) -> bool {
@@ -190,6 +186,7 @@ mod tests {
             cidr: cidr.parse().unwrap(),
             port,
             ttl: ttl.map(std::time::Duration::from_secs),
+            name: None,
         }
     }
 
@@ -219,6 +216,22 @@ mod tests {
         s.flush(List::Block, None).unwrap();
         assert!(RuleStore::load(&path).unwrap().rules.is_empty());
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_name_rule_is_stored_and_read_back() {
+        let n = crate::policy::NameRule::parse(crate::policy::NameKind::Sni, "*.Example.COM").unwrap();
+        let r = Rule::on_name(n, Some(std::time::Duration::from_secs(60)));
+        let stored = StoredRule::new(&r, Some("why".into()), Some("eth0".into()));
+        let text = serde_json::to_string(&stored).unwrap();
+        assert!(text.contains(r#""sni":"*.example.com""#) && !text.contains("cidr"), "{text}");
+        let back: StoredRule = serde_json::from_str(&text).unwrap();
+        let again = back.rule(unix_ms()).unwrap();
+        assert_eq!((again.name, again.list), (r.name, List::Block));
+        assert!(again.ttl.unwrap() > std::time::Duration::from_secs(58));
+        // A store written before name rules existed reads as it did.
+        let old: StoredRule = serde_json::from_str(r#"{"list":"block","cidr":"198.18.0.0/24","port":22}"#).unwrap();
+        assert_eq!(old.rule(0).unwrap().port, Some(22));
     }
 
     #[test]

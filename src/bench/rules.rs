@@ -154,7 +154,7 @@ fn bench_structures(args: &BenchArgs, repeat: u32, out: &mut dyn Report) -> Resu
     let mut added = 0;
     for n in COUNTS {
         while added < n {
-            let r = Rule { list: List::Block, cidr: nth_rule(added), port: None, ttl: None };
+            let r = Rule { list: List::Block, cidr: nth_rule(added), port: None, ttl: None, name: None };
             let (name, key) = rule_key(&r);
             let (lpm, hash) = if name == "block_v4" {
                 lens4.insert(r.cidr.prefix as u8);
@@ -206,7 +206,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     let hosts = TestHosts::new("brules")?;
     let (xf_prog, xf_v4, xf_v6) = load_xdp_filter(&hosts)?;
     let pass = testpkt::syn_v4(); // from 198.18.0.1: no rule covers it
-    let block = Rule { list: List::Block, cidr: "198.18.0.1/32".parse()?, port: None, ttl: None };
+    let block = Rule { list: List::Block, cidr: "198.18.0.1/32".parse()?, port: None, ttl: None, name: None };
     let repeat = args.repeat.min(1_000_000);
     let rounds = args.rounds.max(1);
 
@@ -222,7 +222,7 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
     let mut xf_full: Option<usize> = None;
     for n in COUNTS {
         while added < n {
-            let r = Rule { list: List::Block, cidr: nth_rule(added), port: None, ttl: None };
+            let r = Rule { list: List::Block, cidr: nth_rule(added), port: None, ttl: None, name: None };
             let (name, key) = rule_key(&r);
             let map = if name == "block_v4" { &ours.maps.block_v4 } else { &ours.maps.block_v6 };
             map.update(&key, &[0u8; 16], MapFlags::ANY).context("adding a rule")?;

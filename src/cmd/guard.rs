@@ -37,6 +37,9 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     while !stop.load(Ordering::SeqCst) {
         alerts.poll();
         guard.sweep_expired();
+        for a in guard.sweep_l7_flows() {
+            emit(&a, args.json);
+        }
         warn(position.check(&guard.session));
         if let Err(e) = guard.session.check_present() {
             guard.interface_gone();
@@ -65,14 +68,19 @@ pub fn run(args: &GuardArgs) -> Result<()> {
     alerts.poll(); // what arrived since the last poll
     drop(alerts);
     let c = guard.session.counters()?;
+    let l7_timeouts = guard.l7_timeouts.get();
     drop(guard); // detach before reporting
     let reasons: Vec<String> =
         c.guard_dropped_by_reason().iter().filter(|(_, n)| *n > 0).map(|(r, n)| format!("{r} {n}")).collect();
     eprintln!(
-        "tcpscope: guard stopped: {} packets dropped{}, {} from allow-listed sources",
+        "tcpscope: guard stopped: {} packets dropped{}, {} from allow-listed sources{}",
         c.0.policy_dropped,
         if reasons.is_empty() { String::new() } else { format!(" ({})", reasons.join(", ")) },
-        c.0.policy_allowed
+        c.0.policy_allowed,
+        match l7_timeouts {
+            0 => String::new(),
+            n => format!(", {n} L7 first messages not complete within --l7-timeout"),
+        }
     );
     // The lean guard counts only what it needs: its own summary, whose
     // parts add up to the packets seen; --inspect keeps every counter.

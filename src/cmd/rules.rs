@@ -13,7 +13,9 @@ fn list(target: &RuleTarget, which: List, json: bool) -> Result<()> {
     let mut rows = target.list()?;
     rows.retain(|r| r.state.rule.list == which);
     rows.sort_by(|a, b| {
-        let key = |r: &Row| (r.state.rule.cidr.addr, r.state.rule.cidr.prefix, r.state.rule.port);
+        let key = |r: &Row| {
+            (r.state.rule.name.clone(), r.state.rule.cidr.addr, r.state.rule.cidr.prefix, r.state.rule.port)
+        };
         key(a).cmp(&key(b)).then(a.interface.cmp(&b.interface))
     });
     if rows.is_empty() {
@@ -22,12 +24,13 @@ fn list(target: &RuleTarget, which: List, json: bool) -> Result<()> {
     }
     for Row { interface, state: r, comment } in rows {
         let line = if json {
-            let mut v = serde_json::json!({
-                "list": if which == List::Allow { "allow" } else { "block" },
-                "cidr": format!("{}/{}", r.rule.cidr.addr, r.rule.cidr.prefix),
-                "port": r.rule.port, "hits": r.hits,
-                "expires_in_ms": r.expires_in.map(|d| d.as_millis() as u64),
-            });
+            let mut v = serde_json::to_value(policy::RuleSpec::of(&r.rule)).unwrap_or_default();
+            v["list"] = (if which == List::Allow { "allow" } else { "block" }).into();
+            if r.rule.name.is_none() {
+                v["port"] = r.rule.port.into();
+            }
+            v["hits"] = r.hits.into();
+            v["expires_in_ms"] = r.expires_in.map(|d| d.as_millis() as u64).into();
             if let Some(i) = interface {
                 v["interface"] = i.into();
             }
@@ -74,19 +77,46 @@ fn read_cidrs(args: &[String]) -> Result<Vec<crate::filter::Cidr>> {
 
 pub fn block(args: &BlockArgs) -> Result<()> {
     // The input is checked before any guard is looked for.
+    let usage = |e: String| crate::cli::UsageError(e);
     let adding = match &args.cmd {
-        BlockCmd::Add { cidrs, port, ttl, .. } => read_cidrs(cidrs)?
-            .into_iter()
-            .map(|cidr| Rule { list: List::Block, cidr, port: *port, ttl: *ttl })
-            .collect(),
+        BlockCmd::Add { cidrs, port, ttl, names, .. } => {
+            let mut rules = names.rules(*ttl).map_err(usage)?;
+            if !rules.is_empty() && port.is_some() {
+                return Err(usage(
+                    "--port is for CIDR rules: a rule on --sni, --host or --http-method applies to every port".into(),
+                )
+                .into());
+            }
+            rules.extend(
+                read_cidrs(cidrs)?
+                    .into_iter()
+                    .map(|cidr| Rule { list: List::Block, cidr, port: *port, ttl: *ttl, name: None }),
+            );
+            rules
+        }
         _ => Vec::new(),
+    };
+    let deleting = match &args.cmd {
+        BlockCmd::Del { cidr, port, names } => {
+            let mut named = names.rules(None).map_err(usage)?;
+            match (cidr, named.len()) {
+                (Some(cidr), 0) => Some(Rule { list: List::Block, cidr: *cidr, port: *port, ttl: None, name: None }),
+                (None, 1) if port.is_none() => named.pop(),
+                _ => {
+                    return Err(usage(
+                        "block del removes one rule: give its CIDR (and --port), or one --sni, --host or --http-method"
+                            .into(),
+                    )
+                    .into())
+                }
+            }
+        }
+        _ => None,
     };
     let maps = RuleTarget::open(&args.guard)?;
     match &args.cmd {
         BlockCmd::Add { comment, .. } => maps.add_many(&adding, comment.as_deref()),
-        BlockCmd::Del { cidr, port } => {
-            maps.delete(&Rule { list: List::Block, cidr: *cidr, port: *port, ttl: None })
-        }
+        BlockCmd::Del { .. } => maps.delete(deleting.as_ref().expect("checked above")),
         BlockCmd::List { json } => list(&maps, List::Block, *json),
         BlockCmd::Flush => {
             let n = maps.flush(List::Block)?;
@@ -97,7 +127,7 @@ pub fn block(args: &BlockArgs) -> Result<()> {
             // Through an agent, a rule on several interfaces is one line.
             let mut rules: Vec<_> = maps.list()?.into_iter().map(|r| r.state).collect();
             rules.sort_by_key(|r| {
-                (r.rule.list == List::Allow, r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port)
+                (r.rule.list == List::Allow, r.rule.name.clone(), r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port)
             });
             rules.dedup_by_key(|r| policy::rule_key(&r.rule));
             let text = policy::to_rules_file(&rules);
@@ -116,7 +146,7 @@ pub fn allow(args: &AllowArgs) -> Result<()> {
     let adding = match &args.cmd {
         AllowCmd::Add { cidrs, ttl, .. } => read_cidrs(cidrs)?
             .into_iter()
-            .map(|cidr| Rule { list: List::Allow, cidr, port: None, ttl: *ttl })
+            .map(|cidr| Rule { list: List::Allow, cidr, port: None, ttl: *ttl, name: None })
             .collect(),
         _ => Vec::new(),
     };
@@ -124,7 +154,7 @@ pub fn allow(args: &AllowArgs) -> Result<()> {
     match &args.cmd {
         AllowCmd::Add { comment, .. } => maps.add_many(&adding, comment.as_deref()),
         AllowCmd::Del { cidr } => {
-            maps.delete(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None })
+            maps.delete(&Rule { list: List::Allow, cidr: *cidr, port: None, ttl: None, name: None })
         }
         AllowCmd::List { json } => list(&maps, List::Allow, *json),
         AllowCmd::Flush => {

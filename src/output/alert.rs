@@ -9,7 +9,8 @@ use serde::Serialize;
 #[derive(Debug, Clone, Serialize)]
 pub struct Alert {
     /// Its kind: port_scan, syn_flood, null_flags, xmas, syn_fin, syn_rst,
-    /// fin_without_ack, syn_with_data, mitigation, conn_limit, syn_ratio.
+    /// fin_without_ack, syn_with_data, mitigation, conn_limit, syn_ratio,
+    /// l7_blocked, l7_undecided, l7_conflict.
     pub alert: &'static str,
     /// The source it is about (IPv6: a /64 for scans and floods); none for
     /// the host-wide syn_ratio.
@@ -53,6 +54,29 @@ pub enum Detail {
         ratio: f64,
         threshold: f64,
     },
+    /// A connection dropped by an L7 rule: what its first message named
+    /// (`rule`: sni, host or http_method; `name`: what the client sent, in
+    /// lower case, its first 64 bytes).
+    L7Blocked {
+        sport: u16,
+        dport: u16,
+        rule: &'static str,
+        name: String,
+    },
+    /// A connection dropped because its first message could not be read:
+    /// too_large, tls_fragmented, timeout or h2c.
+    L7Undecided {
+        sport: u16,
+        dport: u16,
+        reason: &'static str,
+    },
+    /// A connection dropped because it sent first-message bytes again,
+    /// unlike the first copy, at stream offset `offset`.
+    L7Conflict {
+        sport: u16,
+        dport: u16,
+        offset: u32,
+    },
 }
 
 impl Alert {
@@ -75,6 +99,15 @@ impl Alert {
             Detail::Flags { dport, flags } => format!("to port {dport} flags [{}]", flags.join(",")),
             Detail::SynRatio { syn_per_s, handshakes_per_s, ratio, threshold } => format!(
                 "{syn_per_s:.0} SYN/s, {handshakes_per_s:.0} handshakes/s completed ({ratio:.3} < {threshold})"
+            ),
+            Detail::L7Blocked { sport, dport, rule, name } => {
+                format!("port {sport} > {dport}: {rule} {name}: connection dropped")
+            }
+            Detail::L7Undecided { sport, dport, reason } => {
+                format!("port {sport} > {dport}: first message unreadable ({reason}): connection dropped")
+            }
+            Detail::L7Conflict { sport, dport, offset } => format!(
+                "port {sport} > {dport}: bytes at stream offset {offset} sent again, changed: connection dropped"
             ),
         };
         format!("{} ALERT {}{from}: {detail}", super::time_of_day(self.ts_ns), self.alert)

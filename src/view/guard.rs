@@ -54,6 +54,11 @@ pub struct Guard {
     /// The network namespace (inode) of the guarded interface.
     pub netns: u32,
     last_sweep: std::cell::Cell<std::time::Instant>,
+    last_l7_sweep: std::cell::Cell<std::time::Instant>,
+    /// First messages given up on by `sweep_l7_flows`, so far.
+    pub l7_timeouts: std::cell::Cell<u64>,
+    l7_timeout: std::time::Duration,
+    l7_undecided_pass: bool,
     /// The connection limit's alert pacing, kept across `alerts` calls.
     limit: std::cell::RefCell<ConnLimit>,
     claim: Claim,
@@ -131,6 +136,7 @@ impl Guard {
             conn_limit: args.conn_limit,
             netns,
             enforce_conn_limit: u8::from(enforce),
+            l7_undecided_pass: u8::from(args.l7_undecided == crate::cli::Unparsable::Pass),
             ..Default::default()
         };
         let opts = bpf::LoadOptions {
@@ -216,8 +222,24 @@ impl Guard {
             None
         };
         let last_sweep = std::cell::Cell::new(std::time::Instant::now());
+        let last_l7_sweep = std::cell::Cell::new(std::time::Instant::now());
         let limit = Default::default();
-        Ok(Guard { lc, maps, session, kept, notes, id: iface, netns, last_sweep, limit, claim })
+        Ok(Guard {
+            lc,
+            maps,
+            session,
+            kept,
+            notes,
+            id: iface,
+            netns,
+            last_sweep,
+            last_l7_sweep,
+            l7_timeouts: Default::default(),
+            l7_timeout: args.l7_timeout,
+            l7_undecided_pass: args.l7_undecided == crate::cli::Unparsable::Pass,
+            limit,
+            claim,
+        })
     }
 
     /// The interface went away: the rules go with it when the guard ends.
@@ -269,6 +291,72 @@ impl Guard {
         }
     }
 
+    /// Ends the L7 rules' idle flows, at most every 5 s (each held flow is
+    /// 4 KiB to read): a first message not complete within `l7_timeout` is
+    /// given up on (its flow blocked, unless --l7-undecided pass); a blocked
+    /// flow silent for 60 s, and a passed one 120 s after its first message
+    /// (10 s once closing), are forgotten. Returns an alert for each flow
+    /// given up on and blocked.
+    pub fn sweep_l7_flows(&self) -> Vec<Alert> {
+        let (l7_timeout, undecided_pass) = (self.l7_timeout, self.l7_undecided_pass);
+        use crate::bpf::types::{
+            alert_kind as A, guard_drop_reason as R, l7_guard_state as S, l7_undecided as U,
+        };
+        use crate::output::alert::Detail;
+        use libbpf_rs::MapCore;
+        if self.last_l7_sweep.get().elapsed() < std::time::Duration::from_secs(5) {
+            return Vec::new();
+        }
+        self.last_l7_sweep.set(std::time::Instant::now());
+        let map = &self.session.skel.maps.l7_guard_flows;
+        let now = crate::bpf::clock_ns(libc::CLOCK_MONOTONIC);
+        let secs = |s: u64| s * 1_000_000_000;
+        let mut gave_up = 0;
+        let mut alerts = Vec::new();
+        let wall = crate::bpf::clock_ns(libc::CLOCK_REALTIME);
+        for key in map.keys().collect::<Vec<_>>() {
+            let Ok(Some(v)) = map.lookup(&key, libbpf_rs::MapFlags::ANY) else { continue };
+            let mut f = crate::bpf::types::l7_guard_flow::default();
+            if plain::copy_from_bytes(&mut f, &v).is_err() {
+                continue;
+            }
+            let idle = now.saturating_sub(f.seen_ns);
+            match f.state {
+                s if s == S::L7_GUARD_READING.0 as u8 && idle > l7_timeout.as_nanos() as u64 => {
+                    gave_up += 1;
+                    f.undecided = U::L7_UNDECIDED_TIMEOUT.0 as u8;
+                    f.seen_ns = now;
+                    if undecided_pass {
+                        f.state = S::L7_GUARD_PASSED.0 as u8;
+                    } else {
+                        f.state = S::L7_GUARD_BLOCKED.0 as u8;
+                        f.why = R::GUARD_DROP_L7_UNDECIDED.0 as u8;
+                        let mut k = crate::bpf::types::l7_flow_key::default();
+                        if plain::copy_from_bytes(&mut k, &key).is_ok() {
+                            alerts.push(Alert {
+                                alert: crate::names::alert_name(A::ALERT_L7_UNDECIDED.0 as u8),
+                                src: Some(crate::model::address(k.ip_version, &k.src)),
+                                ts_ns: wall,
+                                detail: Detail::L7Undecided { sport: k.sport, dport: k.dport, reason: "timeout" },
+                            });
+                        }
+                    }
+                    // SAFETY: plain old data.
+                    let _ = map.update(&key, unsafe { plain::as_bytes(&f) }, libbpf_rs::MapFlags::EXIST);
+                }
+                s if s == S::L7_GUARD_BLOCKED.0 as u8 && idle > secs(60) => {
+                    let _ = map.delete(&key);
+                }
+                s if s == S::L7_GUARD_PASSED.0 as u8 && idle > secs(if f.closing != 0 { 10 } else { 120 }) => {
+                    let _ = map.delete(&key);
+                }
+                _ => {}
+            }
+        }
+        self.l7_timeouts.set(self.l7_timeouts.get() + gave_up);
+        alerts
+    }
+
     /// SIGHUP: the rules file again, runtime rules untouched. Returns
     /// (added, removed).
     pub fn reload(&self, file: &std::path::Path) -> Result<(usize, usize)> {
@@ -292,3 +380,6 @@ impl Guard {
         Some((syns, done))
     }
 }
+
+// SAFETY: integers and bytes, its padding explicit.
+unsafe impl plain::Plain for crate::bpf::types::l7_guard_flow {}
