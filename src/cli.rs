@@ -395,6 +395,7 @@ pub enum BlockCmd {
         /// (blank lines and # comments skipped); written in batches.
         #[arg(value_name = "CIDR", required_unless_present_any = ["sni", "host", "http_method"])]
         cidrs: Vec<String>,
+        /// Only packets to this destination port (CIDR rules).
         #[arg(long, value_name = "P")]
         port: Option<u16>,
         #[command(flatten)]

@@ -202,6 +202,59 @@ fn a_rule_added_through_the_api_drops_the_next_packet_and_outlives_kill_9() {
 }
 
 #[test]
+fn an_sni_rule_through_the_api_stops_that_name_only_and_outlives_kill_9() {
+    const LISTEN: &str = "127.0.0.1:19927";
+    let _load = side_by_side();
+    let hosts = TestHosts::new("agl7").unwrap();
+    let dir = scratch("agl7");
+    let _web = web_server(&hosts, &dir);
+    let args = ["--guard", "--netns", &hosts.server_ns, "-i", SERVER_IF];
+    let (mut agent, _) = start(agent_cmd(&dir, LISTEN, &args));
+    assert_eq!(tls_get(&hosts, "blocked.example").as_deref(), Some("HTTP/1.0 200 OK\n"), "before the rule");
+
+    let rule = r#"{"list":"block","sni":"blocked.example","comment":"l7 from the test"}"#;
+    let (code, body) = api(&dir, "POST", "/v1/rules", Some(rule));
+    assert_eq!((code, body.trim()), (200, r#"{"added":1}"#));
+    assert_eq!(tls_get(&hosts, "blocked.example"), None, "the rule stops the handshake");
+    assert_eq!(tls_get(&hosts, "ok.example").as_deref(), Some("HTTP/1.0 200 OK\n"), "another name works");
+    let (_, listed) = api(&dir, "GET", "/v1/rules", None);
+    let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let r = &v["rules"][0];
+    assert_eq!((r["sni"].as_str(), r["comment"].as_str()), (Some("blocked.example"), Some("l7 from the test")), "{v}");
+    assert!(r["hits"].as_u64() >= Some(1) && r.get("cidr").is_none(), "{v}");
+    let dropped = format!("tcpscope_guard_dropped_packets_total{{interface=\"{SERVER_IF}\",reason=\"l7_rule\"}}");
+    wait_until("L7 drops in /metrics", Duration::from_secs(30), || metric(LISTEN, &dropped) >= Some(1.0));
+    wait_until("the L7 alert in /metrics", Duration::from_secs(30), || {
+        metric(LISTEN, "tcpscope_alerts_total{kind=\"l7_blocked\"}") >= Some(1.0)
+    });
+    let (_, alerts) = api(&dir, "GET", "/v1/alerts", None);
+    assert!(alerts.contains(r#""name":"blocked.example","rule":"sni""#), "{alerts}");
+
+    // A misspelt field is refused, not taken for a rule on every source.
+    let (code, body) = api(&dir, "POST", "/v1/rules", Some(r#"{"list":"block","snii":"x.example"}"#));
+    assert!(code == 400 && body.contains("unknown field 'snii'"), "{code} {body}");
+    let (code, body) = api(&dir, "POST", "/v1/rules", Some(r#"{"list":"block","sni":"a b"}"#));
+    assert!(code == 400 && body.contains("give a host name"), "{code} {body}");
+
+    // kill -9 and a new agent: the rule is there and still stops the name.
+    // SAFETY: our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGKILL) };
+    agent.wait_timeout(Duration::from_secs(20)).unwrap();
+    let (mut agent, _) = start(agent_cmd(&dir, LISTEN, &args));
+    let (ok, out, err) = tcpscope(&dir, &["block", "list"]);
+    assert!(ok && out.contains("block sni blocked.example") && out.contains("(l7 from the test)"), "{out}{err}");
+    assert_eq!(tls_get(&hosts, "blocked.example"), None, "still stopped after kill -9");
+    // `tcpscope block del --sni` through the agent: the name works again.
+    let (ok, _, err) = tcpscope(&dir, &["block", "del", "--sni", "blocked.example"]);
+    assert!(ok, "{err}");
+    assert_eq!(tls_get(&hosts, "blocked.example").as_deref(), Some("HTTP/1.0 200 OK\n"), "after the delete");
+    // SAFETY: our own child.
+    unsafe { libc::kill(agent.child.id() as i32, libc::SIGTERM) };
+    assert!(agent.wait_timeout(Duration::from_secs(20)).unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn the_control_socket_is_root_only_and_tcp_needs_a_token() {
     use std::os::unix::fs::PermissionsExt;
     let _load = side_by_side();

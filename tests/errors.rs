@@ -132,6 +132,14 @@ fn contradictory_flags_are_refused() {
             "--hook applies to an interface (-i), not to a capture",
         ),
         (&["l7", "-i", "lo", "--port", "1,2,3,4,5,6,7,8,9"][..], "--port: at most 8 ports live"),
+        (&["block", "add", "--sni", "a b.example"][..], "--sni 'a b.example': give a host name"),
+        (&["block", "add", "--sni", "*.*.example"][..], "give a host name"),
+        (&["block", "add", "--http-method", "GE T"][..], "an HTTP method is 1 to 16 letters"),
+        (&["block", "add", "--sni", "a.example", "--port", "443"][..], "--port is for CIDR rules"),
+        (&["block", "add", "198.18.0.1", "--sni", "a.example"][..], "cannot be used with"),
+        (&["block", "add"][..], "required"),
+        (&["block", "del", "--sni", "a.example", "--host", "b.example"][..], "block del removes one rule"),
+        (&["guard", "-i", "lo", "--l7-timeout", "0s"][..], "must be positive"),
     ] {
         let out = Command::new(tcpscope_bin()).args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");

@@ -1100,3 +1100,91 @@ fn a_failed_start_keeps_the_rules() {
     assert!(!g.connects(Duration::from_millis(300)), "and it still drops");
     g.ok(&["block", "flush"]);
 }
+
+#[test]
+fn l7_rules_stop_real_tls_and_http_clients_by_name_and_spare_the_others() {
+    let _load = side_by_side();
+    let hosts = TestHosts::new("gl7").unwrap();
+    // ClientHellos and request heads in several segments.
+    small_mss(&hosts, 200);
+    let dir = std::env::temp_dir().join(format!("tcpscope-gl7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _web = web_server(&hosts, &dir);
+    let mut g = Guard::on(hosts, 443, &["--json"]);
+    g.ok(&["block", "add", "--sni", "blocked.example", "--sni", "*.evil.example"]);
+    g.ok(&["block", "add", "--host", "blocked.example", "--http-method", "delete"]);
+    let list = String::from_utf8(g.cli(&["block", "list"]).stdout).unwrap();
+    for rule in ["block sni blocked.example", "block sni *.evil.example", "block host blocked.example", "block http-method DELETE"] {
+        assert!(list.contains(rule), "{rule} in {list}");
+    }
+
+    let server = SERVER_V4.to_string();
+    let hosts = &g.hosts;
+    let https = |name: &str| {
+        let resolve = format!("{name}:443:{server}");
+        client_ok(hosts, "curl", &["-sk", "--max-time", "3", "--resolve", &resolve, &format!("https://{name}/")])
+    };
+    // curl (TLS 1.3 with its own extension order): by SNI.
+    assert_eq!(https("ok.example").as_deref(), Some("ok"), "another name on the same port works");
+    assert_eq!(https("blocked.example"), None);
+    assert_eq!(https("Blocked.Example"), None, "names have no case");
+    assert_eq!(https("a.evil.example"), None, "the wildcard");
+    assert_eq!(https("evil.example").as_deref(), Some("ok"), "the wildcard covers names under it only");
+    // openssl s_client and Python's ssl: the handshake completes or not.
+    let openssl = |name: &str| {
+        let out = TestHosts::command_in(&hosts.client_ns, "timeout")
+            .args(["4", "openssl", "s_client", "-brief", "-connect", &format!("{server}:443"), "-servername", name])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).contains("CONNECTION ESTABLISHED")
+    };
+    assert!(openssl("ok.example"));
+    assert!(!openssl("blocked.example"));
+    let python = |name: &str| tls_get(hosts, name);
+    assert_eq!(python("ok.example").as_deref(), Some("HTTP/1.0 200 OK\n"));
+    assert_eq!(python("x.evil.example"), None);
+    // HTTP/1 on 8080: by Host, by method.
+    let http = |args: &[&str]| {
+        let mut all = vec!["-s", "--max-time", "3"];
+        all.extend_from_slice(args);
+        let url = format!("http://{server}:8080/");
+        all.push(&url);
+        client_ok(hosts, "curl", &all)
+    };
+    assert_eq!(http(&["-H", "Host: ok.example"]).as_deref(), Some("ok"));
+    assert_eq!(http(&["-H", "Host: blocked.example"]), None);
+    assert_eq!(http(&["-X", "DELETE", "-H", "Host: ok.example"]), None);
+    assert_eq!(http(&["-X", "GET", "-H", "Host: ok.example"]).as_deref(), Some("ok"));
+
+    // Per rule: a hit per connection it stopped (curl may try twice).
+    let listed = String::from_utf8(g.cli(&["block", "list", "--json"]).stdout).unwrap();
+    let hits = |field: &str, name: &str| {
+        listed
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .find(|v| v[field] == name)
+            .unwrap_or_else(|| panic!("{field} {name} in {listed}"))["hits"]
+            .as_u64()
+            .unwrap()
+    };
+    assert!(hits("sni", "blocked.example") >= 3, "{listed}");
+    assert!(hits("sni", "*.evil.example") >= 2, "{listed}");
+    assert!(hits("host", "blocked.example") >= 1 && hits("http_method", "DELETE") >= 1, "{listed}");
+    // Deleted at runtime: the name works again.
+    g.ok(&["block", "del", "--sni", "blocked.example"]);
+    assert_eq!(https("blocked.example").as_deref(), Some("ok"), "the rule is gone");
+
+    let (alerts, summary) = g.stop();
+    let blocked: Vec<(String, String)> = alerts
+        .iter()
+        .filter(|a| a["alert"] == "l7_blocked")
+        .map(|a| (a["rule"].as_str().unwrap().to_string(), a["name"].as_str().unwrap().to_string()))
+        .collect();
+    for want in [("sni", "blocked.example"), ("sni", "a.evil.example"), ("sni", "x.evil.example"), ("host", "blocked.example"), ("http_method", "delete")] {
+        assert!(blocked.iter().any(|(r, n)| (r.as_str(), n.as_str()) == want), "{want:?} in {blocked:?}");
+    }
+    assert!(alerts.iter().filter(|a| a["alert"] == "l7_blocked").all(|a| a["src"] == CLIENT_V4.to_string()));
+    assert!(dropped_for(&summary, "l7_rule") >= 7, "{summary}");
+    let _ = std::fs::remove_dir_all(dir);
+}

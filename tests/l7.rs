@@ -116,16 +116,7 @@ fn l7_hints_agree_with_tshark_and_with_what_was_sent() {
     let _load = side_by_side();
     let hosts = TestHosts::new("l7").unwrap();
     // Small segments: the server advertises an MSS of 120 bytes.
-    for family in [&["-4"][..], &["-6"]] {
-        let cidr = if family[0] == "-4" { "198.18.0.0/24" } else { "2001:db8::/64" };
-        let out = Command::new("ip")
-            .args(["-n", &hosts.server_ns])
-            .args(family)
-            .args(["route", "replace", cidr, "dev", SERVER_IF, "advmss", "120"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-    }
+    small_mss(&hosts, 120);
     // Segments as sent: no offloads merging them on either side (the
     // capture is taken at the server's interface, after GRO).
     hosts.offloads_off().unwrap();

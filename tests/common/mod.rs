@@ -170,3 +170,91 @@ pub fn nft(ns: &str, rules: &str) {
     child.stdin.take().unwrap().write_all(rules.as_bytes()).unwrap();
     assert!(child.wait().unwrap().success(), "nft -f: {rules}");
 }
+
+/// The server advertises an MSS of `mss` bytes (IPv4 and IPv6): every
+/// ClientHello and most request heads reach it in several segments.
+pub fn small_mss(hosts: &TestHosts, mss: u32) {
+    for (family, cidr) in [("-4", "198.18.0.0/24"), ("-6", "2001:db8::/64")] {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &hosts.server_ns, family, "route", "replace", cidr, "dev", tcpscope::testhost::SERVER_IF])
+            .args(["advmss", &mss.to_string()])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+}
+
+/// A web server in the server's namespace (Python's http.server): HTTPS on
+/// 443 with a self-signed certificate made for the test, any SNI, and
+/// plain HTTP on 8080; every GET or DELETE answers `ok`. The TLS handshake
+/// happens in each connection's thread, so a client stalled by the guard
+/// stalls nobody else.
+pub fn web_server(hosts: &TestHosts, dir: &Path) -> tcpscope::testhost::ChildGuard {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let out = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"])
+        .args(["-subj", "/CN=tcpscope-test", "-days", "1", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let script = format!(
+        r#"
+import http.server, ssl, sys, threading
+class H(http.server.BaseHTTPRequestHandler):
+    timeout = 10
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header('Content-Length', '2')
+        self.end_headers()
+        self.wfile.write(b'ok')
+    do_DELETE = do_GET
+    def log_message(self, *a):
+        pass
+class S(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain('{cert}', '{key}')
+tls = S(('0.0.0.0', 443), H)
+tls.socket = ctx.wrap_socket(tls.socket, server_side=True, do_handshake_on_connect=False)
+plain = S(('0.0.0.0', 8080), H)
+threading.Thread(target=plain.serve_forever, daemon=True).start()
+print('serving', file=sys.stderr, flush=True)
+tls.serve_forever()
+"#,
+        cert = cert.display(),
+        key = key.display()
+    );
+    let mut cmd = TestHosts::command_in(&hosts.server_ns, "/usr/bin/python3");
+    cmd.args(["-c", &script]).stdout(std::process::Stdio::null());
+    tcpscope::testhost::ChildGuard::spawn_until_ready(cmd, "serving", Duration::from_secs(30)).unwrap().0
+}
+
+/// Runs `program args` in the client's namespace, bounded to 4 s; its
+/// standard output if it succeeded.
+pub fn client_ok(hosts: &TestHosts, program: &str, args: &[&str]) -> Option<String> {
+    let out = TestHosts::command_in(&hosts.client_ns, "timeout")
+        .arg("4")
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{program}: {e} (scripts/setup.sh installs it)"));
+    assert_ne!(out.status.code(), Some(127), "{program} is missing");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Python's ssl from the client to the web server's 443 with server name
+/// `name`: the status line of a GET, or None if the handshake or the
+/// answer did not come within 3 s.
+pub fn tls_get(hosts: &TestHosts, name: &str) -> Option<String> {
+    let server = tcpscope::testhost::SERVER_V4;
+    let code = format!(
+        "import socket, ssl\nctx = ssl.create_default_context()\nctx.check_hostname = False\nctx.verify_mode = ssl.CERT_NONE\n\
+         s = socket.create_connection(('{server}', 443), timeout=3)\nt = ctx.wrap_socket(s, server_hostname='{name}')\n\
+         t.sendall(b'GET / HTTP/1.0\\r\\n\\r\\n')\nprint(t.recv(100).split(b'\\r\\n')[0].decode())\n"
+    );
+    client_ok(hosts, "/usr/bin/python3", &["-c", &code])
+}

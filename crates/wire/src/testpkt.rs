@@ -125,15 +125,23 @@ pub fn client_hello(sni: &str, pq: bool) -> Vec<u8> {
 /// others: an ECH outer ClientHello carries encrypted_client_hello
 /// (0xfe0d).
 pub fn client_hello_with(sni: &str, pq: bool, extra: &[(u16, Vec<u8>)]) -> Vec<u8> {
-    fn u16s(v: &[u16]) -> Vec<u8> {
-        v.iter().flat_map(|x| x.to_be_bytes()).collect()
-    }
-    fn with_len16(body: &[u8]) -> Vec<u8> {
-        [&(body.len() as u16).to_be_bytes()[..], body].concat()
-    }
-    fn ext(kind: u16, body: &[u8]) -> Vec<u8> {
-        [&kind.to_be_bytes()[..], &with_len16(body)].concat()
-    }
+    let mut extensions = hello_extensions(sni, pq);
+    extensions.extend(extra.iter().cloned());
+    client_hello_from(&extensions)
+}
+
+fn u16s(v: &[u16]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_be_bytes()).collect()
+}
+
+fn with_len16(body: &[u8]) -> Vec<u8> {
+    [&(body.len() as u16).to_be_bytes()[..], body].concat()
+}
+
+/// The extensions (type, body) of `client_hello`, in its order: server
+/// name, groups, signature algorithms, ALPN, versions, key shares, and
+/// with `pq` a padding of 300 bytes.
+pub fn hello_extensions(sni: &str, pq: bool) -> Vec<(u16, Vec<u8>)> {
     let name = [&[0u8][..], &with_len16(sni.as_bytes())].concat();
     let groups: &[u16] = if pq { &[0x11ec, 0x001d, 0x0017] } else { &[0x001d, 0x0017] };
     let mut shares = Vec::new();
@@ -142,17 +150,24 @@ pub fn client_hello_with(sni: &str, pq: bool, extra: &[(u16, Vec<u8>)]) -> Vec<u
     }
     shares.extend([&0x001du16.to_be_bytes()[..], &with_len16(&[0x33; 32])].concat());
     let alpn = [&[2u8][..], b"h2", &[8], b"http/1.1"].concat();
-    let extensions = [
-        ext(0x0000, &with_len16(&name)),
-        ext(0x000a, &with_len16(&u16s(groups))),
-        ext(0x000d, &with_len16(&u16s(&[0x0403, 0x0804, 0x0401]))),
-        ext(0x0010, &with_len16(&alpn)),
-        ext(0x002b, &[&[4u8][..], &u16s(&[0x0304, 0x0303])].concat()),
-        ext(0x0033, &with_len16(&shares)),
-        if pq { ext(0x0015, &[0; 300]) } else { Vec::new() },
-        extra.iter().flat_map(|(t, b)| ext(*t, b)).collect(),
-    ]
-    .concat();
+    let mut out = vec![
+        (0x0000, with_len16(&name)),
+        (0x000a, with_len16(&u16s(groups))),
+        (0x000d, with_len16(&u16s(&[0x0403, 0x0804, 0x0401]))),
+        (0x0010, with_len16(&alpn)),
+        (0x002b, [&[4u8][..], &u16s(&[0x0304, 0x0303])].concat()),
+        (0x0033, with_len16(&shares)),
+    ];
+    if pq {
+        out.push((0x0015, vec![0; 300]));
+    }
+    out
+}
+
+/// A ClientHello record with these extensions (type, body), in this order.
+pub fn client_hello_from(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+    let extensions: Vec<u8> =
+        extensions.iter().flat_map(|(t, b)| [&t.to_be_bytes()[..], &with_len16(b)].concat()).collect();
     let mut hello = vec![0x03, 0x03];
     hello.extend_from_slice(&[0x11; 32]); // random
     hello.push(32);
