@@ -438,8 +438,10 @@ struct port_key_v6 {
 
 /* Which of the lists user space has ever put a rule in. Only user space
  * writes these (the kernel's mitigation writes block lists, which are always
- * consulted), so a set flag is never lost to a race; flags are never
- * cleared. An unused list costs no lookup. */
+ * consulted), so a set flag is never lost to a race; the lists' flags are
+ * never cleared. An unused list costs no lookup. The L7 flags say which
+ * kinds of L7 rules exist now (user space clears them when the last of a
+ * kind goes): with none, no flow is held. */
 struct policy_used {
 	__u8 allow_v4;
 	__u8 allow_v6;

@@ -78,6 +78,8 @@ enum l7g_verdict {
 
 /* l7g_packet: bytes were added to the held ones; read them. */
 #define L7G_READ 0x100
+/* l7g_packet: a packet of a passed flow (that passes): see l7g_settle. */
+#define L7G_SETTLE 0x200
 
 static __always_inline __u8 l7g_lower(__u8 c)
 {
@@ -544,7 +546,7 @@ static __always_inline int l7g_packet(void *ctx, const __u8 hook)
 	if (f & (TCPF_FIN | TCPF_RST))
 		fl->closing = 1;
 	if (p->malformed || p->payload_off >= p->frame_len || !p->payload_len)
-		return GUARD_DROP_NONE;
+		return fl->state == L7_GUARD_PASSED ? L7G_SETTLE : GUARD_DROP_NONE;
 	__u32 len = p->frame_len - p->payload_off;
 	if (len > p->payload_len)
 		len = p->payload_len;
@@ -562,7 +564,7 @@ static __always_inline int l7g_packet(void *ctx, const __u8 hook)
 	}
 	__u32 next = fl->next;
 	if (at > next)
-		return fl->state == L7_GUARD_READING ? GUARD_DROP_L7_OUT_OF_ORDER : GUARD_DROP_NONE;
+		return fl->state == L7_GUARD_READING ? GUARD_DROP_L7_OUT_OF_ORDER : L7G_SETTLE;
 	if (at < next) {
 		__u32 n = next - at;
 		if (n > len)
@@ -577,7 +579,7 @@ static __always_inline int l7g_packet(void *ctx, const __u8 hook)
 		len -= n;
 	}
 	if (!len || fl->state != L7_GUARD_READING)
-		return GUARD_DROP_NONE;
+		return fl->state == L7_GUARD_PASSED ? L7G_SETTLE : GUARD_DROP_NONE;
 	__u32 room = L7_GUARD_BUF - next;
 	__u32 n = len < room ? len : room;
 	if (n) {
@@ -626,6 +628,70 @@ __noinline int l7g_apply(int v)
 	}
 }
 
+/*
+ * A passed flow is forgotten once the server's TCP has taken every byte
+ * held (its socket's rcv_nxt is past them): a copy sent again can no
+ * longer reach the server, so there is nothing left to compare. The
+ * socket's word, not the client's (whose ACKs and FINs an attacker
+ * writes): a first copy the server dropped (a bad checksum, an old
+ * timestamp) leaves rcv_nxt where it was, and the flow held. So the
+ * table holds the flows whose first message is in flight, not every
+ * open connection. The flow is the scratch slot's.
+ */
+static __always_inline void l7g_settle(void *ctx)
+{
+	struct l7g_scratch *s = bpf_map_lookup_elem(&l7g_scratch, &l7_zero);
+	if (!s)
+		return;
+	struct l7_guard_flow *fl = bpf_map_lookup_elem(&l7_guard_flows, &s->k);
+	if (!fl)
+		return;
+	struct bpf_sock *sk = 0;
+	struct l7_pkt *p = &s->p;
+	struct bpf_sock_tuple *t = &s->t;
+	if (p->ip_version == 4) {
+		__builtin_memcpy(&t->ipv4.saddr, p->src, 4);
+		__builtin_memcpy(&t->ipv4.daddr, p->dst, 4);
+		t->ipv4.sport = bpf_htons(p->sport);
+		t->ipv4.dport = bpf_htons(p->dport);
+		sk = bpf_skc_lookup_tcp(ctx, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
+	} else {
+		__builtin_memcpy(t->ipv6.saddr, p->src, 16);
+		__builtin_memcpy(t->ipv6.daddr, p->dst, 16);
+		t->ipv6.sport = bpf_htons(p->sport);
+		t->ipv6.dport = bpf_htons(p->dport);
+		sk = bpf_skc_lookup_tcp(ctx, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0);
+	}
+	if (!sk)
+		return;
+	/* A connection's own socket: a listener's or a request's rcv_nxt says
+	 * nothing of this flow (10: LISTEN, 12: NEW_SYN_RECV, 3: SYN_RECV). */
+	__u32 state = sk->state;
+	struct tcp_sock *tp = state == 10 || state == 12 || state == 3 ? 0 : bpf_skc_to_tcp_sock(sk);
+	bool taken = false;
+	if (tp) {
+		__u32 rcv_nxt = tp->rcv_nxt;
+		taken = (__s32)(rcv_nxt - (fl->isn + 1 + fl->next)) >= 0;
+	}
+	bpf_sk_release(sk);
+	if (taken)
+		bpf_map_delete_elem(&l7_guard_flows, &s->k);
+}
+
+__noinline int l7g_settle_xdp(struct xdp_md *ctx)
+{
+	if (ctx)
+		l7g_settle(ctx);
+	return 0;
+}
+
+__noinline int l7g_settle_tc(struct __sk_buff *ctx)
+{
+	if (ctx)
+		l7g_settle(ctx);
+	return 0;
+}
+
 __noinline int l7g_packet_xdp(struct xdp_md *ctx)
 {
 	if (!ctx)
@@ -663,6 +729,13 @@ static __always_inline int l7g_hand_over(void *ctx, const struct packet_event *e
 	p->malformed = ev->malformed;
 	p->hook = hook;
 	int r = hook == TCPSCOPE_HOOK_XDP ? l7g_packet_xdp(ctx) : l7g_packet_tc(ctx);
+	if (r == L7G_SETTLE) {
+		if (hook == TCPSCOPE_HOOK_XDP)
+			l7g_settle_xdp(ctx);
+		else
+			l7g_settle_tc(ctx);
+		return GUARD_DROP_NONE;
+	}
 	if (r != L7G_READ)
 		return r;
 	/* Called from here, not from l7g_packet: each function's stack adds

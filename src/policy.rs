@@ -860,6 +860,9 @@ impl PolicyMaps {
                 self.index_expiry(name, &key, 0)?;
             }
         }
+        if list == List::Block {
+            self.refresh_l7_used()?;
+        }
         Ok(n)
     }
 
@@ -982,6 +985,9 @@ impl PolicyMaps {
                 expired += usize::from(l7.delete(&kb).is_ok());
             }
         }
+        if expired > 0 {
+            self.refresh_l7_used()?;
+        }
         Ok(gone.len() + expired)
     }
 
@@ -1048,7 +1054,45 @@ impl PolicyMaps {
     pub fn delete(&self, r: &Rule) -> Result<()> {
         let (name, key) = rule_key(r);
         self.map(name).delete(&key).map_err(|_| anyhow!("no such rule: {}", describe(r)))?;
+        if r.name.is_some() {
+            self.refresh_l7_used()?;
+        }
         self.index_expiry(name, &key, 0)
+    }
+
+    /// Makes the kernel's L7 flags say which kinds of L7 rules exist now:
+    /// with none left, the guard holds no flow, and drops none it cannot
+    /// read. Read again after writing: a rule added meanwhile (by another
+    /// process) sets its flag back.
+    fn refresh_l7_used(&self) -> Result<()> {
+        let map = self.map("policy_used");
+        let key = 0u32.to_ne_bytes();
+        let kinds = || -> std::collections::BTreeSet<u8> {
+            self.map("l7_rules")
+                .keys()
+                .filter_map(|k| {
+                    let mut rk = types::l7_rule_key::default();
+                    plain::copy_from_bytes(&mut rk, &k).ok().map(|_| rk.kind)
+                })
+                .collect()
+        };
+        for _ in 0..3 {
+            let present = kinds();
+            let mut used = types::policy_used::default();
+            if let Some(v) = map.lookup(&key, MapFlags::ANY)? {
+                plain::copy_from_bytes(&mut used, &v).map_err(|_| anyhow!("reading policy_used"))?;
+            }
+            for (i, flag) in used.l7.iter_mut().enumerate().skip(1) {
+                *flag = u8::from(present.contains(&(i as u8)));
+            }
+            used.l7[0] = u8::from(!present.is_empty());
+            map.update(&key, &key_bytes(&used), MapFlags::ANY)
+                .map_err(|e| anyhow!("updating the L7 rule flags: {e}"))?;
+            if kinds() == present {
+                break;
+            }
+        }
+        Ok(())
     }
 
     /// Every rule with its hits, and expired ones removed (returns how many).

@@ -212,6 +212,17 @@ impl Drop for TestHosts {
             // Deleting a namespace kills nothing: callers stop their own
             // processes first. Errors here (already gone) are not news.
             let _ = ip(&["netns", "del", ns]);
+            // A guard's rules outlive it, pinned under its name
+            // (`<iface>@<netns>`): with the namespace gone, nothing will
+            // take them over.
+            if let Ok(dirs) = std::fs::read_dir(crate::policy::PIN_ROOT) {
+                for d in dirs.flatten() {
+                    if d.file_name().to_string_lossy().ends_with(&format!("@{ns}")) {
+                        let _ = std::fs::remove_dir_all(d.path());
+                    }
+                }
+            }
+            let _ = std::fs::remove_file(format!("{}/{}@{ns}.file-rules.toml", crate::policy::RUN_ROOT, SERVER_IF));
         }
     }
 }

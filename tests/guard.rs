@@ -1171,9 +1171,15 @@ fn l7_rules_stop_real_tls_and_http_clients_by_name_and_spare_the_others() {
     assert!(hits("sni", "blocked.example") >= 3, "{listed}");
     assert!(hits("sni", "*.evil.example") >= 2, "{listed}");
     assert!(hits("host", "blocked.example") >= 1 && hits("http_method", "DELETE") >= 1, "{listed}");
+    // A head too long to read (over 4 KiB) could hide a Host: dropped.
+    let big = format!("X-Big: {}", "x".repeat(5000));
+    assert_eq!(http(&["-H", "Host: ok.example", "-H", &big]), None, "undecided, dropped");
     // Deleted at runtime: the name works again.
     g.ok(&["block", "del", "--sni", "blocked.example"]);
     assert_eq!(https("blocked.example").as_deref(), Some("ok"), "the rule is gone");
+    // With no L7 rule left, no flow is held: the long head passes.
+    g.ok(&["block", "flush"]);
+    assert_eq!(http(&["-H", "Host: ok.example", "-H", &big]).as_deref(), Some("ok"), "after the flush");
 
     let (alerts, summary) = g.stop();
     let blocked: Vec<(String, String)> = alerts
@@ -1186,5 +1192,41 @@ fn l7_rules_stop_real_tls_and_http_clients_by_name_and_spare_the_others() {
     }
     assert!(alerts.iter().filter(|a| a["alert"] == "l7_blocked").all(|a| a["src"] == CLIENT_V4.to_string()));
     assert!(dropped_for(&summary, "l7_rule") >= 7, "{summary}");
+    assert!(dropped_for(&summary, "l7_undecided") >= 1, "{summary}");
+    assert!(alerts.iter().any(|a| a["alert"] == "l7_undecided" && a["reason"] == "too_large"), "{alerts:?}");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_first_message_left_incomplete_is_given_up_on_after_the_l7_timeout() {
+    let _load = side_by_side();
+    let hosts = TestHosts::new("gl7t").unwrap();
+    let dir = std::env::temp_dir().join(format!("tcpscope-gl7t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let _web = web_server(&hosts, &dir);
+    let mut g = Guard::on(hosts, 443, &["--json", "--l7-timeout", "1s"]);
+    g.ok(&["block", "add", "--sni", "blocked.example"]);
+    // Half a ClientHello, then nothing for 9 s (waiting out the timeout
+    // and the guard's 5 s sweep), then the rest: the rest drops, so the
+    // server never reads the name. Bounded by the socket's timeout.
+    let hello = tcpscope::testpkt::client_hello("ok.example", false);
+    let hex: String = hello.iter().map(|b| format!("{b:02x}")).collect();
+    let code = format!(
+        "import socket, time\nh = bytes.fromhex('{hex}')\ns = socket.create_connection(('{SERVER_V4}', 443), timeout=3)\n\
+         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)\ns.sendall(h[:60])\ntime.sleep(9)\ns.sendall(h[60:])\n\
+         try:\n    print(len(s.recv(100)))\nexcept OSError as e:\n    print('no answer', e)\n"
+    );
+    let said = client_ok(&g.hosts, "/usr/bin/python3", &["-c", &code]);
+    // No ServerHello: the server timed out on the half it had (0 bytes,
+    // its close), or the client on the server.
+    assert!(said.as_deref().is_some_and(|s| s == "0\n" || s.starts_with("no answer")), "{said:?}");
+    // A name no rule covers, sent whole: served.
+    assert_eq!(tls_get(&g.hosts, "ok.example").as_deref(), Some("HTTP/1.0 200 OK\n"));
+    let (alerts, summary) = g.stop();
+    let timeouts: Vec<_> = alerts.iter().filter(|a| a["alert"] == "l7_undecided").collect();
+    assert_eq!(timeouts.len(), 1, "{alerts:?}");
+    assert_eq!((timeouts[0]["reason"].as_str(), timeouts[0]["dport"].as_u64()), (Some("timeout"), Some(443)));
+    assert!(summary.contains("1 L7 first messages not complete within --l7-timeout"), "{summary}");
+    assert!(dropped_for(&summary, "l7_undecided") >= 1, "{summary}");
     let _ = std::fs::remove_dir_all(dir);
 }

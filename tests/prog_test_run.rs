@@ -1134,3 +1134,20 @@ fn the_kernels_l7_reading_agrees_with_the_decoder_on_generated_messages() {
     }
     assert!(dropped > 150 && passed > 150 && mutated > 30, "dropped {dropped}, passed {passed}, mutated {mutated}");
 }
+
+#[test]
+fn a_full_l7_flow_table_drops_new_syns_and_counts_them() {
+    use tcpscope::bpf::types::l7_guard_limits as L;
+    let g = L7Guard::new(&[(tcpscope::policy::NameKind::Sni, "blocked.example")], false);
+    let max = L::L7_GUARD_MAX_FLOWS.0 as u16;
+    for sport in 1..=max {
+        assert!(g.pass(Hook::Xdp, sport, 1000, true, &[]), "SYN {sport} of {max}");
+    }
+    // One more flow would be one no rule sees: its SYN drops (as
+    // conntrack's do when its table is full), and says why.
+    assert!(!g.pass(Hook::Xdp, max + 1, 1000, true, &[]));
+    assert_eq!(g.dropped("l7_table_full"), 1);
+    // A held flow goes on as before.
+    let hello = testpkt::client_hello("blocked.example", false);
+    assert!(!g.pass(Hook::Xdp, 1, 1001, false, &hello));
+}

@@ -87,8 +87,9 @@ pub struct Round {
     pub n: u64,
 }
 
-/// Connections completed in `ROUND`: connect, send a byte, read the echo, close.
-fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<Round> {
+/// Connections completed in `ROUND`: connect, send `first`, read a byte
+/// back, close.
+fn loop_round(client_ns: &str, cpu: Option<usize>, first: Arc<Vec<u8>>) -> Result<Round> {
     let busy_before = machine_busy_ns()?;
     let (rate, n) = TestHosts::run_in(client_ns, move || -> Result<(f64, u64)> {
         pin_to(cpu)?;
@@ -97,7 +98,7 @@ fn loop_round(client_ns: &str, cpu: Option<usize>) -> Result<Round> {
         let mut n = 0u64;
         while start.elapsed() < ROUND {
             let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
-            s.write_all(b"x")?;
+            s.write_all(&first)?;
             let mut b = [0u8; 1];
             s.read_exact(&mut b)?;
             n += 1;
@@ -132,10 +133,26 @@ pub struct LoopRig {
     stop: Arc<AtomicBool>,
     server: Option<std::thread::JoinHandle<()>>,
     pub client_cpu: Option<usize>,
+    first: Arc<Vec<u8>>,
 }
 
 impl LoopRig {
+    /// Each connection sends a byte, which the server echoes.
     pub fn start(tag: &str, client_cpu: Option<usize>, server_cpu: Option<usize>) -> Result<Self> {
+        Self::start_with(tag, client_cpu, server_cpu, b"x".to_vec())
+    }
+
+    /// Each connection sends `first` (a request, a ClientHello), whose last
+    /// byte the server sends back once it has it all.
+    pub fn start_with(
+        tag: &str,
+        client_cpu: Option<usize>,
+        server_cpu: Option<usize>,
+        first: Vec<u8>,
+    ) -> Result<Self> {
+        anyhow::ensure!(!first.is_empty(), "the loop's first message is empty");
+        let first = Arc::new(first);
+        let want = first.len();
         let hosts = TestHosts::new(tag)?;
         // Hundreds of thousands of connections from one address to one port:
         // without reuse, the client's TIME_WAIT sockets used up its ports within
@@ -167,18 +184,18 @@ impl LoopRig {
                 if stop_srv.load(Ordering::Relaxed) {
                     break;
                 }
-                let mut b = [0u8; 1];
+                let mut b = vec![0u8; want];
                 if s.read_exact(&mut b).is_ok() {
-                    let _ = s.write_all(&b);
+                    let _ = s.write_all(&b[want - 1..]);
                 }
             }
         });
-        Ok(LoopRig { hosts, stop, server: Some(server), client_cpu })
+        Ok(LoopRig { hosts, stop, server: Some(server), client_cpu, first })
     }
 
     /// One round of the loop.
     pub fn round(&self) -> Result<Round> {
-        loop_round(&self.hosts.client_ns, self.client_cpu)
+        loop_round(&self.hosts.client_ns, self.client_cpu, self.first.clone())
     }
 }
 

@@ -7,7 +7,9 @@
 //! segment of a followed flow (1,400 bytes copied out). In user space, ns
 //! per connection of reassembling and naming a post-quantum ClientHello
 //! that came in two segments. End to end, bulk throughput through a veth
-//! with and without `tcpscope l7 -i` following the connection.
+//! with and without `tcpscope l7 -i` following the connection. And the
+//! guard's L7 rules: ns per packet of the flows a guard holds, and
+//! connections/s of a loop sending ClientHellos through `tcpscope guard`.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -155,7 +157,127 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
         hello.len(),
         median(per_conn)
     ));
-    bulk(rounds, out)
+    bulk(rounds, out)?;
+    guard_kernel(args, rounds, out)?;
+    guard_loop(rounds, out)
+}
+
+/// The guard's lean programs, with one L7 rule (a server name no test
+/// client sends) or none.
+fn guard_programs(with_rule: bool) -> Result<crate::bpf::IngressSkel<'static>> {
+    use crate::policy::{rule_key, NameKind, NameRule, Rule};
+    let mut opts = LoadOptions::new(EventFilter::default().to_kernel(false)?);
+    opts.config.policy = 1;
+    opts.config.lean = 1;
+    opts.config.drop_unparsable = 1;
+    let skel = bpf::load_ingress(&opts)?;
+    if with_rule {
+        let rule = Rule::on_name(NameRule::parse(NameKind::Sni, "other.example").map_err(anyhow::Error::msg)?, None);
+        let (_, key) = rule_key(&rule);
+        skel.maps.l7_rules.update(&key, &[0u8; 16], libbpf_rs::MapFlags::ANY)?;
+        let mut used = crate::bpf::types::policy_used::default();
+        used.l7[0] = 1;
+        used.l7[1] = 1;
+        // SAFETY: bytes only.
+        skel.maps.policy_used.update(&0u32.to_ne_bytes(), unsafe { plain::as_bytes(&used) }, libbpf_rs::MapFlags::ANY)?;
+    }
+    Ok(skel)
+}
+
+/// In the kernel: what a guard with an L7 rule costs the packets of a flow
+/// it holds (read and passed: one lookup) and of one it does not, next to
+/// the same guard without L7 rules (no lookup).
+fn guard_kernel(args: &BenchArgs, rounds: usize, out: &mut dyn Report) -> Result<()> {
+    let listener = TcpListener::bind("0.0.0.0:0").context("a listener for the held flow")?;
+    let port = listener.local_addr()?.port();
+    let (plain_guard, l7_guard) = (guard_programs(false)?, guard_programs(true)?);
+    // The flow 198.18.0.1:40000 > port: its SYN, then a ClientHello the
+    // rule does not cover, read and passed.
+    let hello = testpkt::client_hello("bench.example", true);
+    for skel in [&plain_guard, &l7_guard] {
+        for frame in [testpkt::syn_v4_to(port), testpkt::data_v4(port, 1001, &hello)] {
+            let r = skel.progs.tcpscope_xdp.test_run(libbpf_rs::ProgramInput { data_in: Some(&frame), ..Default::default() })?;
+            anyhow::ensure!(r.return_value == 2, "the guard dropped the bench's flow");
+        }
+    }
+    anyhow::ensure!(l7_guard.maps.l7_guard_flows.keys().count() == 1, "the flow is not held");
+    let after = 1001 + hello.len() as u32;
+    let payload = [0x42u8; 1400];
+    let cases: [(&str, Vec<u8>); 3] = [
+        ("data of a held flow, first message passed (1,400 B)", testpkt::data_v4(port, after, &payload)),
+        ("empty ACK of a held flow", testpkt::data_v4(port, after, &[])),
+        ("data of a flow not held (1,400 B)", testpkt::data_v4(8080, 1001, &payload)),
+    ];
+    out.line(&format!(
+        "guard with L7 rules: XDP, BPF_PROG_TEST_RUN, {rounds} rounds of {} runs, median ns/packet of the lean guard \
+         without and with one --sni rule",
+        args.repeat
+    ));
+    for (name, frame) in &cases {
+        let (mut off, mut on) = (Vec::new(), Vec::new());
+        for _ in 0..rounds {
+            off.push(ns_per_packet(&plain_guard.progs.tcpscope_xdp, frame, args.repeat)?);
+            on.push(ns_per_packet(&l7_guard.progs.tcpscope_xdp, frame, args.repeat)?);
+        }
+        let (r, lo, hi) = ratio(&on, &off);
+        if !out.line(&format!(
+            "xdp {name:<52} no L7 rule {:>6.1}   L7 rule {:>6.1} ns   +{:.1} ns   ratio {r:.2} ({lo:.2}-{hi:.2})",
+            median(off.clone()),
+            median(on.clone()),
+            median(on) - median(off)
+        )) {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+/// End to end: the short-connection loop (connect, send a post-quantum
+/// ClientHello, read a byte back, close) through `tcpscope guard` at XDP,
+/// without and with an L7 rule (a name the loop does not send: each
+/// connection is held, read and passed), interleaved round by round.
+fn guard_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
+    let hello = testpkt::client_hello("bench.example", true);
+    let rig = super::conns::LoopRig::start_with("bl7g", None, None, hello)?;
+    let exe = std::env::current_exe().context("locating the tcpscope binary")?;
+    let ns = rig.hosts.server_ns.clone();
+    let tcpscope = |args: &[&str]| -> Result<()> {
+        let st = std::process::Command::new(&exe)
+            .args(args)
+            .args(["-i", SERVER_IF, "--netns", &ns])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        anyhow::ensure!(st.success(), "tcpscope {args:?} failed");
+        Ok(())
+    };
+    let mut rates = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for k in 0..2 {
+            let with_rule = (round + k) % 2 == 1;
+            let mut cmd = std::process::Command::new(&exe);
+            cmd.args(["guard", "-i", SERVER_IF, "--netns", &ns, "--no-detect"]).stdout(Stdio::null());
+            let (mut guard, _) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30))?;
+            if with_rule {
+                tcpscope(&["block", "add", "--sni", "other.example"])?;
+            }
+            rates[usize::from(with_rule)].push(rig.round()?.rate);
+            if with_rule {
+                tcpscope(&["block", "flush"])?;
+            }
+            guard.interrupt_and_wait(Duration::from_secs(20))?;
+        }
+    }
+    let (r, lo, hi) = ratio(&rates[1], &rates[0]);
+    out.line(&format!(
+        "guard with L7 rules, end to end: short connections each sending a {}-byte ClientHello, 2 s per case, \
+         {rounds} rounds, median conn/s: {:.0} guard without L7 rules, {:.0} with one --sni rule (every \
+         connection held, read, passed); ratio {r:.3} ({lo:.3}-{hi:.3})",
+        testpkt::client_hello("bench.example", true).len(),
+        median(rates[0].clone()),
+        median(rates[1].clone())
+    ));
+    Ok(())
 }
 
 /// One bulk connection between test hosts for `ROUND`, segmentation

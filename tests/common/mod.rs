@@ -232,11 +232,11 @@ tls.serve_forever()
     tcpscope::testhost::ChildGuard::spawn_until_ready(cmd, "serving", Duration::from_secs(30)).unwrap().0
 }
 
-/// Runs `program args` in the client's namespace, bounded to 4 s; its
+/// Runs `program args` in the client's namespace, bounded to 15 s; its
 /// standard output if it succeeded.
 pub fn client_ok(hosts: &TestHosts, program: &str, args: &[&str]) -> Option<String> {
     let out = TestHosts::command_in(&hosts.client_ns, "timeout")
-        .arg("4")
+        .arg("15")
         .arg(program)
         .args(args)
         .stdin(Stdio::null())
