@@ -62,6 +62,13 @@ struct {
 	__type(value, struct l7g_scratch);
 } l7g_scratch SEC(".maps");
 
+/* The scratch slot, and the flow of its key: what each of the global
+ * functions below works on. NULL when either is missing. */
+#define L7G_HELD(s, fl)                                                                \
+	struct l7g_scratch *s = bpf_map_lookup_elem(&l7g_scratch, &l7_zero);           \
+	struct l7_guard_flow *fl = s ? bpf_map_lookup_elem(&l7_guard_flows, &s->k) : 0; \
+	if (!s || !fl)
+
 /* A new flow's value, copied from read-only data (4 KiB: no stack holds it). */
 static const struct l7_guard_flow l7g_zero_flow = {};
 
@@ -124,11 +131,7 @@ static __always_inline void l7g_alert(const struct l7g_scratch *s, const struct 
  */
 __noinline int l7g_match(__u32 kind)
 {
-	struct l7g_scratch *s = bpf_map_lookup_elem(&l7g_scratch, &l7_zero);
-	if (!s)
-		return 0;
-	struct l7_guard_flow *fl = bpf_map_lookup_elem(&l7_guard_flows, &s->k);
-	if (!fl)
+	L7G_HELD(s, fl)
 		return 0;
 	__u32 n = s->name_len;
 	if (n && L7G_B(fl, s->name_at + n - 1) == '.')
@@ -169,11 +172,7 @@ static __always_inline __u32 l7g_u16(const struct l7_guard_flow *fl, __u32 i)
  * bytes: L7_GUARD_BUF / 4 steps walk any hello the buffer holds. */
 __noinline int l7g_find_sni(void)
 {
-	struct l7g_scratch *s = bpf_map_lookup_elem(&l7g_scratch, &l7_zero);
-	if (!s)
-		return 0;
-	struct l7_guard_flow *fl = bpf_map_lookup_elem(&l7_guard_flows, &s->k);
-	if (!fl)
+	L7G_HELD(s, fl)
 		return 0;
 	__u32 p = s->name_at, end = s->name_len;
 	for (int i = 0; i < L7_GUARD_BUF / 4; i++) {
@@ -255,11 +254,7 @@ static __always_inline bool l7g_is_host(const struct l7_guard_flow *fl, __u32 i)
  * path per length. */
 __noinline int l7g_host(__u32 v, __u32 limit)
 {
-	struct l7g_scratch *s = bpf_map_lookup_elem(&l7g_scratch, &l7_zero);
-	if (!s)
-		return 0;
-	struct l7_guard_flow *fl = bpf_map_lookup_elem(&l7_guard_flows, &s->k);
-	if (!fl)
+	L7G_HELD(s, fl)
 		return 0;
 	for (int j = 0; j < 8; j++) {
 		__u8 w = L7G_B(fl, v);
@@ -507,12 +502,7 @@ static __always_inline int l7g_packet(void *ctx, const __u8 hook)
 		return GUARD_DROP_NONE; /* cannot happen: 1-slot arrays */
 	struct l7_pkt *p = &s->p;
 	struct l7_flow_key *k = &s->k;
-	__builtin_memcpy(k->src, p->src, 16);
-	__builtin_memcpy(k->dst, p->dst, 16);
-	k->sport = p->sport;
-	k->dport = p->dport;
-	k->ip_version = p->ip_version;
-	__builtin_memset(k->_pad, 0, sizeof(k->_pad));
+	l7_key_of(k, p);
 	__u16 f = p->flags_raw;
 	struct l7_guard_flow *fl = bpf_map_lookup_elem(&l7_guard_flows, k);
 
@@ -597,11 +587,7 @@ static __always_inline int l7g_packet(void *ctx, const __u8 hook)
  * GUARD_DROP_NONE. */
 __noinline int l7g_apply(int v)
 {
-	struct l7g_scratch *s = bpf_map_lookup_elem(&l7g_scratch, &l7_zero);
-	if (!s)
-		return GUARD_DROP_NONE;
-	struct l7_guard_flow *fl = bpf_map_lookup_elem(&l7_guard_flows, &s->k);
-	if (!fl)
+	L7G_HELD(s, fl)
 		return GUARD_DROP_NONE;
 	__u32 detail = (__u32)v >> 8;
 	switch (v & 0xff) {
@@ -640,28 +626,9 @@ __noinline int l7g_apply(int v)
  */
 static __always_inline void l7g_settle(void *ctx)
 {
-	struct l7g_scratch *s = bpf_map_lookup_elem(&l7g_scratch, &l7_zero);
-	if (!s)
+	L7G_HELD(s, fl)
 		return;
-	struct l7_guard_flow *fl = bpf_map_lookup_elem(&l7_guard_flows, &s->k);
-	if (!fl)
-		return;
-	struct bpf_sock *sk = 0;
-	struct l7_pkt *p = &s->p;
-	struct bpf_sock_tuple *t = &s->t;
-	if (p->ip_version == 4) {
-		__builtin_memcpy(&t->ipv4.saddr, p->src, 4);
-		__builtin_memcpy(&t->ipv4.daddr, p->dst, 4);
-		t->ipv4.sport = bpf_htons(p->sport);
-		t->ipv4.dport = bpf_htons(p->dport);
-		sk = bpf_skc_lookup_tcp(ctx, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
-	} else {
-		__builtin_memcpy(t->ipv6.saddr, p->src, 16);
-		__builtin_memcpy(t->ipv6.daddr, p->dst, 16);
-		t->ipv6.sport = bpf_htons(p->sport);
-		t->ipv6.dport = bpf_htons(p->dport);
-		sk = bpf_skc_lookup_tcp(ctx, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0);
-	}
+	struct bpf_sock *sk = l7_sock(ctx, &s->t, &s->p);
 	if (!sk)
 		return;
 	/* A connection's own socket: a listener's or a request's rcv_nxt says
@@ -715,19 +682,7 @@ static __always_inline int l7g_hand_over(void *ctx, const struct packet_event *e
 	struct l7g_scratch *s = bpf_map_lookup_elem(&l7g_scratch, &l7_zero);
 	if (!s)
 		return GUARD_DROP_NONE; /* cannot happen: a 1-slot array */
-	struct l7_pkt *p = &s->p;
-	__builtin_memcpy(p->src, ev->src, 16);
-	__builtin_memcpy(p->dst, ev->dst, 16);
-	p->seq = ev->seq;
-	p->payload_len = ev->payload_len;
-	p->frame_len = ev->frame_len;
-	p->sport = ev->sport;
-	p->dport = ev->dport;
-	p->flags_raw = ev->flags_raw;
-	p->payload_off = ev->malformed ? 0 : ev->payload_off;
-	p->ip_version = ev->ip_version;
-	p->malformed = ev->malformed;
-	p->hook = hook;
+	l7_pkt_of(&s->p, ev, ev->payload_off, ev->frame_len, 0, hook);
 	int r = hook == TCPSCOPE_HOOK_XDP ? l7g_packet_xdp(ctx) : l7g_packet_tc(ctx);
 	if (r == L7G_SETTLE) {
 		if (hook == TCPSCOPE_HOOK_XDP)

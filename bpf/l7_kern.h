@@ -60,31 +60,66 @@ static const __u32 l7_zero = 0;
 #define BPF_F_CURRENT_NETNS (-1L)
 #endif
 
-/* Whether a socket of this host (in the interface's network namespace)
- * would take the SYN: a listener, or a connection it retransmits for.
- * Only such SYNs are followed: a scan's SYNs to closed ports would fill
- * the flow table and wait out the idle timeout. */
-static __always_inline bool l7_listening(void *ctx, struct bpf_sock_tuple *t, const struct l7_pkt *p)
+/* The socket of this host (in the interface's network namespace) that
+ * would take the packet's segment: its connection's, a listener, or
+ * none. The caller releases it. */
+static __always_inline struct bpf_sock *l7_sock(void *ctx, struct bpf_sock_tuple *t, const struct l7_pkt *p)
 {
-	__u32 size;
 	if (p->ip_version == 4) {
 		__builtin_memcpy(&t->ipv4.saddr, p->src, 4);
 		__builtin_memcpy(&t->ipv4.daddr, p->dst, 4);
 		t->ipv4.sport = bpf_htons(p->sport);
 		t->ipv4.dport = bpf_htons(p->dport);
-		size = sizeof(t->ipv4);
-	} else {
-		__builtin_memcpy(t->ipv6.saddr, p->src, 16);
-		__builtin_memcpy(t->ipv6.daddr, p->dst, 16);
-		t->ipv6.sport = bpf_htons(p->sport);
-		t->ipv6.dport = bpf_htons(p->dport);
-		size = sizeof(t->ipv6);
+		return bpf_skc_lookup_tcp(ctx, t, sizeof(t->ipv4), BPF_F_CURRENT_NETNS, 0);
 	}
-	struct bpf_sock *sk = bpf_skc_lookup_tcp(ctx, t, size, BPF_F_CURRENT_NETNS, 0);
+	__builtin_memcpy(t->ipv6.saddr, p->src, 16);
+	__builtin_memcpy(t->ipv6.daddr, p->dst, 16);
+	t->ipv6.sport = bpf_htons(p->sport);
+	t->ipv6.dport = bpf_htons(p->dport);
+	return bpf_skc_lookup_tcp(ctx, t, sizeof(t->ipv6), BPF_F_CURRENT_NETNS, 0);
+}
+
+/* Whether a socket of this host would take the SYN: a listener, or a
+ * connection it retransmits for. Only such SYNs are followed: a scan's
+ * SYNs to closed ports would fill the flow table and wait out the idle
+ * timeout. */
+static __always_inline bool l7_listening(void *ctx, struct bpf_sock_tuple *t, const struct l7_pkt *p)
+{
+	struct bpf_sock *sk = l7_sock(ctx, t, p);
 	if (!sk)
 		return false;
 	bpf_sk_release(sk);
 	return true;
+}
+
+/* The flow key of the packet (the client's side first). */
+static __always_inline void l7_key_of(struct l7_flow_key *k, const struct l7_pkt *p)
+{
+	__builtin_memcpy(k->src, p->src, 16);
+	__builtin_memcpy(k->dst, p->dst, 16);
+	k->sport = p->sport;
+	k->dport = p->dport;
+	k->ip_version = p->ip_version;
+	__builtin_memset(k->_pad, 0, sizeof(k->_pad));
+}
+
+/* What the L7 code needs of a packet, from its event. */
+static __always_inline void l7_pkt_of(struct l7_pkt *p, const struct packet_event *ev, __u32 payload_off,
+				      __u32 frame_len, __u32 ifindex, const __u8 hook)
+{
+	__builtin_memcpy(p->src, ev->src, 16);
+	__builtin_memcpy(p->dst, ev->dst, 16);
+	p->seq = ev->seq;
+	p->payload_len = ev->payload_len;
+	p->ifindex = ifindex;
+	p->frame_len = frame_len;
+	p->sport = ev->sport;
+	p->dport = ev->dport;
+	p->flags_raw = ev->flags_raw;
+	p->payload_off = ev->malformed ? 0 : payload_off;
+	p->ip_version = ev->ip_version;
+	p->malformed = ev->malformed;
+	p->hook = hook;
 }
 
 /* A record's event, from the packet: what user space reads of it (the
@@ -167,12 +202,7 @@ static __always_inline void l7_packet(void *ctx, const __u8 hook)
 		return; /* cannot happen: 1-slot arrays */
 	struct l7_pkt *p = &s->p;
 	struct l7_flow_key *k = &s->k;
-	__builtin_memcpy(k->src, p->src, 16);
-	__builtin_memcpy(k->dst, p->dst, 16);
-	k->sport = p->sport;
-	k->dport = p->dport;
-	k->ip_version = p->ip_version;
-	__builtin_memset(k->_pad, 0, sizeof(k->_pad));
+	l7_key_of(k, p);
 	__u16 f = p->flags_raw;
 	bool ends = f & (TCPF_FIN | TCPF_RST);
 
@@ -257,20 +287,7 @@ static __always_inline void l7_hand_over(void *ctx, struct tcpscope_counters *c,
 	struct l7_scratch *s = bpf_map_lookup_elem(&l7_scratch, &l7_zero);
 	if (!s)
 		return; /* cannot happen: a 1-slot array */
-	struct l7_pkt *p = &s->p;
-	__builtin_memcpy(p->src, ev->src, 16);
-	__builtin_memcpy(p->dst, ev->dst, 16);
-	p->seq = ev->seq;
-	p->payload_len = ev->payload_len;
-	p->ifindex = ifindex;
-	p->frame_len = frame_len;
-	p->sport = ev->sport;
-	p->dport = ev->dport;
-	p->flags_raw = f;
-	p->payload_off = ev->malformed ? 0 : payload_off;
-	p->ip_version = ev->ip_version;
-	p->malformed = ev->malformed;
-	p->hook = hook;
+	l7_pkt_of(&s->p, ev, payload_off, frame_len, ifindex, hook);
 	if (hook == TCPSCOPE_HOOK_XDP)
 		l7_packet_xdp(ctx);
 	else

@@ -640,7 +640,8 @@ pub enum BenchWhat {
     Rules,
     /// The agent: the connection loop with and without it, its CPU and RSS, and one scrape's time.
     Agent,
-    /// L7 hints: ns/packet in the kernel (named connections, SYNs, followed segments) and ns/connection in user space.
+    /// L7 hints and L7 guard rules: ns/packet in the kernel, ns/connection in user space, bulk and
+    /// short-connection loops end to end, `l7 -r` against tshark.
     L7,
 }
 
@@ -654,7 +655,8 @@ pub struct BenchArgs {
     /// Measurements per case; the median is reported.
     #[arg(long, default_value_t = 5)]
     pub rounds: u32,
-    /// Packets in the capture that `bench read` makes.
+    /// Packets in the capture that `bench read` makes; `bench l7` writes
+    /// one of PACKETS/10 TLS connections (3 packets each).
     #[arg(long, default_value_t = 1_000_000)]
     pub packets: u64,
     /// Capture for `bench read`: used if it exists, else made there and kept.

@@ -39,18 +39,9 @@ pub const RULE_MAPS: [&str; 9] = [
 
 /// The maps a guard pins, by name: the rules, and its counters (this
 /// guard's own; a new guard starts them at zero).
-pub const MAPS: [&str; 10] = [
-    "allow_v4",
-    "allow_v6",
-    "block_v4",
-    "block_v6",
-    "ports_v4",
-    "ports_v6",
-    "l7_rules",
-    "policy_used",
-    "expiring",
-    "counters",
-];
+pub fn pinned_maps() -> impl Iterator<Item = &'static str> {
+    RULE_MAPS.into_iter().chain(["counters"])
+}
 
 /// The rule map of each `enum policy_list` value.
 fn list_map(list: u8) -> Option<&'static str> {
@@ -745,7 +736,7 @@ impl PolicyMaps {
         }
         let dir = pin_dir(&iface);
         let mut maps = Vec::new();
-        for name in MAPS {
+        for name in pinned_maps() {
             let path = dir.join(name);
             let m = MapHandle::from_pinned_path(&path).map_err(|e| match e.kind() {
                 libbpf_rs::ErrorKind::NotFound => anyhow!(

@@ -203,7 +203,7 @@ fn a_rule_added_through_the_api_drops_the_next_packet_and_outlives_kill_9() {
 
 #[test]
 fn an_sni_rule_through_the_api_stops_that_name_only_and_outlives_kill_9() {
-    const LISTEN: &str = "127.0.0.1:19927";
+    const LISTEN: &str = "127.0.0.1:19934";
     let _load = side_by_side();
     let hosts = TestHosts::new("agl7").unwrap();
     let dir = scratch("agl7");

@@ -86,7 +86,7 @@ fn bench_agent_runs_every_case_and_reports_the_agents_cost() {
 fn bench_l7_runs_every_case_and_accounts_for_every_record() {
     let _load = alone();
     let out = Command::new(tcpscope_bin())
-        .args(["bench", "l7", "--rounds", "1", "--repeat", "10000"])
+        .args(["bench", "l7", "--rounds", "1", "--repeat", "10000", "--packets", "20000"])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -116,9 +116,23 @@ fn bench_l7_runs_every_case_and_accounts_for_every_record() {
     assert!(stdout.lines().any(|l| l.starts_with("user space:") && l.contains("ns/connection")), "{stdout}");
     // End to end, `l7 -i` named the bulk connection (or the benchmark
     // fails), and every case has its figure.
-    let e2e = stdout.lines().find(|l| l.starts_with("end to end:")).expect(&stdout);
+    let e2e = stdout.lines().find(|l| l.starts_with("end to end: one bulk")).expect(&stdout);
     assert!(
         e2e.contains(" alone, ") && e2e.contains("l7 to stats ") && e2e.contains("stats to alone "),
         "{e2e}"
     );
+    let short = stdout.lines().find(|l| l.starts_with("end to end: short connections")).expect(&stdout);
+    assert!(short.contains("l7 to alone ") && short.contains("l7 to stats "), "{short}");
+    // Offline: both printed one line per connection of the capture (or
+    // the benchmark fails), and the times are there.
+    let offline = stdout.lines().find(|l| l.starts_with("offline: 2000 TLS connections")).expect(&stdout);
+    assert!(offline.contains("tshark's SNI field") && offline.contains("x faster"), "{offline}");
+    // The guard with L7 rules: its three packets, and its loop (which
+    // fails if a connection of the loop is refused).
+    for case in ["data of a held flow", "empty ACK of a held flow", "data of a flow not held"] {
+        let line = stdout.lines().find(|l| l.starts_with("xdp") && l.contains(case)).expect(&stdout);
+        assert!(line.contains("no L7 rule") && line.contains(" ns   +"), "{line}");
+    }
+    let guard = stdout.lines().find(|l| l.starts_with("guard with L7 rules, end to end")).expect(&stdout);
+    assert!(guard.contains("conn/s") && guard.contains("ratio "), "{guard}");
 }

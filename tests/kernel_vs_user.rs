@@ -4,6 +4,10 @@
 //! verdict — TCP, not TCP, fragment, or malformed for the same reason — and
 //! for TCP the same event, field for field.
 
+mod common;
+
+use common::Rng;
+
 use std::cell::RefCell;
 use std::path::Path;
 use std::rc::Rc;
@@ -163,19 +167,6 @@ fn check(kernel: &mut Kernel, frame: &[u8], what: &str) {
 /// tailroom; longer corpus frames are cut to this (both sides see the cut).
 const MAX_XDP_TEST_FRAME: usize = 3000;
 
-/// xorshift64*: small, seeded, reproducible.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 /// Corpus frames as Ethernet frames: other link types get a synthetic
 /// Ethernet header with the right ethertype, so the XDP program sees the

@@ -3,6 +3,10 @@
 //! independent decoding of the same bytes, and every malformed case against
 //! its reason. Needs root (CI runs as root).
 
+mod common;
+
+use common::Rng;
+
 use std::net::IpAddr;
 
 use etherparse::{PacketBuilder, SlicedPacket, TcpOptionElement};
@@ -1005,24 +1009,6 @@ fn l7_rules_refuse_what_they_cannot_read_unless_told_to_pass_it() {
         let closed = L7Guard { port: 1, ..L7Guard::new(&[(Sni, "blocked.example")], pass) };
         assert_eq!(closed.flow(Hook::Xdp, 43000, &[(0, &small)]), [true]);
         assert!(g.pass(Hook::Xdp, 43001, 5000, false, &small), "no SYN seen: passes");
-    }
-}
-
-/// xorshift64*: the same cases on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, of: &'a [T]) -> &'a T {
-        &of[self.below(of.len())]
     }
 }
 

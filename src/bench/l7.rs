@@ -158,8 +158,141 @@ pub fn run(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
         median(per_conn)
     ));
     bulk(rounds, out)?;
+    hints_loop(rounds, out)?;
+    offline(args, out)?;
     guard_kernel(args, rounds, out)?;
     guard_loop(rounds, out)
+}
+
+/// End to end: the short-connection loop, each connection sending a
+/// post-quantum ClientHello, with nothing attached, with `stats` and with
+/// `l7 -i` naming every connection, interleaved round by round.
+fn hints_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
+    let hello = testpkt::client_hello("bench.example", true);
+    let len = hello.len();
+    let rig = super::conns::LoopRig::start_with("bl7h", None, None, hello)?;
+    let cases: [&[&str]; 3] = [&[], &["stats", "--interval", "60"], &["l7"]];
+    let mut rates = vec![Vec::new(); cases.len()];
+    for round in 0..rounds {
+        for k in 0..cases.len() {
+            let case = (round + k) % cases.len();
+            let rate = if cases[case].is_empty() {
+                rig.round()?.rate
+            } else {
+                while_running(&rig.hosts, cases[case], || Ok(rig.round()?.rate))?.0
+            };
+            rates[case].push(rate);
+        }
+    }
+    let (r, lo, hi) = ratio(&rates[2], &rates[0]);
+    let (rs, los, his) = ratio(&rates[2], &rates[1]);
+    out.line(&format!(
+        "end to end: short connections each sending a {len}-byte ClientHello, 2 s per case, {rounds} rounds, \
+         median conn/s: {:.0} alone, {:.0} with `stats`, {:.0} with `l7 -i` naming each; l7 to alone \
+         {r:.3} ({lo:.3}-{hi:.3}), l7 to stats {rs:.3} ({los:.3}-{his:.3})",
+        median(rates[0].clone()),
+        median(rates[1].clone()),
+        median(rates[2].clone())
+    ));
+    Ok(())
+}
+
+/// A capture of `n` TLS connections from as many clients (SYN, a
+/// ClientHello naming `c<i>.example`, FIN), written with pcap-file.
+fn tls_capture(n: u32, file: &std::path::Path) -> Result<()> {
+    use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
+    let f = std::io::BufWriter::new(std::fs::File::create(file).with_context(|| format!("creating {}", file.display()))?);
+    let mut w = PcapWriter::with_header(f, PcapHeader { snaplen: 65535, ..Default::default() })?;
+    let mut ts = Duration::from_secs(1_700_000_000);
+    for i in 0..n {
+        // Clients 198.19.0.0/16, each with a port of its own.
+        let src = [198, 19, (i >> 8) as u8, i as u8];
+        let sport = 10_000 + (i >> 16) as u16;
+        let ip = |b: etherparse::PacketBuilderStep<etherparse::Ethernet2Header>| b.ipv4(src, testpkt::V4_DST, 64);
+        let hello = testpkt::client_hello(&format!("c{i}.example"), false);
+        let frames = [
+            ip(etherparse::PacketBuilder::ethernet2(testpkt::MAC_A, testpkt::MAC_B)).tcp(sport, 443, 1000, 64240).syn(),
+            ip(etherparse::PacketBuilder::ethernet2(testpkt::MAC_A, testpkt::MAC_B)).tcp(sport, 443, 1001, 502).ack(1).psh(),
+            ip(etherparse::PacketBuilder::ethernet2(testpkt::MAC_A, testpkt::MAC_B))
+                .tcp(sport, 443, 1001 + hello.len() as u32, 502)
+                .ack(1)
+                .fin(),
+        ];
+        for (k, b) in frames.into_iter().enumerate() {
+            let payload: &[u8] = if k == 1 { &hello } else { &[] };
+            let mut frame = Vec::with_capacity(b.size(payload.len()));
+            b.write(&mut frame, payload)?;
+            ts += Duration::from_micros(10);
+            w.write_packet(&PcapPacket::new(ts, frame.len() as u32, &frame))?;
+        }
+    }
+    Ok(())
+}
+
+/// The peak RSS (VmHWM, MiB) of a running process; 0 once it has gone.
+fn peak_rss_mib(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix(" kB")?.parse::<f64>().ok()))
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Runs `cmd` with its output counted, not kept: (seconds, lines, peak RSS
+/// in MiB, sampled every 64 lines: wait4's figure would count this
+/// process's own memory, which the child's exec inherits as its mark).
+fn timed_lines(mut cmd: std::process::Command) -> Result<(f64, usize, f64)> {
+    use std::io::BufRead;
+    let start = Instant::now();
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("{cmd:?}"))?;
+    let pid = child.id();
+    let (mut lines, mut rss) = (0usize, 0f64);
+    for _ in std::io::BufReader::new(child.stdout.take().context("stdout")?).lines() {
+        if lines % 64 == 0 {
+            rss = rss.max(peak_rss_mib(pid));
+        }
+        lines += 1;
+    }
+    rss = rss.max(peak_rss_mib(pid));
+    let status = child.wait()?;
+    anyhow::ensure!(status.success(), "{cmd:?} failed");
+    Ok((start.elapsed().as_secs_f64(), lines, rss))
+}
+
+/// Offline: `l7 -r` and tshark's SNI field on the same capture of TLS
+/// connections (PACKETS/10 of them, and a tenth of that for the memory
+/// comparison).
+fn offline(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
+    let n = (args.packets / 10).clamp(1_000, 1_000_000) as u32;
+    let dir = std::env::temp_dir().join(format!("tcpscope-bench-l7-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let exe = std::env::current_exe().context("locating the tcpscope binary")?;
+    let mut rss_small = 0.0;
+    for (conns, keep) in [(n / 10, false), (n, true)] {
+        let file = dir.join(format!("tls-{conns}.pcap"));
+        tls_capture(conns, &file)?;
+        let mut ours = std::process::Command::new(&exe);
+        ours.args(["l7", "-r"]).arg(&file).arg("--json");
+        let (t_ours, l_ours, rss_ours) = timed_lines(ours)?;
+        anyhow::ensure!(l_ours == conns as usize, "l7 -r printed {l_ours} records for {conns} connections");
+        if !keep {
+            rss_small = rss_ours;
+            continue;
+        }
+        let mut tshark = std::process::Command::new("tshark");
+        tshark.args(["-r"]).arg(&file).args(["-Y", "tls.handshake.type==1", "-T", "fields", "-e", "tls.handshake.extensions_server_name"]);
+        let (t_tshark, l_tshark, rss_tshark) = timed_lines(tshark).context("tshark (scripts/setup.sh installs it)")?;
+        anyhow::ensure!(l_tshark == conns as usize, "tshark printed {l_tshark} names for {conns} connections");
+        out.line(&format!(
+            "offline: {conns} TLS connections ({:.1} MiB pcap): `l7 -r --json` {t_ours:.2} s, peak RSS {rss_ours:.1} MiB \
+             ({rss_small:.1} MiB for {} connections); tshark's SNI field {t_tshark:.2} s, {rss_tshark:.0} MiB: \
+             {:.1}x faster",
+            std::fs::metadata(&file)?.len() as f64 / (1 << 20) as f64,
+            conns / 10,
+            t_tshark / t_ours
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 /// The guard's lean programs, with one L7 rule (a server name no test
@@ -241,7 +374,7 @@ fn guard_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
     let rig = super::conns::LoopRig::start_with("bl7g", None, None, hello)?;
     let exe = std::env::current_exe().context("locating the tcpscope binary")?;
     let ns = rig.hosts.server_ns.clone();
-    let tcpscope = |args: &[&str]| -> Result<()> {
+    let rules = |args: &[&str]| -> Result<()> {
         let st = std::process::Command::new(&exe)
             .args(args)
             .args(["-i", SERVER_IF, "--netns", &ns])
@@ -255,17 +388,19 @@ fn guard_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
     for round in 0..rounds {
         for k in 0..2 {
             let with_rule = (round + k) % 2 == 1;
-            let mut cmd = std::process::Command::new(&exe);
-            cmd.args(["guard", "-i", SERVER_IF, "--netns", &ns, "--no-detect"]).stdout(Stdio::null());
-            let (mut guard, _) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30))?;
-            if with_rule {
-                tcpscope(&["block", "add", "--sni", "other.example"])?;
-            }
-            rates[usize::from(with_rule)].push(rig.round()?.rate);
-            if with_rule {
-                tcpscope(&["block", "flush"])?;
-            }
-            guard.interrupt_and_wait(Duration::from_secs(20))?;
+            // The guard by name (--netns), so that `block` finds its pins.
+            let guard = ["guard", "--netns", &ns, "--no-detect"];
+            let (rate, _) = while_running(&rig.hosts, &guard, || {
+                if with_rule {
+                    rules(&["block", "add", "--sni", "other.example"])?;
+                }
+                let rate = rig.round()?.rate;
+                if with_rule {
+                    rules(&["block", "flush"])?;
+                }
+                Ok(rate)
+            })?;
+            rates[usize::from(with_rule)].push(rate);
         }
     }
     let (r, lo, hi) = ratio(&rates[1], &rates[0]);
@@ -278,6 +413,19 @@ fn guard_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
         median(rates[1].clone())
     ));
     Ok(())
+}
+
+/// `tcpscope ARGS -i SERVER_IF` in the server's namespace while `f` runs;
+/// what it said on standard error.
+fn while_running<T>(hosts: &TestHosts, args: &[&str], f: impl FnOnce() -> Result<T>) -> Result<(T, Vec<String>)> {
+    let exe = std::env::current_exe().context("locating the tcpscope binary")?;
+    let mut cmd = TestHosts::command_in(&hosts.server_ns, &exe.to_string_lossy());
+    cmd.args(args).args(["-i", SERVER_IF]).stdout(Stdio::null());
+    let (mut child, said) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30))?;
+    let got = f();
+    child.interrupt_and_wait(Duration::from_secs(20))?;
+    let said = said.lock().map(|l| l.clone()).unwrap_or_default();
+    Ok((got?, said))
 }
 
 /// One bulk connection between test hosts for `ROUND`, segmentation
@@ -322,7 +470,6 @@ fn bulk_round(hosts: &TestHosts, port: u16) -> Result<f64> {
 fn bulk(rounds: usize, out: &mut dyn Report) -> Result<()> {
     let hosts = TestHosts::new("bl7")?;
     hosts.offloads_off()?;
-    let exe = std::env::current_exe().context("locating the tcpscope binary")?;
     // Alone, with `stats` (the same program at TC, counting only), with `l7`.
     let cases: [(&str, &[&str]); 3] =
         [("alone", &[]), ("stats", &["stats", "--interval", "60"]), ("l7", &["l7"])];
@@ -337,16 +484,10 @@ fn bulk(rounds: usize, out: &mut dyn Report) -> Result<()> {
                 rates[case].push(bulk_round(&hosts, port)?);
                 continue;
             }
-            let mut cmd = TestHosts::command_in(&hosts.server_ns, &exe.to_string_lossy());
-            cmd.args(args).args(["-i", SERVER_IF]).stdout(Stdio::null());
-            let (mut child, said) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30))?;
-            rates[case].push(bulk_round(&hosts, port)?);
-            child.interrupt_and_wait(Duration::from_secs(20))?;
+            let (rate, said) = while_running(&hosts, args, || bulk_round(&hosts, port))?;
+            rates[case].push(rate);
             if name == "l7" {
-                let named = said
-                    .lock()
-                    .map(|l| l.iter().any(|l| l.contains("1 connections identified")))
-                    .unwrap_or(false);
+                let named = said.iter().any(|l| l.contains("1 connections identified"));
                 anyhow::ensure!(named, "l7 did not name the bulk connection");
             }
         }

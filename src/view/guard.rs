@@ -181,7 +181,7 @@ impl Guard {
             use libbpf_rs::MapCore;
             for mut m in session.skel.object_mut().maps_mut() {
                 let name = m.name().to_string_lossy().into_owned();
-                if policy::MAPS.contains(&name.as_str()) && !dir.join(&name).exists() {
+                if policy::pinned_maps().any(|m| m == name) && !dir.join(&name).exists() {
                     m.pin(dir.join(&name))
                         .with_context(|| format!("pinning map {name} in {}", dir.display()))?;
                 }
