@@ -49,21 +49,48 @@ pub fn run(args: &L7Args) -> Result<()> {
     }
 }
 
-/// Prints records until the count is reached or the output closes.
+/// Prints records until the count is reached or the output closes. Live,
+/// each line as it comes; from a capture, through a buffer (a write per
+/// line took half of `l7 -r`'s time on 100,000 connections).
 struct Printer<'a> {
     args: &'a L7Args,
     printed: Cell<u64>,
     open: Cell<bool>,
+    buffered: Option<std::cell::RefCell<std::io::BufWriter<std::io::StdoutLock<'static>>>>,
 }
 
-impl Printer<'_> {
+impl<'a> Printer<'a> {
+    fn live(args: &'a L7Args) -> Self {
+        Printer { args, printed: Cell::new(0), open: Cell::new(true), buffered: None }
+    }
+
+    fn buffered(args: &'a L7Args) -> Self {
+        let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        Printer { buffered: Some(std::cell::RefCell::new(out)), ..Self::live(args) }
+    }
+
     fn print(&self, r: &Record) {
         if !self.wants_more() || !(self.args.ports.is_empty() || self.args.ports.contains(&r.dport)) {
             return;
         }
+        let line = if self.args.json { l7::json(r) } else { l7::text(r) };
         // `| head` closes the pipe: stop.
-        self.open.set(print_line(&if self.args.json { l7::json(r) } else { l7::text(r) }));
+        let open = match &self.buffered {
+            Some(out) => {
+                use std::io::Write;
+                let mut out = out.borrow_mut();
+                out.write_all(line.as_bytes()).and_then(|()| out.write_all(b"\n")).is_ok()
+            }
+            None => print_line(&line),
+        };
+        self.open.set(open);
         self.printed.set(self.printed.get() + 1);
+    }
+
+    /// What is buffered, out (false: the output has gone).
+    fn flush(&self) -> bool {
+        use std::io::Write;
+        self.buffered.as_ref().is_none_or(|out| out.borrow_mut().flush().is_ok())
     }
 
     fn wants_more(&self) -> bool {
@@ -85,7 +112,7 @@ fn live(args: &L7Args, attach: &crate::cli::AttachArgs, custom: Protocols) -> Re
     let stop = crate::cmd::stop_flag()?;
     let mut view = L7View::start(attach, &args.ports, custom, mib << 20)?;
     crate::cmd::announce(&view.session, "naming incoming connections");
-    let out = Printer { args, printed: Cell::new(0), open: Cell::new(true) };
+    let out = Printer::live(args);
     while !stop.load(Ordering::SeqCst) && out.wants_more() {
         view.poll(Duration::from_millis(100), |r| out.print(&r))?;
         view.session.check_present()?;
@@ -131,7 +158,7 @@ fn offline(args: &L7Args, file: &str, custom: Protocols) -> Result<()> {
     let filter = EventFilter { snaplen: u32::from(u16::MAX), ..Default::default() };
     let mut tracker = Tracker::with_protocols(custom);
     let (mut last_ts, mut next_expiry) = (0u64, 0u64);
-    let out = Printer { args, printed: Cell::new(0), open: Cell::new(true) };
+    let out = Printer::buffered(args);
     let (summary_read, result) = read_packets(cap, filter, u64::MAX, |p| {
         last_ts = p.ts_ns;
         if let Some(r) = tracker.packet(p.ev, p.ts_ns, p.payload.unwrap_or(&[])) {
@@ -151,6 +178,7 @@ fn offline(args: &L7Args, file: &str, custom: Protocols) -> Result<()> {
     for r in tracker.finish(last_ts) {
         out.print(&r);
     }
+    out.flush();
     let stats =
         L7Stats { identified: tracker.identified, gave_up: tracker.gave_up.clone(), ..Default::default() };
     eprintln!("tcpscope: {}; {} packets read", summary(&stats), summary_read.packets);
