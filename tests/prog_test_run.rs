@@ -804,7 +804,8 @@ impl L7Guard {
         use libbpf_rs::{MapCore, MapFlags};
         use tcpscope::bpf::types;
         use tcpscope::policy::{rule_key, NameRule, Rule};
-        let listener = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        // On [::]: IPv4 and IPv6 clients alike.
+        let listener = std::net::TcpListener::bind("[::]:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let mut opts = LoadOptions::new(EventFilter::default().to_kernel(false).unwrap());
         opts.config.policy = 1;
@@ -855,6 +856,22 @@ impl L7Guard {
             (Hook::Xdp, XDP_PASS) | (Hook::Tc, TCX_NEXT) => true,
             (Hook::Xdp, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => false,
             _ => panic!("{hook:?} returned {r}"),
+        }
+    }
+
+    /// As `pass`, over IPv6 (2001:db8::1 to 2001:db8::2).
+    fn pass6(&self, sport: u16, seq: u32, syn: bool, payload: &[u8]) -> bool {
+        let b = PacketBuilder::ethernet2(MAC_A, MAC_B)
+            .ipv6(testpkt::V6_SRC, testpkt::V6_DST, 64)
+            .tcp(sport, self.port, seq, 502);
+        let b = if syn { b.syn() } else { b.ack(7001).psh() };
+        let mut frame = Vec::new();
+        b.write(&mut frame, payload).unwrap();
+        let r = self.skel.progs.tcpscope_xdp.test_run(ProgramInput { data_in: Some(&frame), ..Default::default() });
+        match r.unwrap().return_value {
+            XDP_PASS => true,
+            XDP_DROP => false,
+            r => panic!("XDP returned {r}"),
         }
     }
 
@@ -953,6 +970,13 @@ fn l7_rules_drop_the_completing_segment_and_the_rest_of_the_flow() {
         // Not TLS, not HTTP: passes at once.
         assert_eq!(g.flow(hook, sport(20), &[(0, b"SSH-2.0-x\r\n")]), [true]);
     }
+    // IPv6 (the listener, on [::], takes both): held and read the same way.
+    for (sport, name, passes) in [(43100, "blocked.example", false), (43101, "ok.example", true)] {
+        let h = testpkt::client_hello(name, true);
+        assert!(g.pass6(sport, 1000, true, &[]));
+        assert!(g.pass6(sport, 1001, false, &h[..700]));
+        assert_eq!(g.pass6(sport, 1701, false, &h[700..]), passes, "IPv6 {name}");
+    }
     let alerts = g.alerts();
     let named: Vec<String> = alerts
         .iter()
@@ -964,7 +988,7 @@ fn l7_rules_drop_the_completing_segment_and_the_rest_of_the_flow() {
     let conflicts = alerts.iter().filter(|a| a.kind == tcpscope::bpf::types::alert_kind::ALERT_L7_CONFLICT.0 as u8);
     assert_eq!(conflicts.count(), 4, "two per hook");
     // Per rule: one hit per flow it blocked, on both hooks.
-    assert_eq!(g.hits(Sni, "blocked.example"), 2 * 3, "3 hellos per hook: 3 segments, 18, reordered");
+    assert_eq!(g.hits(Sni, "blocked.example"), 2 * 3 + 1, "3 hellos per hook (3 segments, 18, reordered), 1 over IPv6");
     assert_eq!(g.hits(Sni, "*.evil.example"), 2);
     assert_eq!(g.hits(Host, "blocked.example"), 2 * 3);
     assert_eq!(g.hits(HttpMethod, "DELETE"), 2);

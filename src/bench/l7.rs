@@ -388,9 +388,7 @@ fn guard_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
     for round in 0..rounds {
         for k in 0..2 {
             let with_rule = (round + k) % 2 == 1;
-            // The guard by name (--netns), so that `block` finds its pins.
-            let guard = ["guard", "--netns", &ns, "--no-detect"];
-            let (rate, _) = while_running(&rig.hosts, &guard, || {
+            let (rate, _) = while_running(&rig.hosts, &["guard", "--no-detect"], || {
                 if with_rule {
                     rules(&["block", "add", "--sni", "other.example"])?;
                 }
@@ -415,12 +413,21 @@ fn guard_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
     Ok(())
 }
 
-/// `tcpscope ARGS -i SERVER_IF` in the server's namespace while `f` runs;
-/// what it said on standard error.
+/// `tcpscope ARGS -i SERVER_IF` while `f` runs: in the server's namespace,
+/// or (a guard, whose pins `block` must find) named by `--netns`; what it
+/// said on standard error.
 fn while_running<T>(hosts: &TestHosts, args: &[&str], f: impl FnOnce() -> Result<T>) -> Result<(T, Vec<String>)> {
     let exe = std::env::current_exe().context("locating the tcpscope binary")?;
-    let mut cmd = TestHosts::command_in(&hosts.server_ns, &exe.to_string_lossy());
-    cmd.args(args).args(["-i", SERVER_IF]).stdout(Stdio::null());
+    let mut cmd = if args.first() == Some(&"guard") {
+        let mut c = std::process::Command::new(&exe);
+        c.args(["guard", "--netns", &hosts.server_ns]).args(&args[1..]);
+        c
+    } else {
+        let mut c = TestHosts::command_in(&hosts.server_ns, &exe.to_string_lossy());
+        c.args(args);
+        c
+    };
+    cmd.args(["-i", SERVER_IF]).stdout(Stdio::null());
     let (mut child, said) = ChildGuard::spawn_until_ready(cmd, "(link id ", Duration::from_secs(30))?;
     let got = f();
     child.interrupt_and_wait(Duration::from_secs(20))?;
