@@ -68,7 +68,9 @@ pub fn kernel_alert(a: &alert_event, offset: u64, s: &Settings) -> Alert {
             dport: a.dport,
             reason: crate::names::l7_undecided_name(a.value),
         },
-        k if k == A::ALERT_L7_CONFLICT.0 => Detail::L7Conflict { sport: a.sport, dport: a.dport, offset: a.value },
+        k if k == A::ALERT_L7_CONFLICT.0 => {
+            Detail::L7Conflict { sport: a.sport, dport: a.dport, offset: a.value }
+        }
         _ => Detail::Flags { dport: a.dport, flags: crate::names::flag_names(a.flags_raw) },
     };
     Alert { alert: crate::names::alert_name(a.kind), src: Some(src), ts_ns: a.ts_ns + offset, detail }
@@ -110,8 +112,13 @@ impl ConnLimit {
         )];
         if let Some(ttl) = s.mitigate_ttl {
             let prefix = if rec.peer.is_ipv4() { 32 } else { 128 };
-            let rule =
-                Rule { list: List::Block, cidr: Cidr { addr: rec.peer, prefix }, port: None, ttl: Some(ttl), name: None };
+            let rule = Rule {
+                list: List::Block,
+                cidr: Cidr { addr: rec.peer, prefix },
+                port: None,
+                ttl: Some(ttl),
+                name: None,
+            };
             if !maps.allowed(rec.peer) && maps.add(&rule).is_ok() {
                 out.push(alert("mitigation", Detail::Mitigation { blocked_for_s: ttl.as_secs() }));
             }

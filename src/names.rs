@@ -49,7 +49,8 @@ const ALERT_NAMES: [&str; types::alert_kind::ALERT_KIND_MAX.0 as usize - 1] = [
 ];
 
 /// Names of `enum l7_rule_kind` (from 1): the fields of rules files.
-const L7_RULE_KIND_NAMES: [&str; types::l7_rule_kind::L7_RULE_KINDS.0 as usize - 1] = ["sni", "host", "http_method"];
+const L7_RULE_KIND_NAMES: [&str; types::l7_rule_kind::L7_RULE_KINDS.0 as usize - 1] =
+    ["sni", "host", "http_method"];
 
 pub fn l7_rule_kind_name(v: u32) -> &'static str {
     v.checked_sub(1).and_then(|i| L7_RULE_KIND_NAMES.get(i as usize)).copied().unwrap_or("unknown")
@@ -161,7 +162,10 @@ mod tests {
     ) {
         let all = members(btf, enum_name);
         let (last, _) = all.last().unwrap();
-        assert!(last.ends_with("_MAX") || last.ends_with("KINDS") || last.ends_with("_REASONS"), "{enum_name} ends with its count: {last}");
+        assert!(
+            last.ends_with("_MAX") || last.ends_with("KINDS") || last.ends_with("_REASONS"),
+            "{enum_name} ends with its count: {last}"
+        );
         for (c_name, value) in &all[..all.len() - 1] {
             let own = c_name.strip_prefix(prefix).unwrap_or_else(|| panic!("{c_name} starts with {prefix}"));
             let want = renamed
@@ -227,7 +231,9 @@ mod tests {
             conn_kind_name,
         );
         check(&lb, "latency_kind", "LAT_", &[], latency_kind_name);
-        check(&ib, "l7_rule_kind", "L7_RULE_", &[("L7_RULE_METHOD", "http_method")], |v| l7_rule_kind_name(v.into()));
+        check(&ib, "l7_rule_kind", "L7_RULE_", &[("L7_RULE_METHOD", "http_method")], |v| {
+            l7_rule_kind_name(v.into())
+        });
         check(&ib, "l7_undecided", "L7_UNDECIDED_", &[], |v| l7_undecided_name(v.into()));
         // Unknown values are said, not hidden or mistaken for another.
         assert_eq!((l7_rule_kind_name(0), l7_undecided_name(250)), ("unknown", "unknown"));

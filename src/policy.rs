@@ -169,7 +169,10 @@ impl NameRule {
         let flag = format!("--{}", kind.field().replace('_', "-"));
         if kind == NameKind::HttpMethod {
             let m = text.trim().to_ascii_uppercase();
-            if m.is_empty() || m.len() > 16 || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_') {
+            if m.is_empty()
+                || m.len() > 16
+                || !m.bytes().all(|b| b.is_ascii_uppercase() || b == b'-' || b == b'_')
+            {
                 return Err(format!(
                     "{flag} '{text}': an HTTP method is 1 to 16 letters (GET, POST, CONNECT, ...)"
                 ));
@@ -182,9 +185,13 @@ impl NameRule {
             Some(rest) => (true, rest),
             None => (false, lower),
         };
-        let literal = rest.starts_with('[') && rest.ends_with(']') && rest[1..rest.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
+        let literal = rest.starts_with('[')
+            && rest.ends_with(']')
+            && rest[1..rest.len() - 1].parse::<std::net::Ipv6Addr>().is_ok();
         let ok_name = !rest.is_empty()
-            && rest.split('.').all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+            && rest.split('.').all(|l| {
+                !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            });
         if !(ok_name || (literal && !wild)) {
             return Err(format!(
                 "{flag} '{text}': give a host name (a.example.com), '*.example.com' for every name under a domain, or an address ([2001:db8::1] in brackets)"
@@ -355,7 +362,13 @@ struct FileRule {
 
 impl FileRule {
     fn spec(self) -> RuleSpec {
-        RuleSpec { cidr: self.cidr, port: self.port, sni: self.sni, host: self.host, http_method: self.http_method }
+        RuleSpec {
+            cidr: self.cidr,
+            port: self.port,
+            sni: self.sni,
+            host: self.host,
+            http_method: self.http_method,
+        }
     }
 }
 
@@ -544,9 +557,9 @@ fn key_rule(map: &str, k: &[u8]) -> Option<Rule> {
         "allow_v6" | "block_v6" => {
             read::<types::policy_key_v6>(k).and_then(|x| rule(list, None, x.addr.into(), x.prefixlen))
         }
-        "l7_rules" => read::<types::l7_rule_key>(k)
-            .and_then(|x| NameRule::from_key(&x))
-            .map(|n| Rule::on_name(n, None)),
+        "l7_rules" => {
+            read::<types::l7_rule_key>(k).and_then(|x| NameRule::from_key(&x)).map(|n| Rule::on_name(n, None))
+        }
         _ => None,
     }
 }
@@ -694,7 +707,9 @@ pub fn to_rules_file(rules: &[RuleState]) -> String {
         let list = if r.rule.list == List::Allow { "allow" } else { "block" };
         match &r.rule.name {
             Some(n) => out.push_str(&format!("[[{list}]]\n{} = \"{}\"\n", n.kind.field(), n.name)),
-            None => out.push_str(&format!("[[{list}]]\ncidr = \"{}/{}\"\n", r.rule.cidr.addr, r.rule.cidr.prefix)),
+            None => {
+                out.push_str(&format!("[[{list}]]\ncidr = \"{}/{}\"\n", r.rule.cidr.addr, r.rule.cidr.prefix))
+            }
         }
         if let Some(p) = r.rule.port {
             out.push_str(&format!("port = {p}\n"));
@@ -818,19 +833,22 @@ impl PolicyMaps {
     pub fn count_by_list(&self) -> (usize, usize) {
         let is_allow = |n: &str| n.starts_with("allow_");
         let (mut allow, mut block) = (0, 0);
-        for (name, n) in self.maps.iter().filter(|(n, _)| map_list(n).is_some() || n == "l7_rules").map(|(name, m)| {
-            (name, {
-                // In batches where the kernel can (a million rules took 0.8 s
-                // key by key); key by key where it cannot.
-                let batched = m.lookup_batch(1 << 16, MapFlags::ANY, MapFlags::ANY).map_or(0, |b| b.count());
-                // A kernel without batch lookups for tries yields nothing.
-                if batched == 0 && m.keys().next().is_some() {
-                    m.keys().count()
-                } else {
-                    batched
-                }
+        for (name, n) in
+            self.maps.iter().filter(|(n, _)| map_list(n).is_some() || n == "l7_rules").map(|(name, m)| {
+                (name, {
+                    // In batches where the kernel can (a million rules took 0.8 s
+                    // key by key); key by key where it cannot.
+                    let batched =
+                        m.lookup_batch(1 << 16, MapFlags::ANY, MapFlags::ANY).map_or(0, |b| b.count());
+                    // A kernel without batch lookups for tries yields nothing.
+                    if batched == 0 && m.keys().next().is_some() {
+                        m.keys().count()
+                    } else {
+                        batched
+                    }
+                })
             })
-        }) {
+        {
             *if is_allow(name) { &mut allow } else { &mut block } += n;
         }
         (allow, block)
@@ -972,7 +990,10 @@ impl PolicyMaps {
         for kb in l7.keys().collect::<Vec<_>>() {
             let Ok(Some(v)) = l7.lookup(&kb, MapFlags::ANY) else { continue };
             let mut value = types::policy_value::default();
-            if plain::copy_from_bytes(&mut value, &v).is_ok() && value.expires_ns != 0 && value.expires_ns <= now {
+            if plain::copy_from_bytes(&mut value, &v).is_ok()
+                && value.expires_ns != 0
+                && value.expires_ns <= now
+            {
                 expired += usize::from(l7.delete(&kb).is_ok());
             }
         }
@@ -1294,7 +1315,10 @@ mod tests {
         assert_eq!(parse_rules(&to_rules_file(&states), "s").unwrap(), rules);
         for (bad, says) in [
             ("[[block]]\nsni = \"a.example\"\nport = 443\n", "r.toml:1: a rule on sni takes no cidr or port"),
-            ("[[block]]\nsni = \"a.example\"\nhost = \"b.example\"\n", "r.toml:1: one of sni, host or http_method"),
+            (
+                "[[block]]\nsni = \"a.example\"\nhost = \"b.example\"\n",
+                "r.toml:1: one of sni, host or http_method",
+            ),
             ("[[allow]]\nsni = \"a.example\"\n", "r.toml:1: allow rules take a cidr only"),
             ("[[block]]\nport = 22\n", "r.toml:1: a rule needs a cidr"),
             ("[[block]]\nhost = \"a b\"\n", "r.toml:1: --host 'a b': give a host name"),

@@ -222,7 +222,11 @@ impl Drop for TestHosts {
                     }
                 }
             }
-            let _ = std::fs::remove_file(format!("{}/{}@{ns}.file-rules.toml", crate::policy::RUN_ROOT, SERVER_IF));
+            let _ = std::fs::remove_file(format!(
+                "{}/{}@{ns}.file-rules.toml",
+                crate::policy::RUN_ROOT,
+                SERVER_IF
+            ));
         }
     }
 }

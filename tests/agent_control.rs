@@ -220,9 +220,14 @@ fn an_sni_rule_through_the_api_stops_that_name_only_and_outlives_kill_9() {
     let (_, listed) = api(&dir, "GET", "/v1/rules", None);
     let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
     let r = &v["rules"][0];
-    assert_eq!((r["sni"].as_str(), r["comment"].as_str()), (Some("blocked.example"), Some("l7 from the test")), "{v}");
+    assert_eq!(
+        (r["sni"].as_str(), r["comment"].as_str()),
+        (Some("blocked.example"), Some("l7 from the test")),
+        "{v}"
+    );
     assert!(r["hits"].as_u64() >= Some(1) && r.get("cidr").is_none(), "{v}");
-    let dropped = format!("tcpscope_guard_dropped_packets_total{{interface=\"{SERVER_IF}\",reason=\"l7_rule\"}}");
+    let dropped =
+        format!("tcpscope_guard_dropped_packets_total{{interface=\"{SERVER_IF}\",reason=\"l7_rule\"}}");
     wait_until("L7 drops in /metrics", Duration::from_secs(30), || metric(LISTEN, &dropped) >= Some(1.0));
     wait_until("the L7 alert in /metrics", Duration::from_secs(30), || {
         metric(LISTEN, "tcpscope_alerts_total{kind=\"l7_blocked\"}") >= Some(1.0)
@@ -242,7 +247,10 @@ fn an_sni_rule_through_the_api_stops_that_name_only_and_outlives_kill_9() {
     agent.wait_timeout(Duration::from_secs(20)).unwrap();
     let (mut agent, _) = start(agent_cmd(&dir, LISTEN, &args));
     let (ok, out, err) = tcpscope(&dir, &["block", "list"]);
-    assert!(ok && out.contains("block sni blocked.example") && out.contains("(l7 from the test)"), "{out}{err}");
+    assert!(
+        ok && out.contains("block sni blocked.example") && out.contains("(l7 from the test)"),
+        "{out}{err}"
+    );
     assert_eq!(tls_get(&hosts, "blocked.example"), None, "still stopped after kill -9");
     // `tcpscope block del --sni` through the agent: the name works again.
     let (ok, _, err) = tcpscope(&dir, &["block", "del", "--sni", "blocked.example"]);

@@ -1114,7 +1114,12 @@ fn l7_rules_stop_real_tls_and_http_clients_by_name_and_spare_the_others() {
     g.ok(&["block", "add", "--sni", "blocked.example", "--sni", "*.evil.example"]);
     g.ok(&["block", "add", "--host", "blocked.example", "--http-method", "delete"]);
     let list = String::from_utf8(g.cli(&["block", "list"]).stdout).unwrap();
-    for rule in ["block sni blocked.example", "block sni *.evil.example", "block host blocked.example", "block http-method DELETE"] {
+    for rule in [
+        "block sni blocked.example",
+        "block sni *.evil.example",
+        "block host blocked.example",
+        "block http-method DELETE",
+    ] {
         assert!(list.contains(rule), "{rule} in {list}");
     }
 
@@ -1122,7 +1127,11 @@ fn l7_rules_stop_real_tls_and_http_clients_by_name_and_spare_the_others() {
     let hosts = &g.hosts;
     let https = |name: &str| {
         let resolve = format!("{name}:443:{server}");
-        client_ok(hosts, "curl", &["-sk", "--max-time", "3", "--resolve", &resolve, &format!("https://{name}/")])
+        client_ok(
+            hosts,
+            "curl",
+            &["-sk", "--max-time", "3", "--resolve", &resolve, &format!("https://{name}/")],
+        )
     };
     // curl (TLS 1.3 with its own extension order): by SNI.
     assert_eq!(https("ok.example").as_deref(), Some("ok"), "another name on the same port works");
@@ -1133,7 +1142,16 @@ fn l7_rules_stop_real_tls_and_http_clients_by_name_and_spare_the_others() {
     // openssl s_client and Python's ssl: the handshake completes or not.
     let openssl = |name: &str| {
         let out = TestHosts::command_in(&hosts.client_ns, "timeout")
-            .args(["4", "openssl", "s_client", "-brief", "-connect", &format!("{server}:443"), "-servername", name])
+            .args([
+                "4",
+                "openssl",
+                "s_client",
+                "-brief",
+                "-connect",
+                &format!("{server}:443"),
+                "-servername",
+                name,
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap();
@@ -1187,7 +1205,13 @@ fn l7_rules_stop_real_tls_and_http_clients_by_name_and_spare_the_others() {
         .filter(|a| a["alert"] == "l7_blocked")
         .map(|a| (a["rule"].as_str().unwrap().to_string(), a["name"].as_str().unwrap().to_string()))
         .collect();
-    for want in [("sni", "blocked.example"), ("sni", "a.evil.example"), ("sni", "x.evil.example"), ("host", "blocked.example"), ("http_method", "delete")] {
+    for want in [
+        ("sni", "blocked.example"),
+        ("sni", "a.evil.example"),
+        ("sni", "x.evil.example"),
+        ("host", "blocked.example"),
+        ("http_method", "delete"),
+    ] {
         assert!(blocked.iter().any(|(r, n)| (r.as_str(), n.as_str()) == want), "{want:?} in {blocked:?}");
     }
     assert!(alerts.iter().filter(|a| a["alert"] == "l7_blocked").all(|a| a["src"] == CLIENT_V4.to_string()));

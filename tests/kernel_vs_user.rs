@@ -167,7 +167,6 @@ fn check(kernel: &mut Kernel, frame: &[u8], what: &str) {
 /// tailroom; longer corpus frames are cut to this (both sides see the cut).
 const MAX_XDP_TEST_FRAME: usize = 3000;
 
-
 /// Corpus frames as Ethernet frames: other link types get a synthetic
 /// Ethernet header with the right ethertype, so the XDP program sees the
 /// same network layer.

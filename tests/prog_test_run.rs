@@ -811,7 +811,8 @@ impl L7Guard {
         opts.config.policy = 1;
         opts.config.lean = 1;
         opts.config.drop_unparsable = 1;
-        opts.detect = types::detect_config { l7_undecided_pass: u8::from(undecided_pass), ..Default::default() };
+        opts.detect =
+            types::detect_config { l7_undecided_pass: u8::from(undecided_pass), ..Default::default() };
         let skel = bpf::load_ingress(&opts).unwrap();
         let mut used = types::policy_used::default();
         for (kind, name) in rules {
@@ -823,7 +824,12 @@ impl L7Guard {
             used.l7[*kind as usize + 1] = 1;
         }
         // SAFETY: bytes only.
-        let used_bytes = unsafe { std::slice::from_raw_parts((&used as *const types::policy_used).cast::<u8>(), std::mem::size_of_val(&used)) };
+        let used_bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&used as *const types::policy_used).cast::<u8>(),
+                std::mem::size_of_val(&used),
+            )
+        };
         skel.maps.policy_used.update(&0u32.to_ne_bytes(), used_bytes, MapFlags::ANY).unwrap();
         let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
         let sink = seen.clone();
@@ -843,7 +849,8 @@ impl L7Guard {
 
     /// One segment of the flow from `sport`: true if the guard passed it.
     fn pass(&self, hook: Hook, sport: u16, seq: u32, syn: bool, payload: &[u8]) -> bool {
-        let b = PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_SRC, V4_DST, 64).tcp(sport, self.port, seq, 502);
+        let b =
+            PacketBuilder::ethernet2(MAC_A, MAC_B).ipv4(V4_SRC, V4_DST, 64).tcp(sport, self.port, seq, 502);
         let b = if syn { b.syn() } else { b.ack(7001).psh() };
         let mut frame = Vec::new();
         b.write(&mut frame, payload).unwrap();
@@ -851,7 +858,8 @@ impl L7Guard {
             Hook::Xdp => &self.skel.progs.tcpscope_xdp,
             Hook::Tc => &self.skel.progs.tcpscope_tc,
         };
-        let r = prog.test_run(ProgramInput { data_in: Some(&frame), ..Default::default() }).unwrap().return_value;
+        let r =
+            prog.test_run(ProgramInput { data_in: Some(&frame), ..Default::default() }).unwrap().return_value;
         match (hook, r) {
             (Hook::Xdp, XDP_PASS) | (Hook::Tc, TCX_NEXT) => true,
             (Hook::Xdp, XDP_DROP) | (Hook::Tc, TC_ACT_SHOT) => false,
@@ -867,7 +875,11 @@ impl L7Guard {
         let b = if syn { b.syn() } else { b.ack(7001).psh() };
         let mut frame = Vec::new();
         b.write(&mut frame, payload).unwrap();
-        let r = self.skel.progs.tcpscope_xdp.test_run(ProgramInput { data_in: Some(&frame), ..Default::default() });
+        let r = self
+            .skel
+            .progs
+            .tcpscope_xdp
+            .test_run(ProgramInput { data_in: Some(&frame), ..Default::default() });
         match r.unwrap().return_value {
             XDP_PASS => true,
             XDP_DROP => false,
@@ -883,7 +895,13 @@ impl L7Guard {
     }
 
     fn dropped(&self, reason: &str) -> u64 {
-        bpf::read_counters(&self.skel).unwrap().guard_dropped_by_reason().into_iter().find(|(r, _)| *r == reason).unwrap().1
+        bpf::read_counters(&self.skel)
+            .unwrap()
+            .guard_dropped_by_reason()
+            .into_iter()
+            .find(|(r, _)| *r == reason)
+            .unwrap()
+            .1
     }
 
     fn alerts(&self) -> Vec<tcpscope::bpf::types::alert_event> {
@@ -909,7 +927,12 @@ fn segments(bytes: &[u8], size: usize) -> Vec<(usize, &[u8])> {
 fn l7_rules_drop_the_completing_segment_and_the_rest_of_the_flow() {
     use tcpscope::policy::NameKind::*;
     let g = L7Guard::new(
-        &[(Sni, "blocked.example"), (Sni, "*.evil.example"), (Host, "blocked.example"), (HttpMethod, "DELETE")],
+        &[
+            (Sni, "blocked.example"),
+            (Sni, "*.evil.example"),
+            (Host, "blocked.example"),
+            (HttpMethod, "DELETE"),
+        ],
         false,
     );
     for (i, hook) in [Hook::Xdp, Hook::Tc].into_iter().enumerate() {
@@ -950,7 +973,9 @@ fn l7_rules_drop_the_completing_segment_and_the_rest_of_the_flow() {
         assert_eq!(g.flow(hook, sport(5), &[(0, &decoy[..150])]), [true]);
         assert!(!g.pass(hook, sport(5), 1001, false, &real), "the real hello over the decoy's bytes");
         // The wildcard: names under evil.example, not evil.example itself.
-        for (n, name, passes) in [(6, "a.b.evil.example", false), (7, "evil.example", true), (8, "notevil.example", true)] {
+        for (n, name, passes) in
+            [(6, "a.b.evil.example", false), (7, "evil.example", true), (8, "notevil.example", true)]
+        {
             let h = testpkt::client_hello(name, false);
             assert_eq!(g.flow(hook, sport(n), &[(0, &h)]), [passes], "{name}");
         }
@@ -984,15 +1009,27 @@ fn l7_rules_drop_the_completing_segment_and_the_rest_of_the_flow() {
         .map(|a| String::from_utf8_lossy(&a.name[..a.name_len as usize]).into_owned())
         .collect();
     assert!(named.iter().filter(|n| *n == "blocked.example").count() >= 8, "{named:?}");
-    assert!(named.contains(&"a.b.evil.example".to_string()) && named.contains(&"delete".to_string()), "{named:?}");
-    let conflicts = alerts.iter().filter(|a| a.kind == tcpscope::bpf::types::alert_kind::ALERT_L7_CONFLICT.0 as u8);
+    assert!(
+        named.contains(&"a.b.evil.example".to_string()) && named.contains(&"delete".to_string()),
+        "{named:?}"
+    );
+    let conflicts =
+        alerts.iter().filter(|a| a.kind == tcpscope::bpf::types::alert_kind::ALERT_L7_CONFLICT.0 as u8);
     assert_eq!(conflicts.count(), 4, "two per hook");
     // Per rule: one hit per flow it blocked, on both hooks.
-    assert_eq!(g.hits(Sni, "blocked.example"), 2 * 3 + 1, "3 hellos per hook (3 segments, 18, reordered), 1 over IPv6");
+    assert_eq!(
+        g.hits(Sni, "blocked.example"),
+        2 * 3 + 1,
+        "3 hellos per hook (3 segments, 18, reordered), 1 over IPv6"
+    );
     assert_eq!(g.hits(Sni, "*.evil.example"), 2);
     assert_eq!(g.hits(Host, "blocked.example"), 2 * 3);
     assert_eq!(g.hits(HttpMethod, "DELETE"), 2);
-    assert_eq!(g.dropped("l7_conflict"), 2 * 3, "per hook: the forged copy, the flow's next packet, the real hello");
+    assert_eq!(
+        g.dropped("l7_conflict"),
+        2 * 3,
+        "per hook: the forged copy, the flow's next packet, the real hello"
+    );
     assert_eq!(g.dropped("l7_out_of_order"), 2);
     assert!(g.dropped("l7_rule") >= 2 * 10);
 }
@@ -1006,7 +1043,15 @@ fn l7_rules_refuse_what_they_cannot_read_unless_told_to_pass_it() {
     let small = testpkt::client_hello("blocked.example", false);
     let body = &small[5..];
     let (a, b) = body.split_at(40);
-    let two_records = [&[0x16, 0x03, 0x01][..], &(a.len() as u16).to_be_bytes(), a, &[0x16, 0x03, 0x01], &(b.len() as u16).to_be_bytes(), b].concat();
+    let two_records = [
+        &[0x16, 0x03, 0x01][..],
+        &(a.len() as u16).to_be_bytes(),
+        a,
+        &[0x16, 0x03, 0x01],
+        &(b.len() as u16).to_be_bytes(),
+        b,
+    ]
+    .concat();
     // An HTTP head that never ends within 4 KiB.
     let long_head = [&b"GET / HTTP/1.1\r\nCookie: "[..], &[b'x'; 5000]].concat();
     for pass in [false, true] {
@@ -1048,10 +1093,22 @@ fn l7_rules_refuse_what_they_cannot_read_unless_told_to_pass_it() {
 fn the_kernels_l7_reading_agrees_with_the_decoder_on_generated_messages() {
     use tcpscope::policy::NameKind::*;
     let g = L7Guard::new(
-        &[(Sni, "blocked.example"), (Sni, "*.evil.example"), (Host, "blocked.example"), (HttpMethod, "DELETE")],
+        &[
+            (Sni, "blocked.example"),
+            (Sni, "*.evil.example"),
+            (Host, "blocked.example"),
+            (HttpMethod, "DELETE"),
+        ],
         false,
     );
-    let names = ["blocked.example", "ok.example", "Blocked.EXAMPLE", "a.evil.example", "evil.example", "x.blocked.example"];
+    let names = [
+        "blocked.example",
+        "ok.example",
+        "Blocked.EXAMPLE",
+        "a.evil.example",
+        "evil.example",
+        "x.blocked.example",
+    ];
     let mut rng = Rng(0x7c9e_2f1d_33aa_5be1);
     let (mut dropped, mut passed, mut mutated) = (0, 0, 0);
     for case in 0..600u32 {
@@ -1109,7 +1166,8 @@ fn the_kernels_l7_reading_agrees_with_the_decoder_on_generated_messages() {
             let h = h.to_ascii_lowercase();
             h.split(':').next() == Some("blocked.example")
         });
-        let by_method = l7.as_ref().and_then(|l| l.method.as_deref()).is_some_and(|m| m.eq_ignore_ascii_case("DELETE"));
+        let by_method =
+            l7.as_ref().and_then(|l| l.method.as_deref()).is_some_and(|m| m.eq_ignore_ascii_case("DELETE"));
         let want_drop = by_name || by_host || by_method;
         // In random segments, each maybe sent twice; the verdict of the
         // message is the last segment's.
@@ -1122,14 +1180,21 @@ fn the_kernels_l7_reading_agrees_with_the_decoder_on_generated_messages() {
             let seg = &msg[at..at + n];
             last = g.pass(Hook::Xdp, sport, 1001 + at as u32, false, seg);
             if rng.below(4) == 0 && at + n < msg.len() {
-                assert!(g.pass(Hook::Xdp, sport, 1001 + at as u32, false, seg), "case {case}: a resend of the same bytes");
+                assert!(
+                    g.pass(Hook::Xdp, sport, 1001 + at as u32, false, seg),
+                    "case {case}: a resend of the same bytes"
+                );
             }
             at += n;
             if !last {
                 break;
             }
         }
-        let what = format!("case {case} ({}mutated): {:?}", if is_mutated { "" } else { "not " }, String::from_utf8_lossy(&msg[..msg.len().min(120)]));
+        let what = format!(
+            "case {case} ({}mutated): {:?}",
+            if is_mutated { "" } else { "not " },
+            String::from_utf8_lossy(&msg[..msg.len().min(120)])
+        );
         if is_mutated {
             assert!(!(want_drop && last), "{what}: the decoder reads {l7:?}, the kernel passed it");
         } else {
@@ -1142,7 +1207,10 @@ fn the_kernels_l7_reading_agrees_with_the_decoder_on_generated_messages() {
             dropped += 1;
         }
     }
-    assert!(dropped > 150 && passed > 150 && mutated > 30, "dropped {dropped}, passed {passed}, mutated {mutated}");
+    assert!(
+        dropped > 150 && passed > 150 && mutated > 30,
+        "dropped {dropped}, passed {passed}, mutated {mutated}"
+    );
 }
 
 #[test]

@@ -30,8 +30,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use crate::agent::rules::{list_name, parse_list, RuleStore, StoredRule};
-use crate::policy::RuleSpec;
 use crate::output::alert::Alert;
+use crate::policy::RuleSpec;
 use crate::policy::{PolicyMaps, Rule};
 
 /// The default control socket.

@@ -230,7 +230,8 @@ mod tests {
         assert_eq!((again.name, again.list), (r.name, List::Block));
         assert!(again.ttl.unwrap() > std::time::Duration::from_secs(58));
         // A store written before name rules existed reads as it did.
-        let old: StoredRule = serde_json::from_str(r#"{"list":"block","cidr":"198.18.0.0/24","port":22}"#).unwrap();
+        let old: StoredRule =
+            serde_json::from_str(r#"{"list":"block","cidr":"198.18.0.0/24","port":22}"#).unwrap();
         assert_eq!(old.rule(0).unwrap().port, Some(22));
     }
 

@@ -201,18 +201,26 @@ fn hints_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
 /// ClientHello naming `c<i>.example`, FIN), written with pcap-file.
 fn tls_capture(n: u32, file: &std::path::Path) -> Result<()> {
     use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
-    let f = std::io::BufWriter::new(std::fs::File::create(file).with_context(|| format!("creating {}", file.display()))?);
+    let f = std::io::BufWriter::new(
+        std::fs::File::create(file).with_context(|| format!("creating {}", file.display()))?,
+    );
     let mut w = PcapWriter::with_header(f, PcapHeader { snaplen: 65535, ..Default::default() })?;
     let mut ts = Duration::from_secs(1_700_000_000);
     for i in 0..n {
         // Clients 198.19.0.0/16, each with a port of its own.
         let src = [198, 19, (i >> 8) as u8, i as u8];
         let sport = 10_000 + (i >> 16) as u16;
-        let ip = |b: etherparse::PacketBuilderStep<etherparse::Ethernet2Header>| b.ipv4(src, testpkt::V4_DST, 64);
+        let ip =
+            |b: etherparse::PacketBuilderStep<etherparse::Ethernet2Header>| b.ipv4(src, testpkt::V4_DST, 64);
         let hello = testpkt::client_hello(&format!("c{i}.example"), false);
         let frames = [
-            ip(etherparse::PacketBuilder::ethernet2(testpkt::MAC_A, testpkt::MAC_B)).tcp(sport, 443, 1000, 64240).syn(),
-            ip(etherparse::PacketBuilder::ethernet2(testpkt::MAC_A, testpkt::MAC_B)).tcp(sport, 443, 1001, 502).ack(1).psh(),
+            ip(etherparse::PacketBuilder::ethernet2(testpkt::MAC_A, testpkt::MAC_B))
+                .tcp(sport, 443, 1000, 64240)
+                .syn(),
+            ip(etherparse::PacketBuilder::ethernet2(testpkt::MAC_A, testpkt::MAC_B))
+                .tcp(sport, 443, 1001, 502)
+                .ack(1)
+                .psh(),
             ip(etherparse::PacketBuilder::ethernet2(testpkt::MAC_A, testpkt::MAC_B))
                 .tcp(sport, 443, 1001 + hello.len() as u32, 502)
                 .ack(1)
@@ -233,7 +241,9 @@ fn tls_capture(n: u32, file: &std::path::Path) -> Result<()> {
 fn peak_rss_mib(pid: u32) -> f64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix(" kB")?.parse::<f64>().ok()))
+        .and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix(" kB")?.parse::<f64>().ok())
+        })
         .map_or(0.0, |kb| kb / 1024.0)
 }
 
@@ -243,7 +253,8 @@ fn peak_rss_mib(pid: u32) -> f64 {
 fn timed_lines(mut cmd: std::process::Command) -> Result<(f64, usize, f64)> {
     use std::io::BufRead;
     let start = Instant::now();
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("{cmd:?}"))?;
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().with_context(|| format!("{cmd:?}"))?;
     let pid = child.id();
     let (mut lines, mut rss) = (0usize, 0f64);
     for _ in std::io::BufReader::new(child.stdout.take().context("stdout")?).lines() {
@@ -279,9 +290,20 @@ fn offline(args: &BenchArgs, out: &mut dyn Report) -> Result<()> {
             continue;
         }
         let mut tshark = std::process::Command::new("tshark");
-        tshark.args(["-r"]).arg(&file).args(["-Y", "tls.handshake.type==1", "-T", "fields", "-e", "tls.handshake.extensions_server_name"]);
-        let (t_tshark, l_tshark, rss_tshark) = timed_lines(tshark).context("tshark (scripts/setup.sh installs it)")?;
-        anyhow::ensure!(l_tshark == conns as usize, "tshark printed {l_tshark} names for {conns} connections");
+        tshark.args(["-r"]).arg(&file).args([
+            "-Y",
+            "tls.handshake.type==1",
+            "-T",
+            "fields",
+            "-e",
+            "tls.handshake.extensions_server_name",
+        ]);
+        let (t_tshark, l_tshark, rss_tshark) =
+            timed_lines(tshark).context("tshark (scripts/setup.sh installs it)")?;
+        anyhow::ensure!(
+            l_tshark == conns as usize,
+            "tshark printed {l_tshark} names for {conns} connections"
+        );
         out.line(&format!(
             "offline: {conns} TLS connections ({:.1} MiB pcap): `l7 -r --json` {t_ours:.2} s, peak RSS {rss_ours:.1} MiB \
              ({rss_small:.1} MiB for {} connections); tshark's SNI field {t_tshark:.2} s, {rss_tshark:.0} MiB: \
@@ -305,14 +327,19 @@ fn guard_programs(with_rule: bool) -> Result<crate::bpf::IngressSkel<'static>> {
     opts.config.drop_unparsable = 1;
     let skel = bpf::load_ingress(&opts)?;
     if with_rule {
-        let rule = Rule::on_name(NameRule::parse(NameKind::Sni, "other.example").map_err(anyhow::Error::msg)?, None);
+        let rule =
+            Rule::on_name(NameRule::parse(NameKind::Sni, "other.example").map_err(anyhow::Error::msg)?, None);
         let (_, key) = rule_key(&rule);
         skel.maps.l7_rules.update(&key, &[0u8; 16], libbpf_rs::MapFlags::ANY)?;
         let mut used = crate::bpf::types::policy_used::default();
         used.l7[0] = 1;
         used.l7[1] = 1;
         // SAFETY: bytes only.
-        skel.maps.policy_used.update(&0u32.to_ne_bytes(), unsafe { plain::as_bytes(&used) }, libbpf_rs::MapFlags::ANY)?;
+        skel.maps.policy_used.update(
+            &0u32.to_ne_bytes(),
+            unsafe { plain::as_bytes(&used) },
+            libbpf_rs::MapFlags::ANY,
+        )?;
     }
     Ok(skel)
 }
@@ -329,7 +356,10 @@ fn guard_kernel(args: &BenchArgs, rounds: usize, out: &mut dyn Report) -> Result
     let hello = testpkt::client_hello("bench.example", true);
     for skel in [&plain_guard, &l7_guard] {
         for frame in [testpkt::syn_v4_to(port), testpkt::data_v4(port, 1001, &hello)] {
-            let r = skel.progs.tcpscope_xdp.test_run(libbpf_rs::ProgramInput { data_in: Some(&frame), ..Default::default() })?;
+            let r = skel
+                .progs
+                .tcpscope_xdp
+                .test_run(libbpf_rs::ProgramInput { data_in: Some(&frame), ..Default::default() })?;
             anyhow::ensure!(r.return_value == 2, "the guard dropped the bench's flow");
         }
     }
@@ -416,7 +446,11 @@ fn guard_loop(rounds: usize, out: &mut dyn Report) -> Result<()> {
 /// `tcpscope ARGS -i SERVER_IF` while `f` runs: in the server's namespace,
 /// or (a guard, whose pins `block` must find) named by `--netns`; what it
 /// said on standard error.
-fn while_running<T>(hosts: &TestHosts, args: &[&str], f: impl FnOnce() -> Result<T>) -> Result<(T, Vec<String>)> {
+fn while_running<T>(
+    hosts: &TestHosts,
+    args: &[&str],
+    f: impl FnOnce() -> Result<T>,
+) -> Result<(T, Vec<String>)> {
     let exe = std::env::current_exe().context("locating the tcpscope binary")?;
     let mut cmd = if args.first() == Some(&"guard") {
         let mut c = std::process::Command::new(&exe);

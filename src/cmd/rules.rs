@@ -87,11 +87,13 @@ pub fn block(args: &BlockArgs) -> Result<()> {
                 )
                 .into());
             }
-            rules.extend(
-                read_cidrs(cidrs)?
-                    .into_iter()
-                    .map(|cidr| Rule { list: List::Block, cidr, port: *port, ttl: *ttl, name: None }),
-            );
+            rules.extend(read_cidrs(cidrs)?.into_iter().map(|cidr| Rule {
+                list: List::Block,
+                cidr,
+                port: *port,
+                ttl: *ttl,
+                name: None,
+            }));
             rules
         }
         _ => Vec::new(),
@@ -127,7 +129,13 @@ pub fn block(args: &BlockArgs) -> Result<()> {
             // Through an agent, a rule on several interfaces is one line.
             let mut rules: Vec<_> = maps.list()?.into_iter().map(|r| r.state).collect();
             rules.sort_by_key(|r| {
-                (r.rule.list == List::Allow, r.rule.name.clone(), r.rule.cidr.addr, r.rule.cidr.prefix, r.rule.port)
+                (
+                    r.rule.list == List::Allow,
+                    r.rule.name.clone(),
+                    r.rule.cidr.addr,
+                    r.rule.cidr.prefix,
+                    r.rule.port,
+                )
             });
             rules.dedup_by_key(|r| policy::rule_key(&r.rule));
             let text = policy::to_rules_file(&rules);

@@ -337,7 +337,11 @@ impl Guard {
                                 alert: crate::names::alert_name(A::ALERT_L7_UNDECIDED.0 as u8),
                                 src: Some(crate::model::address(k.ip_version, &k.src)),
                                 ts_ns: wall,
-                                detail: Detail::L7Undecided { sport: k.sport, dport: k.dport, reason: "timeout" },
+                                detail: Detail::L7Undecided {
+                                    sport: k.sport,
+                                    dport: k.dport,
+                                    reason: "timeout",
+                                },
                             });
                         }
                     }
@@ -347,7 +351,9 @@ impl Guard {
                 s if s == S::L7_GUARD_BLOCKED.0 as u8 && idle > secs(60) => {
                     let _ = map.delete(&key);
                 }
-                s if s == S::L7_GUARD_PASSED.0 as u8 && idle > secs(if f.closing != 0 { 10 } else { 120 }) => {
+                s if s == S::L7_GUARD_PASSED.0 as u8
+                    && idle > secs(if f.closing != 0 { 10 } else { 120 }) =>
+                {
                     let _ = map.delete(&key);
                 }
                 _ => {}

@@ -176,7 +176,16 @@ pub fn nft(ns: &str, rules: &str) {
 pub fn small_mss(hosts: &TestHosts, mss: u32) {
     for (family, cidr) in [("-4", "198.18.0.0/24"), ("-6", "2001:db8::/64")] {
         let out = std::process::Command::new("ip")
-            .args(["-n", &hosts.server_ns, family, "route", "replace", cidr, "dev", tcpscope::testhost::SERVER_IF])
+            .args([
+                "-n",
+                &hosts.server_ns,
+                family,
+                "route",
+                "replace",
+                cidr,
+                "dev",
+                tcpscope::testhost::SERVER_IF,
+            ])
             .args(["advmss", &mss.to_string()])
             .output()
             .unwrap();
