@@ -918,6 +918,15 @@ impl L7Guard {
     }
 }
 
+/// The rules of the L7 guard tests: two server names (one a wildcard), a
+/// host and a method.
+const RULES: [(tcpscope::policy::NameKind, &str); 4] = [
+    (tcpscope::policy::NameKind::Sni, "blocked.example"),
+    (tcpscope::policy::NameKind::Sni, "*.evil.example"),
+    (tcpscope::policy::NameKind::Host, "blocked.example"),
+    (tcpscope::policy::NameKind::HttpMethod, "DELETE"),
+];
+
 /// `bytes` in segments of `size`, each with its stream offset.
 fn segments(bytes: &[u8], size: usize) -> Vec<(usize, &[u8])> {
     bytes.chunks(size).enumerate().map(|(i, c)| (i * size, c)).collect()
@@ -926,15 +935,7 @@ fn segments(bytes: &[u8], size: usize) -> Vec<(usize, &[u8])> {
 #[test]
 fn l7_rules_drop_the_completing_segment_and_the_rest_of_the_flow() {
     use tcpscope::policy::NameKind::*;
-    let g = L7Guard::new(
-        &[
-            (Sni, "blocked.example"),
-            (Sni, "*.evil.example"),
-            (Host, "blocked.example"),
-            (HttpMethod, "DELETE"),
-        ],
-        false,
-    );
+    let g = L7Guard::new(&RULES, false);
     for (i, hook) in [Hook::Xdp, Hook::Tc].into_iter().enumerate() {
         let sport = |n: u16| 41000 + 100 * i as u16 + n;
         // A post-quantum ClientHello (1,718 bytes) in 3 segments: the last,
@@ -1091,16 +1092,7 @@ fn l7_rules_refuse_what_they_cannot_read_unless_told_to_pass_it() {
 /// kernel's reader): there, a name the decoder still reads must not pass.
 #[test]
 fn the_kernels_l7_reading_agrees_with_the_decoder_on_generated_messages() {
-    use tcpscope::policy::NameKind::*;
-    let g = L7Guard::new(
-        &[
-            (Sni, "blocked.example"),
-            (Sni, "*.evil.example"),
-            (Host, "blocked.example"),
-            (HttpMethod, "DELETE"),
-        ],
-        false,
-    );
+    let g = L7Guard::new(&RULES, false);
     let names = [
         "blocked.example",
         "ok.example",
